@@ -1,0 +1,142 @@
+//! Ring-buffer records. Every record is `Event<T>`: a fixed `EventKind` tag,
+//! the task context, then the kind's payload. Kind numbers are part of the
+//! trace-file format: never renumber, never reuse a removed id.
+
+use crate::user_pod;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ReclaimBegin = 1,
+    ReclaimEnd = 2,
+    Shrinker = 3,
+    WritebackWait = 4,
+    ReclaimWrite = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ReclaimBegin,
+            2 => Self::ReclaimEnd,
+            3 => Self::Shrinker,
+            4 => Self::WritebackWait,
+            5 => Self::ReclaimWrite,
+            _ => return None,
+        })
+    }
+}
+
+/// Which reclaim or allocation path a `Reclaim` payload describes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReclaimKind {
+    Direct = 1,
+    Memcg = 2,
+    ShrinkNode = 3,
+    AllocSlowpath = 4,
+}
+
+impl ReclaimKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Direct,
+            2 => Self::Memcg,
+            3 => Self::ShrinkNode,
+            4 => Self::AllocSlowpath,
+            _ => return None,
+        })
+    }
+}
+
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Who the event happened to, and what stacked I/O that task was doing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCtx {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// task_struct.flags (PF_*), read through the BTF offset.
+    pub task_flags: u32,
+    /// bpf_get_stackid() into the STACKS map; negative when none.
+    pub stack_id: i32,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// The stacked device (dev_t, kernel encoding) whose I/O this task is
+    /// completing: from SERVICERS or from a write to a backing file. 0: none.
+    pub serving_dev: u32,
+    /// Filesystem write/writeback nesting depth of the task.
+    pub fs_depth: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event<T> {
+    pub kind: u32,
+    pub _pad: u32,
+    pub ctx: TaskCtx,
+    pub data: T,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimData {
+    /// `ReclaimKind`.
+    pub reclaim_kind: u32,
+    /// Effective gfp mask (the tracepoints report it after current_gfp_context()).
+    pub gfp: u32,
+    pub order: i32,
+    pub _pad: u32,
+    /// End events only.
+    pub duration_ns: u64,
+    pub nr_reclaimed: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShrinkerData {
+    pub shrinker: u64,
+    /// The shrinker's scan_objects callback, symbolized by the agent.
+    pub scan_fn: u64,
+    pub nr_to_scan: u64,
+    pub gfp: u32,
+    /// s_dev of the super_block behind a super-block shrinker (0: not one).
+    pub sb_dev: u32,
+    pub fs_type: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WritebackWaitData {
+    /// The bdi's name, e.g. "7:0".
+    pub bdi: [u8; 32],
+    pub ino: u64,
+    pub index: u64,
+    /// 1 when the task was inside reclaim while it waited.
+    pub in_reclaim: u32,
+    /// The folio's s_dev where the probe can read it (kprobe/fentry); the
+    /// tracepoint gives only `bdi`.
+    pub dev: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimWriteData {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+pub type ReclaimEvent = Event<ReclaimData>;
+pub type ShrinkerEvent = Event<ShrinkerData>;
+pub type WritebackWaitEvent = Event<WritebackWaitData>;
+pub type ReclaimWriteEvent = Event<ReclaimWriteData>;
+
+user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent);
+
+const _: () = assert!(core::mem::size_of::<TaskCtx>() == 48);
+const _: () = assert!(core::mem::size_of::<ReclaimEvent>() == 8 + 48 + 32);
+const _: () = assert!(core::mem::size_of::<ShrinkerEvent>() == 8 + 48 + 48);
+const _: () = assert!(core::mem::size_of::<WritebackWaitEvent>() == 8 + 48 + 56);
+const _: () = assert!(core::mem::size_of::<ReclaimWriteEvent>() == 8 + 48 + 16);

@@ -1,0 +1,76 @@
+//! Keys and values of the maps the agent and the programs share, and the map
+//! names the agent looks them up by.
+
+use crate::user_pod;
+
+pub const SERVICERS: &str = "SERVICERS";
+pub const BACKING_FILES: &str = "BACKING_FILES";
+pub const DEV_STATE: &str = "DEV_STATE";
+pub const COUNTERS: &str = "COUNTERS";
+pub const STACKS: &str = "STACKS";
+pub const EVENTS: &str = "EVENTS";
+
+pub const MAX_SERVICERS: u32 = 4096;
+pub const MAX_BACKING_FILES: u32 = 1024;
+pub const MAX_DEVS: u32 = 1024;
+pub const MAX_TASKS: u32 = 16384;
+pub const MAX_STACKS: u32 = 4096;
+pub const RING_BYTES: u32 = 1 << 20;
+/// Depth of the per-task filesystem frame stack.
+pub const FS_STACK_DEPTH: usize = 4;
+
+/// SERVICERS value, keyed by the servicer's tgid (u32): all its threads count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServicerInfo {
+    /// The stacked device whose I/O it completes (dev_t, kernel encoding).
+    pub serving_dev: u32,
+    pub _pad: u32,
+}
+
+/// BACKING_FILES key: the inode of a file that backs a stacked device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackingKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackingInfo {
+    /// The device the file backs.
+    pub upper_dev: u32,
+    pub _pad: u32,
+}
+
+/// DEV_STATE value (per CPU), keyed by a stacked device's dev_t. A request
+/// may be issued on one CPU and completed on another, so only the sum over
+/// CPUs means anything: that keeps the block path free of atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevState {
+    /// Requests issued minus completed since the agent started watching.
+    pub inflight: i64,
+    pub last_issue_ns: u64,
+}
+
+/// Indices into the per-CPU COUNTERS array.
+pub mod counter {
+    pub const EVENTS_SENT: u32 = 0;
+    /// Ring buffer full: the event was lost, and counted here.
+    pub const EVENTS_DROPPED: u32 = 1;
+    pub const RECLAIM_DIRECT: u32 = 2;
+    pub const RECLAIM_MEMCG: u32 = 3;
+    /// TASKS (LRU) had no room for a new task state.
+    pub const TASK_STATE_FULL: u32 = 4;
+    pub const SHRINKER_CALLS: u32 = 5;
+    pub const WRITEBACK_WAITS: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState);
+
+const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DevState>() == 16);

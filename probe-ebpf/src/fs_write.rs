@@ -1,0 +1,133 @@
+//! Filesystem write and writeback nesting. A frame is pushed when a task
+//! enters a write or writepages of an inode and popped when it leaves. A frame
+//! on a file that backs a stacked device (BACKING_FILES) makes the task a
+//! servicer of that device for as long as the frame is open: that is how a
+//! kernel loop worker, or any writer into a backing file, is recognised.
+//!
+//! Unrelated tasks cost one BACKING_FILES and one TASKS lookup and leave no state.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe, tracepoint},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use probe_common::maps::{BackingKey, FS_STACK_DEPTH};
+
+use crate::{
+    context::{current, read_ptr, read_u32},
+    maps::{config, BACKING_FILES},
+};
+
+/// Frames past this depth are counted but not stored; bounds a leak when an
+/// error path skips the matching end.
+const MAX_DEPTH: u32 = 16;
+
+#[inline(always)]
+pub fn push(dev: u32, ino: u64) {
+    let key = BackingKey { dev, _pad: 0, ino };
+    let backing = unsafe { BACKING_FILES.get(&key) }.map(|b| b.upper_dev).unwrap_or(0);
+    let cur = current();
+    let state = cur.state();
+    if backing == 0 && state.is_none() {
+        return;
+    }
+    let Some(s) = cur.state_or_insert(state) else { return };
+    let s = unsafe { &mut *s };
+    let d = s.depth as usize;
+    if d < FS_STACK_DEPTH {
+        s.frames[d] = backing;
+    }
+    if s.depth < MAX_DEPTH {
+        s.depth += 1;
+    }
+}
+
+#[inline(always)]
+pub fn pop() {
+    if let Some(s) = current().state() {
+        let s = unsafe { &mut *s };
+        if s.depth > 0 {
+            s.depth -= 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn tp_push(ctx: &TracePointContext) -> u32 {
+    let tp = &config().tp;
+    let dev = unsafe { ctx.read_at::<u32>(tp.ext4_dev as usize) }.unwrap_or(0);
+    let ino = unsafe { ctx.read_at::<u64>(tp.ext4_ino as usize) }.unwrap_or(0);
+    push(dev, ino);
+    0
+}
+
+#[tracepoint(category = "ext4", name = "ext4_da_write_begin")]
+pub fn tp_ext4_da_write_begin(ctx: TracePointContext) -> u32 {
+    tp_push(&ctx)
+}
+
+#[tracepoint(category = "ext4", name = "ext4_da_write_end")]
+pub fn tp_ext4_da_write_end(_ctx: TracePointContext) -> u32 {
+    pop();
+    0
+}
+
+#[tracepoint(category = "ext4", name = "ext4_write_begin")]
+pub fn tp_ext4_write_begin(ctx: TracePointContext) -> u32 {
+    tp_push(&ctx)
+}
+
+#[tracepoint(category = "ext4", name = "ext4_write_end")]
+pub fn tp_ext4_write_end(_ctx: TracePointContext) -> u32 {
+    pop();
+    0
+}
+
+#[tracepoint(category = "ext4", name = "ext4_writepages")]
+pub fn tp_ext4_writepages(ctx: TracePointContext) -> u32 {
+    tp_push(&ctx)
+}
+
+#[tracepoint(category = "ext4", name = "ext4_writepages_result")]
+pub fn tp_ext4_writepages_result(_ctx: TracePointContext) -> u32 {
+    pop();
+    0
+}
+
+/// Push a frame for `mapping->host`.
+#[inline(always)]
+fn push_mapping(mapping: u64) {
+    let k = &config().kernel;
+    let Some(host) = read_ptr(mapping, k.mapping_host) else { return };
+    let dev = read_ptr(host, k.inode_i_sb).and_then(|sb| read_u32(sb, k.sb_s_dev)).unwrap_or(0);
+    push(dev, read_ptr(host, k.inode_i_ino).unwrap_or(0));
+}
+
+// int ext4_da_write_begin(const struct kiocb *iocb, struct address_space *mapping,
+//                         loff_t pos, unsigned len, struct folio **foliop, void **fsdata);
+// The page-cache folio is allocated inside write_begin, so its span is the window.
+#[kprobe]
+pub fn kp_ext4_da_write_begin(ctx: ProbeContext) -> u32 {
+    push_mapping(ctx.arg::<u64>(1).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn krp_ext4_da_write_begin(_ctx: RetProbeContext) -> u32 {
+    pop();
+    0
+}
+
+// int do_writepages(struct address_space *mapping, struct writeback_control *wbc);
+// Every filesystem's writepages (ext4_writepages, xfs_vm_writepages ->
+// iomap_writepages) is called from here.
+#[kprobe]
+pub fn kp_do_writepages(ctx: ProbeContext) -> u32 {
+    push_mapping(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn krp_do_writepages(_ctx: RetProbeContext) -> u32 {
+    pop();
+    0
+}

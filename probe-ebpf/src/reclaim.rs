@@ -1,0 +1,174 @@
+//! Direct and memcg reclaim entry/exit, and shrink_node.
+//!
+//! Implementations, best first: fentry/fexit and kprobe/kretprobe on
+//! try_to_free_pages() and try_to_free_mem_cgroup_pages(), and the vmscan
+//! tracepoints. The tracepoints report the effective gfp mask (after
+//! current_gfp_context()); the function probes apply the task's scope flags
+//! themselves so every path reports the same thing.
+
+use aya_ebpf::{
+    programs::tracing::StackIdContext,
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use probe_common::{
+    events::{EventKind, ReclaimData, ReclaimKind},
+    flags::effective_gfp,
+    maps::counter,
+};
+
+use crate::{
+    context::{current, task_ctx, task_flags},
+    emit::emit,
+    maps::{config, count},
+};
+
+/// Reclaim entry. Records the start in the task's state, and for a task doing
+/// stacked I/O emits at once: a servicer stuck in reclaim never reaches the end.
+#[inline(always)]
+pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32) {
+    count(match kind {
+        ReclaimKind::Memcg => counter::RECLAIM_MEMCG,
+        _ => counter::RECLAIM_DIRECT,
+    });
+    let cur = current();
+    if !cur.is_target() {
+        return;
+    }
+    let state = cur.state();
+    let serving = cur.serving_dev(state);
+    if serving == 0 && config().trace_all == 0 {
+        return;
+    }
+    let Some(s) = cur.state_or_insert(state) else { return };
+    // SAFETY: the pointer came from the map in this run.
+    let s = unsafe { &mut *s };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    s.reclaim_begin_ns = now;
+    s.reclaim_gfp = gfp;
+    s.reclaim_order = order;
+    s.reclaim_kind = kind as u32;
+    s.in_reclaim = 1;
+    if serving != 0 {
+        let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
+        emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving, s.depth), data);
+    }
+}
+
+#[inline(always)]
+pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: u64) {
+    let cur = current();
+    let state = cur.state();
+    let Some(s) = state else { return };
+    let s = unsafe { &mut *s };
+    if s.in_reclaim == 0 {
+        return;
+    }
+    s.in_reclaim = 0;
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let data = ReclaimData {
+        reclaim_kind: s.reclaim_kind,
+        gfp: s.reclaim_gfp,
+        order: s.reclaim_order,
+        _pad: 0,
+        duration_ns: now - s.reclaim_begin_ns,
+        nr_reclaimed,
+    };
+    let serving = cur.serving_dev(state);
+    emit(ctx, EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving, s.depth), data);
+}
+
+#[inline(always)]
+fn tp_begin(ctx: &TracePointContext, kind: ReclaimKind) -> u32 {
+    let tp = &config().tp;
+    let order = unsafe { ctx.read_at::<i32>(tp.reclaim_begin_order as usize) }.unwrap_or(-1);
+    let gfp = unsafe { ctx.read_at::<u32>(tp.reclaim_begin_gfp as usize) }.unwrap_or(0);
+    begin(ctx, kind, gfp, order);
+    0
+}
+
+#[inline(always)]
+fn tp_end(ctx: &TracePointContext) -> u32 {
+    let off = config().tp.reclaim_end_nr_reclaimed as usize;
+    end(ctx, unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0));
+    0
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_direct_reclaim_begin")]
+pub fn tp_direct_reclaim_begin(ctx: TracePointContext) -> u32 {
+    tp_begin(&ctx, ReclaimKind::Direct)
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_direct_reclaim_end")]
+pub fn tp_direct_reclaim_end(ctx: TracePointContext) -> u32 {
+    tp_end(&ctx)
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_begin")]
+pub fn tp_memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
+    tp_begin(&ctx, ReclaimKind::Memcg)
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_end")]
+pub fn tp_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    tp_end(&ctx)
+}
+
+// unsigned long try_to_free_pages(struct zonelist *zonelist, int order,
+//                                 gfp_t gfp_mask, nodemask_t *nodemask);
+#[kprobe]
+pub fn kp_try_to_free_pages(ctx: ProbeContext) -> u32 {
+    let order = ctx.arg::<i32>(1).unwrap_or(-1);
+    let gfp = ctx.arg::<u32>(2).unwrap_or(0);
+    begin(&ctx, ReclaimKind::Direct, effective_gfp(gfp, task_flags()), order);
+    0
+}
+
+#[kretprobe]
+pub fn krp_try_to_free_pages(ctx: RetProbeContext) -> u32 {
+    end(&ctx, ctx.ret::<u64>());
+    0
+}
+
+#[fentry(function = "try_to_free_pages")]
+pub fn fe_try_to_free_pages(ctx: FEntryContext) -> u32 {
+    let order: i32 = ctx.arg(1);
+    let gfp: u32 = ctx.arg(2);
+    begin(&ctx, ReclaimKind::Direct, effective_gfp(gfp, task_flags()), order);
+    0
+}
+
+#[fexit(function = "try_to_free_pages")]
+pub fn fx_try_to_free_pages(ctx: FExitContext) -> u32 {
+    end(&ctx, ctx.arg::<u64>(4));
+    0
+}
+
+// unsigned long try_to_free_mem_cgroup_pages(struct mem_cgroup *memcg,
+//     unsigned long nr_pages, gfp_t gfp_mask, unsigned int reclaim_options,
+//     int *swappiness);
+#[kprobe]
+pub fn kp_try_to_free_mem_cgroup_pages(ctx: ProbeContext) -> u32 {
+    let gfp = ctx.arg::<u32>(2).unwrap_or(0);
+    begin(&ctx, ReclaimKind::Memcg, effective_gfp(gfp, task_flags()), 0);
+    0
+}
+
+#[kretprobe]
+pub fn krp_try_to_free_mem_cgroup_pages(ctx: RetProbeContext) -> u32 {
+    end(&ctx, ctx.ret::<u64>());
+    0
+}
+
+#[fentry(function = "try_to_free_mem_cgroup_pages")]
+pub fn fe_try_to_free_mem_cgroup_pages(ctx: FEntryContext) -> u32 {
+    let gfp: u32 = ctx.arg(2);
+    begin(&ctx, ReclaimKind::Memcg, effective_gfp(gfp, task_flags()), 0);
+    0
+}
+
+#[fexit(function = "try_to_free_mem_cgroup_pages")]
+pub fn fx_try_to_free_mem_cgroup_pages(ctx: FExitContext) -> u32 {
+    end(&ctx, ctx.arg::<u64>(5));
+    0
+}

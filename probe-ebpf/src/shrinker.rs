@@ -1,0 +1,81 @@
+//! Shrinker calls made by a task doing stacked I/O. For super-block shrinkers
+//! (super_cache_scan) the super_block is read from `shrinker->private_data`,
+//! so the agent can tell whether reclaim re-entered the upper filesystem.
+
+use aya_ebpf::{
+    programs::tracing::StackIdContext,
+    helpers::bpf_probe_read_kernel_str_bytes,
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
+use probe_common::{
+    config::found,
+    events::{EventKind, ShrinkerData},
+    maps::counter,
+};
+
+use crate::{
+    context::{current, read_ptr, read_u32, task_ctx},
+    emit::emit,
+    maps::{config, count},
+};
+
+#[inline(always)]
+fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, nr_to_scan: u64) {
+    count(counter::SHRINKER_CALLS);
+    let cur = current();
+    if !cur.is_target() {
+        return;
+    }
+    let state = cur.state();
+    let serving = cur.serving_dev(state);
+    if serving == 0 {
+        return;
+    }
+    let cfg = config();
+    let k = &cfg.kernel;
+    let mut data = ShrinkerData { shrinker: shr, scan_fn, nr_to_scan, gfp, ..Default::default() };
+    if cfg.super_cache_scan != 0 && scan_fn == cfg.super_cache_scan && k.found & found::SHRINKER_SB == found::SHRINKER_SB {
+        if let Some(sb) = read_ptr(shr, k.shrinker_private_data) {
+            data.sb_dev = read_u32(sb, k.sb_s_dev).unwrap_or(0);
+            if let Some(name) = read_ptr(sb, k.sb_s_type).and_then(|t| read_ptr(t, k.fstype_name)) {
+                let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut data.fs_type) };
+            }
+        }
+    }
+    let depth = state.map(|s| unsafe { (*s).depth }).unwrap_or(0);
+    emit(ctx, EventKind::Shrinker, task_ctx(ctx, &cur, serving, depth), data);
+}
+
+#[tracepoint(category = "vmscan", name = "mm_shrink_slab_start")]
+pub fn tp_shrink_slab_start(ctx: TracePointContext) -> u32 {
+    let tp = &config().tp;
+    let shr = unsafe { ctx.read_at::<u64>(tp.shrink_shr as usize) }.unwrap_or(0);
+    let scan_fn = unsafe { ctx.read_at::<u64>(tp.shrink_fn as usize) }.unwrap_or(0);
+    let gfp = unsafe { ctx.read_at::<u32>(tp.shrink_gfp as usize) }.unwrap_or(0);
+    let nr = unsafe { ctx.read_at::<u64>(tp.shrink_nr as usize) }.unwrap_or(0);
+    shrinker_call(&ctx, shr, scan_fn, gfp, nr);
+    0
+}
+
+/// The gfp mask of a super-block shrink comes from the reclaim that called it.
+#[inline(always)]
+fn reclaim_gfp() -> u32 {
+    current().state().map(|s| unsafe { (*s).reclaim_gfp }).unwrap_or(0)
+}
+
+// static unsigned long super_cache_scan(struct shrinker *shrink,
+//                                       struct shrink_control *sc);
+#[kprobe]
+pub fn kp_super_cache_scan(ctx: ProbeContext) -> u32 {
+    let shr = ctx.arg::<u64>(0).unwrap_or(0);
+    shrinker_call(&ctx, shr, config().super_cache_scan, reclaim_gfp(), 0);
+    0
+}
+
+#[fentry(function = "super_cache_scan")]
+pub fn fe_super_cache_scan(ctx: FEntryContext) -> u32 {
+    let shr: u64 = ctx.arg(0);
+    shrinker_call(&ctx, shr, config().super_cache_scan, reclaim_gfp(), 0);
+    0
+}
