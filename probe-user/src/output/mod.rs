@@ -1,0 +1,3 @@
+//! Presentation: tables, JSON lines and metrics, separate from data gathering.
+
+pub mod metrics;

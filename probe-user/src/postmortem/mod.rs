@@ -1,0 +1,3 @@
+//! Offline analysis of recorded traces and ftrace captures.
+
+pub mod ftrace;
