@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod flags;
+pub mod kernel;
 pub mod output;
 pub mod postmortem;
 pub mod topology;

@@ -1,0 +1,113 @@
+//! /proc/kallsyms: resolving probe targets that carry compiler suffixes
+//! (`__alloc_pages_slowpath.constprop.0`), and symbolizing kernel stacks.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+
+pub const DEFAULT: &str = "/proc/kallsyms";
+
+#[derive(Debug, Clone)]
+struct Sym {
+    addr: u64,
+    name: String,
+}
+
+/// Text symbols sorted by address.
+#[derive(Debug, Clone, Default)]
+pub struct Kallsyms {
+    syms: Vec<Sym>,
+}
+
+/// Suffixes GCC and Clang add to specialised copies of a function.
+const SUFFIXES: &[&str] = &[".constprop.", ".isra.", ".part.", ".llvm."];
+
+impl Kallsyms {
+    pub fn load(path: &Path) -> Result<Kallsyms> {
+        let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self::parse(&text))
+    }
+
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut syms: Vec<Sym> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?;
+                let name = it.next()?;
+                matches!(kind, "t" | "T" | "W" | "w").then(|| Sym { addr, name: name.to_owned() })
+            })
+            .collect();
+        syms.sort_by_key(|s| s.addr);
+        Kallsyms { syms }
+    }
+
+    /// True when addresses are real (kptr_restrict hides them as zeros).
+    pub fn has_addresses(&self) -> bool {
+        self.syms.iter().any(|s| s.addr != 0)
+    }
+
+    /// The attachable symbol for `name`: the exact name if present, otherwise
+    /// the first compiler-suffixed copy (`name.constprop.0`, `name.isra.0`, ...).
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some(s) = self.syms.iter().find(|s| s.name == name) {
+            return Some(&s.name);
+        }
+        self.syms
+            .iter()
+            .filter(|s| {
+                s.name
+                    .strip_prefix(name)
+                    .is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf)))
+            })
+            .map(|s| s.name.as_str())
+            .min()
+    }
+
+    pub fn addr_of(&self, name: &str) -> Option<u64> {
+        self.syms.iter().find(|s| s.name == name).map(|s| s.addr).filter(|&a| a != 0)
+    }
+
+    /// `function+0xoff` for a kernel address.
+    pub fn symbolize(&self, addr: u64) -> String {
+        let idx = self.syms.partition_point(|s| s.addr <= addr);
+        match idx.checked_sub(1).map(|i| &self.syms[i]) {
+            Some(s) if s.addr != 0 => format!("{}+0x{:x}", s.name, addr - s.addr),
+            _ => format!("0x{addr:x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../../tests/data/kallsyms_sample.txt");
+
+    #[test]
+    fn resolves_exact_and_suffixed_names() {
+        let k = Kallsyms::parse(FIXTURE);
+        assert_eq!(k.resolve("try_to_free_pages"), Some("try_to_free_pages"));
+        assert_eq!(k.resolve("__alloc_pages_slowpath"), Some("__alloc_pages_slowpath.constprop.0"));
+        assert_eq!(k.resolve("shrink_node"), Some("shrink_node"));
+        // A prefix that is a different function is not a suffixed copy.
+        assert_eq!(k.resolve("shrink"), None);
+        assert_eq!(k.resolve("no_such_function"), None);
+    }
+
+    #[test]
+    fn symbolizes_addresses() {
+        let k = Kallsyms::parse(FIXTURE);
+        let base = k.addr_of("try_to_free_pages").unwrap();
+        assert_eq!(k.symbolize(base + 0x10), "try_to_free_pages+0x10");
+        assert!(k.symbolize(1).starts_with("0x"));
+    }
+
+    #[test]
+    fn data_symbols_are_ignored() {
+        let k = Kallsyms::parse("ffffffff81000000 D some_data\nffffffff81000010 T f\n");
+        assert_eq!(k.resolve("some_data"), None);
+        assert_eq!(k.resolve("f"), Some("f"));
+    }
+}
