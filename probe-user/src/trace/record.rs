@@ -1,0 +1,163 @@
+//! What a trace file holds, and each record's payload encoding: JSON for
+//! everything but events, which keep the kernel's bytes.
+
+use std::mem::offset_of;
+
+use anyhow::{Context, Result};
+use probe_common::events::{EventKind, ReclaimEvent, ShrinkerData, ShrinkerEvent, TaskCtx};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::frame::RecordType;
+
+/// The first record of every file: what was recorded, where, and how. A
+/// rotated file repeats its recording's header unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceHeader {
+    /// The reclaimscope version that recorded (the format version is in the
+    /// file's preamble; see [`TraceReader::format_version`](super::TraceReader::format_version)).
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub hostname: String,
+    pub started_unix_ns: u64,
+    /// The command line of the recording agent.
+    pub command: String,
+    /// The storage topology when recording started; later snapshots are
+    /// [`Record::Topology`] records.
+    pub topology: Value,
+    /// Which probe implementation each hook used.
+    pub attach: Value,
+    /// The recording kernel's GFP name table as it printed it: the `print fmt:`
+    /// line of `vmscan/mm_vmscan_direct_reclaim_begin`, which
+    /// `flags::GfpNames::parse_format` reads. With it a report on another
+    /// kernel names gfp masks as the recording kernel did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gfp_format: Option<String>,
+}
+
+/// One ring-buffer event, as the kernel wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Wall-clock time the agent read the event (the event's own `ts_ns` is
+    /// the kernel's monotonic clock).
+    pub unix_ns: u64,
+    /// A `probe_common::events::Event<T>`, in the recording machine's byte order.
+    pub data: Vec<u8>,
+}
+
+/// The offsets below are of probe-common's own repr(C) types, not of any
+/// kernel structure; `Event<T>` puts `ctx` at the same place for every `T`.
+const KIND_AT: usize = offset_of!(ReclaimEvent, kind);
+const STACK_ID_AT: usize = offset_of!(ReclaimEvent, ctx) + offset_of!(TaskCtx, stack_id);
+const SCAN_FN_AT: usize = offset_of!(ShrinkerEvent, data) + offset_of!(ShrinkerData, scan_fn);
+
+impl EventRecord {
+    fn bytes<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+        self.data.get(at..at.checked_add(N)?)?.try_into().ok()
+    }
+
+    /// The kernel stack the event refers to, if any.
+    pub fn stack_id(&self) -> Option<i32> {
+        self.bytes(STACK_ID_AT)
+            .map(i32::from_ne_bytes)
+            .filter(|id| *id >= 0)
+    }
+
+    /// The shrinker callback a shrinker event refers to.
+    pub fn scan_fn(&self) -> Option<u64> {
+        let kind = self.bytes(KIND_AT).map(u32::from_ne_bytes)?;
+        if kind != EventKind::Shrinker as u32 {
+            return None;
+        }
+        self.bytes(SCAN_FN_AT)
+            .map(u64::from_ne_bytes)
+            .filter(|a| *a != 0)
+    }
+}
+
+/// A kernel stack with its symbols, so the file reads on another machine.
+/// Written before the first event that uses `id` (in every file); if the
+/// stack map reuses an id, a later record with the same id replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRecord {
+    pub id: i32,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub addr: u64,
+    pub symbol: String,
+}
+
+/// The name of a kernel address an event holds outside a stack: a
+/// shrinker's `scan_objects` callback. Written before the first event that
+/// uses it, like stacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolRecord {
+    pub addr: u64,
+    pub symbol: String,
+}
+
+/// Every record after the header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Event(EventRecord),
+    Stack(StackRecord),
+    Symbol(SymbolRecord),
+    /// A finding object of the detection engine, as the agent emitted it.
+    Finding(Value),
+    /// A new topology snapshot, written when the storage stack changed.
+    Topology(Value),
+}
+
+impl Record {
+    pub(crate) fn record_type(&self) -> RecordType {
+        match self {
+            Record::Event(_) => RecordType::Event,
+            Record::Stack(_) => RecordType::Stack,
+            Record::Symbol(_) => RecordType::Symbol,
+            Record::Finding(_) => RecordType::Finding,
+            Record::Topology(_) => RecordType::Topology,
+        }
+    }
+
+    pub(crate) fn payload(&self) -> Result<Vec<u8>> {
+        let json = match self {
+            Record::Event(e) => {
+                let mut p = Vec::with_capacity(8 + e.data.len());
+                p.extend_from_slice(&e.unix_ns.to_le_bytes());
+                p.extend_from_slice(&e.data);
+                return Ok(p);
+            }
+            Record::Stack(s) => serde_json::to_vec(s),
+            Record::Symbol(s) => serde_json::to_vec(s),
+            Record::Finding(v) | Record::Topology(v) => serde_json::to_vec(v),
+        };
+        json.context("cannot encode a trace record")
+    }
+
+    /// Decodes a checksummed payload; the error says what is wrong with it.
+    pub(crate) fn decode(ty: RecordType, payload: &[u8]) -> Result<Record, String> {
+        fn json<T: for<'de> Deserialize<'de>>(p: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(p).map_err(|e| e.to_string())
+        }
+        Ok(match ty {
+            RecordType::Event => {
+                let (ts, data) = payload.split_first_chunk::<8>().ok_or_else(|| {
+                    format!("event record of {} bytes has no timestamp", payload.len())
+                })?;
+                Record::Event(EventRecord {
+                    unix_ns: u64::from_le_bytes(*ts),
+                    data: data.to_vec(),
+                })
+            }
+            RecordType::Stack => Record::Stack(json(payload)?),
+            RecordType::Symbol => Record::Symbol(json(payload)?),
+            RecordType::Finding => Record::Finding(json(payload)?),
+            RecordType::Topology => Record::Topology(json(payload)?),
+            RecordType::Header => return Err("a second header record".into()),
+        })
+    }
+}
