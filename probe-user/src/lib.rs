@@ -8,3 +8,7 @@ pub mod output;
 pub mod postmortem;
 pub mod topology;
 pub mod trace;
+pub mod attach;
+pub mod events;
+pub mod detect;
+pub mod agent;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Btf, Type};
 use probe_common::config::{found, KernelOffsets};
 
 pub const DEFAULT: &str = "/sys/kernel/btf/vmlinux";

@@ -1,0 +1,80 @@
+//! Which servicer threads sit in D state, for how long, and who waits
+//! behind them. Read from /proc: the scheduler has no cheaper answer.
+
+use std::{
+    collections::HashMap,
+    fs,
+    time::{Duration, Instant},
+};
+
+/// Kernel functions that place a blocked task in the storage stack.
+const STACK_MARKERS: &[&str] = &[
+    "xfs_", "iomap_", "ext4_", "jbd2", "folio_wait", "balance_dirty_pages", "fuse_", "loop_", "blk_mq_", "writeback",
+    "shrink_",
+];
+
+#[derive(Default)]
+pub struct BlockedTracker {
+    since: HashMap<u32, Instant>,
+}
+
+fn state_of(tid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn comm_of(path: &str) -> String {
+    fs::read_to_string(format!("{path}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Kernel stack of a task, innermost first, as function names.
+pub fn kernel_stack(path: &str) -> Vec<String> {
+    fs::read_to_string(format!("{path}/stack"))
+        .map(|s| s.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+impl BlockedTracker {
+    /// How long `tid` has been seen continuously in D state (None: not in D).
+    pub fn observe(&mut self, tid: u32) -> Option<Duration> {
+        if state_of(tid) == Some('D') {
+            Some(self.since.entry(tid).or_insert_with(Instant::now).elapsed())
+        } else {
+            self.since.remove(&tid);
+            None
+        }
+    }
+
+    pub fn forget_others(&mut self, live: &[u32]) {
+        self.since.retain(|t, _| live.contains(t));
+    }
+}
+
+/// Other tasks in D state inside the storage stack: the chain waiting on a
+/// blocked servicer ("dd[1234] folio_wait_writeback <- ...").
+pub fn waiting_chain(except: u32, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if tid == except || state_of(tid) != Some('D') {
+                continue;
+            }
+            let path = format!("/proc/{pid}/task/{tid}");
+            let stack = kernel_stack(&path);
+            if !stack.iter().any(|f| STACK_MARKERS.iter().any(|m| f.contains(m))) {
+                continue;
+            }
+            let top: Vec<&str> = stack.iter().take(4).map(|f| f.split('+').next().unwrap_or(f)).collect();
+            out.push(format!("{}[{tid}] {}", comm_of(&path), top.join(" <- ")));
+            if out.len() >= limit {
+                return out;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,117 @@
+//! Mirrors the topology into the kernel's filter maps: servicer tgids,
+//! backing-file inodes and the stacked devices whose I/O is counted. Only
+//! differences are written, so a refresh costs nothing when nothing changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
+use probe_common::maps::{BackingInfo, BackingKey, DevState, ServicerInfo};
+
+use crate::topology::{Dev, Topology};
+
+pub struct MapsSync {
+    servicers: HashMap<MapData, u32, ServicerInfo>,
+    backing: HashMap<MapData, BackingKey, BackingInfo>,
+    devs: PerCpuHashMap<MapData, u32, DevState>,
+    cur_servicers: BTreeMap<u32, u32>,
+    cur_backing: BTreeMap<(u32, u64), u32>,
+    cur_devs: BTreeSet<u32>,
+}
+
+/// What a sync changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub servicers: usize,
+    pub backing_files: usize,
+    pub devices: usize,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        *self != Changes::default()
+    }
+}
+
+/// Applies the difference between `cur` and `want` through `apply` (Some:
+/// insert or update, None: remove); returns how many entries changed.
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    cur: &mut BTreeMap<K, V>,
+    want: BTreeMap<K, V>,
+    mut apply: impl FnMut(K, Option<V>) -> Result<()>,
+) -> Result<usize> {
+    let mut n = 0;
+    for (k, v) in &want {
+        if cur.get(k) != Some(v) {
+            apply(*k, Some(*v))?;
+            n += 1;
+        }
+    }
+    for k in cur.keys().filter(|k| !want.contains_key(k)).copied().collect::<Vec<_>>() {
+        apply(k, None)?;
+        n += 1;
+    }
+    *cur = want;
+    Ok(n)
+}
+
+impl MapsSync {
+    pub fn new(
+        servicers: HashMap<MapData, u32, ServicerInfo>,
+        backing: HashMap<MapData, BackingKey, BackingInfo>,
+        devs: PerCpuHashMap<MapData, u32, DevState>,
+    ) -> MapsSync {
+        MapsSync {
+            servicers,
+            backing,
+            devs,
+            cur_servicers: BTreeMap::new(),
+            cur_backing: BTreeMap::new(),
+            cur_devs: BTreeSet::new(),
+        }
+    }
+
+    /// Brings the maps in line with `topo` plus the servicers named on the
+    /// command line (which serve `extra_dev`, or nothing known).
+    pub fn sync(&mut self, topo: &Topology) -> Result<Changes> {
+        let want_s: BTreeMap<u32, u32> = topo.servicer_processes().into_iter().map(|(t, d)| (t, d.to_kernel())).collect();
+        let servicers = &mut self.servicers;
+        let s = diff(&mut self.cur_servicers, want_s, |k, v| match v {
+            Some(v) => servicers.insert(k, ServicerInfo { serving_dev: v, _pad: 0 }, 0).context("SERVICERS update"),
+            None => servicers.remove(&k).context("SERVICERS remove"),
+        })?;
+
+        let want_b: BTreeMap<(u32, u64), u32> =
+            topo.backing_files().into_iter().map(|b| ((b.file_dev.to_kernel(), b.ino), b.backs.to_kernel())).collect();
+        let backing = &mut self.backing;
+        let b = diff(&mut self.cur_backing, want_b, |(dev, ino), up| {
+            let key = BackingKey { dev, _pad: 0, ino };
+            match up {
+                Some(up) => backing.insert(key, BackingInfo { upper_dev: up, _pad: 0 }, 0).context("BACKING_FILES update"),
+                None => backing.remove(&key).context("BACKING_FILES remove"),
+            }
+        })?;
+
+        let want_d: BTreeSet<u32> = topo.stacked_devices().into_iter().map(Dev::to_kernel).collect();
+        let mut d = 0;
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e).context("cannot count CPUs")?;
+        for dev in want_d.difference(&self.cur_devs) {
+            let zero = PerCpuValues::try_from(vec![DevState::default(); ncpu]).context("per-CPU values")?;
+            self.devs.insert(dev, zero, 0).context("DEV_STATE update")?;
+            d += 1;
+        }
+        for dev in self.cur_devs.difference(&want_d) {
+            let _ = self.devs.remove(dev);
+            d += 1;
+        }
+        self.cur_devs = want_d;
+        Ok(Changes { servicers: s, backing_files: b, devices: d })
+    }
+
+    /// Requests in flight on a stacked device: the sum over CPUs (a request
+    /// may complete on another CPU than it was issued on).
+    pub fn inflight(&self, dev: Dev) -> Option<i64> {
+        let vals = self.devs.get(&dev.to_kernel(), 0).ok()?;
+        Some(vals.iter().map(|v| v.inflight).sum::<i64>().max(0))
+    }
+}

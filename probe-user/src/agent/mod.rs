@@ -1,0 +1,8 @@
+//! The live agent: loads and attaches the programs, keeps the kernel's view
+//! of the storage stack current, and runs events through the engine.
+
+pub mod blocked;
+pub mod maps_sync;
+pub mod run;
+pub mod session;
+pub mod stacks;

@@ -1,0 +1,121 @@
+//! Start-up: privileges, kernel facts, CONFIG, load, attach, maps.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    Ebpf, EbpfLoader,
+};
+use probe_common::maps as names;
+
+use super::{maps_sync::MapsSync, stacks::Stacks};
+use crate::{
+    attach::{
+        config::{self, Built, KernelView},
+        loader::{self, AttachReport},
+        table::Family,
+    },
+    events::stream::EventStream,
+    kernel::{btf::KernelBtf, kallsyms::Kallsyms, preflight, tracefs::Tracefs},
+};
+
+/// The eBPF object, built by `cargo xtask build` and embedded at compile time.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RECLAIMSCOPE_BPF_OBJ"));
+
+/// Where to find the kernel's facts; overridable for tests and odd systems.
+#[derive(Debug, Clone)]
+pub struct KernelPaths {
+    pub tracefs: PathBuf,
+    pub btf: PathBuf,
+}
+
+impl KernelPaths {
+    /// Reads BTF, tracefs and kallsyms, failing with one line when a piece
+    /// is missing.
+    pub fn view(&self) -> Result<KernelView> {
+        let btf = KernelBtf::load(&self.btf)?;
+        let tracefs = Tracefs::open(&self.tracefs)?;
+        let kallsyms = Kallsyms::load(std::path::Path::new(crate::kernel::kallsyms::DEFAULT))?;
+        Ok(KernelView { tracefs, btf, kallsyms })
+    }
+}
+
+pub struct SessionOptions {
+    pub command: &'static str,
+    pub paths: KernelPaths,
+    pub target_tgid: Option<u32>,
+    pub trace_all: bool,
+    pub force: Option<Family>,
+}
+
+pub struct Counters {
+    map: PerCpuArray<aya::maps::MapData, u64>,
+}
+
+impl Counters {
+    /// Sum over CPUs of one probe_common::maps::counter slot.
+    pub fn get(&self, idx: u32) -> u64 {
+        self.map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+pub struct Session {
+    /// Owns every program and link: dropping it detaches them all.
+    pub ebpf: Ebpf,
+    pub kv: KernelView,
+    pub built: Built,
+    pub attach: AttachReport,
+    pub events: EventStream,
+    pub maps: MapsSync,
+    pub stacks: Stacks,
+    pub counters: Counters,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Creates the maps and reads the programs, with CONFIG filled in.
+pub fn load_object(built: &Built) -> Result<Ebpf> {
+    EbpfLoader::new().override_global("CONFIG", &built.config, true).load(BPF_OBJECT).context("cannot load the eBPF object")
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map>,
+    <T as TryFrom<aya::maps::Map>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Session {
+    pub fn start(opts: &SessionOptions) -> Result<Session> {
+        preflight::require_bpf_privileges(opts.command)?;
+        let kv = opts.paths.view()?;
+        let built = config::build(&kv, opts.target_tgid.unwrap_or(0), opts.trace_all);
+        for m in &built.missing_fields {
+            log::warn!("kernel BTF has no {}: disabled {}", m.field, m.disables);
+        }
+        let mut ebpf = load_object(&built)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("no eBPF log channel: {e}");
+                None
+            }
+        };
+        let attach = loader::attach_all(&mut ebpf, &kv, &built, opts.force);
+        attach.check_required()?;
+        for (hook, lost) in attach.weakened() {
+            log::warn!("hook {hook} unavailable on this kernel; {lost}");
+        }
+        let events = EventStream::new(take::<RingBuf<_>>(&mut ebpf, names::EVENTS)?)?;
+        let maps = MapsSync::new(
+            take::<HashMap<_, _, _>>(&mut ebpf, names::SERVICERS)?,
+            take::<HashMap<_, _, _>>(&mut ebpf, names::BACKING_FILES)?,
+            take::<PerCpuHashMap<_, _, _>>(&mut ebpf, names::DEV_STATE)?,
+        );
+        let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
+        let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
+        Ok(Session { ebpf, kv, built, attach, events, maps, stacks, counters, logger })
+    }
+}

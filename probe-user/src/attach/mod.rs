@@ -1,0 +1,5 @@
+//! Choosing, per logical hook, the best attach type this kernel allows.
+
+pub mod config;
+pub mod loader;
+pub mod table;

@@ -1,0 +1,87 @@
+//! `reclaimscope monitor`: the service mode. Findings, topology changes and
+//! periodic summaries as JSON lines on stdout (for journald or a log
+//! shipper), and Prometheus metrics on --metrics-addr.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::trace_args::TraceArgs;
+use crate::{
+    agent::run::{Sink, Summary},
+    detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
+    events::decode::Event,
+    output::metrics::{self, Metrics},
+    topology::Topology,
+};
+
+/// Examples:
+///   sudo reclaimscope monitor --metrics-addr 127.0.0.1:9858
+///   sudo reclaimscope monitor --servicer 4242 --deadlock-after 10
+#[derive(clap::Args, Debug)]
+pub struct MonitorArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+struct MonitorSink {
+    metrics: Arc<Metrics>,
+}
+
+fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
+    let mut v = serde_json::to_value(v)?;
+    v["type"] = json!(kind);
+    println!("{v}");
+    Ok(())
+}
+
+impl Sink for MonitorSink {
+    fn event(&mut self, _raw: &[u8], _ev: &Event, _obs: &Observed, _stack: &[(u64, String)]) -> Result<()> {
+        Ok(())
+    }
+
+    fn finding(&mut self, f: &Finding) -> Result<()> {
+        self.metrics.finding(&f.rule, f.severity.name());
+        line("finding", f)
+    }
+
+    fn summary(&mut self, s: &Summary, last: bool) -> Result<()> {
+        self.metrics.set_reclaim_events("direct", s.reclaim_direct);
+        self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
+        self.metrics.set_dropped_events(s.dropped);
+        line(if last { "final_summary" } else { "summary" }, s)
+    }
+
+    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
+        let unprotected = topo.unprotected().len();
+        self.metrics.set_servicers("unprotected", unprotected as i64);
+        self.metrics.set_servicers("protected", topo.servicers.len().saturating_sub(unprotected) as i64);
+        line("topology", json!({ "servicers": index.servicers, "backing_files": index.backing, "unprotected": unprotected }))
+    }
+}
+
+pub async fn run(args: &MonitorArgs) -> Result<i32> {
+    let (mut session, gfp) = args.trace.start("monitor", false)?;
+    let metrics = Arc::new(Metrics::new());
+    for r in rules::ALL {
+        metrics.declare_finding(r.id, r.severity.name());
+    }
+    for c in &session.attach.hooks {
+        metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some());
+    }
+    let server = match args.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
+    let mut sink = MonitorSink { metrics };
+    let result = args.trace.run(&mut session, gfp, &mut sink).await;
+    if let Some(s) = server {
+        s.abort();
+    }
+    result.map(|_| 0)
+}

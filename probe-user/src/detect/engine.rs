@@ -1,0 +1,434 @@
+//! Correlates events with the storage stack and applies the rules.
+
+use std::{
+    collections::{hash_map::DefaultHasher, HashMap},
+    hash::{Hash, Hasher},
+    time::Duration,
+};
+
+use probe_common::{
+    events::{ReclaimKind, TaskCtx},
+    flags::{effective_gfp, GFP_FS, GFP_IO, PF_KTHREAD},
+};
+
+use super::{
+    finding::{Finding, FsDesc, ServicerDesc},
+    index::{MountRef, StackIndex},
+    rules::{self, Rule},
+};
+use crate::{
+    events::decode::{comm, cstr, wait_dev, Event},
+    flags::{self, GfpNames},
+    topology::{protection_of, Dev},
+};
+
+/// What the agent knows about an event beyond its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Symbolized kernel stack of the event.
+    pub stack: Vec<String>,
+    /// Requests in flight on the served device (None: not known, as in a
+    /// replayed trace or without the upper_io hook).
+    pub inflight: Option<i64>,
+}
+
+/// A servicer thread seen entering reclaim and not yet leaving it.
+#[derive(Debug, Clone)]
+struct Pending {
+    ctx: TaskCtx,
+    gfp: u32,
+    waited_on: Option<Dev>,
+    stack: Vec<String>,
+}
+
+/// A thread the agent found in D state.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub tid: u32,
+    pub blocked_for: Duration,
+    pub now_ns: u64,
+    pub stack: Vec<String>,
+    /// The tasks waiting on it, up the stack.
+    pub chain: Vec<String>,
+}
+
+pub struct Engine {
+    index: StackIndex,
+    gfp: GfpNames,
+    deadlock_after: Duration,
+    findings: Vec<Finding>,
+    seen: HashMap<(&'static str, u32, u64), usize>,
+    pending: HashMap<u32, Pending>,
+}
+
+fn fs_desc(m: &MountRef) -> FsDesc {
+    FsDesc { fs_type: m.fs_type.clone(), mount_point: m.mount_point.clone(), dev: m.dev.to_string() }
+}
+
+fn stack_hash(stack: &[String]) -> u64 {
+    let mut h = DefaultHasher::new();
+    // Offsets vary with the call site inside a function; the functions don't.
+    for f in stack {
+        f.split('+').next().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Engine {
+    pub fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Engine {
+        Engine { index, gfp, deadlock_after, findings: Vec::new(), seen: HashMap::new(), pending: HashMap::new() }
+    }
+
+    /// The topology changed (new loop device, mount, servicer).
+    pub fn set_index(&mut self, index: StackIndex) {
+        self.index = index;
+    }
+
+    pub fn index(&self) -> &StackIndex {
+        &self.index
+    }
+
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Servicer threads inside reclaim now, with when they entered it.
+    pub fn pending(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.pending.iter().map(|(tid, p)| (*tid, p.ctx.ts_ns))
+    }
+
+    /// The filesystem mounted on the served device, or on a device stacked on it.
+    fn upper_mount(&self, serving: Dev) -> Option<&MountRef> {
+        self.index.upper_devs(serving).into_iter().filter(|d| d.major != 0).find_map(|d| self.index.mount_on(d))
+    }
+
+    fn is_upper(&self, serving: Dev, dev: Dev) -> bool {
+        self.index.upper_devs(serving).contains(&dev)
+    }
+
+    /// Applies the rules to one event; returns the findings it created (a
+    /// repeat only bumps the count of the existing one).
+    pub fn on_event(&mut self, ev: &Event, obs: &Observed) -> Vec<Finding> {
+        let ctx = *ev.ctx();
+        if ctx.serving_dev == 0 {
+            return vec![];
+        }
+        let serving = Dev::from_kernel(ctx.serving_dev);
+        let mut out = Vec::new();
+        match ev {
+            Event::ReclaimBegin(e) => {
+                let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
+                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) {
+                    self.pending.insert(ctx.tid, Pending { ctx, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() });
+                }
+                let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
+                let busy = obs.inflight.is_none_or(|n| n > 0);
+                if gfp & (GFP_FS | GFP_IO) != 0 && busy && self.upper_mount(serving).is_some() {
+                    let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
+                    let detail = format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
+                    out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, serving, gfp, obs, detail, vec![]));
+                }
+            }
+            Event::ReclaimEnd(_) => {
+                self.pending.remove(&ctx.tid);
+            }
+            Event::Shrinker(e) => {
+                let sb = Dev::from_kernel(e.data.sb_dev);
+                if e.data.sb_dev != 0 && self.is_upper(serving, sb) {
+                    let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
+                    out.extend(self.report(&rules::SHRINKER_UPPER, &ctx, serving, e.data.gfp, obs, detail, vec![]));
+                }
+            }
+            Event::WritebackWait(e) => {
+                let Some(dev) = wait_dev(e) else { return out };
+                if e.data.in_reclaim == 0 || !self.is_upper(serving, dev) {
+                    return out;
+                }
+                let gfp = match self.pending.get_mut(&ctx.tid) {
+                    Some(p) => {
+                        p.waited_on = Some(dev);
+                        p.gfp
+                    }
+                    None => 0,
+                };
+                let detail = format!("folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim", e.data.ino, e.data.index);
+                out.extend(self.report(&rules::WAIT_UPPER_WRITEBACK, &ctx, serving, gfp, obs, detail, vec![]));
+            }
+            Event::ReclaimWrite(e) => {
+                let dev = Dev::from_kernel(e.data.dev);
+                if self.is_upper(serving, dev) {
+                    let gfp = self.pending.get(&ctx.tid).map(|p| p.gfp).unwrap_or(0);
+                    let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
+                    out.extend(self.report(&rules::WRITE_UPPER_FOLIO, &ctx, serving, gfp, obs, detail, vec![]));
+                }
+            }
+        }
+        out
+    }
+
+    /// A thread in D state: a deadlock when it is a servicer inside reclaim,
+    /// blocked past the threshold on a wait for the I/O it serves.
+    pub fn on_blocked(&mut self, b: &Blocked) -> Option<Finding> {
+        if b.blocked_for < self.deadlock_after {
+            return None;
+        }
+        let p = self.pending.get(&b.tid)?.clone();
+        let serving = Dev::from_kernel(p.ctx.serving_dev);
+        let waits = b.stack.iter().any(|f| rules::WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
+        if p.waited_on.is_none() && !waits {
+            return None;
+        }
+        let on = p.waited_on.map(|d| format!(" on writeback of {d}")).unwrap_or_default();
+        let detail = format!("blocked in D state inside reclaim{on} for {:.1} s", b.blocked_for.as_secs_f64());
+        let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
+        let obs = Observed { stack, inflight: None };
+        let mut ctx = p.ctx;
+        ctx.ts_ns = b.now_ns;
+        self.report(&rules::BLOCKED_IN_RECLAIM, &ctx, serving, p.gfp, &obs, detail, b.chain.clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        rule: &'static Rule,
+        ctx: &TaskCtx,
+        serving: Dev,
+        gfp: u32,
+        obs: &Observed,
+        detail: String,
+        chain: Vec<String>,
+    ) -> Option<Finding> {
+        let key = (rule.id, ctx.tid, stack_hash(&obs.stack));
+        if let Some(&i) = self.seen.get(&key) {
+            let f = &mut self.findings[i];
+            f.count += 1;
+            f.last_ns = ctx.ts_ns;
+            return None;
+        }
+        let name = comm(ctx);
+        let backing = self.index.backing_of(serving);
+        let f = Finding {
+            rule: rule.id.to_owned(),
+            severity: rule.severity,
+            title: rule.title.to_owned(),
+            servicer: ServicerDesc {
+                comm: name.clone(),
+                tgid: ctx.tgid,
+                tid: ctx.tid,
+                flags: flags::task_flags(ctx.task_flags),
+                protection: format!("{:?}", protection_of(ctx.task_flags)),
+            },
+            upper_fs: self.upper_mount(serving).map(fs_desc),
+            device: serving.to_string(),
+            backing_file: backing.map(|b| b.path.clone()),
+            lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
+            bottom_fs: self.index.bottom_mount(serving).map(fs_desc),
+            gfp: self.gfp.decode(gfp as u64),
+            gfp_raw: gfp,
+            upper_inflight: obs.inflight,
+            detail,
+            stack: obs.stack.clone(),
+            chain,
+            remedy: rules::remedy(&name, ctx.tgid, ctx.task_flags & PF_KTHREAD != 0),
+            first_ns: ctx.ts_ns,
+            last_ns: ctx.ts_ns,
+            count: 1,
+        };
+        self.seen.insert(key, self.findings.len());
+        self.findings.push(f.clone());
+        Some(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules over synthetic event streams: no root, no kernel.
+
+    use probe_common::{
+        events::{
+            EventKind, ReclaimData, ReclaimEvent, ReclaimWriteData, ReclaimWriteEvent, ShrinkerData, ShrinkerEvent,
+            WritebackWaitData, WritebackWaitEvent,
+        },
+        flags::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOIO},
+    };
+
+    use super::*;
+    use crate::detect::{
+        finding::Severity,
+        index::{BackingEdge, MountRef, ServicerRef},
+    };
+
+    const LOOP0: Dev = Dev { major: 7, minor: 0 };
+    const LOOP1: Dev = Dev { major: 7, minor: 1 };
+    const GFP_HIGHUSER_MOVABLE: u32 = 0x100cca;
+
+    /// XFS on loop0 on qsd's FUSE file on ext4, and XFS on loop1 on a file in
+    /// the first XFS.
+    fn index() -> StackIndex {
+        let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
+        StackIndex {
+            mounts: vec![m(Dev { major: 254, minor: 1 }, "ext4", "/"), m(LOOP0, "xfs", "/mnt/upper"), m(LOOP1, "xfs", "/mnt/top")],
+            backing: vec![
+                BackingEdge { file_dev: Dev { major: 0, minor: 55 }, path: "/srv/fuse.img".into(), backs: LOOP0 },
+                BackingEdge { file_dev: LOOP0, path: "/mnt/upper/img".into(), backs: LOOP1 },
+            ],
+            servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), serves: LOOP0 }],
+        }
+    }
+
+    fn engine() -> Engine {
+        Engine::new(index(), GfpNames::builtin(), Duration::from_secs(5))
+    }
+
+    fn ctx(tid: u32, flags: u32, serving: Dev) -> TaskCtx {
+        let mut comm = [0u8; 16];
+        comm[..14].copy_from_slice(b"qemu-storage-d");
+        TaskCtx { ts_ns: 1_000, tgid: 100, tid, task_flags: flags, stack_id: 3, comm, serving_dev: serving.to_kernel(), fs_depth: 1 }
+    }
+
+    fn begin(tid: u32, flags: u32, gfp: u32, kind: ReclaimKind) -> Event {
+        Event::ReclaimBegin(ReclaimEvent {
+            kind: EventKind::ReclaimBegin as u32,
+            _pad: 0,
+            ctx: ctx(tid, flags, LOOP0),
+            data: ReclaimData { reclaim_kind: kind as u32, gfp, ..Default::default() },
+        })
+    }
+
+    fn end(tid: u32) -> Event {
+        Event::ReclaimEnd(ReclaimEvent {
+            kind: EventKind::ReclaimEnd as u32,
+            _pad: 0,
+            ctx: ctx(tid, 0, LOOP0),
+            data: ReclaimData { reclaim_kind: ReclaimKind::Memcg as u32, gfp: GFP_HIGHUSER_MOVABLE, ..Default::default() },
+        })
+    }
+
+    fn wait(tid: u32, bdi: &str) -> Event {
+        let mut name = [0u8; 32];
+        name[..bdi.len()].copy_from_slice(bdi.as_bytes());
+        Event::WritebackWait(WritebackWaitEvent {
+            kind: EventKind::WritebackWait as u32,
+            _pad: 0,
+            ctx: ctx(tid, 0, LOOP0),
+            data: WritebackWaitData { bdi: name, ino: 131, index: 7, in_reclaim: 1, dev: 0 },
+        })
+    }
+
+    fn obs() -> Observed {
+        Observed { stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()], inflight: Some(4) }
+    }
+
+    #[test]
+    fn unprotected_servicer_in_memcg_reclaim_is_a_hazard() {
+        let mut e = engine();
+        let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
+        assert_eq!(f.len(), 1);
+        let f = &f[0];
+        assert_eq!((f.rule.as_str(), f.severity), ("RS001", Severity::Hazard));
+        assert_eq!(f.gfp, "GFP_HIGHUSER_MOVABLE");
+        assert_eq!(f.upper_fs.as_ref().unwrap().mount_point, "/mnt/upper");
+        assert_eq!(f.device, "7:0");
+        assert_eq!(f.backing_file.as_deref(), Some("/srv/fuse.img"));
+        assert!(f.remedy.contains("PR_SET_IO_FLUSHER"));
+        assert_eq!(f.upper_inflight, Some(4));
+    }
+
+    #[test]
+    fn io_flusher_servicer_is_not_a_hazard() {
+        // A kprobe reports the caller's mask; the task's NOIO scope strips FS/IO.
+        let mut e = engine();
+        let f = e.on_event(&begin(101, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE, GFP_HIGHUSER_MOVABLE, ReclaimKind::Direct), &obs());
+        assert!(f.is_empty());
+        // The tracepoint path reports the effective mask: GFP_NOIO-like.
+        let f = e.on_event(&begin(102, PF_MEMALLOC_NOIO, 0x400 | 0x800, ReclaimKind::Memcg), &obs());
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn no_upper_io_in_flight_or_no_upper_fs_means_no_hazard() {
+        let mut e = engine();
+        let idle = Observed { inflight: Some(0), ..obs() };
+        assert!(e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &idle).is_empty());
+        let mut bare = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+        assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
+    }
+
+    #[test]
+    fn repeats_are_counted_not_reported_again() {
+        let mut e = engine();
+        let ev = begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg);
+        assert_eq!(e.on_event(&ev, &obs()).len(), 1);
+        assert!(e.on_event(&ev, &obs()).is_empty());
+        assert_eq!(e.findings()[0].count, 2);
+        // Another thread of the same daemon is its own finding.
+        assert_eq!(e.on_event(&begin(102, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).len(), 1);
+    }
+
+    #[test]
+    fn writeback_wait_on_served_device_or_above_is_recursion() {
+        let mut e = engine();
+        e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
+        let f = e.on_event(&wait(101, "7:0"), &obs());
+        assert_eq!(f[0].rule, "RS102");
+        assert_eq!(f[0].gfp, "GFP_HIGHUSER_MOVABLE");
+        // Two levels up (XFS on loop1 whose file lives on loop0's XFS).
+        assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: vec!["x".into()], ..obs() })[0].rule, "RS102");
+        // An unrelated device is not.
+        assert!(e.on_event(&wait(101, "8:0"), &Observed { stack: vec!["y".into()], ..obs() }).is_empty());
+    }
+
+    #[test]
+    fn upper_shrinker_and_reclaim_write_are_recursion() {
+        let mut e = engine();
+        let mut fs_type = [0u8; 16];
+        fs_type[..3].copy_from_slice(b"xfs");
+        let shr = Event::Shrinker(ShrinkerEvent {
+            kind: EventKind::Shrinker as u32,
+            _pad: 0,
+            ctx: ctx(101, 0, LOOP0),
+            data: ShrinkerData { sb_dev: LOOP0.to_kernel(), fs_type, gfp: GFP_HIGHUSER_MOVABLE, ..Default::default() },
+        });
+        assert_eq!(e.on_event(&shr, &obs())[0].rule, "RS101");
+        let w = Event::ReclaimWrite(ReclaimWriteEvent {
+            kind: EventKind::ReclaimWrite as u32,
+            _pad: 0,
+            ctx: ctx(101, 0, LOOP0),
+            data: ReclaimWriteData { dev: LOOP1.to_kernel(), _pad: 0, ino: 9 },
+        });
+        assert_eq!(e.on_event(&w, &obs())[0].rule, "RS103");
+    }
+
+    #[test]
+    fn servicer_blocked_in_reclaim_past_the_threshold_is_a_deadlock() {
+        let mut e = engine();
+        e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
+        e.on_event(&wait(101, "7:0"), &obs());
+        let blocked = |secs| Blocked {
+            tid: 101,
+            blocked_for: Duration::from_secs(secs),
+            now_ns: 9_000,
+            stack: vec!["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()],
+            chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
+        };
+        assert!(e.on_blocked(&blocked(3)).is_none());
+        let f = e.on_blocked(&blocked(6)).unwrap();
+        assert_eq!((f.rule.as_str(), f.severity), ("RS201", Severity::Deadlock));
+        assert_eq!(f.chain.len(), 1);
+        assert!(f.detail.contains("7:0"));
+        // Once the thread leaves reclaim it is no longer a candidate.
+        e.on_event(&end(101), &obs());
+        assert!(e.pending().next().is_none());
+    }
+
+    #[test]
+    fn tasks_serving_nothing_are_ignored() {
+        let mut e = engine();
+        let mut ev = begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg);
+        if let Event::ReclaimBegin(r) = &mut ev {
+            r.ctx.serving_dev = 0;
+        }
+        assert!(e.on_event(&ev, &obs()).is_empty());
+        assert!(e.pending().next().is_none());
+    }
+}

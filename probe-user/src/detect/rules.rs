@@ -1,0 +1,81 @@
+//! The rules, as data: stable ids, severities and what each one means.
+//! docs/rules.md documents the same ids; never renumber or reuse one.
+
+use super::finding::Severity;
+
+pub struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub title: &'static str,
+}
+
+pub const HAZARD_FS_IO: Rule = Rule {
+    id: "RS001",
+    severity: Severity::Hazard,
+    title: "servicer of a stacked device allocates with __GFP_FS/__GFP_IO under memory pressure",
+};
+pub const SHRINKER_UPPER: Rule = Rule {
+    id: "RS101",
+    severity: Severity::Recursion,
+    title: "reclaim in a servicer calls the shrinker of the filesystem it serves",
+};
+pub const WAIT_UPPER_WRITEBACK: Rule = Rule {
+    id: "RS102",
+    severity: Severity::Recursion,
+    title: "reclaim in a servicer waits on writeback of the device it serves",
+};
+pub const WRITE_UPPER_FOLIO: Rule = Rule {
+    id: "RS103",
+    severity: Severity::Recursion,
+    title: "reclaim in a servicer writes a folio of the filesystem it serves",
+};
+pub const BLOCKED_IN_RECLAIM: Rule = Rule {
+    id: "RS201",
+    severity: Severity::Deadlock,
+    title: "servicer blocked in reclaim on the I/O it is meant to complete",
+};
+
+pub const ALL: &[&Rule] = &[&HAZARD_FS_IO, &SHRINKER_UPPER, &WAIT_UPPER_WRITEBACK, &WRITE_UPPER_FOLIO, &BLOCKED_IN_RECLAIM];
+
+/// Kernel functions that mean "waiting for writeback or for I/O" when they
+/// sit in a blocked task's stack.
+pub const WAIT_FUNCTIONS: &[&str] = &[
+    "folio_wait_writeback",
+    "folio_wait_bit",
+    "shrink_folio_list",
+    "io_schedule",
+    "balance_dirty_pages",
+    "wait_on_page_writeback",
+];
+
+pub fn remedy(comm: &str, tgid: u32, kernel_thread: bool) -> String {
+    if kernel_thread {
+        format!(
+            "{comm} is a kernel thread: submit its I/O under memalloc_noio_save()/memalloc_noio_restore(), \
+             as loop_process_work() does"
+        )
+    } else {
+        format!(
+            "call prctl(PR_SET_IO_FLUSHER, 1) in {comm} (pid {tgid}) in every thread that serves I/O: it sets \
+             PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE so its allocations cannot recurse into filesystems or block I/O \
+             (needs CAP_SYS_RESOURCE)"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_unique_and_documented() {
+        let doc = include_str!("../../../docs/rules.md");
+        let mut ids: Vec<&str> = ALL.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), ALL.len());
+        for r in ALL {
+            assert!(doc.contains(r.id), "{} missing from docs/rules.md", r.id);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Human output: fixed-width event rows as they stream, and prettytable
+//! blocks for findings and summaries.
+
+use prettytable::{format, row, Table};
+
+use super::view::EventView;
+use crate::{agent::run::Summary, detect::finding::Finding};
+
+pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
+
+/// One streaming row; `t0` is the first event's timestamp.
+pub fn event_row(v: &EventView, t0: u64) -> String {
+    let t = v.ts_ns.saturating_sub(t0) as f64 / 1e9;
+    let kind = v.kind.unwrap_or(v.event);
+    let lat = v.latency_us.map(|l| format!("{l:.1}")).unwrap_or_else(|| "-".into());
+    let gfp = v.gfp.clone().or_else(|| v.detail.clone()).unwrap_or_default();
+    format!("{t:<12.6} {:<16} {:<7} {:<7} {:<12} {:<36} {:<16} {lat}", v.comm, v.pid, v.tid, kind, gfp, v.task_flags)
+}
+
+pub fn finding_block(f: &Finding) -> String {
+    let mut t = Table::new();
+    t.set_format(*format::consts::FORMAT_CLEAN);
+    let fs = |d: &Option<crate::detect::finding::FsDesc>| {
+        d.as_ref().map(|d| format!("{} on {} ({})", d.fs_type, d.mount_point, d.dev)).unwrap_or_else(|| "-".into())
+    };
+    let s = &f.servicer;
+    t.add_row(row!["servicer", format!("{} pid {} tid {} flags {} ({})", s.comm, s.tgid, s.tid, s.flags, s.protection)]);
+    t.add_row(row!["upper fs", fs(&f.upper_fs)]);
+    t.add_row(row!["device", &f.device]);
+    t.add_row(row!["backing file", f.backing_file.as_deref().unwrap_or("-")]);
+    t.add_row(row!["lower fs", fs(&f.lower_fs)]);
+    if f.bottom_fs != f.lower_fs {
+        t.add_row(row!["bottom fs", fs(&f.bottom_fs)]);
+    }
+    t.add_row(row!["gfp", format!("{} ({:#x})", f.gfp, f.gfp_raw)]);
+    if let Some(n) = f.upper_inflight {
+        t.add_row(row!["upper I/O", format!("{n} requests in flight")]);
+    }
+    t.add_row(row!["what", &f.detail]);
+    if !f.stack.is_empty() {
+        t.add_row(row!["stack", f.stack.iter().take(16).cloned().collect::<Vec<_>>().join("\n")]);
+    }
+    if !f.chain.is_empty() {
+        t.add_row(row!["waiting", f.chain.join("\n")]);
+    }
+    t.add_row(row!["remedy", &f.remedy]);
+    format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.comm, f.title, t)
+}
+
+pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
+    let mut t = Table::new();
+    t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
+    t.set_titles(row!["elapsed", "direct", "memcg", "shrinker", "wb-waits", "events", "dropped", "findings"]);
+    t.add_row(row![
+        format!("{:.0}s", s.elapsed_s),
+        s.reclaim_direct,
+        s.reclaim_memcg,
+        s.shrinker_calls,
+        s.writeback_waits,
+        s.events,
+        s.dropped,
+        s.findings
+    ]);
+    let mut out = t.to_string();
+    if !findings.is_empty() {
+        let mut f = Table::new();
+        f.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
+        f.set_titles(row!["severity", "rule", "servicer", "pid", "tid", "count", "upper fs"]);
+        for x in findings {
+            let up = x.upper_fs.as_ref().map(|u| format!("{} {}", u.fs_type, u.mount_point)).unwrap_or_default();
+            f.add_row(row![x.severity.name(), x.rule, x.servicer.comm, x.servicer.tgid, x.servicer.tid, x.count, up]);
+        }
+        out.push_str(&f.to_string());
+    }
+    out
+}

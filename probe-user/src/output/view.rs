@@ -1,0 +1,105 @@
+//! The printable form of an event, shared by the table and JSON outputs.
+
+use serde::Serialize;
+
+use crate::{
+    detect::engine::Observed,
+    events::decode::{cstr, reclaim_kind_name, wait_dev, Event},
+    flags::{self, GfpNames},
+    topology::Dev,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub ts_ns: u64,
+    pub event: &'static str,
+    pub comm: String,
+    pub pid: u32,
+    pub tid: u32,
+    /// direct | memcg | slowpath | shrink_node for reclaim events.
+    pub kind: Option<&'static str>,
+    pub gfp: Option<String>,
+    pub gfp_raw: Option<u32>,
+    pub order: Option<i32>,
+    pub task_flags: String,
+    pub latency_us: Option<f64>,
+    pub nr_reclaimed: Option<u64>,
+    pub memcg: Option<String>,
+    /// The stacked device the task was serving, if any.
+    pub serving: Option<String>,
+    pub fs_depth: u32,
+    pub detail: Option<String>,
+    pub upper_inflight: Option<i64>,
+    pub stack: Vec<String>,
+}
+
+/// The memory cgroup of a process, from /proc/PID/cgroup (v1 `memory:` line,
+/// or the v2 unified line).
+pub fn memcg_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = text.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
+    line.splitn(3, ':').nth(2).map(str::to_owned)
+}
+
+impl EventView {
+    pub fn new(ev: &Event, obs: &Observed, gfp: &GfpNames, memcg: Option<String>) -> EventView {
+        let c = ev.ctx();
+        let mut v = EventView {
+            record: "event",
+            ts_ns: c.ts_ns,
+            event: ev.name(),
+            comm: cstr(&c.comm),
+            pid: c.tgid,
+            tid: c.tid,
+            kind: None,
+            gfp: None,
+            gfp_raw: None,
+            order: None,
+            task_flags: flags::task_flags(c.task_flags),
+            latency_us: None,
+            nr_reclaimed: None,
+            memcg,
+            serving: (c.serving_dev != 0).then(|| Dev::from_kernel(c.serving_dev).to_string()),
+            fs_depth: c.fs_depth,
+            detail: None,
+            upper_inflight: obs.inflight,
+            stack: obs.stack.clone(),
+        };
+        let mut set_gfp = |mask: u32| {
+            v.gfp = Some(gfp.decode(mask as u64));
+            v.gfp_raw = Some(mask);
+        };
+        match ev {
+            Event::ReclaimBegin(e) | Event::ReclaimEnd(e) => {
+                set_gfp(e.data.gfp);
+                v.kind = Some(reclaim_kind_name(e.data.reclaim_kind));
+                v.order = Some(e.data.order);
+                if matches!(ev, Event::ReclaimEnd(_)) {
+                    v.latency_us = Some(e.data.duration_ns as f64 / 1000.0);
+                    v.nr_reclaimed = Some(e.data.nr_reclaimed);
+                }
+            }
+            Event::Shrinker(e) => {
+                set_gfp(e.data.gfp);
+                v.detail = Some(format!(
+                    "shrinker {:#x} fs={} sb_dev={} nr_to_scan={}",
+                    e.data.shrinker,
+                    cstr(&e.data.fs_type),
+                    Dev::from_kernel(e.data.sb_dev),
+                    e.data.nr_to_scan
+                ));
+            }
+            Event::WritebackWait(e) => {
+                let dev = wait_dev(e).map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+                v.detail = Some(format!("wait on {dev} ino={} index={} in_reclaim={}", e.data.ino, e.data.index, e.data.in_reclaim));
+            }
+            Event::ReclaimWrite(e) => {
+                v.detail = Some(format!("pageout dev={} ino={}", Dev::from_kernel(e.data.dev), e.data.ino));
+            }
+        }
+        v
+    }
+}

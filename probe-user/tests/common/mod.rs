@@ -1,0 +1,139 @@
+//! Shared by the integration tests: running the real binary, reading its
+//! JSON lines, and the hazard stack.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_reclaimscope")
+}
+
+/// Runs the binary to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run reclaimscope")
+}
+
+/// A running `reclaimscope` whose stdout JSON lines are collected with the
+/// time each arrived. Dropping it interrupts and reaps it.
+pub struct Agent {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<(Instant, Value)>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).spawn().expect("start reclaimscope");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push((Instant::now(), v));
+                }
+            }
+        });
+        Agent { child: Some(child), lines, reader: Some(reader) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Objects whose "type" is `kind`, with their arrival times.
+    pub fn of_type(&self, kind: &str) -> Vec<(Instant, Value)> {
+        self.lines.lock().unwrap().iter().filter(|(_, v)| v["type"] == kind).cloned().collect()
+    }
+
+    /// Waits until `pred` holds for some object, or the timeout passes.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<(Instant, Value)> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Some(hit) = self.lines.lock().unwrap().iter().find(|(_, v)| pred(v)).cloned() {
+                return Some(hit);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+
+    /// Sends `sig`, waits for exit (at most 20 s), returns the exit status
+    /// code and every line read.
+    pub fn stop(mut self, sig: i32) -> (Option<i32>, Vec<Value>) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s.code();
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let lines = self.lines.lock().unwrap().iter().map(|(_, v)| v.clone()).collect();
+        (status, lines)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Names of the loaded BPF programs (bpftool truncates to 15 characters).
+pub fn loaded_prog_names() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+/// True when one of our programs is still loaded.
+pub fn any_of_ours_loaded() -> bool {
+    const OURS: &[&str] = &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_block_rq_issue"];
+    loaded_prog_names().iter().any(|n| OURS.iter().any(|o| o.starts_with(n.as_str()) && n.len() >= 8))
+}
+
+pub fn findings(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "finding").collect()
+}
+
+/// The hazard scenario: XFS on a loop device on qemu-storage-daemon's FUSE
+/// export on ext4, daemon and writer in a memory cgroup large enough that
+/// nothing hangs, yet small enough that the daemon reclaims.
+pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
+    let lock = testbed::lock().expect("testbed lock");
+    let spec = testbed::StackSpec {
+        servicer: testbed::Servicer::QsdFuse,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(256),
+    };
+    (lock, testbed::Stack::build(name, &spec).expect("build hazard stack"))
+}
+
+/// Writes through the upper XFS and waits for the writer (fsync included).
+pub fn write_through(stack: &mut testbed::Stack, mb: u64) {
+    let pid = stack.spawn_writer("data", mb).expect("writer");
+    stack.wait_writer(pid, Duration::from_secs(240)).expect("writer finishes");
+}

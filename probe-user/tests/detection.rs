@@ -1,0 +1,135 @@
+//! The detection engine on real stacks: the hazard is flagged, the real
+//! deadlock is flagged as it forms, and the controls stay quiet.
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn dev_of(stack: &testbed::Stack) -> String {
+    let (ma, mi) = stack.top().loop_devt;
+    format!("{ma}:{mi}")
+}
+
+fn rule(v: &Value) -> &str {
+    v["rule"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn hazard_is_flagged_for_qemu_storage_daemon() {
+    if !testbed::require_root("hazard_is_flagged_for_qemu_storage_daemon") {
+        return;
+    }
+    let (_lock, mut stack) = common::hazard_stack("hazard");
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    common::write_through(&mut stack, 384);
+    let (code, lines) = agent.stop(libc::SIGINT);
+    let mountpoint = stack.top().mountpoint.display().to_string();
+    let dev = dev_of(&stack);
+    let qsd = stack.daemon_pid.unwrap();
+    stack.teardown().unwrap();
+    assert_eq!(code, Some(0));
+    let hazards: Vec<&Value> = common::findings(&lines).into_iter().filter(|f| rule(f) == "RS001").collect();
+    assert!(!hazards.is_empty(), "no hazard; got {lines:#?}");
+    let h = hazards[0];
+    assert_eq!(h["severity"], "hazard");
+    assert_eq!(h["servicer"]["tgid"], qsd);
+    assert!(h["servicer"]["comm"].as_str().unwrap().starts_with("qemu-storage"), "{}", h["servicer"]["comm"]);
+    assert_eq!(h["upper_fs"]["mount_point"], mountpoint.as_str());
+    assert_eq!(h["upper_fs"]["fs_type"], "xfs");
+    assert_eq!(h["device"], dev.as_str());
+    assert_ne!(h["gfp_raw"].as_u64().unwrap() & 0x80, 0, "__GFP_FS not in {}", h["gfp"]);
+    assert!(h["remedy"].as_str().unwrap().contains("PR_SET_IO_FLUSHER"));
+    assert!(!h["stack"].as_array().unwrap().is_empty(), "no kernel stack");
+}
+
+#[test]
+fn real_deadlock_is_flagged_as_it_forms() {
+    if !testbed::require_root("real_deadlock_is_flagged_as_it_forms") {
+        return;
+    }
+    let _lock = testbed::lock().unwrap();
+    let spec = testbed::StackSpec { servicer: testbed::Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96) };
+    let mut stack = testbed::Stack::build("deadlock", &spec).unwrap();
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    let start = Instant::now();
+    stack.spawn_writer("data", 512).unwrap();
+    let grave = agent.wait_for(Duration::from_secs(60), |v| v["type"] == "finding" && rule(v) == "RS201");
+    let recursion = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == "RS102");
+    let hazard = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == "RS001");
+    // Break the deadlock whatever happened, then check.
+    stack.abort_fuse().unwrap();
+    let (code, _) = agent.stop(libc::SIGINT);
+    stack.teardown().unwrap();
+    assert_eq!(code, Some(0), "agent must exit cleanly even with a deadlocked FUSE daemon");
+    let (t_hazard, _) = hazard.expect("no hazard before the deadlock");
+    let (t_rec, rec) = recursion.expect("no recursion finding (folio_wait_writeback)");
+    assert!(rec["detail"].as_str().unwrap().contains("folio_wait_writeback"));
+    let (t_dead, dead) = grave.expect("deadlock not reported within 60 s");
+    assert!(!dead["chain"].as_array().unwrap().is_empty(), "no waiting chain");
+    println!(
+        "hazard at {:.1} s, recursion at {:.1} s, deadlock at {:.1} s after the writer started; hazard lead time {:.1} s",
+        (t_hazard - start).as_secs_f64(),
+        (t_rec - start).as_secs_f64(),
+        (t_dead - start).as_secs_f64(),
+        (t_dead - t_hazard).as_secs_f64()
+    );
+    assert!(t_hazard <= t_dead);
+}
+
+/// Runs a writer under the same memory pressure and returns the agent's lines.
+fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>) -> Vec<Value> {
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    match (stack, memcg) {
+        (Some(s), _) => common::write_through(s, 384),
+        (None, Some(m)) => {
+            let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+            let mut dd = std::process::Command::new("dd");
+            dd.args(["if=/dev/zero", &format!("of={}", Path::new(dir.path()).join("f").display()), "bs=1M", "count=384", "conv=fsync"]);
+            m.enter_on_spawn(&mut dd).unwrap();
+            assert!(dd.status().unwrap().success());
+        }
+        (None, None) => unreachable!(),
+    }
+    let (code, lines) = agent.stop(libc::SIGINT);
+    assert_eq!(code, Some(0));
+    lines
+}
+
+fn assert_pressure_and_no_findings(lines: &[Value], what: &str) {
+    let summary = lines.iter().find(|v| v["type"] == "final_summary").expect("final summary");
+    assert!(summary["reclaim_memcg"].as_u64().unwrap() > 0, "{what}: no memcg reclaim happened, the control proves nothing");
+    let f = common::findings(lines);
+    assert!(f.is_empty(), "{what}: unexpected findings {f:#?}");
+}
+
+#[test]
+fn control_plain_loop_is_quiet() {
+    if !testbed::require_root("control_plain_loop_is_quiet") {
+        return;
+    }
+    let _lock = testbed::lock().unwrap();
+    let spec = testbed::StackSpec { servicer: testbed::Servicer::KernelLoop, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256) };
+    let mut stack = testbed::Stack::build("control-loop", &spec).unwrap();
+    let lines = quiet_run(Some(&mut stack), None);
+    stack.teardown().unwrap();
+    assert_pressure_and_no_findings(&lines, "XFS on a plain loop device");
+}
+
+#[test]
+fn control_plain_ext4_is_quiet() {
+    if !testbed::require_root("control_plain_ext4_is_quiet") {
+        return;
+    }
+    let _lock = testbed::lock().unwrap();
+    let memcg = testbed::Memcg::create("control-ext4", 128).unwrap();
+    let lines = quiet_run(None, Some(&memcg));
+    assert_pressure_and_no_findings(&lines, "plain ext4");
+}
