@@ -1,1 +1,178 @@
-//! Storage-stack topology.
+//! Storage-stack topology: which filesystem sits on which device, what
+//! backs each device, and which tasks complete its I/O (its *servicers*).
+//!
+//! The agent needs it to tell an upper filesystem from a lower one and to
+//! know whose reclaim can deadlock the stack; `reclaimscope audit` prints it.
+//! Discovery reads /proc and /sys only (plus one loop ioctl and stats of
+//! files that are not on FUSE or network filesystems), so it works without
+//! BPF, mostly without root, and never blocks on a wedged FUSE daemon.
+
+mod block;
+mod dev;
+mod fuse;
+mod loopdev;
+mod mountinfo;
+mod named;
+mod procs;
+mod servicer;
+mod snapshot;
+mod source;
+mod stack;
+
+pub use block::{BackingFile, BlockDevice, DeviceKind};
+pub use dev::Dev;
+pub use fuse::connection_of;
+pub use mountinfo::Mount;
+pub use servicer::{protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread};
+pub use snapshot::capture;
+pub use source::ANSWERS_FILE;
+pub use stack::StackPath;
+
+use anyhow::{bail, Context, Result};
+use mountinfo::mount_of_path;
+use serde::Serialize;
+use source::Source;
+use std::path::{Path, PathBuf};
+
+/// What discovery cannot see on its own, from the command line.
+#[derive(Default, Clone, Debug)]
+pub struct Extra {
+    /// --servicer PID
+    pub servicers: Vec<u32>,
+    /// --backing-file PATH=DEV: PATH holds the data of block device DEV.
+    pub backing_files: Vec<(PathBuf, Dev)>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Topology {
+    pub mounts: Vec<Mount>,
+    pub devices: Vec<BlockDevice>,
+    pub servicers: Vec<Servicer>,
+    /// What discovery could not see, and why.
+    pub warnings: Vec<String>,
+}
+
+impl Topology {
+    /// From this machine's /proc/self/mountinfo, /proc/partitions, /sys and /proc/*.
+    pub fn discover(extra: &Extra) -> Result<Topology> {
+        Self::discover_with(&Source::live(), extra)
+    }
+
+    /// From `root` standing in for `/` (a snapshot written by [`capture`]
+    /// or a hand-made fixture); `/` itself means the live system.
+    pub fn discover_from(root: &Path, extra: &Extra) -> Result<Topology> {
+        Self::discover_with(&Source::at(root)?, extra)
+    }
+
+    pub(crate) fn discover_with(src: &Source, extra: &Extra) -> Result<Topology> {
+        let mountinfo = src.read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+        let mounts = mountinfo::parse(&mountinfo);
+        let mut devices = block::scan(src);
+        let mut warnings = Vec::new();
+        for d in &mut devices {
+            d.backing_file = loop_backing_file(src, &mounts, d);
+        }
+        for (path, dev) in &extra.backing_files {
+            name_backing_file(src, &mounts, &mut devices, path, *dev)?;
+        }
+
+        let holders = procs::holders(src, |node| node == fuse::DEV_FUSE || node.starts_with("/dev/ublkc") || node.starts_with("/dev/uio"));
+        if holders.unreadable > 0 {
+            warnings.push(format!(
+                "could not read the open files of {} processes (not root): servicers among them are missing",
+                holders.unreadable
+            ));
+        }
+        let mut servicers = servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
+        servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
+        fuse::settle_named(&mut servicers, &extra.servicers);
+        for &pid in &extra.servicers {
+            named::add(src, &mounts, &devices, &mut servicers, pid)?;
+        }
+        let mut topo = Topology { mounts, devices, servicers, warnings };
+        topo.link_servicers();
+        Ok(topo)
+    }
+
+    pub fn device(&self, dev: Dev) -> Option<&BlockDevice> {
+        self.devices.iter().find(|d| d.dev == dev)
+    }
+
+    /// Every file that backs a stacked block device.
+    pub fn backing_files(&self) -> Vec<BackingFile> {
+        self.devices.iter().filter_map(|d| d.backing_file.clone()).collect()
+    }
+
+    /// Userspace servicer processes and the element each completes I/O for
+    /// (a block device, or a FUSE filesystem's 0:N; [`Dev::NONE`] for a
+    /// named servicer whose device is unknown). One pair per (tgid, element).
+    pub fn servicer_processes(&self) -> Vec<(u32, Dev)> {
+        let mut out: Vec<(u32, Dev)> = self.servicers.iter().filter_map(|s| Some((s.tgid?, s.serves))).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    pub fn servicer_by_tgid(&self, tgid: u32) -> Option<&Servicer> {
+        self.servicers.iter().find(|s| s.tgid == Some(tgid))
+    }
+
+    /// Unprotected servicers under a mounted filesystem (what audit's exit code reflects).
+    pub fn unprotected(&self) -> Vec<&Servicer> {
+        self.servicers.iter().filter(|s| !s.protection.is_protected() && !s.under_mounts.is_empty()).collect()
+    }
+}
+
+/// sysfs prints an unlinked backing file's path with this suffix.
+const DELETED: &str = " (deleted)";
+
+/// FUSE_ROOT_ID: the inode number of every FUSE filesystem's root.
+const FUSE_ROOT_INO: u64 = 1;
+
+/// A loop device's backing file, identified without ever asking a FUSE
+/// daemon or network server: the loop ioctl for files elsewhere (stat as a
+/// fallback without root), the mount table alone for files on FUSE.
+fn loop_backing_file(src: &Source, mounts: &[Mount], d: &BlockDevice) -> Option<BackingFile> {
+    let raw = d.loop_file.as_deref()?;
+    let (path, deleted) = match raw.strip_suffix(DELETED) {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from(raw), false),
+    };
+    let holder = mount_of_path(mounts, &path, None);
+    let id = match holder {
+        Some(m) if m.stat_may_block() => None,
+        _ => src.loop_status(&d.name).or_else(|| if deleted { None } else { src.stat(&path) }),
+    };
+    let file_dev = id.map(|i| i.dev).or(holder.map(|m| m.dev))?;
+    let ino = id.map(|i| i.ino).unwrap_or_else(|| unprobed_ino(holder, &path));
+    Some(BackingFile { file_dev, ino, path, backs: d.dev, deleted, named: false })
+}
+
+/// The inode of a file that must not be stat()ed: known only when the file
+/// is the root of a FUSE mount (qemu-storage-daemon's export is), else 0.
+fn unprobed_ino(holder: Option<&Mount>, path: &Path) -> u64 {
+    match holder {
+        Some(m) if m.is_fuse() && m.mount_point == path && m.root == Path::new("/") => FUSE_ROOT_INO,
+        _ => 0,
+    }
+}
+
+/// --backing-file PATH=DEV
+fn name_backing_file(src: &Source, mounts: &[Mount], devices: &mut [BlockDevice], path: &Path, dev: Dev) -> Result<()> {
+    if !path.is_absolute() {
+        bail!("--backing-file {}: the path must be absolute", path.display());
+    }
+    let Some(d) = devices.iter_mut().find(|d| d.dev == dev) else {
+        bail!("--backing-file {}={dev}: no block device {dev} on this host", path.display());
+    };
+    let holder = mount_of_path(mounts, path, None);
+    let (file_dev, ino) = match holder {
+        Some(m) if m.stat_may_block() => (m.dev, unprobed_ino(holder, path)),
+        _ => {
+            let id = src.stat(path).with_context(|| format!("--backing-file {}: cannot stat it", path.display()))?;
+            (id.dev, id.ino)
+        }
+    };
+    d.backing_file = Some(BackingFile { file_dev, ino, path: path.to_path_buf(), backs: dev, deleted: false, named: true });
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Block devices and what sysfs says sits under them.
+//!
+//! The device list comes from /proc/partitions (it holds partitions too, and
+//! leaves out unbound loop devices, which have no capacity); the rest from
+//! /sys/block/NAME, as documented in Documentation/ABI/*/sysfs-block*.
+
+use super::dev::Dev;
+use super::source::Source;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Loop,
+    Nbd,
+    /// ublk block device (ublkbN), served through /dev/ublkcN.
+    Ublk,
+    Dm,
+    Md,
+    /// sdX: a local disk, or a LIO/tcmu or iSCSI LUN.
+    Scsi,
+    Partition,
+    Other,
+}
+
+impl DeviceKind {
+    fn of_disk(name: &str) -> DeviceKind {
+        let numbered = |prefix: &str| name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if numbered("loop") {
+            DeviceKind::Loop
+        } else if numbered("nbd") {
+            DeviceKind::Nbd
+        } else if numbered("ublkb") {
+            DeviceKind::Ublk
+        } else if numbered("dm-") {
+            DeviceKind::Dm
+        } else if name.starts_with("md") {
+            DeviceKind::Md
+        } else if name.strip_prefix("sd").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase())) {
+            DeviceKind::Scsi
+        } else {
+            DeviceKind::Other
+        }
+    }
+}
+
+/// A file whose contents are a block device's contents.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct BackingFile {
+    /// st_dev of the filesystem holding the file.
+    pub file_dev: Dev,
+    /// Its inode; 0 when it could not be learnt without touching a FUSE or
+    /// network filesystem (which could block on a wedged server).
+    pub ino: u64,
+    pub path: PathBuf,
+    /// The device it backs.
+    pub backs: Dev,
+    /// The path was unlinked after the device was set up (sysfs says "(deleted)").
+    pub deleted: bool,
+    /// Named with --backing-file rather than discovered.
+    pub named: bool,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct BlockDevice {
+    pub name: String,
+    pub dev: Dev,
+    pub kind: DeviceKind,
+    /// The whole disk, for a partition.
+    pub partition_of: Option<Dev>,
+    /// Devices this one is built from (dm/md "slaves").
+    pub slaves: Vec<Dev>,
+    /// Devices built on top of this one.
+    pub holders: Vec<Dev>,
+    pub backing_file: Option<BackingFile>,
+    /// nbd: the task that connected the device (/sys/block/nbdN/pid).
+    pub nbd_pid: Option<u32>,
+    /// What the driver says about it: dm name, nbd backend, SCSI vendor and model, iSCSI target.
+    pub detail: Option<String>,
+    /// SCSI unit serial number (VPD page 0x80), matched against tcmu backstores.
+    #[serde(skip)]
+    pub unit_serial: Option<String>,
+    /// Backing file path from /sys/block/loopN/loop/backing_file, resolved later against the mounts.
+    #[serde(skip)]
+    pub(crate) loop_file: Option<String>,
+}
+
+impl BlockDevice {
+    /// "loop0 (7:0)"
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.name, self.dev)
+    }
+}
+
+/// Every block device with a capacity.
+pub(crate) fn scan(src: &Source) -> Vec<BlockDevice> {
+    let listed = src.read("/proc/partitions").map(|t| parse_partitions(&t)).unwrap_or_default();
+    let dev_of = |name: &str| listed.iter().find(|(_, n)| n == name).map(|(d, _)| *d);
+    let mut devices = Vec::new();
+    for (dev, name) in &listed {
+        // /sys/class/block/NAME -> ../../devices/.../block/DISK[/PART]
+        let class_link = src.read_link(&format!("/sys/class/block/{name}")).unwrap_or_default();
+        let parent = class_link
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| p != "block")
+            .and_then(|p| dev_of(&p).map(|d| (p, d)));
+        let (kind, sysdir) = match &parent {
+            Some((disk, _)) => (DeviceKind::Partition, format!("/sys/block/{disk}/{name}")),
+            None => (DeviceKind::of_disk(name), format!("/sys/block/{name}")),
+        };
+        let names_to_devs = |sub: &str| -> Vec<Dev> { src.read_dir(&format!("{sysdir}/{sub}")).unwrap_or_default().iter().filter_map(|n| dev_of(n)).collect() };
+        let mut d = BlockDevice {
+            name: name.clone(),
+            dev: *dev,
+            kind,
+            partition_of: parent.map(|(_, d)| d),
+            slaves: names_to_devs("slaves"),
+            holders: names_to_devs("holders"),
+            backing_file: None,
+            nbd_pid: None,
+            detail: None,
+            unit_serial: None,
+            loop_file: None,
+        };
+        driver_details(src, &sysdir, &class_link, &mut d);
+        devices.push(d);
+    }
+    devices
+}
+
+/// The per-driver sysfs attributes.
+fn driver_details(src: &Source, sysdir: &str, class_link: &Path, d: &mut BlockDevice) {
+    match d.kind {
+        DeviceKind::Loop => d.loop_file = src.read_line(&format!("{sysdir}/loop/backing_file")),
+        DeviceKind::Nbd => {
+            d.nbd_pid = src.read_line(&format!("{sysdir}/pid")).and_then(|p| p.parse().ok());
+            d.detail = src.read_line(&format!("{sysdir}/backend")).map(|b| format!("backend {b}"));
+        }
+        DeviceKind::Dm => d.detail = src.read_line(&format!("{sysdir}/dm/name")).map(|n| format!("dm {n}")),
+        DeviceKind::Md => d.detail = src.read_line(&format!("{sysdir}/md/level")),
+        DeviceKind::Scsi => {
+            let attr = |a: &str| src.read_line(&format!("{sysdir}/device/{a}"));
+            let mut detail: Vec<String> = [attr("vendor"), attr("model")].into_iter().flatten().collect();
+            if let Some(target) = iscsi_target(src, class_link) {
+                detail.push(format!("iSCSI target {target}"));
+            }
+            d.detail = (!detail.is_empty()).then(|| detail.join(" "));
+            d.unit_serial = src.read_bytes(&format!("{sysdir}/device/vpd_pg80")).ok().and_then(|p| vpd_unit_serial(&p));
+        }
+        _ => {}
+    }
+}
+
+/// An iSCSI LUN's sysfs path runs through its session:
+/// .../host3/session1/target3:0:0/3:0:0:0/block/sdc.
+fn iscsi_target(src: &Source, class_link: &Path) -> Option<String> {
+    let session = class_link.iter().map(|c| c.to_string_lossy()).find(|c| c.strip_prefix("session").is_some_and(|n| n.parse::<u32>().is_ok()))?;
+    src.read_line(&format!("/sys/class/iscsi_session/{session}/targetname"))
+}
+
+/// VPD page 0x80 (SPC-4 7.8.15): 4-byte header, then the ASCII serial.
+fn vpd_unit_serial(page: &[u8]) -> Option<String> {
+    if page.len() < 4 || page[1] != 0x80 {
+        return None;
+    }
+    let len = u16::from_be_bytes([page[2], page[3]]) as usize;
+    let serial = String::from_utf8_lossy(page.get(4..4 + len).unwrap_or(&page[4..])).trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string();
+    (!serial.is_empty()).then_some(serial)
+}
+
+/// `major minor #blocks name` lines after a header.
+fn parse_partitions(text: &str) -> Vec<(Dev, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [major, minor, _, name] = f.as_slice() else { return None };
+            Some((Dev::new(major.parse().ok()?, minor.parse().ok()?), name.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_names() {
+        assert_eq!(DeviceKind::of_disk("loop12"), DeviceKind::Loop);
+        assert_eq!(DeviceKind::of_disk("loop"), DeviceKind::Other);
+        assert_eq!(DeviceKind::of_disk("nbd0"), DeviceKind::Nbd);
+        assert_eq!(DeviceKind::of_disk("ublkb3"), DeviceKind::Ublk);
+        assert_eq!(DeviceKind::of_disk("dm-0"), DeviceKind::Dm);
+        assert_eq!(DeviceKind::of_disk("md127"), DeviceKind::Md);
+        assert_eq!(DeviceKind::of_disk("sdab"), DeviceKind::Scsi);
+        assert_eq!(DeviceKind::of_disk("vda"), DeviceKind::Other);
+    }
+
+    #[test]
+    fn partitions_table() {
+        let t = "major minor  #blocks  name\n\n 254        0   10485760 vda\n   7        0     524288 loop0\n";
+        assert_eq!(parse_partitions(t), vec![(Dev::new(254, 0), "vda".into()), (Dev::new(7, 0), "loop0".into())]);
+    }
+
+    #[test]
+    fn unit_serial_page() {
+        let mut page = vec![0, 0x80, 0, 8];
+        page.extend_from_slice(b"abc-123 ");
+        assert_eq!(vpd_unit_serial(&page).as_deref(), Some("abc-123"));
+        assert_eq!(vpd_unit_serial(&[0, 0x83, 0, 0]), None);
+    }
+}

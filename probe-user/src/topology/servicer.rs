@@ -1,0 +1,372 @@
+//! Servicers: the tasks that complete a stacked device's I/O, and whether
+//! memory reclaim inside them can recurse into the filesystem above.
+//!
+//! A servicer that allocates memory with __GFP_FS|__GFP_IO can enter reclaim,
+//! and reclaim may wait for writeback of a page of the very filesystem whose
+//! I/O the servicer is supposed to complete: a deadlock. The kernel's scoped
+//! allocation flags take those bits out of every allocation of a task
+//! (current_gfp_context()), so a servicer is protected when each of its
+//! threads carries one.
+
+use super::block::{BlockDevice, DeviceKind};
+use super::dev::Dev;
+use super::mountinfo::Mount;
+use super::procs::{self, Holders};
+use super::source::Source;
+use probe_common::flags::{PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
+use serde::Serialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// How a task's allocations are scoped against reclaim recursion.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Protection {
+    /// PF_MEMALLOC_NOIO: no I/O and no filesystem callbacks in reclaim.
+    NoIo,
+    /// PF_MEMALLOC_NOFS: reclaim neither enters nor waits on filesystems.
+    NoFs,
+    /// PR_SET_IO_FLUSHER: PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE.
+    IoFlusher,
+    Unprotected,
+}
+
+impl Protection {
+    pub fn is_protected(self) -> bool {
+        self != Protection::Unprotected
+    }
+
+    /// Weakest first, to reduce a set of threads to the protection they all have.
+    fn strength(self) -> u8 {
+        match self {
+            Protection::Unprotected => 0,
+            Protection::NoFs => 1,
+            Protection::NoIo => 2,
+            Protection::IoFlusher => 3,
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protection::NoIo => "protected (PF_MEMALLOC_NOIO)",
+            Protection::NoFs => "protected (PF_MEMALLOC_NOFS)",
+            Protection::IoFlusher => "protected (PR_SET_IO_FLUSHER: NOIO|LOCAL_THROTTLE)",
+            Protection::Unprotected => "UNPROTECTED",
+        })
+    }
+}
+
+/// Decodes the scope bits of a task's flags. PF_MEMALLOC is deliberately
+/// ignored: the kernel sets it *while* a task runs direct reclaim, so a
+/// servicer stuck in reclaim shows it, and counting it would call a
+/// deadlocked daemon protected.
+pub fn protection_of(task_flags: u32) -> Protection {
+    let noio = task_flags & PF_MEMALLOC_NOIO != 0;
+    if noio && task_flags & PF_LOCAL_THROTTLE != 0 {
+        Protection::IoFlusher
+    } else if noio {
+        Protection::NoIo
+    } else if task_flags & PF_MEMALLOC_NOFS != 0 {
+        Protection::NoFs
+    } else {
+        Protection::Unprotected
+    }
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServicerKind {
+    /// The loop driver's kernel workers.
+    KernelLoop,
+    /// A FUSE daemon.
+    Fuse,
+    /// The task that connected an nbd device.
+    Nbd,
+    /// A ublk server (holds /dev/ublkcN).
+    Ublk,
+    /// A tcmu handler such as tcmu-runner (holds /dev/uioN of a tcm-user device).
+    Tcmu,
+    /// Named with --servicer.
+    Named,
+}
+
+impl fmt::Display for ServicerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServicerKind::KernelLoop => "kernel loop worker",
+            ServicerKind::Fuse => "FUSE daemon",
+            ServicerKind::Nbd => "nbd client",
+            ServicerKind::Ublk => "ublk server",
+            ServicerKind::Tcmu => "tcmu handler",
+            ServicerKind::Named => "named servicer",
+        })
+    }
+}
+
+/// How sure discovery is that this task serves that device.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "level", rename_all = "snake_case")]
+pub enum Confidence {
+    /// The kernel says so (sysfs pid, fdinfo's fuse_connection, the only
+    /// holder of the device node).
+    Certain { why: String },
+    /// Named with --servicer.
+    Named,
+    /// One of several processes holding /dev/fuse; the kernel does not say which.
+    Ambiguous { candidates: usize },
+}
+
+impl fmt::Display for Confidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Confidence::Certain { why } => write!(f, "certain: {why}"),
+            Confidence::Named => f.write_str("named with --servicer"),
+            Confidence::Ambiguous { candidates } => write!(f, "ambiguous: {candidates} candidates"),
+        }
+    }
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServicerThread {
+    pub tid: u32,
+    pub comm: String,
+    /// Field 9 of /proc/PID/task/TID/stat.
+    pub flags: u32,
+    pub protection: Protection,
+}
+
+/// A file a servicer keeps open read-write: where it stores what it serves.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct DataFile {
+    pub path: PathBuf,
+    /// st_dev of the filesystem holding it.
+    pub dev: Dev,
+    pub ino: u64,
+    /// Mount point and type of that filesystem.
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Servicer {
+    pub kind: ServicerKind,
+    /// None for kernel workers that belong to no process.
+    pub tgid: Option<u32>,
+    pub comm: String,
+    /// The device (or FUSE filesystem) whose I/O it completes; [`Dev::NONE`] when unknown.
+    pub serves: Dev,
+    /// "loop0 (7:0)", "FUSE /x/fuse.img (connection 39)".
+    pub serves_name: String,
+    /// Every thread (empty for kernel workers, see `protection`).
+    pub threads: Vec<ServicerThread>,
+    /// What all threads have: unprotected when any one is. For kernel loop
+    /// workers, what the driver guarantees per work item (an idle kworker's
+    /// flags say nothing).
+    pub protection: Protection,
+    /// The servicer is a kernel thread (PF_KTHREAD).
+    pub kernel: bool,
+    pub confidence: Confidence,
+    pub data_files: Vec<DataFile>,
+    /// Mount points of block-device filesystems whose I/O completes through it.
+    pub under_mounts: Vec<PathBuf>,
+    /// Stacked block devices whose I/O completes through it.
+    pub supports: Vec<Dev>,
+    pub remedy: String,
+    pub note: Option<String>,
+}
+
+impl Servicer {
+    /// "qemu-storage-da (pid 42)" or "kworker (workqueue loop0)".
+    pub fn label(&self) -> String {
+        match self.tgid {
+            Some(pid) => format!("{} (pid {pid})", self.comm),
+            None => self.comm.clone(),
+        }
+    }
+
+    /// The kernel loop worker of `d`, protected by the driver itself.
+    fn kernel_loop(d: &BlockDevice) -> Servicer {
+        Servicer {
+            kind: ServicerKind::KernelLoop,
+            tgid: None,
+            comm: format!("kworker (workqueue {})", d.name),
+            serves: d.dev,
+            serves_name: d.label(),
+            threads: Vec::new(),
+            protection: Protection::NoIo,
+            kernel: true,
+            confidence: Confidence::Certain { why: "the loop driver completes this device's I/O in its workqueue".into() },
+            data_files: Vec::new(),
+            under_mounts: Vec::new(),
+            supports: Vec::new(),
+            remedy: "none needed: loop_process_work() runs every work item inside memalloc_noio_save() (drivers/block/loop.c)".into(),
+            note: Some("PF_MEMALLOC_NOIO is set per work item, so idle kworkers do not show it".into()),
+        }
+    }
+
+    /// A process servicer; `None` when the process is gone.
+    pub(crate) fn process(src: &Source, mounts: &[Mount], kind: ServicerKind, pid: u32, serves: Dev, serves_name: String, confidence: Confidence) -> Option<Servicer> {
+        let threads = procs::threads(src, pid);
+        let main = threads.iter().find(|t| t.tid == pid).or(threads.first())?;
+        let kernel = main.flags & PF_KTHREAD != 0;
+        let comm = procs::comm(src, pid).unwrap_or_else(|| main.comm.clone());
+        let protection = threads.iter().map(|t| t.protection).min_by_key(|p| p.strength()).unwrap_or(Protection::Unprotected);
+        let data_files = procs::open_files(src, pid)
+            .into_iter()
+            .filter(|f| f.read_write)
+            .filter_map(|f| {
+                let m = mounts.iter().find(|m| m.mount_id == f.mnt_id)?;
+                Some(DataFile { dev: m.dev, mount_point: m.mount_point.clone(), fs_type: m.fs_type.clone(), path: f.path, ino: f.ino })
+            })
+            .collect();
+        let remedy = remedy(kernel, protection, &threads);
+        Some(Servicer {
+            kind,
+            tgid: Some(pid),
+            comm,
+            serves,
+            serves_name,
+            threads,
+            protection,
+            kernel,
+            confidence,
+            data_files,
+            under_mounts: Vec::new(),
+            supports: Vec::new(),
+            remedy,
+            note: None,
+        })
+    }
+}
+
+/// What to change so that reclaim in this servicer cannot recurse.
+fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> String {
+    if protection.is_protected() {
+        return "none needed".into();
+    }
+    if kernel {
+        return "wrap the kernel code that completes this I/O in a memalloc_noio_save()/memalloc_noio_restore() scope".into();
+    }
+    let bare: Vec<String> = threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid.to_string()).collect();
+    if bare.len() == threads.len() {
+        "call prctl(PR_SET_IO_FLUSHER, 1) in the daemon before it creates threads or serves I/O (needs CAP_SYS_RESOURCE; \
+         the flag is per thread and inherited by threads created afterwards)"
+            .into()
+    } else {
+        format!(
+            "call prctl(PR_SET_IO_FLUSHER, 1) in threads {} too, or before they are created (the flag is per thread)",
+            bare.join(", ")
+        )
+    }
+}
+
+/// Kernel loop workers, nbd clients, ublk servers and tcmu handlers.
+pub(crate) fn discover_block(src: &Source, mounts: &[Mount], devices: &[BlockDevice], holders: &Holders, warnings: &mut Vec<String>) -> Vec<Servicer> {
+    let mut out = Vec::new();
+    for d in devices {
+        match d.kind {
+            DeviceKind::Loop if d.backing_file.is_some() => out.push(Servicer::kernel_loop(d)),
+            DeviceKind::Nbd => {
+                let Some(pid) = d.nbd_pid else { continue };
+                let why = Confidence::Certain { why: format!("/sys/block/{}/pid", d.name) };
+                match Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why) {
+                    Some(mut s) => {
+                        s.note = Some("if the NBD server runs on this host it completes this I/O too: name it with --servicer".into());
+                        out.push(s);
+                    }
+                    None => warnings.push(format!(
+                        "{}: pid {pid} from /sys/block/{}/pid is not running; the kernel sends this device's I/O over a socket, \
+                         so name the NBD server with --servicer if it runs on this host",
+                        d.label(),
+                        d.name
+                    )),
+                }
+            }
+            DeviceKind::Ublk => {
+                let node = format!("/dev/ublkc{}", d.name.trim_start_matches("ublkb"));
+                let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Ublk, d.dev, d.label());
+                if found.is_empty() {
+                    warnings.push(format!("{}: no process holds {node} open (ublk server gone, or not visible without root)", d.label()));
+                }
+                out.extend(found);
+            }
+            _ => {}
+        }
+    }
+    out.extend(tcmu(src, mounts, devices, holders, warnings));
+    out
+}
+
+/// One servicer per process holding `node` open.
+fn holder_servicers(src: &Source, mounts: &[Mount], holders: &Holders, node: &str, kind: ServicerKind, serves: Dev, serves_name: String) -> Vec<Servicer> {
+    let mut pids: Vec<u32> = holders.of(node).iter().map(|(pid, _)| *pid).collect();
+    pids.dedup();
+    let why = |n: usize| {
+        let also = if n > 1 { format!(" (one of {n} holders)") } else { String::new() };
+        Confidence::Certain { why: format!("holds {node} open{also}") }
+    };
+    pids.iter().filter_map(|&pid| Servicer::process(src, mounts, kind, pid, serves, serves_name.clone(), why(pids.len()))).collect()
+}
+
+/// tcmu: a LIO backstore handled in userspace shows up as a uio device
+/// named "tcm-user/<hba>/<device>/<config>"; its handler holds /dev/uioN.
+/// The SCSI disk it serves (through a loopback or iSCSI fabric) carries the
+/// backstore's unit serial in VPD page 0x80, which configfs also shows.
+fn tcmu(src: &Source, mounts: &[Mount], devices: &[BlockDevice], holders: &Holders, warnings: &mut Vec<String>) -> Vec<Servicer> {
+    let mut out = Vec::new();
+    for uio in src.read_dir("/sys/class/uio").unwrap_or_default() {
+        let Some(name) = src.read_line(&format!("/sys/class/uio/{uio}/name")) else { continue };
+        let Some(rest) = name.strip_prefix("tcm-user/") else { continue };
+        let mut parts = rest.splitn(3, '/');
+        let (Some(hba), Some(backstore)) = (parts.next(), parts.next()) else { continue };
+        let serial = src
+            .read_line(&format!("/sys/kernel/config/target/core/user_{hba}/{backstore}/wwn/vpd_unit_serial"))
+            .and_then(|l| l.rsplit(':').next().map(|s| s.trim().to_string()));
+        let disk = serial.as_ref().and_then(|s| devices.iter().find(|d| d.unit_serial.as_ref() == Some(s)));
+        let (serves, serves_name) = match disk {
+            Some(d) => (d.dev, format!("{} via {name}", d.label())),
+            None => (Dev::NONE, format!("{name} (no SCSI disk on this host carries its serial)")),
+        };
+        let node = format!("/dev/{uio}");
+        let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Tcmu, serves, serves_name);
+        if found.is_empty() {
+            warnings.push(format!("{name}: no process holds {node} open (tcmu handler gone, or not visible without root)"));
+        }
+        out.extend(found);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_scope_flags() {
+        assert_eq!(protection_of(0x0040_0100), Protection::Unprotected);
+        assert_eq!(protection_of(PF_MEMALLOC_NOIO), Protection::NoIo);
+        assert_eq!(protection_of(PF_MEMALLOC_NOFS), Protection::NoFs);
+        assert_eq!(protection_of(PF_MEMALLOC_NOIO | PF_MEMALLOC_NOFS), Protection::NoIo);
+        assert_eq!(protection_of(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE | 0x40), Protection::IoFlusher);
+        // LOCAL_THROTTLE alone (nfsd) does not scope allocations.
+        assert_eq!(protection_of(PF_LOCAL_THROTTLE), Protection::Unprotected);
+        // In direct reclaim right now: not a protection.
+        assert_eq!(protection_of(probe_common::flags::PF_MEMALLOC), Protection::Unprotected);
+    }
+
+    fn thread(tid: u32, flags: u32) -> ServicerThread {
+        ServicerThread { tid, comm: "t".into(), flags, protection: protection_of(flags) }
+    }
+
+    #[test]
+    fn remedy_names_the_fix() {
+        let all_bare = [thread(1, 0), thread(2, 0)];
+        assert!(remedy(false, Protection::Unprotected, &all_bare).starts_with("call prctl(PR_SET_IO_FLUSHER, 1) in the daemon"));
+        let some = [thread(1, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), thread(2, 0)];
+        assert!(remedy(false, Protection::Unprotected, &some).contains("in threads 2 too"));
+        assert!(remedy(true, Protection::Unprotected, &all_bare).contains("memalloc_noio_save()"));
+        assert_eq!(remedy(false, Protection::IoFlusher, &some[..1]), "none needed");
+    }
+}
