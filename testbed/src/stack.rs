@@ -240,6 +240,18 @@ impl Stack {
 
     /// Like [`Stack::spawn_writer`] with other dd flags (e.g. `oflag=direct`).
     pub fn spawn_writer_with(&mut self, file: &str, mb: u64, dd_flags: &[&str]) -> Result<u32> {
+        self.spawn_dd(file, mb, dd_flags, true)
+    }
+
+    /// Like [`Stack::spawn_writer`], but the writer stays outside the memcg:
+    /// only the servicer is under pressure, and reclaim in it finds the
+    /// lower file's page cache rather than the upper XFS's dirty folios, so
+    /// the hazard shows without the deadlock forming.
+    pub fn spawn_writer_outside_memcg(&mut self, file: &str, mb: u64) -> Result<u32> {
+        self.spawn_dd(file, mb, &["conv=fsync"], false)
+    }
+
+    fn spawn_dd(&mut self, file: &str, mb: u64, dd_flags: &[&str], in_memcg: bool) -> Result<u32> {
         if file.is_empty() || file.contains('/') {
             bail!("writer file {file:?} must be a plain file name");
         }
@@ -255,7 +267,7 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(memcg) = &self.memcg {
+        if let Some(memcg) = self.memcg.as_ref().filter(|_| in_memcg) {
             memcg.enter_on_spawn(&mut cmd)?;
         }
         let child = cmd.spawn().context("starting dd")?;

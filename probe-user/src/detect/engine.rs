@@ -206,7 +206,11 @@ impl Engine {
             return None;
         }
         let name = comm(ctx);
-        let backing = self.index.backing_of(serving);
+        // Name the block device the upper filesystem sits on: a FUSE
+        // daemon serves a FUSE file (0:N) that backs the loop device.
+        let upper = self.upper_mount(serving);
+        let device = upper.map(|m| m.dev).unwrap_or(serving);
+        let backing = self.index.backing_of(device);
         let f = Finding {
             rule: rule.id.to_owned(),
             severity: rule.severity,
@@ -218,11 +222,11 @@ impl Engine {
                 flags: flags::task_flags(ctx.task_flags),
                 protection: format!("{:?}", protection_of(ctx.task_flags)),
             },
-            upper_fs: self.upper_mount(serving).map(fs_desc),
-            device: serving.to_string(),
+            upper_fs: upper.map(fs_desc),
+            device: device.to_string(),
             backing_file: backing.map(|b| b.path.clone()),
             lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
-            bottom_fs: self.index.bottom_mount(serving).map(fs_desc),
+            bottom_fs: self.index.bottom_mount(device).map(fs_desc),
             gfp: self.gfp.decode(gfp as u64),
             gfp_raw: gfp,
             upper_inflight: obs.inflight,

@@ -119,8 +119,9 @@ pub fn findings(lines: &[Value]) -> Vec<&Value> {
 }
 
 /// The hazard scenario: XFS on a loop device on qemu-storage-daemon's FUSE
-/// export on ext4, daemon and writer in a memory cgroup large enough that
-/// nothing hangs, yet small enough that the daemon reclaims.
+/// export on ext4, the daemon in a memory cgroup small enough that it
+/// reclaims. The writer stays outside the cgroup, so the daemon's reclaim
+/// finds only its own lower-file page cache and nothing hangs.
 pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
     let lock = testbed::lock().expect("testbed lock");
     let spec = testbed::StackSpec {
@@ -132,8 +133,9 @@ pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
     (lock, testbed::Stack::build(name, &spec).expect("build hazard stack"))
 }
 
-/// Writes through the upper XFS and waits for the writer (fsync included).
+/// Writes through the upper XFS from outside the memcg and waits for the
+/// writer (fsync included).
 pub fn write_through(stack: &mut testbed::Stack, mb: u64) {
-    let pid = stack.spawn_writer("data", mb).expect("writer");
+    let pid = stack.spawn_writer_outside_memcg("data", mb).expect("writer");
     stack.wait_writer(pid, Duration::from_secs(240)).expect("writer finishes");
 }
