@@ -31,13 +31,27 @@ impl Mount {
     /// (a wedged daemon blocks it forever) and network filesystems.
     /// Discovery never stats files on these.
     pub fn stat_may_block(&self) -> bool {
-        const REMOTE: &[&str] = &["nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "glusterfs", "afs"];
+        const REMOTE: &[&str] = &[
+            "nfs",
+            "nfs4",
+            "cifs",
+            "smb3",
+            "9p",
+            "ceph",
+            "glusterfs",
+            "afs",
+        ];
         self.is_fuse() || REMOTE.contains(&self.fs_type.as_str())
     }
 
     /// "/mnt/x (xfs, 7:0)"
     pub fn label(&self) -> String {
-        format!("{} ({}, {})", self.mount_point.display(), self.fs_type, self.dev)
+        format!(
+            "{} ({}, {})",
+            self.mount_point.display(),
+            self.fs_type,
+            self.dev
+        )
     }
 }
 
@@ -72,7 +86,10 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok()).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let octal = b
+            .get(i + 1..i + 4)
+            .and_then(|o| std::str::from_utf8(o).ok())
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match (b[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);
@@ -101,6 +118,21 @@ pub fn mount_of_path<'a>(mounts: &'a [Mount], path: &Path, dev: Option<Dev>) -> 
         .max_by_key(|(i, m)| (m.mount_point.components().count(), *i))
         .map(|(_, m)| m);
     best.or_else(|| dev.and_then(|_| mounts.iter().find(of_dev)))
+}
+
+/// Whether looking `path` up could wait on a FUSE daemon or network server:
+/// a path walk revalidates every directory it crosses, so one blocking
+/// filesystem anywhere along the way is enough, even when the file itself
+/// lives on a local filesystem mounted further down.
+pub fn path_may_block(mounts: &[Mount], path: &Path) -> bool {
+    path.ancestors().any(|prefix| {
+        // The visible mount on `prefix`: the last one mounted there.
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == prefix)
+            .is_some_and(Mount::stat_may_block)
+    })
 }
 
 #[cfg(test)]
@@ -142,5 +174,22 @@ bad line
         // A dev that is mounted, but not on a prefix of the path: its first mount.
         assert_eq!(of("/elsewhere", Some(Dev::new(7, 0))), Some(45));
         assert_eq!(of("/x", Some(Dev::new(8, 1))), None);
+    }
+
+    #[test]
+    fn a_fuse_mount_anywhere_on_the_path_blocks() {
+        let mut m = parse(SAMPLE);
+        assert!(path_may_block(&m, Path::new("/tmp/tq/fuse.img")));
+        assert!(!path_may_block(&m, Path::new("/tmp/tq/lower.img")));
+        // A local filesystem mounted inside the FUSE mount is still reached through it.
+        m.extend(parse(
+            "47 44 7:1 / /tmp/tq/fuse.img/sub rw - ext4 /dev/loop1 rw\n",
+        ));
+        assert!(path_may_block(&m, Path::new("/tmp/tq/fuse.img/sub/file")));
+        // Unless something local is mounted over the FUSE mount itself.
+        m.extend(parse(
+            "48 27 7:2 / /tmp/tq/fuse.img rw - ext4 /dev/loop2 rw\n",
+        ));
+        assert!(!path_may_block(&m, Path::new("/tmp/tq/fuse.img/file")));
     }
 }
