@@ -1,1 +1,71 @@
-fn main() {}
+//! reclaimscope: catch memory-reclaim recursion in stacked filesystems.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use reclaimscope::cli::{audit, monitor, probes, record, watch};
+
+/// Finds servicers of stacked block devices (loop workers, FUSE daemons,
+/// qemu-storage-daemon, tcmu-runner, nbd) that can recurse into the
+/// filesystem they serve through memory reclaim, and catches the deadlock
+/// as it forms.
+#[derive(Parser, Debug)]
+#[command(name = "reclaimscope", version)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Live findings (and with --all, every reclaim event) on this machine.
+    Watch(watch::WatchArgs),
+    /// Which probe implementation each hook uses here, and why.
+    Probes(probes::ProbesArgs),
+    /// Storage stacks and whether their servicers are protected (no BPF).
+    Audit(audit::AuditArgs),
+    /// Service mode: JSON lines on stdout and Prometheus metrics.
+    Monitor(monitor::MonitorArgs),
+    /// Record events and findings to a trace file for `report`.
+    Record(record::RecordArgs),
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Watch(a) => watch::run(&a).await,
+        Command::Probes(a) => probes::run(&a),
+        Command::Audit(a) => audit::run(&a),
+        Command::Monitor(a) => monitor::run(&a).await,
+        Command::Record(a) => record::run(&a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reclaimscope: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(dispatch(cli.command));
+    // A topology read stuck on a deadlocked FUSE daemon must not keep us alive.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("reclaimscope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
