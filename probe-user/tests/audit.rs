@@ -734,3 +734,86 @@ fn three_levels_followed_to_the_bottom() {
     assert_snapshot_round_trips(&Extra::default());
     stack.teardown().expect("teardown");
 }
+
+/// The audit is a health check for exactly this moment: with the daemon
+/// stuck in reclaim (waiting on writeback of the XFS it serves), discovery
+/// must return promptly and name it, even though its thread now carries
+/// PF_MEMALLOC.
+#[test]
+fn audit_answers_while_the_daemon_is_deadlocked() {
+    use probe_common::flags::PF_MEMALLOC;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    if !testbed::require_root("audit_answers_while_the_daemon_is_deadlocked") {
+        return;
+    }
+    let _lock = testbed::lock().expect("testbed lock");
+    let spec = StackSpec {
+        servicer: Servicer::QsdFuse,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(96),
+    };
+    let mut stack = Stack::build("audit-deadlock", &spec).expect("building the stack");
+    let qsd = stack.daemon_pid.expect("qsd pid");
+    stack.spawn_writer("data", 512).expect("writer");
+
+    // The deadlock: a daemon thread in D state for 3 s in a row.
+    let started = Instant::now();
+    let mut d_since: Option<(u32, Instant)> = None;
+    let stuck = loop {
+        let blocked = testbed::blocked_threads(qsd);
+        d_since = match d_since {
+            Some((tid, since)) if blocked.contains(&tid) => Some((tid, since)),
+            _ => blocked.first().map(|&tid| (tid, Instant::now())),
+        };
+        if let Some((tid, since)) = d_since {
+            if since.elapsed() >= Duration::from_secs(3) {
+                break Some(tid);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let kstack = stuck
+        .map(|tid| fs::read_to_string(format!("/proc/{qsd}/task/{tid}/stack")).unwrap_or_default())
+        .unwrap_or_default();
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    // A hung discovery stays blocked in this thread until the FUSE abort below frees it.
+    std::thread::spawn(move || {
+        let t = Topology::discover(&Extra::default()).map_err(|e| format!("{e:#}"));
+        let _ = tx.send(t.map(|t| (audit(&t).exit_code, t)));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(10));
+    let took = t0.elapsed();
+    stack.abort_fuse().expect("aborting FUSE");
+    stack.teardown().expect("teardown");
+
+    let stuck = stuck.expect("the deadlock did not form within 60 s");
+    let (code, t) = answer
+        .expect("discovery blocked on the deadlocked stack")
+        .expect("discovery");
+    println!("qsd thread {stuck} deadlocked; discovery answered in {took:?}; its kernel stack:\n{kstack}");
+    assert_eq!(code, EXIT_UNPROTECTED);
+    let s = t
+        .servicer_by_tgid(qsd)
+        .expect("the deadlocked daemon is found");
+    let th = s
+        .threads
+        .iter()
+        .find(|th| th.tid == stuck)
+        .expect("the stuck thread is listed");
+    // In reclaim right now (PF_MEMALLOC), yet unprotected.
+    assert_ne!(th.flags & PF_MEMALLOC, 0, "flags {:#x}", th.flags);
+    assert_eq!(
+        th.protection,
+        Protection::Unprotected,
+        "flags {:#x}",
+        th.flags
+    );
+    assert!(t.unprotected().iter().any(|u| u.tgid == Some(qsd)));
+}
