@@ -364,6 +364,63 @@ fn bad_extras_are_errors() {
     );
 }
 
+/// `reclaimscope audit` as a health check sees it: exit codes, JSON on
+/// stdout, one-line errors.
+fn run_audit(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reclaimscope"))
+        .arg("audit")
+        .args(args)
+        .output()
+        .expect("running reclaimscope");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8 output");
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn binary_exit_codes_and_json() {
+    let fuse = fixture("qsd_fuse_3_levels");
+    let fuse = fuse.to_str().unwrap();
+    let (code, stdout, _) = run_audit(&["--root", fuse, "--json"]);
+    assert_eq!(code, Some(EXIT_UNPROTECTED));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    let lib = audit(&discover_fixture("qsd_fuse_3_levels", &Extra::default()));
+    assert_eq!(json, lib.json, "the binary prints the library's report");
+    let (code, stdout, _) = run_audit(&["--root", fuse]);
+    assert_eq!((code, stdout), (Some(EXIT_UNPROTECTED), lib.text));
+
+    let kloop = fixture("kernel_loop_2_levels");
+    assert_eq!(
+        run_audit(&["--root", kloop.to_str().unwrap()]).0,
+        Some(EXIT_OK)
+    );
+
+    // --servicer and --backing-file feed the same graph.
+    let nbd = fixture("synthetic_nbd_dm");
+    let nbd = nbd.to_str().unwrap();
+    assert_eq!(run_audit(&["--root", nbd]).0, Some(EXIT_OK));
+    let (code, stdout, _) = run_audit(&[
+        "--root",
+        nbd,
+        "--json",
+        "--servicer",
+        "800",
+        "--backing-file",
+        "/srv/nbd0.img=43:0",
+    ]);
+    assert_eq!(code, Some(EXIT_UNPROTECTED));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["unprotected"][0]["tgid"], 800);
+
+    // Bad input: one line on stderr, exit 1 (2 for clap's usage errors), no panic.
+    let (code, _, stderr) = run_audit(&["--root", nbd, "--servicer", "4000000"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no such process"), "{stderr}");
+    let (code, _, stderr) = run_audit(&["--root", "/nonexistent-snapshot"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(run_audit(&["--backing-file", "nodev"]).0, Some(2));
+}
+
 /// A snapshot written by hand into a temporary directory.
 struct Tree(tempfile::TempDir);
 
@@ -688,6 +745,11 @@ fn qsd_fuse_daemon_is_unprotected() {
         .unwrap()
         .iter()
         .any(|u| u["tgid"] == pid));
+    assert_eq!(
+        run_audit(&[]).0,
+        Some(EXIT_UNPROTECTED),
+        "the binary agrees"
+    );
     assert!(
         out.text.contains(&format!(
             "servicer qemu-storage-da (pid {pid}) [FUSE daemon]: UNPROTECTED"
