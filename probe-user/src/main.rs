@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use reclaimscope::cli::{audit, monitor, probes, record, watch};
+use reclaimscope::cli::{audit, monitor, probes, record, report, watch};
 
 /// Finds servicers of stacked block devices (loop workers, FUSE daemons,
 /// qemu-storage-daemon, tcmu-runner, nbd) that can recurse into the
@@ -31,6 +31,8 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// Record events and findings to a trace file for `report`.
     Record(record::RecordArgs),
+    /// Replay a trace (or an ftrace text capture) offline; no root needed.
+    Report(report::ReportArgs),
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
@@ -40,6 +42,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
         Command::Audit(a) => audit::run(&a),
         Command::Monitor(a) => monitor::run(&a).await,
         Command::Record(a) => record::run(&a).await,
+        Command::Report(a) => report::run(&a),
     }
 }
 

@@ -18,10 +18,14 @@ fn fuzz_smoke(seconds: u64) -> Result<()> {
         eprintln!("xtask: installing cargo-fuzz");
         exec(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", "0.13.1"]).env("PATH", path_env()))?;
     }
+    let dir = root().join("fuzz");
     for target in ["trace_reader", "ftrace_import"] {
+        // libFuzzer refuses a corpus directory that does not exist.
+        std::fs::create_dir_all(dir.join("corpus").join(target))?;
+        let (corpus, seeds, dict) = (format!("corpus/{target}"), format!("seeds/{target}"), format!("-dict={target}.dict"));
         exec(Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={seconds}")])
-            .current_dir(root().join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, &corpus, &seeds, "--", &format!("-max_total_time={seconds}"), &dict])
+            .current_dir(&dir)
             .env("PATH", path_env())
             .env("RECLAIMSCOPE_BPF_OBJ", ebpf_object()))?;
     }

@@ -28,7 +28,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("bad size `{s}` (e.g. 64M)"))?;
-    n.checked_mul(mult).filter(|&b| b >= 64 << 10).ok_or_else(|| format!("size `{s}` must be at least 64K"))
+    n.checked_mul(mult).filter(|&b| b >= 4 << 10).ok_or_else(|| format!("size `{s}` must be at least 4K"))
 }
 
 /// Examples:
@@ -45,6 +45,9 @@ pub struct RecordArgs {
     /// Files kept when rotating, the current one included.
     #[arg(long, default_value_t = 4)]
     pub max_files: usize,
+    /// Record every task's reclaim events, not only those of stacked I/O.
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -98,7 +101,7 @@ impl Sink for RecordSink {
 }
 
 pub async fn run(args: &RecordArgs) -> Result<i32> {
-    let (mut session, gfp) = args.trace.start("record", false)?;
+    let (mut session, gfp) = args.trace.start("record", args.all)?;
     let tracefs = session.kv.tracefs.root().to_owned();
     let gfp_format = std::fs::read_to_string(tracefs.join("events/vmscan/mm_vmscan_direct_reclaim_begin/format")).ok();
     let topo = crate::agent::run::discover(&args.trace.extra()).await.context("cannot read the storage topology")?;

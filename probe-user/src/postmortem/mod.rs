@@ -1,3 +1,4 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
 pub mod ftrace;
+pub mod replay;

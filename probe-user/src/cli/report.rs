@@ -1,0 +1,106 @@
+//! `reclaimscope report FILE`: replays a trace (or an ftrace text capture)
+//! through the detection engine. Needs no root and no BPF.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+use prettytable::{format, row, Table};
+
+use crate::{
+    flags::GfpNames,
+    output::table::{event_row, finding_block},
+    postmortem::replay::{self, Report},
+    topology::Dev,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// A reclaimscope trace, or failing that a text capture.
+    Auto,
+    Trace,
+    Ftrace,
+}
+
+fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
+    let (pid, dev) = s.split_once('=').ok_or("expected PID=MAJOR:MINOR")?;
+    let pid = pid.parse().map_err(|_| format!("bad pid `{pid}`"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device `{dev}` (expected MAJOR:MINOR)"))?;
+    Ok((pid, dev))
+}
+
+/// Examples:
+///   reclaimscope report reclaim.trace
+///   reclaimscope report --json reclaim.trace.1
+///   reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// A trace from `reclaimscope record`, or a `trace-cmd report` / tracefs `trace` text capture.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: InputFormat,
+    /// For text captures: PID (or TID) serves the stacked device MAJOR:MINOR (repeatable).
+    #[arg(long = "servicer", value_name = "PID=MAJOR:MINOR", value_parser = parse_servicer)]
+    pub servicers: Vec<(u32, Dev)>,
+    /// Seconds blocked in reclaim that make a deadlock.
+    #[arg(long, default_value_t = 5.0)]
+    pub deadlock_after: f64,
+}
+
+fn print(r: &Report) {
+    println!("report of {}{}", r.source, r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default());
+    println!("{} records, {} events, {} findings", r.records, r.events, r.findings.len());
+    if let Some(d) = &r.damage {
+        println!("DAMAGED: {d}; everything before it was read");
+    }
+    for l in &r.limits {
+        println!("limit: {l}");
+    }
+    for f in &r.findings {
+        println!("\n{}", finding_block(f));
+    }
+    for f in &r.recorded_only {
+        println!("\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}", f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]);
+    }
+    if !r.servicers.is_empty() {
+        let mut t = Table::new();
+        t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
+        t.set_titles(row!["SERVICER", "PID", "THREADS", "RECLAIMS", "TOTAL ms", "MAX ms", "WB WAITS", "FINDINGS"]);
+        for s in &r.servicers {
+            t.add_row(row![s.comm, s.tgid, s.threads, s.reclaim_entries, format!("{:.1}", s.reclaim_total_ms), format!("{:.1}", s.reclaim_max_ms), s.writeback_waits, s.findings]);
+        }
+        println!();
+        t.printstd();
+    }
+    for tl in &r.timelines {
+        println!("\ntimeline around {} (tid {}):", tl.rule, tl.tid);
+        for (t, v) in &tl.events {
+            println!("  {t:+.3}s {}", event_row(v, v.ts_ns));
+        }
+    }
+}
+
+pub fn run(args: &ReportArgs) -> Result<i32> {
+    if !(args.deadlock_after.is_finite() && args.deadlock_after > 0.0) {
+        bail!("--deadlock-after must be a positive number of seconds");
+    }
+    let after = Duration::from_secs_f64(args.deadlock_after);
+    let report = match args.format {
+        InputFormat::Trace => replay::trace(&args.file, after)?,
+        InputFormat::Ftrace => replay::ftrace_capture(&args.file, &args.servicers, GfpNames::builtin(), after)?,
+        InputFormat::Auto => match replay::trace(&args.file, after) {
+            Ok(r) => r,
+            Err(e) if e.to_string().contains("not a reclaimscope trace") && !args.servicers.is_empty() => {
+                replay::ftrace_capture(&args.file, &args.servicers, GfpNames::builtin(), after)?
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(0)
+}

@@ -1,0 +1,231 @@
+//! Replays a recorded trace, or an imported ftrace capture, through the
+//! same decoder and detection engine as the live agent.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ftrace;
+use crate::{
+    detect::{
+        engine::{Blocked, Engine, Observed},
+        finding::Finding,
+        index::{MountRef, StackIndex},
+    },
+    events::decode::Event,
+    flags::GfpNames,
+    output::view::EventView,
+    topology::Dev,
+    trace::{Record, TraceReader},
+};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServicerSummary {
+    pub tgid: u32,
+    pub comm: String,
+    pub threads: usize,
+    pub reclaim_entries: u64,
+    pub reclaim_total_ms: f64,
+    pub reclaim_max_ms: f64,
+    pub writeback_waits: u64,
+    pub findings: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    pub rule: String,
+    pub tid: u32,
+    /// Events within a second either side of the finding, relative times in seconds.
+    pub events: Vec<(f64, EventView)>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub source: String,
+    pub kernel_release: Option<String>,
+    pub records: u64,
+    pub events: u64,
+    /// What the replay found.
+    pub findings: Vec<Finding>,
+    /// Every finding the recording agent wrote (what `record` printed live).
+    pub recorded: Vec<Value>,
+    /// Those of them the replay cannot derive from events alone (deadlocks
+    /// come from /proc observations at record time).
+    pub recorded_only: Vec<Value>,
+    pub servicers: Vec<ServicerSummary>,
+    pub timelines: Vec<Timeline>,
+    /// Where a damaged file stopped being readable.
+    pub damage: Option<String>,
+    /// What the input cannot tell.
+    pub limits: Vec<String>,
+}
+
+/// Event stream plus what the engine needs, whatever the input format.
+struct Replay {
+    engine: Engine,
+    gfp: GfpNames,
+    stacks: BTreeMap<i32, Vec<String>>,
+    events: Vec<(Event, Vec<String>)>,
+}
+
+impl Replay {
+    fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
+        Replay { engine: Engine::new(index, gfp.clone(), deadlock_after), gfp, stacks: BTreeMap::new(), events: Vec::new() }
+    }
+
+    fn event(&mut self, bytes: &[u8]) {
+        let Ok(ev) = Event::parse(bytes) else { return };
+        let stack = self.stacks.get(&ev.ctx().stack_id).cloned().unwrap_or_default();
+        self.engine.on_event(&ev, &Observed { stack: stack.clone(), inflight: None });
+        self.events.push((ev, stack));
+    }
+
+    fn finish(self, mut report: Report) -> Report {
+        let findings = self.engine.findings().to_vec();
+        let mut per: BTreeMap<u32, (ServicerSummary, std::collections::BTreeSet<u32>)> = BTreeMap::new();
+        for (ev, _) in &self.events {
+            let c = ev.ctx();
+            if c.serving_dev == 0 {
+                continue;
+            }
+            let (s, threads) = per.entry(c.tgid).or_default();
+            s.tgid = c.tgid;
+            s.comm = crate::events::decode::comm(c);
+            threads.insert(c.tid);
+            match ev {
+                Event::ReclaimBegin(_) => s.reclaim_entries += 1,
+                Event::ReclaimEnd(e) => {
+                    let ms = e.data.duration_ns as f64 / 1e6;
+                    s.reclaim_total_ms += ms;
+                    s.reclaim_max_ms = s.reclaim_max_ms.max(ms);
+                }
+                Event::WritebackWait(_) => s.writeback_waits += 1,
+                _ => {}
+            }
+        }
+        report.servicers = per
+            .into_values()
+            .map(|(mut s, threads)| {
+                s.threads = threads.len();
+                s.findings = findings.iter().filter(|f| f.servicer.tgid == s.tgid).count();
+                s
+            })
+            .collect();
+        report.timelines = findings
+            .iter()
+            .map(|f| Timeline {
+                rule: f.rule.clone(),
+                tid: f.servicer.tid,
+                events: self
+                    .events
+                    .iter()
+                    .filter(|(ev, _)| ev.ctx().ts_ns.abs_diff(f.first_ns) <= 1_000_000_000)
+                    .filter(|(ev, _)| matches!(ev, Event::ReclaimBegin(_) | Event::ReclaimEnd(_) | Event::WritebackWait(_)))
+                    .take(20)
+                    .map(|(ev, stack)| {
+                        let obs = Observed { stack: stack.clone(), inflight: None };
+                        let t = (ev.ctx().ts_ns as f64 - f.first_ns as f64) / 1e9;
+                        (t, EventView::new(ev, &obs, &self.gfp, None))
+                    })
+                    .collect(),
+            })
+            .collect();
+        report.events = self.events.len() as u64;
+        report.findings = findings;
+        report
+    }
+}
+
+fn index_from(v: &Value) -> StackIndex {
+    serde_json::from_value(v["index"].clone()).unwrap_or_default()
+}
+
+/// Replays a trace file written by `reclaimscope record`.
+pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
+    let mut reader = TraceReader::open(path)?;
+    let header = reader.header().clone();
+    let gfp = header.gfp_format.as_deref().and_then(|f| GfpNames::parse_format(f).ok()).unwrap_or_else(GfpNames::builtin);
+    let mut r = Replay::new(index_from(&header.topology), gfp, deadlock_after);
+    let mut recorded = Vec::new();
+    for rec in reader.by_ref() {
+        match rec {
+            Record::Stack(s) => {
+                r.stacks.insert(s.id, s.frames.into_iter().map(|f| f.symbol).collect());
+            }
+            Record::Event(e) => r.event(&e.data),
+            Record::Finding(f) => recorded.push(f),
+            Record::Topology(t) => r.engine.set_index(index_from(&t)),
+            Record::Symbol(_) => {}
+        }
+    }
+    let damage = reader.damage().map(|d| d.to_string());
+    let records = reader.records_read();
+    let mut report = r.finish(Report {
+        source: path.display().to_string(),
+        kernel_release: Some(header.kernel_release),
+        records,
+        damage,
+        ..Default::default()
+    });
+    report.recorded_only = recorded
+        .iter()
+        .cloned()
+        .filter(|f| !report.findings.iter().any(|x| Some(x.rule.as_str()) == f["rule"].as_str() && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()))
+        .collect();
+    report.recorded = recorded;
+    Ok(report)
+}
+
+/// Replays a `trace-cmd report` or tracefs `trace` text capture. The
+/// capture has no topology: `servicers` says which pids serve which device.
+pub fn ftrace_capture(path: &Path, servicers: &[(u32, Dev)], gfp: GfpNames, deadlock_after: Duration) -> Result<Report> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let import = ftrace::import(&bytes, &gfp).with_context(|| format!("{}: not an ftrace text capture", path.display()))?;
+    let index = StackIndex {
+        mounts: servicers
+            .iter()
+            .map(|(_, d)| MountRef { dev: *d, fs_type: "(not in capture)".into(), mount_point: "(not in capture)".into() })
+            .collect(),
+        ..Default::default()
+    };
+    let mut r = Replay::new(index, gfp, deadlock_after);
+    for (_, bytes) in &import.events {
+        let mut bytes = bytes.clone();
+        if let Ok(ev) = Event::parse(&bytes) {
+            let c = ev.ctx();
+            if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
+                // serving_dev sits at a fixed place in every Event<T>.
+                let at = std::mem::offset_of!(probe_common::events::ReclaimEvent, ctx)
+                    + std::mem::offset_of!(probe_common::events::TaskCtx, serving_dev);
+                bytes[at..at + 4].copy_from_slice(&dev.to_kernel().to_ne_bytes());
+            }
+        }
+        r.event(&bytes);
+    }
+    let end = import.events.last().map(|(t, _)| *t).unwrap_or(0);
+    for b in &import.blocked {
+        let until = b.until_ns.unwrap_or(end);
+        r.engine.on_blocked(&Blocked {
+            tid: b.tid,
+            blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
+            now_ns: until,
+            stack: vec![],
+            chain: vec![],
+        });
+    }
+    let mut limits = import.limits.clone();
+    if import.skipped_lines > 0 {
+        limits.push(format!("{} lines of the capture were other events or unreadable, and were skipped", import.skipped_lines));
+    }
+    if import.lost_events > 0 {
+        limits.push(format!("the capture lost {} events", import.lost_events));
+    }
+    Ok(r.finish(Report {
+        source: path.display().to_string(),
+        records: import.events.len() as u64,
+        limits,
+        ..Default::default()
+    }))
+}
