@@ -25,7 +25,7 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Which probe implementation each hook uses here, and why.
     Probes(probes::ProbesArgs),
-    /// Storage stacks and whether their servicers are protected (no BPF).
+    // No doc comment here: AuditArgs' own (with exit codes) is the help.
     Audit(audit::AuditArgs),
     /// Service mode: JSON lines on stdout and Prometheus metrics.
     Monitor(monitor::MonitorArgs),
