@@ -803,7 +803,7 @@ fn three_levels_followed_to_the_bottom() {
 /// PF_MEMALLOC.
 #[test]
 fn audit_answers_while_the_daemon_is_deadlocked() {
-    use probe_common::flags::PF_MEMALLOC;
+    use probe_common::flags::{PF_MEMALLOC, PF_MEMALLOC_NOIO};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
     if !testbed::require_root("audit_answers_while_the_daemon_is_deadlocked") {
@@ -871,11 +871,14 @@ fn audit_answers_while_the_daemon_is_deadlocked() {
         .expect("the stuck thread is listed");
     // In reclaim right now (PF_MEMALLOC), yet unprotected.
     assert_ne!(th.flags & PF_MEMALLOC, 0, "flags {:#x}", th.flags);
-    assert_eq!(
-        th.protection,
-        Protection::Unprotected,
+    // The flags are a sample: the thread may sit inside ext4's own
+    // journal handle (a transient PF_MEMALLOC_NOFS scope) at this instant.
+    // No per-task NOIO policy is ever set on it.
+    assert!(
+        matches!(th.protection, Protection::Unprotected | Protection::NoFs),
         "flags {:#x}",
         th.flags
     );
+    assert_eq!(th.flags & PF_MEMALLOC_NOIO, 0, "flags {:#x}", th.flags);
     assert!(t.unprotected().iter().any(|u| u.tgid == Some(qsd)));
 }
