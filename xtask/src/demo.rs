@@ -30,7 +30,9 @@ fn scenario(stack: &mut Stack, bin: &std::path::Path, deadlock: bool) -> Result<
     );
     let watch = Command::new(bin).args(["watch", "--summary-every", "5"]).spawn().context("cannot start reclaimscope watch")?;
     sleep(Duration::from_secs(3));
-    let writer = stack.spawn_writer("data", 512)?;
+    // The hazard run keeps the writer outside the cgroup: only the daemon is
+    // under pressure, so it reclaims (the hazard) without the deadlock.
+    let writer = if deadlock { stack.spawn_writer("data", 512)? } else { stack.spawn_writer_outside_memcg("data", 512)? };
     println!("demo: writer dd (pid {writer}) writes 512 MiB into the XFS");
     let result = if deadlock {
         sleep(Duration::from_secs(25));
