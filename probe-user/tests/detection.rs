@@ -88,7 +88,11 @@ fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>)
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
     match (stack, memcg) {
-        (Some(s), _) => common::write_through(s, 384),
+        // The writer is in the memcg: the loop worker writes on its behalf.
+        (Some(s), _) => {
+            let pid = s.spawn_writer("data", 384).unwrap();
+            s.wait_writer(pid, Duration::from_secs(240)).unwrap();
+        }
         (None, Some(m)) => {
             let dir = tempfile::tempdir_in("/var/tmp").unwrap();
             let mut dd = std::process::Command::new("dd");
