@@ -9,10 +9,7 @@ fn main() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../probe-ebpf/target/bpfel-unknown-none/release/reclaimscope")
     });
     if !obj.exists() {
-        println!(
-            "cargo:error=the eBPF object {} is missing: build it with `cargo xtask build`",
-            obj.display()
-        );
+        println!("cargo:error=the eBPF object {} is missing: build it with `cargo xtask build`", obj.display());
         return;
     }
     println!("cargo:rerun-if-changed={}", obj.display());

@@ -6,9 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use probe_common::events::{
-    EventKind, ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent,
-};
+use probe_common::events::{EventKind, ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent};
 use reclaimscope::flags::GfpNames;
 use reclaimscope::postmortem::ftrace::import;
 

@@ -3,8 +3,8 @@
 //! missing and the agent says which rules lose precision.
 
 use aya_ebpf::{
-    programs::tracing::StackIdContext,
     macros::{fentry, fexit, kprobe, kretprobe},
+    programs::tracing::StackIdContext,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use probe_common::{

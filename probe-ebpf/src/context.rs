@@ -3,9 +3,10 @@
 //! costs one SERVICERS lookup and one TASKS lookup.
 
 use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     programs::tracing::StackIdContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel},
 };
 use probe_common::{events::TaskCtx, maps::FS_STACK_DEPTH};
 
@@ -132,11 +133,7 @@ pub fn read_u32(base: u64, off: u32) -> Option<u32> {
 /// doing stacked I/O: they are what a finding shows.
 #[inline(always)]
 pub fn task_ctx<C: StackIdContext>(ctx: &C, cur: &Current, serving_dev: u32, depth: u32) -> TaskCtx {
-    let stack_id = if serving_dev != 0 {
-        ctx.get_stackid(&STACKS, 0).map(|id| id as i32).unwrap_or(-1)
-    } else {
-        -1
-    };
+    let stack_id = if serving_dev != 0 { ctx.get_stackid(&STACKS, 0).map(|id| id as i32).unwrap_or(-1) } else { -1 };
     TaskCtx {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: cur.tgid,

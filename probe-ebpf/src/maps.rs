@@ -7,8 +7,8 @@ use aya_ebpf::{
 use probe_common::{
     config::Config,
     maps::{
-        BackingInfo, BackingKey, DevState, ServicerInfo, counter, MAX_BACKING_FILES, MAX_DEVS,
-        MAX_SERVICERS, MAX_STACKS, MAX_TASKS, RING_BYTES,
+        counter, BackingInfo, BackingKey, DevState, ServicerInfo, MAX_BACKING_FILES, MAX_DEVS, MAX_SERVICERS,
+        MAX_STACKS, MAX_TASKS, RING_BYTES,
     },
 };
 
@@ -62,8 +62,7 @@ pub fn config() -> &'static Config {
 pub static SERVICERS: HashMap<u32, ServicerInfo> = HashMap::with_max_entries(MAX_SERVICERS, 0);
 
 #[map]
-pub static BACKING_FILES: HashMap<BackingKey, BackingInfo> =
-    HashMap::with_max_entries(MAX_BACKING_FILES, 0);
+pub static BACKING_FILES: HashMap<BackingKey, BackingInfo> = HashMap::with_max_entries(MAX_BACKING_FILES, 0);
 
 #[map]
 pub static DEV_STATE: PerCpuHashMap<u32, DevState> = PerCpuHashMap::with_max_entries(MAX_DEVS, 0);

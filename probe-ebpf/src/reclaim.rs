@@ -7,8 +7,8 @@
 //! themselves so every path reports the same thing.
 
 use aya_ebpf::{
-    programs::tracing::StackIdContext,
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::tracing::StackIdContext,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use probe_common::{

@@ -3,9 +3,9 @@
 //! so the agent can tell whether reclaim re-entered the upper filesystem.
 
 use aya_ebpf::{
-    programs::tracing::StackIdContext,
     helpers::bpf_probe_read_kernel_str_bytes,
     macros::{fentry, kprobe, tracepoint},
+    programs::tracing::StackIdContext,
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use probe_common::{
@@ -35,7 +35,10 @@ fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, n
     let cfg = config();
     let k = &cfg.kernel;
     let mut data = ShrinkerData { shrinker: shr, scan_fn, nr_to_scan, gfp, ..Default::default() };
-    if cfg.super_cache_scan != 0 && scan_fn == cfg.super_cache_scan && k.found & found::SHRINKER_SB == found::SHRINKER_SB {
+    if cfg.super_cache_scan != 0
+        && scan_fn == cfg.super_cache_scan
+        && k.found & found::SHRINKER_SB == found::SHRINKER_SB
+    {
         if let Some(sb) = read_ptr(shr, k.shrinker_private_data) {
             data.sb_dev = read_u32(sb, k.sb_s_dev).unwrap_or(0);
             if let Some(name) = read_ptr(sb, k.sb_s_type).and_then(|t| read_ptr(t, k.fstype_name)) {

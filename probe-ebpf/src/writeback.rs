@@ -3,8 +3,8 @@
 //! reclaim, is the deadlock of the stacked-filesystem case.
 
 use aya_ebpf::{
-    programs::tracing::StackIdContext,
     macros::{btf_tracepoint, kprobe, tracepoint},
+    programs::tracing::StackIdContext,
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use probe_common::{

@@ -14,9 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use probe_common::flags::{
-    PF_KSWAPD, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO,
-};
+use probe_common::flags::{PF_KSWAPD, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
 
 /// The event whose print format carries the kernel's GFP table. Every
 /// `gfp_flags` event prints the same table (`show_gfp_flags()`); this one is
@@ -53,12 +51,7 @@ pub enum GfpSource {
 pub fn load(tracefs: &Path) -> (GfpNames, GfpSource) {
     match GfpNames::from_tracefs(tracefs) {
         Ok(names) => (names, GfpSource::Kernel),
-        Err(e) => (
-            GfpNames::builtin(),
-            GfpSource::Builtin {
-                reason: format!("{e:#}"),
-            },
-        ),
+        Err(e) => (GfpNames::builtin(), GfpSource::Builtin { reason: format!("{e:#}") }),
     }
 }
 
@@ -74,10 +67,8 @@ impl GfpNames {
     /// Parses an event format file (or just its `print fmt:` line) and
     /// evaluates the mask expressions of its `__print_flags` table.
     pub fn parse_format(text: &str) -> Result<GfpNames> {
-        let line = text
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix("print fmt:"))
-            .context("no `print fmt:` line")?;
+        let line =
+            text.lines().find_map(|l| l.trim_start().strip_prefix("print fmt:")).context("no `print fmt:` line")?;
         const CALL: &str = "__print_flags(";
         let start = line
             .find("__print_flags(REC->gfp_flags")
@@ -99,19 +90,11 @@ impl GfpNames {
             entries.push((mask.v, name));
         }
         lx.expect(")")?;
-        let zero = if lx.eat(":") {
-            lx.string()?.unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let zero = if lx.eat(":") { lx.string()?.unwrap_or_default() } else { String::new() };
         if entries.is_empty() {
             bail!("the __print_flags table is empty");
         }
-        Ok(GfpNames {
-            entries,
-            delim,
-            zero,
-        })
+        Ok(GfpNames { entries, delim, zero })
     }
 
     /// The table captured from Linux 6.18 (probe-user/tests/data).
@@ -191,11 +174,7 @@ const TASK_FLAG_NAMES: [(u32, &str); 6] = [
 /// `NOIO|LOCAL_THROTTLE` for a PR_SET_IO_FLUSHER daemon, `-` when none is set.
 /// Other `PF_*` bits say nothing about reclaim and are left out.
 pub fn task_flags(flags: u32) -> String {
-    let names: Vec<&str> = TASK_FLAG_NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, name)| *name)
-        .collect();
+    let names: Vec<&str> = TASK_FLAG_NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, name)| *name).collect();
     if names.is_empty() {
         "-".to_string()
     } else {
@@ -214,10 +193,7 @@ struct Value {
 impl Value {
     fn new(v: u64, bits: u32) -> Value {
         let bits = bits.max(32); // integer promotion
-        Value {
-            v: v & width_mask(bits),
-            bits,
-        }
+        Value { v: v & width_mask(bits), bits }
     }
 }
 
@@ -250,8 +226,7 @@ impl<'a> Lexer<'a> {
     fn eat(&mut self, tok: &str) -> bool {
         self.skip_ws();
         // `|` and `&` must not match the start of `||` and `&&`.
-        let doubled =
-            matches!(tok, "|" | "&") && self.s.get(tok.len()..).is_some_and(|r| r.starts_with(tok));
+        let doubled = matches!(tok, "|" | "&") && self.s.get(tok.len()..).is_some_and(|r| r.starts_with(tok));
         if self.s.starts_with(tok) && !doubled {
             self.s = &self.s[tok.len()..];
             true
@@ -270,11 +245,7 @@ impl<'a> Lexer<'a> {
 
     /// A few characters of the remaining input, for error messages.
     fn context(&self) -> &str {
-        let end = self
-            .s
-            .char_indices()
-            .nth(40)
-            .map_or(self.s.len(), |(i, _)| i);
+        let end = self.s.char_indices().nth(40).map_or(self.s.len(), |(i, _)| i);
         &self.s[..end]
     }
 
@@ -336,16 +307,12 @@ impl<'a> Lexer<'a> {
     }
 
     fn expect_str(&mut self) -> Result<String> {
-        self.string()?
-            .with_context(|| format!("expected a string at `{}`", self.context()))
+        self.string()?.with_context(|| format!("expected a string at `{}`", self.context()))
     }
 
     fn ident(&mut self) -> Option<&'a str> {
         self.skip_ws();
-        let end = self
-            .s
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(self.s.len());
+        let end = self.s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(self.s.len());
         if end == 0 || self.s.as_bytes()[0].is_ascii_digit() {
             return None;
         }
@@ -378,11 +345,7 @@ impl<'a> Lexer<'a> {
                             if rhs.v >= u64::from(lhs.bits) {
                                 bail!("shift by {} of a {}-bit value", rhs.v, lhs.bits);
                             }
-                            let v = if *op == "<<" {
-                                lhs.v << rhs.v
-                            } else {
-                                lhs.v >> rhs.v
-                            };
+                            let v = if *op == "<<" { lhs.v << rhs.v } else { lhs.v >> rhs.v };
                             lhs = Value::new(v, lhs.bits);
                             continue 'more;
                         }
@@ -451,17 +414,11 @@ impl<'a> Lexer<'a> {
 
     fn number(&mut self) -> Result<Value> {
         self.skip_ws();
-        let end = self
-            .s
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(self.s.len());
+        let end = self.s.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(self.s.len());
         let tok = &self.s[..end];
         let digits = tok.trim_end_matches(['u', 'U', 'l', 'L']);
         let suffix = &tok[digits.len()..];
-        let parsed = if let Some(hex) = digits
-            .strip_prefix("0x")
-            .or_else(|| digits.strip_prefix("0X"))
-        {
+        let parsed = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
             u64::from_str_radix(hex, 16)
         } else if digits.len() > 1 && digits.starts_with('0') {
             u64::from_str_radix(&digits[1..], 8)
@@ -512,10 +469,7 @@ mod tests {
         assert_eq!(mask("GFP_HIGHUSER_MOVABLE"), 0x100cca);
         assert_eq!(mask("GFP_ATOMIC"), 0x820);
         // (GFP_HIGHUSER_MOVABLE | __GFP_COMP | __GFP_NOMEMALLOC | __GFP_NOWARN) & ~__GFP_RECLAIM
-        assert_eq!(
-            mask("GFP_TRANSHUGE_LIGHT"),
-            (0x100cca | 1 << 18 | 1 << 19 | 1 << 13) & !0xc00
-        );
+        assert_eq!(mask("GFP_TRANSHUGE_LIGHT"), (0x100cca | 1 << 18 | 1 << 19 | 1 << 13) & !0xc00);
         assert_eq!(mask("__GFP_NO_OBJ_EXT"), 1 << 24);
     }
 
@@ -528,18 +482,12 @@ mod tests {
         assert_eq!(g.decode(0xc00), "GFP_NOIO");
         assert_eq!(g.decode(0xc42), "GFP_NOFS|__GFP_HIGHMEM");
         // Strings seen in this kernel's own trace output (mm_page_alloc).
-        assert_eq!(
-            g.decode(0x440dc0),
-            "GFP_KERNEL_ACCOUNT|__GFP_ZERO|__GFP_COMP"
-        );
+        assert_eq!(g.decode(0x440dc0), "GFP_KERNEL_ACCOUNT|__GFP_ZERO|__GFP_COMP");
         assert_eq!(
             g.decode(0x152c4a),
             "GFP_NOFS|__GFP_HIGHMEM|__GFP_MOVABLE|__GFP_NOWARN|__GFP_NORETRY|__GFP_COMP|__GFP_HARDWALL"
         );
-        assert_eq!(
-            g.decode(0xd2800),
-            "GFP_NOWAIT|__GFP_NORETRY|__GFP_COMP|__GFP_NOMEMALLOC"
-        );
+        assert_eq!(g.decode(0xd2800), "GFP_NOWAIT|__GFP_NORETRY|__GFP_COMP|__GFP_NOMEMALLOC");
         // Bits no entry names are printed as hex after the names, alone if
         // nothing else matched.
         assert_eq!(g.decode(0xcc0 | 1 << 30), "GFP_KERNEL|0x40000000");
@@ -558,9 +506,7 @@ mod tests {
         // A fixed pseudo-random walk over masks with known and unknown bits.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let gfp = (x >> 16) & 0x7fff_ffff;
             assert_eq!(g.encode(&g.decode(gfp)), Some(gfp), "{gfp:#x}");
         }
@@ -587,18 +533,10 @@ mod tests {
         let err = |text: &str| format!("{:#}", GfpNames::parse_format(text).unwrap_err());
         assert!(err("name: x\n").contains("no `print fmt:`"));
         assert!(err(r#"print fmt: "%d", REC->order"#).contains("no __print_flags"));
-        assert!(
-            err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {(foo_t)1, "X"})"#)
-                .contains("unknown type `foo_t`")
-        );
-        assert!(
-            err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {1, "X"}"#)
-                .contains("expected `)`")
-        );
-        assert!(
-            err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", { 0, ((void *)0) })"#)
-                .contains("empty")
-        );
+        assert!(err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {(foo_t)1, "X"})"#)
+            .contains("unknown type `foo_t`"));
+        assert!(err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {1, "X"}"#).contains("expected `)`"));
+        assert!(err(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", { 0, ((void *)0) })"#).contains("empty"));
     }
 
     #[test]
@@ -618,18 +556,9 @@ mod tests {
     fn names_task_flags() {
         assert_eq!(task_flags(0), "-");
         assert_eq!(task_flags(0x0040_0000), "-"); // PF_RANDOMIZE says nothing about reclaim
-        assert_eq!(
-            task_flags(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE),
-            "NOIO|LOCAL_THROTTLE"
-        );
-        assert_eq!(
-            task_flags(PF_MEMALLOC_NOFS | PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE),
-            "NOFS|NOIO|LOCAL_THROTTLE"
-        );
-        assert_eq!(
-            task_flags(PF_KTHREAD | PF_KSWAPD | PF_MEMALLOC),
-            "MEMALLOC|KSWAPD|KTHREAD"
-        );
+        assert_eq!(task_flags(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), "NOIO|LOCAL_THROTTLE");
+        assert_eq!(task_flags(PF_MEMALLOC_NOFS | PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), "NOFS|NOIO|LOCAL_THROTTLE");
+        assert_eq!(task_flags(PF_KTHREAD | PF_KSWAPD | PF_MEMALLOC), "MEMALLOC|KSWAPD|KTHREAD");
     }
 
     /// Decodes what the running kernel really traced and compares the result
@@ -644,11 +573,7 @@ mod tests {
         let live = GfpNames::from_tracefs(&tracefs).unwrap();
         let (named, raw) = kernel_trace::record_page_allocs(&tracefs).unwrap();
         assert!(!named.is_empty(), "no allocation was traced");
-        assert_eq!(
-            named.len(),
-            raw.len(),
-            "the two instances saw different event counts"
-        );
+        assert_eq!(named.len(), raw.len(), "the two instances saw different event counts");
         // Compared as multisets: the two instances are written one after
         // the other, so an interrupt can reorder their events.
         let count = |names: &mut dyn Iterator<Item = String>| {
@@ -659,11 +584,7 @@ mod tests {
         let decoded = count(&mut raw.iter().map(|gfp| live.decode(*gfp)));
         assert_eq!(decoded, count(&mut named.into_iter()));
         let distinct: std::collections::BTreeSet<_> = raw.iter().collect();
-        eprintln!(
-            "{} events, {} distinct masks decoded as the kernel does",
-            raw.len(),
-            distinct.len()
-        );
+        eprintln!("{} events, {} distinct masks decoded as the kernel does", raw.len(), distinct.len());
     }
 
     mod kernel_trace {
@@ -759,13 +680,8 @@ mod tests {
                 "read go && exec dd if=/dev/zero of={}/f bs=64k count=64 conv=fsync status=none",
                 dir.path().display()
             );
-            let mut child = Child(
-                Command::new("sh")
-                    .args(["-c", &script])
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .context("spawning sh")?,
-            );
+            let mut child =
+                Child(Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().context("spawning sh")?);
             let tag = std::process::id();
             let text = Instance::create(tracefs, &format!("reclaimscope-gfp-text-{tag}"))?;
             let raw = Instance::create(tracefs, &format!("reclaimscope-gfp-raw-{tag}"))?;
@@ -778,12 +694,7 @@ mod tests {
             raw.write("options/fields", "1")?;
             text.write("tracing_on", "1")?;
             raw.write("tracing_on", "1")?;
-            child
-                .0
-                .stdin
-                .take()
-                .context("child stdin")?
-                .write_all(b"go\n")?;
+            child.0.stdin.take().context("child stdin")?.write_all(b"go\n")?;
             let deadline = Instant::now() + Duration::from_secs(30);
             let status = loop {
                 if let Some(status) = child.0.try_wait()? {
@@ -800,9 +711,7 @@ mod tests {
                 .gfp_fields()?
                 .iter()
                 .map(|f| {
-                    let hex = f
-                        .strip_prefix("0x")
-                        .with_context(|| format!("raw field `{f}`"))?;
+                    let hex = f.strip_prefix("0x").with_context(|| format!("raw field `{f}`"))?;
                     u64::from_str_radix(hex, 16).with_context(|| format!("raw field `{f}`"))
                 })
                 .collect::<Result<Vec<u64>>>()?;

@@ -30,7 +30,10 @@ fn missing_tracefs_is_one_line() {
     if !testbed::require_root("missing_tracefs_is_one_line") {
         return;
     }
-    one_line_error(&common::run(&["watch", "--tracefs", "/nonexistent/tracing"]), "tracefs not found at /nonexistent/tracing");
+    one_line_error(
+        &common::run(&["watch", "--tracefs", "/nonexistent/tracing"]),
+        "tracefs not found at /nonexistent/tracing",
+    );
 }
 
 #[test]

@@ -54,7 +54,12 @@ fn real_deadlock_is_flagged_as_it_forms() {
         return;
     }
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StackSpec { servicer: testbed::Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96) };
+    let spec = testbed::StackSpec {
+        servicer: testbed::Servicer::QsdFuse,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(96),
+    };
     let mut stack = testbed::Stack::build("deadlock", &spec).unwrap();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
@@ -96,7 +101,13 @@ fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>)
         (None, Some(m)) => {
             let dir = tempfile::tempdir_in("/var/tmp").unwrap();
             let mut dd = std::process::Command::new("dd");
-            dd.args(["if=/dev/zero", &format!("of={}", Path::new(dir.path()).join("f").display()), "bs=1M", "count=384", "conv=fsync"]);
+            dd.args([
+                "if=/dev/zero",
+                &format!("of={}", Path::new(dir.path()).join("f").display()),
+                "bs=1M",
+                "count=384",
+                "conv=fsync",
+            ]);
             m.enter_on_spawn(&mut dd).unwrap();
             assert!(dd.status().unwrap().success());
         }
@@ -109,7 +120,10 @@ fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>)
 
 fn assert_pressure_and_no_findings(lines: &[Value], what: &str) {
     let summary = lines.iter().find(|v| v["type"] == "final_summary").expect("final summary");
-    assert!(summary["reclaim_memcg"].as_u64().unwrap() > 0, "{what}: no memcg reclaim happened, the control proves nothing");
+    assert!(
+        summary["reclaim_memcg"].as_u64().unwrap() > 0,
+        "{what}: no memcg reclaim happened, the control proves nothing"
+    );
     let f = common::findings(lines);
     assert!(f.is_empty(), "{what}: unexpected findings {f:#?}");
 }
@@ -120,7 +134,12 @@ fn control_plain_loop_is_quiet() {
         return;
     }
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StackSpec { servicer: testbed::Servicer::KernelLoop, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256) };
+    let spec = testbed::StackSpec {
+        servicer: testbed::Servicer::KernelLoop,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(256),
+    };
     let mut stack = testbed::Stack::build("control-loop", &spec).unwrap();
     let lines = quiet_run(Some(&mut stack), None);
     stack.teardown().unwrap();

@@ -88,7 +88,18 @@ fn rotation_bounds_disk_use() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("r.trace");
     // Volume comes from the writer's own reclaim: record every task.
-    let agent = common::Agent::start(&["record", "--all", "-o", trace.to_str().unwrap(), "--max-size", "40K", "--max-files", "3", "--summary-every", "1"]);
+    let agent = common::Agent::start(&[
+        "record",
+        "--all",
+        "-o",
+        trace.to_str().unwrap(),
+        "--max-size",
+        "40K",
+        "--max-files",
+        "3",
+        "--summary-every",
+        "1",
+    ]);
     std::thread::sleep(Duration::from_secs(3));
     let mut dd = std::process::Command::new("dd");
     dd.args(["if=/dev/zero", &format!("of={}", dir.path().join("f").display()), "bs=1M", "count=1500", "conv=fsync"]);
@@ -96,7 +107,11 @@ fn rotation_bounds_disk_use() {
     assert!(dd.status().unwrap().success());
     let (code, _) = agent.stop(libc::SIGINT);
     assert_eq!(code, Some(0));
-    let files: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("r.trace")).collect();
+    let files: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("r.trace"))
+        .collect();
     assert_eq!(files.len(), 3, "expected rotation to keep exactly 3 files");
     for f in files {
         assert!(f.metadata().unwrap().len() <= 40 << 10, "{:?} exceeds --max-size", f.path());

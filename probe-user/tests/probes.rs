@@ -49,7 +49,8 @@ fn probes_reports_tracepoints_and_the_kernels_reasons() {
     assert_eq!(reclaim["family"], "tracepoint");
     assert!(reclaim["targets"].as_array().unwrap().iter().any(|t| t == "vmscan:mm_vmscan_memcg_reclaim_begin"));
     let skipped = reclaim["skipped"].as_array().unwrap();
-    let reason = |f: &str| skipped.iter().find(|s| s["family"] == f).map(|s| s["reason"].as_str().unwrap().to_owned()).unwrap();
+    let reason =
+        |f: &str| skipped.iter().find(|s| s["family"] == f).map(|s| s["reason"].as_str().unwrap().to_owned()).unwrap();
     assert!(reason("kprobe").contains("no kprobe support"), "{}", reason("kprobe"));
     assert!(reason("fentry").contains("Operation not permitted"), "{}", reason("fentry"));
     assert_eq!(hook("reclaim_write")["family"], "tp_btf");

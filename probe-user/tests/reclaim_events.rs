@@ -28,7 +28,8 @@ fn memcg_reclaim_of_a_writer_is_reported() {
     });
     let (code, lines) = agent.stop(libc::SIGINT);
     assert_eq!(code, Some(0), "watch did not exit cleanly on SIGINT");
-    let (_, ev) = hit.unwrap_or_else(|| panic!("no memcg reclaim event for dd pid {dd_pid} among {} lines", lines.len()));
+    let (_, ev) =
+        hit.unwrap_or_else(|| panic!("no memcg reclaim event for dd pid {dd_pid} among {} lines", lines.len()));
     let gfp = ev["gfp_raw"].as_u64().unwrap();
     assert_ne!(gfp & 0x400, 0, "__GFP_DIRECT_RECLAIM missing from {gfp:#x}");
     assert_eq!(ev["comm"], "dd");

@@ -14,13 +14,8 @@ use std::time::{Duration, Instant};
 /// helpers it spawns die with it.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
     let line = command_line(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start `{line}`"))?;
     // Pipes are drained by threads: a chatty child must not block on a full pipe.
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
@@ -30,11 +25,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
         let reaped = wait_timeout(&mut child, Duration::from_secs(5))?.is_some();
         bail!(
             "`{line}` timed out after {timeout:?} and was killed{}",
-            if reaped {
-                ""
-            } else {
-                " (still unkillable: stuck in the kernel)"
-            }
+            if reaped { "" } else { " (still unkillable: stuck in the kernel)" }
         );
     };
     // A grandchild may keep the pipes open; do not wait for it.
@@ -62,11 +53,7 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitS
 
 /// Human-readable `prog arg arg` for error messages.
 fn command_line(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|s| s.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {

@@ -24,10 +24,7 @@ pub struct MountEntry {
 /// Mounts at or below `dir`, in mount order (parents before children).
 pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(parse_mountinfo_line)
-        .filter(|m| m.mountpoint.starts_with(dir))
-        .collect()
+    text.lines().filter_map(parse_mountinfo_line).filter(|m| m.mountpoint.starts_with(dir)).collect()
 }
 
 fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
@@ -47,10 +44,7 @@ fn unescape(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        match rest
-            .get(i + 1..i + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
+        match rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
             Some(byte) => {
                 out.push(byte as char);
                 rest = &rest[i + 4..];
@@ -74,9 +68,7 @@ pub fn loops_backed_under(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let backing = loop_backing_file(&name)?;
-            Path::new(&backing)
-                .starts_with(dir)
-                .then(|| PathBuf::from("/dev").join(&name))
+            Path::new(&backing).starts_with(dir).then(|| PathBuf::from("/dev").join(&name))
         })
         .collect();
     loops.sort();
@@ -114,10 +106,7 @@ pub fn blocked_threads(pid: u32) -> Vec<u32> {
 /// Abort every FUSE connection mounted at or below `dir`: pending and future
 /// requests fail at once, which unblocks anything waiting on the daemon.
 pub fn abort_fuse_under(dir: &Path) -> Result<()> {
-    let fuse: Vec<MountEntry> = mounts_under(dir)
-        .into_iter()
-        .filter(|m| m.fstype.starts_with("fuse"))
-        .collect();
+    let fuse: Vec<MountEntry> = mounts_under(dir).into_iter().filter(|m| m.fstype.starts_with("fuse")).collect();
     if fuse.is_empty() {
         return Ok(());
     }
@@ -135,36 +124,21 @@ pub fn abort_fuse_under(dir: &Path) -> Result<()> {
 
 /// fusectl is not mounted by default on this platform.
 fn ensure_fusectl() -> Result<()> {
-    if mounts_under(Path::new(FUSECTL))
-        .iter()
-        .any(|m| m.fstype == "fusectl")
-    {
+    if mounts_under(Path::new(FUSECTL)).iter().any(|m| m.fstype == "fusectl") {
         return Ok(());
     }
-    run(
-        Command::new("mount").args(["-t", "fusectl", "none", FUSECTL]),
-        Duration::from_secs(10),
-    )
-    .map(drop)
+    run(Command::new("mount").args(["-t", "fusectl", "none", FUSECTL]), Duration::from_secs(10)).map(drop)
 }
 
 /// `umount -l` that never canonicalizes (a stat inside a wedged FUSE mount hangs).
 pub fn umount_lazy(mountpoint: &Path) -> Result<()> {
-    run(
-        Command::new("umount").args(["-l", "-c"]).arg(mountpoint),
-        Duration::from_secs(20),
-    )
-    .map(drop)
+    run(Command::new("umount").args(["-l", "-c"]).arg(mountpoint), Duration::from_secs(20)).map(drop)
 }
 
 /// `losetup -d`; a still-open device is only flagged autoclear by the kernel
 /// and goes away on its last close.
 pub fn loop_detach(dev: &Path) -> Result<()> {
-    run(
-        Command::new("losetup").arg("-d").arg(dev),
-        Duration::from_secs(20),
-    )
-    .map(drop)
+    run(Command::new("losetup").arg("-d").arg(dev), Duration::from_secs(20)).map(drop)
 }
 
 #[cfg(test)]

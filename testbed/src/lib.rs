@@ -46,9 +46,7 @@ pub fn lock() -> Result<TestbedLock> {
         .open(LOCK_PATH)
         .with_context(|| format!("opening {LOCK_PATH}"))?;
     if !flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
-        eprintln!(
-            "testbed: waiting for {LOCK_PATH}: another test, demo or bench is using storage stacks"
-        );
+        eprintln!("testbed: waiting for {LOCK_PATH}: another test, demo or bench is using storage stacks");
         flock(&file, libc::LOCK_EX)?;
     }
     // A leftover is reported, not fatal: new stacks use fresh names and free loop devices.

@@ -26,21 +26,18 @@ pub struct Memcg {
 impl Memcg {
     /// Create `/sys/fs/cgroup/memory/reclaimscope-<name>-<pid>` with the given limit.
     pub fn create(name: &str, limit_mb: u64) -> Result<Memcg> {
-        let path =
-            PathBuf::from(MEMCG_ROOT).join(format!("{MEMCG_PREFIX}{name}-{}", std::process::id()));
+        let path = PathBuf::from(MEMCG_ROOT).join(format!("{MEMCG_PREFIX}{name}-{}", std::process::id()));
         fs::create_dir(&path).with_context(|| format!("creating memcg {}", path.display()))?;
         let memcg = Memcg { path };
         let limit = memcg.path.join("memory.limit_in_bytes");
-        fs::write(&limit, (limit_mb << 20).to_string())
-            .with_context(|| format!("writing {}", limit.display()))?;
+        fs::write(&limit, (limit_mb << 20).to_string()).with_context(|| format!("writing {}", limit.display()))?;
         Ok(memcg)
     }
 
     /// Move a process (all its threads) into this cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
         let procs = self.path.join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .with_context(|| format!("adding pid {pid} to {}", procs.display()))
+        fs::write(&procs, pid.to_string()).with_context(|| format!("adding pid {pid} to {}", procs.display()))
     }
 
     /// Make `cmd`'s child join this cgroup between fork and exec, so that
@@ -72,10 +69,7 @@ impl Memcg {
 
     /// How often the limit was hit (memory.failcnt); 0 when unreadable.
     pub fn failcnt(&self) -> u64 {
-        fs::read_to_string(self.path.join("memory.failcnt"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+        fs::read_to_string(self.path.join("memory.failcnt")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }
 
     /// Remove the cgroup, returning what went wrong. Drop does the same.
@@ -108,11 +102,7 @@ pub(crate) fn remove_cgroup(path: &std::path::Path) -> Result<()> {
         match fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                bail!(
-                    "cannot remove memcg {} (tasks: {}): {e}",
-                    path.display(),
-                    tasks.trim()
-                )
+                bail!("cannot remove memcg {} (tasks: {}): {e}", path.display(), tasks.trim())
             }
             Err(_) => thread::sleep(Duration::from_millis(100)),
         }

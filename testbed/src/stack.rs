@@ -48,12 +48,7 @@ pub struct StackSpec {
 
 impl Default for StackSpec {
     fn default() -> Self {
-        StackSpec {
-            servicer: Servicer::QsdFuse,
-            levels: 1,
-            image_mb: 512,
-            memcg_limit_mb: None,
-        }
+        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None }
     }
 }
 
@@ -89,11 +84,7 @@ pub struct Stack {
 impl Stack {
     /// Build the stack; on any failure, tears down what was built so far.
     pub fn build(name: &str, spec: &StackSpec) -> Result<Stack> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             bail!("stack name {name:?} must be non-empty ASCII letters, digits, '_' or '-'");
         }
         if spec.levels == 0 || spec.image_mb == 0 {
@@ -137,8 +128,7 @@ impl Stack {
         };
         for i in 0..spec.levels {
             if let Some(below) = self.levels.last() {
-                let size =
-                    available_bytes(&below.mountpoint)?.saturating_sub(NESTED_MARGIN_MB << 20);
+                let size = available_bytes(&below.mountpoint)?.saturating_sub(NESTED_MARGIN_MB << 20);
                 backing = below.mountpoint.join(format!("level{i}.img"));
                 sparse_file(&backing, size & !((1 << 20) - 1))?;
             }
@@ -155,15 +145,9 @@ impl Stack {
         let log = File::create(&log_path).context("creating qsd.log")?;
         let mut cmd = Command::new("qemu-storage-daemon");
         cmd.arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=f0,filename={},aio=threads",
-                lower.display()
-            ))
+            .arg(format!("driver=file,node-name=f0,filename={},aio=threads", lower.display()))
             .args(["--blockdev", "driver=raw,node-name=r0,file=f0", "--export"])
-            .arg(format!(
-                "type=fuse,id=e0,node-name=r0,mountpoint={},writable=on",
-                fuse.display()
-            ))
+            .arg(format!("type=fuse,id=e0,node-name=r0,mountpoint={},writable=on", fuse.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -181,10 +165,7 @@ impl Stack {
                 bail!("qemu-storage-daemon exited ({status}): {}", log.trim());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "qemu-storage-daemon did not mount {} within 15 s",
-                    fuse.display()
-                );
+                bail!("qemu-storage-daemon did not mount {} within 15 s", fuse.display());
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -193,14 +174,9 @@ impl Stack {
 
     /// losetup + mkfs.xfs + mount for level `i` over `backing`.
     fn add_level(&mut self, i: usize, backing: &Path) -> Result<()> {
-        let out = run(
-            Command::new("losetup").args(["-f", "--show"]).arg(backing),
-            CMD_TIMEOUT,
-        )?;
+        let out = run(Command::new("losetup").args(["-f", "--show"]).arg(backing), CMD_TIMEOUT)?;
         let loop_dev = PathBuf::from(out.trim());
-        let rdev = fs::metadata(&loop_dev)
-            .with_context(|| format!("stat {}", loop_dev.display()))?
-            .rdev();
+        let rdev = fs::metadata(&loop_dev).with_context(|| format!("stat {}", loop_dev.display()))?.rdev();
         let mountpoint = self.workdir.join(format!("mnt{i}"));
         // Record the level first so that teardown detaches the loop even if mkfs fails.
         self.levels.push(Level {
@@ -209,27 +185,15 @@ impl Stack {
             backing_file: backing.to_path_buf(),
             mountpoint: mountpoint.clone(),
         });
-        fs::create_dir(&mountpoint)
-            .with_context(|| format!("creating {}", mountpoint.display()))?;
-        run(
-            Command::new("mkfs.xfs").args(["-f", "-q"]).arg(&loop_dev),
-            MKFS_TIMEOUT,
-        )?;
-        run(
-            Command::new("mount")
-                .args(["-t", "xfs"])
-                .arg(&loop_dev)
-                .arg(&mountpoint),
-            CMD_TIMEOUT,
-        )?;
+        fs::create_dir(&mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
+        run(Command::new("mkfs.xfs").args(["-f", "-q"]).arg(&loop_dev), MKFS_TIMEOUT)?;
+        run(Command::new("mount").args(["-t", "xfs"]).arg(&loop_dev).arg(&mountpoint), CMD_TIMEOUT)?;
         Ok(())
     }
 
     /// The upper XFS.
     pub fn top(&self) -> &Level {
-        self.levels
-            .last()
-            .expect("a built stack has at least one level")
+        self.levels.last().expect("a built stack has at least one level")
     }
 
     /// Start `dd if=/dev/zero of=<top mountpoint>/<file> bs=1M count=<mb> conv=fsync`
@@ -256,8 +220,7 @@ impl Stack {
             bail!("writer file {file:?} must be a plain file name");
         }
         let log_path = self.workdir.join(format!("dd-{file}.log"));
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("dd");
         cmd.arg("if=/dev/zero")
             .arg(format!("of={}", self.top().mountpoint.join(file).display()))
@@ -272,21 +235,14 @@ impl Stack {
         }
         let child = cmd.spawn().context("starting dd")?;
         let pid = child.id();
-        self.writers.push(Writer {
-            child,
-            log: log_path,
-        });
+        self.writers.push(Writer { child, log: log_path });
         Ok(pid)
     }
 
     /// Wait for a writer started by this stack to finish; Err when it fails
     /// or is still running after `timeout` (it then stays for teardown to kill).
     pub fn wait_writer(&mut self, pid: u32, timeout: Duration) -> Result<()> {
-        let i = self
-            .writers
-            .iter()
-            .position(|w| w.child.id() == pid)
-            .ok_or_else(|| anyhow!("no writer {pid}"))?;
+        let i = self.writers.iter().position(|w| w.child.id() == pid).ok_or_else(|| anyhow!("no writer {pid}"))?;
         let Some(status) = wait_timeout(&mut self.writers[i].child, timeout)? else {
             bail!("writer {pid} still running after {timeout:?}");
         };
@@ -311,11 +267,7 @@ impl Stack {
             return Ok(());
         }
         let msgs: Vec<String> = errs.iter().map(|e| format!("{e:#}")).collect();
-        bail!(
-            "teardown of stack {} incomplete: {}",
-            self.name,
-            msgs.join("; ")
-        )
+        bail!("teardown of stack {} incomplete: {}", self.name, msgs.join("; "))
     }
 
     /// Every step runs even when an earlier one failed; each external command
@@ -332,10 +284,7 @@ impl Stack {
         push_err(&mut errs, abort_fuse_under(&self.workdir));
         for mut w in self.writers.drain(..) {
             if !matches!(wait_timeout(&mut w.child, CMD_TIMEOUT), Ok(Some(_))) {
-                errs.push(anyhow!(
-                    "writer {} did not exit after SIGKILL",
-                    w.child.id()
-                ));
+                errs.push(anyhow!("writer {} did not exit after SIGKILL", w.child.id()));
             }
         }
         for level in self.levels.iter().rev() {
@@ -370,15 +319,9 @@ impl Stack {
         let left = mounts_under(&self.workdir);
         if !left.is_empty() {
             // Removing files through a live mount could block on a wedged FUSE.
-            errs.push(anyhow!(
-                "mounts remain, keeping {}: {left:?}",
-                self.workdir.display()
-            ));
+            errs.push(anyhow!("mounts remain, keeping {}: {left:?}", self.workdir.display()));
         } else if self.workdir.exists() {
-            push_err(
-                &mut errs,
-                fs::remove_dir_all(&self.workdir).context("removing workdir"),
-            );
+            push_err(&mut errs, fs::remove_dir_all(&self.workdir).context("removing workdir"));
         }
         errs
     }
@@ -425,10 +368,7 @@ fn is_mountpoint(path: &Path) -> bool {
 }
 
 fn loop_bound(dev: &Path) -> bool {
-    dev.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(loop_backing_file)
-        .is_some()
+    dev.file_name().and_then(|n| n.to_str()).and_then(loop_backing_file).is_some()
 }
 
 fn sparse_file(path: &Path, bytes: u64) -> Result<()> {
@@ -443,8 +383,7 @@ fn available_bytes(dir: &Path) -> Result<u64> {
     // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", dir.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", dir.display()));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

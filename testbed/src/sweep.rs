@@ -3,8 +3,7 @@
 //! otherwise pile up. Only leftovers whose owning process is gone are touched.
 
 use crate::inspect::{
-    abort_fuse_under, loop_backing_file, loop_detach, loops_backed_under, mounts_under, pid_alive,
-    umount_lazy,
+    abort_fuse_under, loop_backing_file, loop_detach, loops_backed_under, mounts_under, pid_alive, umount_lazy,
 };
 use crate::memcg::{remove_cgroup, MEMCG_PREFIX, MEMCG_ROOT};
 use crate::stack::WORK_ROOT;
@@ -44,10 +43,7 @@ fn stale_entries(root: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(prefix)
-                .and_then(|n| n.rsplit_once('-'))
-                .and_then(|(_, p)| p.parse().ok());
+            let pid = name.strip_prefix(prefix).and_then(|n| n.rsplit_once('-')).and_then(|(_, p)| p.parse().ok());
             pid.is_some_and(|pid| !pid_alive(pid))
         })
         .map(|e| e.path())
@@ -76,22 +72,13 @@ fn sweep_workdir(dir: &Path) -> Vec<anyhow::Error> {
             errs.push(e);
         }
     }
-    let still_bound = |dev: &&std::path::PathBuf| {
-        dev.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(loop_backing_file)
-            .is_some()
-    };
+    let still_bound =
+        |dev: &&std::path::PathBuf| dev.file_name().and_then(|n| n.to_str()).and_then(loop_backing_file).is_some();
     let deadline = Instant::now() + Duration::from_secs(10);
     while loops.iter().any(|d| still_bound(&d)) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    errs.extend(
-        loops
-            .iter()
-            .filter(still_bound)
-            .map(|d| anyhow!("{} is still bound", d.display())),
-    );
+    errs.extend(loops.iter().filter(still_bound).map(|d| anyhow!("{} is still bound", d.display())));
     if mounts_under(dir).is_empty() {
         if let Err(e) = fs::remove_dir_all(dir) {
             errs.push(anyhow!(e).context(format!("removing {}", dir.display())));
@@ -107,11 +94,7 @@ fn kill_users(dir: &Path) -> Result<()> {
     let me = std::process::id();
     let mut victims = Vec::new();
     for entry in fs::read_dir("/proc").context("reading /proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
@@ -126,10 +109,7 @@ fn kill_users(dir: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while victims.iter().any(|&p| pid_alive(p)) {
         if Instant::now() >= deadline {
-            bail!(
-                "processes using {} survive SIGKILL: {victims:?}",
-                dir.display()
-            );
+            bail!("processes using {} survive SIGKILL: {victims:?}", dir.display());
         }
         thread::sleep(Duration::from_millis(50));
     }

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use testbed::{
-    blocked_threads, loops_backed_under, mounts_under, pid_alive, Servicer, Stack, StackSpec,
-};
+use testbed::{blocked_threads, loops_backed_under, mounts_under, pid_alive, Servicer, Stack, StackSpec};
 
 /// What must be gone after teardown, captured before the Stack is consumed.
 struct Footprint {
@@ -25,30 +23,18 @@ fn check_built(stack: &Stack, spec: &StackSpec) -> Footprint {
     let mounts = mounts_under(&stack.workdir);
     let mut loops: Vec<PathBuf> = stack.levels.iter().map(|l| l.loop_dev.clone()).collect();
     loops.sort();
-    assert_eq!(
-        loops_backed_under(&stack.workdir),
-        loops,
-        "loop devices backed by the workdir"
-    );
+    assert_eq!(loops_backed_under(&stack.workdir), loops, "loop devices backed by the workdir");
     for level in &stack.levels {
-        let m = mounts
-            .iter()
-            .find(|m| m.mountpoint == level.mountpoint)
-            .expect("level is mounted");
+        let m = mounts.iter().find(|m| m.mountpoint == level.mountpoint).expect("level is mounted");
         assert_eq!(m.fstype, "xfs");
         let name = level.loop_dev.file_name().unwrap().to_str().unwrap();
         let dev = fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap();
-        assert_eq!(
-            dev.trim(),
-            format!("{}:{}", level.loop_devt.0, level.loop_devt.1)
-        );
+        assert_eq!(dev.trim(), format!("{}:{}", level.loop_devt.0, level.loop_devt.1));
     }
     match spec.servicer {
         Servicer::QsdFuse => {
             let fuse = stack.fuse_mount.as_ref().expect("fuse mount");
-            assert!(mounts
-                .iter()
-                .any(|m| &m.mountpoint == fuse && m.fstype.starts_with("fuse")));
+            assert!(mounts.iter().any(|m| &m.mountpoint == fuse && m.fstype.starts_with("fuse")));
             assert!(pid_alive(stack.daemon_pid.expect("daemon pid")));
         }
         Servicer::KernelLoop => assert!(stack.daemon_pid.is_none() && stack.fuse_mount.is_none()),
@@ -56,11 +42,7 @@ fn check_built(stack: &Stack, spec: &StackSpec) -> Footprint {
     if let Some(memcg) = &stack.memcg {
         let procs = fs::read_to_string(memcg.path.join("cgroup.procs")).unwrap();
         let pid = stack.daemon_pid.unwrap().to_string();
-        assert!(
-            procs.lines().any(|l| l == pid),
-            "qsd {pid} is not in {}",
-            memcg.path.display()
-        );
+        assert!(procs.lines().any(|l| l == pid), "qsd {pid} is not in {}", memcg.path.display());
     }
     Footprint {
         workdir: stack.workdir.clone(),
@@ -71,18 +53,11 @@ fn check_built(stack: &Stack, spec: &StackSpec) -> Footprint {
 }
 
 fn assert_gone(fp: &Footprint) {
-    assert!(
-        mounts_under(&fp.workdir).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(&fp.workdir)
-    );
+    assert!(mounts_under(&fp.workdir).is_empty(), "mounts left: {:?}", mounts_under(&fp.workdir));
     assert!(loops_backed_under(&fp.workdir).is_empty(), "loops left");
     for dev in &fp.loops {
         let name = dev.file_name().unwrap().to_str().unwrap();
-        assert!(
-            !PathBuf::from(format!("/sys/block/{name}/loop/backing_file")).exists(),
-            "{name} still bound"
-        );
+        assert!(!PathBuf::from(format!("/sys/block/{name}/loop/backing_file")).exists(), "{name} still bound");
     }
     if let Some(memcg) = &fp.memcg {
         assert!(!memcg.exists(), "memcg {} left", memcg.display());
@@ -90,11 +65,7 @@ fn assert_gone(fp: &Footprint) {
     if let Some(pid) = fp.daemon {
         assert!(!pid_alive(pid), "qsd {pid} still alive");
     }
-    assert!(
-        !fp.workdir.exists(),
-        "workdir {} left",
-        fp.workdir.display()
-    );
+    assert!(!fp.workdir.exists(), "workdir {} left", fp.workdir.display());
 }
 
 /// Build, check, write `write_mb` through the top XFS, tear down, check.
@@ -108,43 +79,29 @@ fn round_trip(name: &str, spec: StackSpec, write_mb: u64) {
     let started = Instant::now();
     let pid = stack.spawn_writer("data", write_mb).unwrap();
     stack.wait_writer(pid, Duration::from_secs(120)).unwrap();
-    let size = fs::metadata(stack.top().mountpoint.join("data"))
-        .unwrap()
-        .len();
+    let size = fs::metadata(stack.top().mountpoint.join("data")).unwrap().len();
     assert_eq!(size, write_mb << 20);
     let failcnt = stack.memcg.as_ref().map(|m| m.failcnt());
-    println!(
-        "{name}: wrote {write_mb} MiB in {:?}, memcg failcnt {failcnt:?}",
-        started.elapsed()
-    );
+    println!("{name}: wrote {write_mb} MiB in {:?}, memcg failcnt {failcnt:?}", started.elapsed());
     stack.teardown().unwrap();
     assert_gone(&fp);
 }
 
 #[test]
 fn kernel_loop_one_level() {
-    let spec = StackSpec {
-        servicer: Servicer::KernelLoop,
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { servicer: Servicer::KernelLoop, ..StackSpec::default() };
     round_trip("kernel_loop_one_level", spec, 32);
 }
 
 #[test]
 fn qsd_fuse_one_level_in_memcg() {
-    let spec = StackSpec {
-        memcg_limit_mb: Some(256),
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { memcg_limit_mb: Some(256), ..StackSpec::default() };
     round_trip("qsd_fuse_one_level_in_memcg", spec, 64);
 }
 
 #[test]
 fn qsd_fuse_two_levels() {
-    let spec = StackSpec {
-        levels: 2,
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { levels: 2, ..StackSpec::default() };
     round_trip("qsd_fuse_two_levels", spec, 32);
 }
 
@@ -156,32 +113,19 @@ fn failed_build_tears_down() {
         return;
     }
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec {
-        image_mb: 64,
-        memcg_limit_mb: Some(64),
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { image_mb: 64, memcg_limit_mb: Some(64), ..StackSpec::default() };
     let err = Stack::build("failed_build", &spec).unwrap_err();
     println!("build failed as expected: {err:#}");
     assert!(format!("{err:#}").contains("mkfs.xfs"));
     let pid = std::process::id();
     let workdir = PathBuf::from(format!("{}/failed_build-{pid}", testbed::WORK_ROOT));
-    let memcg = PathBuf::from(format!(
-        "/sys/fs/cgroup/memory/reclaimscope-failed_build-{pid}"
-    ));
-    assert_gone(&Footprint {
-        workdir,
-        loops: Vec::new(),
-        memcg: Some(memcg),
-        daemon: None,
-    });
-    let qsd_left = fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c.contains("failed_build-"))
-    });
-    assert!(
-        !qsd_left,
-        "a qemu-storage-daemon of the failed build survives"
-    );
+    let memcg = PathBuf::from(format!("/sys/fs/cgroup/memory/reclaimscope-failed_build-{pid}"));
+    assert_gone(&Footprint { workdir, loops: Vec::new(), memcg: Some(memcg), daemon: None });
+    let qsd_left = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c.contains("failed_build-")));
+    assert!(!qsd_left, "a qemu-storage-daemon of the failed build survives");
 }
 
 /// The deadlock recipe: qsd and a big writer in a 96 MiB memcg. Whether or
@@ -193,10 +137,7 @@ fn deadlock_breaks_cleanly() {
         return;
     }
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec {
-        memcg_limit_mb: Some(96),
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { memcg_limit_mb: Some(96), ..StackSpec::default() };
     let mut stack = Stack::build("deadlock", &spec).unwrap();
     let fp = check_built(&stack, &spec);
     let qsd = stack.daemon_pid.unwrap();
@@ -208,15 +149,10 @@ fn deadlock_breaks_cleanly() {
     let started = Instant::now();
     let mut d_since: HashMap<(u32, u32), Instant> = HashMap::new();
     let mut stuck: HashMap<(u32, u32), Duration> = HashMap::new();
-    while !stuck.keys().any(|&(p, _)| p == qsd)
-        && started.elapsed() < Duration::from_secs(25)
-        && pid_alive(writer)
-    {
+    while !stuck.keys().any(|&(p, _)| p == qsd) && started.elapsed() < Duration::from_secs(25) && pid_alive(writer) {
         let now = Instant::now();
-        let blocked: Vec<(u32, u32)> = [qsd, writer]
-            .iter()
-            .flat_map(|&p| blocked_threads(p).into_iter().map(move |t| (p, t)))
-            .collect();
+        let blocked: Vec<(u32, u32)> =
+            [qsd, writer].iter().flat_map(|&p| blocked_threads(p).into_iter().map(move |t| (p, t))).collect();
         d_since.retain(|k, _| blocked.contains(k));
         for k in blocked {
             let since = *d_since.entry(k).or_insert(now);
@@ -230,22 +166,13 @@ fn deadlock_breaks_cleanly() {
     let daemon_stuck = stuck.keys().any(|&(p, _)| p == qsd);
     println!(
         "deadlock {} after {:?} of writing (memcg failcnt {failcnt}, writer alive: {})",
-        if daemon_stuck {
-            "FORMED: qemu-storage-daemon stuck in D"
-        } else {
-            "did not form"
-        },
+        if daemon_stuck { "FORMED: qemu-storage-daemon stuck in D" } else { "did not form" },
         started.elapsed(),
         pid_alive(writer),
     );
     for (&(pid, tid), after) in &stuck {
-        let who = if pid == qsd {
-            "qemu-storage-daemon"
-        } else {
-            "writer"
-        };
-        let kstack =
-            fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).unwrap_or_default();
+        let who = if pid == qsd { "qemu-storage-daemon" } else { "writer" };
+        let kstack = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).unwrap_or_default();
         println!("{who} thread {tid} in D state since {after:?}, kernel stack now:\n{kstack}");
     }
 
@@ -268,17 +195,10 @@ fn stale_owner_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let spec = StackSpec {
-        memcg_limit_mb: Some(96),
-        ..StackSpec::default()
-    };
+    let spec = StackSpec { memcg_limit_mb: Some(96), ..StackSpec::default() };
     let mut stack = Stack::build("stale", &spec).unwrap();
     stack.spawn_writer("big", 512).unwrap();
-    println!(
-        "READY {} {}",
-        stack.workdir.display(),
-        stack.daemon_pid.unwrap()
-    );
+    println!("READY {} {}", stack.workdir.display(), stack.daemon_pid.unwrap());
     std::thread::sleep(Duration::from_secs(300));
 }
 
@@ -292,45 +212,26 @@ fn sweep_cleans_up_after_a_killed_owner() {
     }
     let _lock = testbed::lock().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "stale_owner_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "stale_owner_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let ready = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.split_once("READY ").map(|(_, r)| r.to_owned()));
+    let ready = stdout.lines().map_while(Result::ok).find_map(|l| l.split_once("READY ").map(|(_, r)| r.to_owned()));
     let ready = ready.expect("child did not build its stack");
     let (workdir, qsd) = ready.split_once(' ').unwrap();
     let workdir = PathBuf::from(workdir);
     std::thread::sleep(Duration::from_secs(2)); // let the deadlock form
     let loops = loops_backed_under(&workdir);
     assert!(!loops.is_empty() && !mounts_under(&workdir).is_empty());
-    let memcg = PathBuf::from(format!(
-        "/sys/fs/cgroup/memory/reclaimscope-stale-{}",
-        child.id()
-    ));
+    let memcg = PathBuf::from(format!("/sys/fs/cgroup/memory/reclaimscope-stale-{}", child.id()));
     assert!(memcg.exists());
     child.kill().unwrap();
     child.wait().unwrap();
 
     let t = Instant::now();
     testbed::sweep_stale().unwrap();
-    println!(
-        "sweep of a killed owner's deadlocked stack took {:?}",
-        t.elapsed()
-    );
-    assert_gone(&Footprint {
-        workdir,
-        loops,
-        memcg: Some(memcg),
-        daemon: Some(qsd.parse().unwrap()),
-    });
+    println!("sweep of a killed owner's deadlocked stack took {:?}", t.elapsed());
+    assert_gone(&Footprint { workdir, loops, memcg: Some(memcg), daemon: Some(qsd.parse().unwrap()) });
 }

@@ -67,7 +67,12 @@ fn measure(stack: &Stack, bin: &std::path::Path, runs: u32, seconds: u32) -> Res
                 base.push(fio(dir, seconds)?);
             }
         }
-        println!("bench: run {}: baseline {:.0} IOPS, traced {:.0} IOPS", i + 1, base[base.len() - 1], traced[traced.len() - 1]);
+        println!(
+            "bench: run {}: baseline {:.0} IOPS, traced {:.0} IOPS",
+            i + 1,
+            base[base.len() - 1],
+            traced[traced.len() - 1]
+        );
     }
     Ok((base, traced))
 }

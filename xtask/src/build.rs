@@ -9,10 +9,9 @@ use crate::util::{cargo, exec, path_env, root};
 /// A rustup nightly with rust-src can build `core` for BPF itself; without
 /// it, Debian's rustc-web (which ships that `core`) does the job.
 fn nightly_with_rust_src() -> bool {
-    Command::new("rustup")
-        .args(["+nightly", "component", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+    Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src"))
+    })
 }
 
 pub fn ebpf_object() -> PathBuf {
@@ -23,7 +22,16 @@ pub fn build_ebpf() -> Result<()> {
     let dir = root().join("probe-ebpf");
     let mut cmd = if nightly_with_rust_src() {
         let mut c = Command::new("cargo");
-        c.args(["+nightly", "build", "--locked", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]);
+        c.args([
+            "+nightly",
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ]);
         c
     } else {
         let mut c = Command::new("/usr/bin/cargo");
@@ -33,7 +41,11 @@ pub fn build_ebpf() -> Result<()> {
         c
     };
     // The workspace's own cargo settings must not leak into the BPF build.
-    cmd.current_dir(dir).env("PATH", path_env()).env_remove("RUSTUP_TOOLCHAIN").env_remove("CARGO").env_remove("RUSTC_WRAPPER");
+    cmd.current_dir(dir)
+        .env("PATH", path_env())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC_WRAPPER");
     exec(&mut cmd)
 }
 

@@ -28,16 +28,21 @@ fn scenario(stack: &mut Stack, bin: &std::path::Path, deadlock: bool) -> Result<
         stack.daemon_pid.unwrap_or(0),
         if deadlock { 96 } else { 256 },
     );
-    let watch = Command::new(bin).args(["watch", "--summary-every", "5"]).spawn().context("cannot start reclaimscope watch")?;
+    let watch =
+        Command::new(bin).args(["watch", "--summary-every", "5"]).spawn().context("cannot start reclaimscope watch")?;
     sleep(Duration::from_secs(3));
     // The hazard run keeps the writer outside the cgroup: only the daemon is
     // under pressure, so it reclaims (the hazard) without the deadlock.
-    let writer = if deadlock { stack.spawn_writer("data", 512)? } else { stack.spawn_writer_outside_memcg("data", 512)? };
+    let writer =
+        if deadlock { stack.spawn_writer("data", 512)? } else { stack.spawn_writer_outside_memcg("data", 512)? };
     println!("demo: writer dd (pid {writer}) writes 512 MiB into the XFS");
     let result = if deadlock {
         sleep(Duration::from_secs(25));
         let stuck = stack.daemon_pid.map(testbed::blocked_threads).unwrap_or_default();
-        println!("demo: {} qemu-storage-daemon thread(s) in D state; breaking the deadlock by aborting the FUSE connection", stuck.len());
+        println!(
+            "demo: {} qemu-storage-daemon thread(s) in D state; breaking the deadlock by aborting the FUSE connection",
+            stuck.len()
+        );
         stack.abort_fuse()
     } else {
         stack.wait_writer(writer, Duration::from_secs(180))

@@ -48,16 +48,32 @@ pub fn run_setup() -> Result<()> {
         }
         eprintln!("setup: installing {}", missing.join(" "));
         exec(Command::new("apt-get").args(["update", "-q"]))?;
-        exec(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        exec(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     } else {
         eprintln!("setup: apt packages present");
     }
     if !has_bpf_linker() {
         eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} (llvm-22)");
         let path = format!("/usr/lib/llvm-22/bin:{}", path_env());
-        exec(Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
-            .env("PATH", path))?;
+        exec(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("PATH", path),
+        )?;
     } else {
         eprintln!("setup: bpf-linker present");
     }

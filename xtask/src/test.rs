@@ -13,21 +13,42 @@ use crate::{
 };
 
 fn fuzz_smoke(seconds: u64) -> Result<()> {
-    let has_fuzz = Command::new("cargo").args(["fuzz", "--version"]).env("PATH", path_env()).output().is_ok_and(|o| o.status.success());
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", path_env())
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_fuzz {
         eprintln!("xtask: installing cargo-fuzz");
-        exec(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", "0.13.1"]).env("PATH", path_env()))?;
+        exec(
+            Command::new("cargo")
+                .args(["install", "cargo-fuzz", "--locked", "--version", "0.13.1"])
+                .env("PATH", path_env()),
+        )?;
     }
     let dir = root().join("fuzz");
     for target in ["trace_reader", "ftrace_import"] {
         // libFuzzer refuses a corpus directory that does not exist.
         std::fs::create_dir_all(dir.join("corpus").join(target))?;
-        let (corpus, seeds, dict) = (format!("corpus/{target}"), format!("seeds/{target}"), format!("-dict={target}.dict"));
-        exec(Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, &corpus, &seeds, "--", &format!("-max_total_time={seconds}"), &dict])
-            .current_dir(&dir)
-            .env("PATH", path_env())
-            .env("RECLAIMSCOPE_BPF_OBJ", ebpf_object()))?;
+        let (corpus, seeds, dict) =
+            (format!("corpus/{target}"), format!("seeds/{target}"), format!("-dict={target}.dict"));
+        exec(
+            Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    target,
+                    &corpus,
+                    &seeds,
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    &dict,
+                ])
+                .current_dir(&dir)
+                .env("PATH", path_env())
+                .env("RECLAIMSCOPE_BPF_OBJ", ebpf_object()),
+        )?;
     }
     Ok(())
 }
@@ -37,7 +58,11 @@ pub fn run_tests(fuzz_seconds: u64) -> Result<()> {
     run_build(false)?;
     let obj = ebpf_object();
     exec(cargo().args(["test", "--workspace", "--lib", "--bins"]).env("RECLAIMSCOPE_BPF_OBJ", &obj))?;
-    exec(cargo().args(["test", "--workspace", "--test", "*", "--", "--test-threads=1"]).env("RECLAIMSCOPE_BPF_OBJ", &obj))?;
+    exec(
+        cargo()
+            .args(["test", "--workspace", "--test", "*", "--", "--test-threads=1"])
+            .env("RECLAIMSCOPE_BPF_OBJ", &obj),
+    )?;
     if fuzz_seconds > 0 {
         fuzz_smoke(fuzz_seconds)?;
     }

@@ -15,9 +15,9 @@ pub fn root() -> PathBuf {
 
 /// PATH with cargo's bin directory (bpf-linker, cargo-fuzz) in front.
 pub fn path_env() -> String {
-    let home = std::env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-    });
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
     format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default())
 }
 

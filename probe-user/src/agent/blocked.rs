@@ -9,7 +9,16 @@ use std::{
 
 /// Kernel functions that place a blocked task in the storage stack.
 const STACK_MARKERS: &[&str] = &[
-    "xfs_", "iomap_", "ext4_", "jbd2", "folio_wait", "balance_dirty_pages", "fuse_", "loop_", "blk_mq_", "writeback",
+    "xfs_",
+    "iomap_",
+    "ext4_",
+    "jbd2",
+    "folio_wait",
+    "balance_dirty_pages",
+    "fuse_",
+    "loop_",
+    "blk_mq_",
+    "writeback",
     "shrink_",
 ];
 

@@ -74,7 +74,8 @@ impl MapsSync {
     /// Brings the maps in line with `topo` plus the servicers named on the
     /// command line (which serve `extra_dev`, or nothing known).
     pub fn sync(&mut self, topo: &Topology) -> Result<Changes> {
-        let want_s: BTreeMap<u32, u32> = topo.servicer_processes().into_iter().map(|(t, d)| (t, d.to_kernel())).collect();
+        let want_s: BTreeMap<u32, u32> =
+            topo.servicer_processes().into_iter().map(|(t, d)| (t, d.to_kernel())).collect();
         let servicers = &mut self.servicers;
         let s = diff(&mut self.cur_servicers, want_s, |k, v| match v {
             Some(v) => servicers.insert(k, ServicerInfo { serving_dev: v, _pad: 0 }, 0).context("SERVICERS update"),
@@ -87,7 +88,9 @@ impl MapsSync {
         let b = diff(&mut self.cur_backing, want_b, |(dev, ino), up| {
             let key = BackingKey { dev, _pad: 0, ino };
             match up {
-                Some(up) => backing.insert(key, BackingInfo { upper_dev: up, _pad: 0 }, 0).context("BACKING_FILES update"),
+                Some(up) => {
+                    backing.insert(key, BackingInfo { upper_dev: up, _pad: 0 }, 0).context("BACKING_FILES update")
+                }
                 None => backing.remove(&key).context("BACKING_FILES remove"),
             }
         })?;

@@ -87,9 +87,22 @@ pub struct Loop<'a> {
 }
 
 impl<'a> Loop<'a> {
-    pub async fn new(session: &'a mut Session, engine: Engine, sink: &'a mut dyn Sink, extra: &Extra) -> Result<Loop<'a>> {
+    pub async fn new(
+        session: &'a mut Session,
+        engine: Engine,
+        sink: &'a mut dyn Sink,
+        extra: &Extra,
+    ) -> Result<Loop<'a>> {
         let topo = discover(extra).await.ok_or_else(|| anyhow::anyhow!("cannot read the storage topology"))?;
-        let mut l = Loop { session, engine, sink, summary: Summary::default(), topo, started: Instant::now(), blocked: Default::default() };
+        let mut l = Loop {
+            session,
+            engine,
+            sink,
+            summary: Summary::default(),
+            topo,
+            started: Instant::now(),
+            blocked: Default::default(),
+        };
         l.apply_topology()?;
         Ok(l)
     }
@@ -120,7 +133,8 @@ impl<'a> Loop<'a> {
         };
         let ctx = *ev.ctx();
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kv.kallsyms).to_vec();
-        let inflight = (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
+        let inflight =
+            (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
         let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight };
         self.sink.event(raw, &ev, &obs, &stack)?;
         for f in self.engine.on_event(&ev, &obs) {
@@ -171,12 +185,17 @@ impl<'a> Loop<'a> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // SAFETY: the logger owns its ring-buffer fd for the AsyncFd's lifetime.
         let mut logs = match self.session.logger.take() {
-            Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?),
+            Some(l) => Some(
+                unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+                    .map_err(std::io::Error::from)?,
+            ),
             None => None,
         };
         let mut last_summary = Instant::now();
         let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)));
+        let sleep = tokio::time::sleep_until(
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
+        );
         tokio::pin!(sleep);
         loop {
             tokio::select! {

@@ -75,7 +75,10 @@ pub struct Session {
 
 /// Creates the maps and reads the programs, with CONFIG filled in.
 pub fn load_object(built: &Built) -> Result<Ebpf> {
-    EbpfLoader::new().override_global("CONFIG", &built.config, true).load(BPF_OBJECT).context("cannot load the eBPF object")
+    EbpfLoader::new()
+        .override_global("CONFIG", &built.config, true)
+        .load(BPF_OBJECT)
+        .context("cannot load the eBPF object")
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>

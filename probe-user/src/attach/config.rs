@@ -87,11 +87,7 @@ pub fn build(kv: &KernelView, target_tgid: u32, trace_all: bool) -> Built {
     (tp.fww_name, tp.fww_ino, tp.fww_index) = (o[0], o[1], o[2]);
     let o = group_offsets(
         tf,
-        &[
-            ("ext4", "ext4_da_write_begin"),
-            ("ext4", "ext4_write_begin"),
-            ("ext4", "ext4_writepages"),
-        ],
+        &[("ext4", "ext4_da_write_begin"), ("ext4", "ext4_write_begin"), ("ext4", "ext4_writepages")],
         &["dev", "ino"],
         &mut bad,
     );

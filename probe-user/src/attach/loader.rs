@@ -114,7 +114,10 @@ impl Attacher<'_> {
             Some(_) => Some(self.btf()?.clone()),
             None => None,
         };
-        let program = self.ebpf.program_mut(prog.program).with_context(|| format!("program {} not in the object", prog.program))?;
+        let program = self
+            .ebpf
+            .program_mut(prog.program)
+            .with_context(|| format!("program {} not in the object", prog.program))?;
         match program {
             Program::KProbe(p) => p.load()?,
             Program::TracePoint(p) => p.load()?,
@@ -192,13 +195,22 @@ impl Attacher<'_> {
     }
 
     fn hook(&mut self, hook: &'static Hook, force: Option<Family>) -> Choice {
-        let mut choice = Choice { hook: hook.name, required: hook.required, family: None, targets: vec![], skipped: vec![], degraded: None };
+        let mut choice = Choice {
+            hook: hook.name,
+            required: hook.required,
+            family: None,
+            targets: vec![],
+            skipped: vec![],
+            degraded: None,
+        };
         for imp in hook.impls {
             if force.is_some_and(|f| f != imp.family) {
                 continue;
             }
             if choice.family.is_some() {
-                choice.skipped.push(Skipped { family: imp.family, reason: "a better implementation is attached".into() });
+                choice
+                    .skipped
+                    .push(Skipped { family: imp.family, reason: "a better implementation is attached".into() });
                 continue;
             }
             match self.try_impl(imp.progs) {
@@ -213,7 +225,9 @@ impl Attacher<'_> {
             choice.degraded = Some(hook.degrades);
             if choice.skipped.is_empty() {
                 if let Some(f) = force {
-                    choice.skipped.push(Skipped { family: f, reason: format!("no {} implementation of this hook", f.name()) });
+                    choice
+                        .skipped
+                        .push(Skipped { family: f, reason: format!("no {} implementation of this hook", f.name()) });
                 }
             }
         }

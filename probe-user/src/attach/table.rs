@@ -83,24 +83,33 @@ pub static HOOKS: &[Hook] = &[
         required: true,
         degrades: "no reclaim events at all",
         impls: &[
-            Impl { family: Fentry, progs: &[
-                p("fe_try_to_free_pages", BtfFn("try_to_free_pages")),
-                p("fx_try_to_free_pages", BtfFn("try_to_free_pages")),
-                p("fe_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
-                p("fx_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
-            ] },
-            Impl { family: Kprobe, progs: &[
-                p("kp_try_to_free_pages", Ksym("try_to_free_pages")),
-                p("krp_try_to_free_pages", Ksym("try_to_free_pages")),
-                p("kp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
-                p("krp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
-            ] },
-            Impl { family: Tracepoint, progs: &[
-                p("tp_direct_reclaim_begin", Tp("vmscan", "mm_vmscan_direct_reclaim_begin")),
-                p("tp_direct_reclaim_end", Tp("vmscan", "mm_vmscan_direct_reclaim_end")),
-                p("tp_memcg_reclaim_begin", Tp("vmscan", "mm_vmscan_memcg_reclaim_begin")),
-                p("tp_memcg_reclaim_end", Tp("vmscan", "mm_vmscan_memcg_reclaim_end")),
-            ] },
+            Impl {
+                family: Fentry,
+                progs: &[
+                    p("fe_try_to_free_pages", BtfFn("try_to_free_pages")),
+                    p("fx_try_to_free_pages", BtfFn("try_to_free_pages")),
+                    p("fe_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
+                    p("fx_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
+                ],
+            },
+            Impl {
+                family: Kprobe,
+                progs: &[
+                    p("kp_try_to_free_pages", Ksym("try_to_free_pages")),
+                    p("krp_try_to_free_pages", Ksym("try_to_free_pages")),
+                    p("kp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
+                    p("krp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
+                ],
+            },
+            Impl {
+                family: Tracepoint,
+                progs: &[
+                    p("tp_direct_reclaim_begin", Tp("vmscan", "mm_vmscan_direct_reclaim_begin")),
+                    p("tp_direct_reclaim_end", Tp("vmscan", "mm_vmscan_direct_reclaim_end")),
+                    p("tp_memcg_reclaim_begin", Tp("vmscan", "mm_vmscan_memcg_reclaim_begin")),
+                    p("tp_memcg_reclaim_end", Tp("vmscan", "mm_vmscan_memcg_reclaim_end")),
+                ],
+            },
         ],
     },
     Hook {
@@ -108,14 +117,20 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: slowpath allocations that do not reach direct/memcg reclaim are not seen",
         impls: &[
-            Impl { family: Fentry, progs: &[
-                p("fe_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
-                p("fx_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
-            ] },
-            Impl { family: Kprobe, progs: &[
-                p("kp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
-                p("krp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
-            ] },
+            Impl {
+                family: Fentry,
+                progs: &[
+                    p("fe_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
+                    p("fx_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
+                ],
+            },
+            Impl {
+                family: Kprobe,
+                progs: &[
+                    p("kp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
+                    p("krp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
+                ],
+            },
         ],
     },
     Hook {
@@ -143,7 +158,10 @@ pub static HOOKS: &[Hook] = &[
         degrades: "recursion/deadlock: reclaim waiting on the upper filesystem's writeback is not seen",
         impls: &[
             Impl { family: Kprobe, progs: &[p("kp_folio_wait_writeback", Ksym("folio_wait_writeback"))] },
-            Impl { family: Tracepoint, progs: &[p("tp_folio_wait_writeback", Tp("writeback", "folio_wait_writeback"))] },
+            Impl {
+                family: Tracepoint,
+                progs: &[p("tp_folio_wait_writeback", Tp("writeback", "folio_wait_writeback"))],
+            },
         ],
     },
     Hook {
@@ -157,16 +175,22 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: kernel writers into backing files (loop workers) are not recognised as servicers",
         impls: &[
-            Impl { family: Kprobe, progs: &[
-                p("kp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
-                p("krp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
-            ] },
-            Impl { family: Tracepoint, progs: &[
-                p("tp_ext4_da_write_begin", Tp("ext4", "ext4_da_write_begin")),
-                p("tp_ext4_da_write_end", Tp("ext4", "ext4_da_write_end")),
-                p("tp_ext4_write_begin", Tp("ext4", "ext4_write_begin")),
-                p("tp_ext4_write_end", Tp("ext4", "ext4_write_end")),
-            ] },
+            Impl {
+                family: Kprobe,
+                progs: &[
+                    p("kp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
+                    p("krp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
+                ],
+            },
+            Impl {
+                family: Tracepoint,
+                progs: &[
+                    p("tp_ext4_da_write_begin", Tp("ext4", "ext4_da_write_begin")),
+                    p("tp_ext4_da_write_end", Tp("ext4", "ext4_da_write_end")),
+                    p("tp_ext4_write_begin", Tp("ext4", "ext4_write_begin")),
+                    p("tp_ext4_write_end", Tp("ext4", "ext4_write_end")),
+                ],
+            },
         ],
     },
     Hook {
@@ -174,24 +198,30 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
-            Impl { family: Kprobe, progs: &[
-                p("kp_do_writepages", Ksym("do_writepages")),
-                p("krp_do_writepages", Ksym("do_writepages")),
-            ] },
-            Impl { family: Tracepoint, progs: &[
-                p("tp_ext4_writepages", Tp("ext4", "ext4_writepages")),
-                p("tp_ext4_writepages_result", Tp("ext4", "ext4_writepages_result")),
-            ] },
+            Impl {
+                family: Kprobe,
+                progs: &[p("kp_do_writepages", Ksym("do_writepages")), p("krp_do_writepages", Ksym("do_writepages"))],
+            },
+            Impl {
+                family: Tracepoint,
+                progs: &[
+                    p("tp_ext4_writepages", Tp("ext4", "ext4_writepages")),
+                    p("tp_ext4_writepages_result", Tp("ext4", "ext4_writepages_result")),
+                ],
+            },
         ],
     },
     Hook {
         name: "upper_io",
         required: false,
         degrades: "hazard: I/O in flight on the stacked device is not known",
-        impls: &[Impl { family: Tracepoint, progs: &[
-            p("tp_block_rq_issue", Tp("block", "block_rq_issue")),
-            p("tp_block_rq_complete", Tp("block", "block_rq_complete")),
-        ] }],
+        impls: &[Impl {
+            family: Tracepoint,
+            progs: &[
+                p("tp_block_rq_issue", Tp("block", "block_rq_issue")),
+                p("tp_block_rq_complete", Tp("block", "block_rq_complete")),
+            ],
+        }],
     },
 ];
 
@@ -201,7 +231,8 @@ mod tests {
 
     #[test]
     fn every_hook_has_an_implementation_and_unique_programs() {
-        let mut names: Vec<&str> = HOOKS.iter().flat_map(|h| h.impls.iter().flat_map(|i| i.progs.iter().map(|p| p.program))).collect();
+        let mut names: Vec<&str> =
+            HOOKS.iter().flat_map(|h| h.impls.iter().flat_map(|i| i.progs.iter().map(|p| p.program))).collect();
         let n = names.len();
         names.sort();
         names.dedup();

@@ -55,11 +55,8 @@ pub struct AuditArgs {
 }
 
 fn parse_backing_file(s: &str) -> Result<(PathBuf, Dev), String> {
-    let (path, dev) = s
-        .rsplit_once('=')
-        .ok_or_else(|| format!("{s:?} is not PATH=MAJOR:MINOR"))?;
-    let dev =
-        Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number MAJOR:MINOR"))?;
+    let (path, dev) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATH=MAJOR:MINOR"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number MAJOR:MINOR"))?;
     if path.is_empty() {
         return Err(format!("{s:?} has an empty path"));
     }
@@ -91,10 +88,7 @@ struct Verdict<'a> {
 
 /// Runs the audit and returns the exit code (errors are the caller's exit 1).
 pub fn run(args: &AuditArgs) -> Result<i32> {
-    let extra = Extra {
-        servicers: args.servicers.clone(),
-        backing_files: args.backing_files.clone(),
-    };
+    let extra = Extra { servicers: args.servicers.clone(), backing_files: args.backing_files.clone() };
     let topo = match (&args.root, &args.save_snapshot) {
         (Some(root), _) => Topology::discover_from(root, &extra)?,
         (None, Some(dir)) => {
@@ -130,17 +124,15 @@ pub fn audit(topo: &Topology) -> AuditOutput {
     let report = report(topo);
     AuditOutput {
         text: render(&report),
-        json: serde_json::to_value(&report)
-            .expect("the report is plain data and always serializes"),
+        json: serde_json::to_value(&report).expect("the report is plain data and always serializes"),
         exit_code: report.exit_code,
     }
 }
 
 fn report(topo: &Topology) -> Report<'_> {
     let stacks = topo.stacks();
-    let placed = |s: &Servicer| {
-        topo.devices.iter().any(|d| d.dev == s.serves) || topo.mount_for_dev(s.serves).is_some()
-    };
+    let placed =
+        |s: &Servicer| topo.devices.iter().any(|d| d.dev == s.serves) || topo.mount_for_dev(s.serves).is_some();
     let unprotected: Vec<Verdict> = topo
         .unprotected()
         .into_iter()
@@ -149,12 +141,7 @@ fn report(topo: &Topology) -> Report<'_> {
             comm: &s.comm,
             serves: s.serves_name.clone(),
             under_mounts: &s.under_mounts,
-            unprotected_threads: s
-                .threads
-                .iter()
-                .filter(|t| !t.protection.is_protected())
-                .map(|t| t.tid)
-                .collect(),
+            unprotected_threads: s.threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid).collect(),
             remedy: &s.remedy,
         })
         .collect();
@@ -186,10 +173,7 @@ struct Node {
 
 impl Node {
     fn leaf(line: String) -> Node {
-        Node {
-            lines: vec![line],
-            children: Vec::new(),
-        }
+        Node { lines: vec![line], children: Vec::new() }
     }
 }
 
@@ -203,38 +187,16 @@ fn render(r: &Report) -> String {
             Some(m) => m.label(),
             None => format!("{} (not mounted)", stack.device),
         };
-        draw(
-            &mut out,
-            &Node {
-                lines: vec![top],
-                children: vec![element(stack)],
-            },
-            "",
-            "",
-            "",
-        );
+        draw(&mut out, &Node { lines: vec![top], children: vec![element(stack)] }, "", "", "");
         out.push('\n');
     }
     if !r.unplaced_servicers.is_empty() {
         let children = r.unplaced_servicers.iter().map(|s| servicer(s)).collect();
-        draw(
-            &mut out,
-            &Node {
-                lines: vec!["Servicers of unknown or remote devices".into()],
-                children,
-            },
-            "",
-            "",
-            "",
-        );
+        draw(&mut out, &Node { lines: vec!["Servicers of unknown or remote devices".into()], children }, "", "", "");
         out.push('\n');
     }
     if r.unprotected.is_empty() && r.unseen_servicers.is_empty() {
-        let _ = writeln!(
-            out,
-            "Verdict: no unprotected servicer under a mounted filesystem (exit {}).",
-            r.exit_code
-        );
+        let _ = writeln!(out, "Verdict: no unprotected servicer under a mounted filesystem (exit {}).", r.exit_code);
     } else if r.unprotected.is_empty() {
         let _ = writeln!(
             out,
@@ -250,20 +212,9 @@ fn render(r: &Report) -> String {
             r.exit_code
         );
         for v in &r.unprotected {
-            let who = v
-                .tgid
-                .map_or(v.comm.to_string(), |t| format!("{} (pid {t})", v.comm));
-            let under: Vec<String> = v
-                .under_mounts
-                .iter()
-                .map(|m| m.display().to_string())
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {who}, serving {}, under {}",
-                v.serves,
-                under.join(", ")
-            );
+            let who = v.tgid.map_or(v.comm.to_string(), |t| format!("{} (pid {t})", v.comm));
+            let under: Vec<String> = v.under_mounts.iter().map(|m| m.display().to_string()).collect();
+            let _ = writeln!(out, "  {who}, serving {}, under {}", v.serves, under.join(", "));
             let _ = writeln!(out, "    remedy: {}", v.remedy);
         }
     }
@@ -279,36 +230,18 @@ fn element(p: &StackPath) -> Node {
     if p.servicers.is_empty() && p.dev.is_anonymous() {
         children.push(Node::leaf("no servicer found (see warnings)".into()));
     }
-    let from_servicer = p.servicers.iter().any(|s| {
-        s.data_files
-            .iter()
-            .any(|f| Some(&f.path) == p.backing_file.as_ref())
-    });
+    let from_servicer =
+        p.servicers.iter().any(|s| s.data_files.iter().any(|f| Some(&f.path) == p.backing_file.as_ref()));
     if let (Some(file), false) = (&p.backing_file, from_servicer) {
-        let on = p
-            .lower
-            .as_ref()
-            .map_or("an unknown mount".to_string(), |m| m.label());
-        children.push(Node::leaf(file_line(
-            "backing file",
-            file,
-            p.backing_ino.unwrap_or(0),
-            &on,
-        )));
+        let on = p.lower.as_ref().map_or("an unknown mount".to_string(), |m| m.label());
+        children.push(Node::leaf(file_line("backing file", file, p.backing_ino.unwrap_or(0), &on)));
     }
     children.extend(p.below.iter().map(element));
-    Node {
-        lines: vec![head],
-        children,
-    }
+    Node { lines: vec![head], children }
 }
 
 fn file_line(what: &str, path: &std::path::Path, ino: u64, on: &str) -> String {
-    let ino = if ino == 0 {
-        "inode not probed".to_string()
-    } else {
-        format!("ino {ino}")
-    };
+    let ino = if ino == 0 { "inode not probed".to_string() } else { format!("ino {ino}") };
     format!("{what} {} ({ino}) on {on}", path.display())
 }
 
@@ -316,26 +249,16 @@ fn servicer(s: &Servicer) -> Node {
     let verdict = if s.protection.is_protected() {
         s.protection.to_string()
     } else if s.under_mounts.is_empty() {
-        format!(
-            "{} (not counted: no mounted block-device filesystem depends on it)",
-            s.protection
-        )
+        format!("{} (not counted: no mounted block-device filesystem depends on it)", s.protection)
     } else {
         s.protection.to_string()
     };
     let mut lines = vec![format!("servicer {} [{}]: {verdict}", s.label(), s.kind)];
     lines.push(format!("match: {}", s.confidence));
     if !s.threads.is_empty() {
-        lines.push(format!(
-            "{:<8} {:<16} {:<10} {:<26} {}",
-            "TID", "COMM", "FLAGS", "SCOPE BITS", "PROTECTION"
-        ));
+        lines.push(format!("{:<8} {:<16} {:<10} {:<26} {}", "TID", "COMM", "FLAGS", "SCOPE BITS", "PROTECTION"));
         for t in &s.threads {
-            let verdict = if t.protection.is_protected() {
-                "protected"
-            } else {
-                "UNPROTECTED"
-            };
+            let verdict = if t.protection.is_protected() { "protected" } else { "UNPROTECTED" };
             lines.push(format!(
                 "{:<8} {:<16} {:<10} {:<26} {verdict}",
                 t.tid,
@@ -354,21 +277,14 @@ fn servicer(s: &Servicer) -> Node {
         ));
     }
     if !s.under_mounts.is_empty() {
-        let under: Vec<String> = s
-            .under_mounts
-            .iter()
-            .map(|m| m.display().to_string())
-            .collect();
+        let under: Vec<String> = s.under_mounts.iter().map(|m| m.display().to_string()).collect();
         lines.push(format!("under: {}", under.join(", ")));
     }
     if let Some(n) = &s.note {
         lines.push(format!("note: {n}"));
     }
     lines.push(format!("remedy: {}", s.remedy));
-    Node {
-        lines,
-        children: Vec::new(),
-    }
+    Node { lines, children: Vec::new() }
 }
 
 /// Draws `n` with box-drawing branches. `first`/`rest` prefix its first and
@@ -379,26 +295,9 @@ fn draw(out: &mut String, n: &Node, first: &str, rest: &str, indent: &str) {
     }
     for (i, c) in n.children.iter().enumerate() {
         let last = i + 1 == n.children.len();
-        let (branch, cont) = if last {
-            ("└─ ", "   ")
-        } else {
-            ("├─ ", "│  ")
-        };
-        let child_rest = format!(
-            "{indent}{cont}{}",
-            if c.children.is_empty() {
-                "   "
-            } else {
-                "│  "
-            }
-        );
-        draw(
-            out,
-            c,
-            &format!("{indent}{branch}"),
-            &child_rest,
-            &format!("{indent}{cont}"),
-        );
+        let (branch, cont) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+        let child_rest = format!("{indent}{cont}{}", if c.children.is_empty() { "   " } else { "│  " });
+        draw(out, c, &format!("{indent}{branch}"), &child_rest, &format!("{indent}{cont}"));
     }
 }
 
@@ -408,10 +307,7 @@ mod tests {
 
     #[test]
     fn backing_file_argument() {
-        assert_eq!(
-            parse_backing_file("/srv/a=b.img=43:0"),
-            Ok((PathBuf::from("/srv/a=b.img"), Dev::new(43, 0)))
-        );
+        assert_eq!(parse_backing_file("/srv/a=b.img=43:0"), Ok((PathBuf::from("/srv/a=b.img"), Dev::new(43, 0))));
         assert!(parse_backing_file("/srv/a.img").is_err());
         assert!(parse_backing_file("/srv/a.img=43").is_err());
         assert!(parse_backing_file("=43:0").is_err());
@@ -422,14 +318,8 @@ mod tests {
         let tree = Node {
             lines: vec!["root".into()],
             children: vec![
-                Node {
-                    lines: vec!["a".into(), "a2".into()],
-                    children: vec![Node::leaf("a.1".into())],
-                },
-                Node {
-                    lines: vec!["b".into(), "b2".into()],
-                    children: Vec::new(),
-                },
+                Node { lines: vec!["a".into(), "a2".into()], children: vec![Node::leaf("a.1".into())] },
+                Node { lines: vec!["b".into(), "b2".into()], children: Vec::new() },
             ],
         };
         let mut out = String::new();

@@ -2,8 +2,8 @@
 
 pub mod audit;
 pub mod monitor;
+pub mod probes;
 pub mod record;
 pub mod report;
-pub mod probes;
 pub mod trace_args;
 pub mod watch;

@@ -60,7 +60,10 @@ impl Sink for MonitorSink {
         let unprotected = topo.unprotected().len();
         self.metrics.set_servicers("unprotected", unprotected as i64);
         self.metrics.set_servicers("protected", topo.servicers.len().saturating_sub(unprotected) as i64);
-        line("topology", json!({ "servicers": index.servicers, "backing_files": index.backing, "unprotected": unprotected }))
+        line(
+            "topology",
+            json!({ "servicers": index.servicers, "backing_files": index.backing, "unprotected": unprotected }),
+        )
     }
 }
 

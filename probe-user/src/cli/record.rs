@@ -82,7 +82,15 @@ impl Sink for RecordSink {
         self.writer.write(&Record::Finding(serde_json::to_value(f)?))?;
         // A finding must survive a crash right after it.
         self.writer.flush()?;
-        eprintln!("[{}] {} {} (pid {} tid {}): {}", f.severity.name().to_uppercase(), f.rule, f.servicer.comm, f.servicer.tgid, f.servicer.tid, f.detail);
+        eprintln!(
+            "[{}] {} {} (pid {} tid {}): {}",
+            f.severity.name().to_uppercase(),
+            f.rule,
+            f.servicer.comm,
+            f.servicer.tgid,
+            f.servicer.tid,
+            f.detail
+        );
         self.findings.push(f.clone());
         Ok(())
     }

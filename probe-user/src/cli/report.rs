@@ -49,7 +49,11 @@ pub struct ReportArgs {
 }
 
 fn print(r: &Report) {
-    println!("report of {}{}", r.source, r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default());
+    println!(
+        "report of {}{}",
+        r.source,
+        r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default()
+    );
     println!("{} records, {} events, {} findings", r.records, r.events, r.findings.len());
     if let Some(d) = &r.damage {
         println!("DAMAGED: {d}; everything before it was read");
@@ -61,14 +65,26 @@ fn print(r: &Report) {
         println!("\n{}", finding_block(f));
     }
     for f in &r.recorded_only {
-        println!("\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}", f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]);
+        println!(
+            "\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}",
+            f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]
+        );
     }
     if !r.servicers.is_empty() {
         let mut t = Table::new();
         t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
         t.set_titles(row!["SERVICER", "PID", "THREADS", "RECLAIMS", "TOTAL ms", "MAX ms", "WB WAITS", "FINDINGS"]);
         for s in &r.servicers {
-            t.add_row(row![s.comm, s.tgid, s.threads, s.reclaim_entries, format!("{:.1}", s.reclaim_total_ms), format!("{:.1}", s.reclaim_max_ms), s.writeback_waits, s.findings]);
+            t.add_row(row![
+                s.comm,
+                s.tgid,
+                s.threads,
+                s.reclaim_entries,
+                format!("{:.1}", s.reclaim_total_ms),
+                format!("{:.1}", s.reclaim_max_ms),
+                s.writeback_waits,
+                s.findings
+            ]);
         }
         println!();
         t.printstd();

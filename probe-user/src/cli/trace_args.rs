@@ -129,7 +129,12 @@ impl TraceArgs {
     }
 
     /// Runs the shared loop over `sink` until the duration ends or a signal.
-    pub async fn run(&self, session: &mut Session, gfp: GfpNames, sink: &mut dyn Sink) -> Result<crate::agent::run::Summary> {
+    pub async fn run(
+        &self,
+        session: &mut Session,
+        gfp: GfpNames,
+        sink: &mut dyn Sink,
+    ) -> Result<crate::agent::run::Summary> {
         let engine = Engine::new(StackIndex::default(), gfp, Duration::from_secs_f64(self.deadlock_after));
         let extra = self.extra();
         let mut l = Loop::new(session, engine, sink, &extra).await.context("cannot start the agent")?;

@@ -119,13 +119,15 @@ impl Engine {
             Event::ReclaimBegin(e) => {
                 let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
                 if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) {
-                    self.pending.insert(ctx.tid, Pending { ctx, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() });
+                    self.pending
+                        .insert(ctx.tid, Pending { ctx, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() });
                 }
                 let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
                 let busy = obs.inflight.is_none_or(|n| n > 0);
                 if gfp & (GFP_FS | GFP_IO) != 0 && busy && self.upper_mount(serving).is_some() {
                     let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
-                    let detail = format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
+                    let detail =
+                        format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
                     out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, serving, gfp, obs, detail, vec![]));
                 }
             }
@@ -151,7 +153,10 @@ impl Engine {
                     }
                     None => 0,
                 };
-                let detail = format!("folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim", e.data.ino, e.data.index);
+                let detail = format!(
+                    "folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim",
+                    e.data.ino, e.data.index
+                );
                 out.extend(self.report(&rules::WAIT_UPPER_WRITEBACK, &ctx, serving, gfp, obs, detail, vec![]));
             }
             Event::ReclaimWrite(e) => {
@@ -271,7 +276,11 @@ mod tests {
     fn index() -> StackIndex {
         let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
         StackIndex {
-            mounts: vec![m(Dev { major: 254, minor: 1 }, "ext4", "/"), m(LOOP0, "xfs", "/mnt/upper"), m(LOOP1, "xfs", "/mnt/top")],
+            mounts: vec![
+                m(Dev { major: 254, minor: 1 }, "ext4", "/"),
+                m(LOOP0, "xfs", "/mnt/upper"),
+                m(LOOP1, "xfs", "/mnt/top"),
+            ],
             backing: vec![
                 BackingEdge { file_dev: Dev { major: 0, minor: 55 }, path: "/srv/fuse.img".into(), backs: LOOP0 },
                 BackingEdge { file_dev: LOOP0, path: "/mnt/upper/img".into(), backs: LOOP1 },
@@ -287,7 +296,16 @@ mod tests {
     fn ctx(tid: u32, flags: u32, serving: Dev) -> TaskCtx {
         let mut comm = [0u8; 16];
         comm[..14].copy_from_slice(b"qemu-storage-d");
-        TaskCtx { ts_ns: 1_000, tgid: 100, tid, task_flags: flags, stack_id: 3, comm, serving_dev: serving.to_kernel(), fs_depth: 1 }
+        TaskCtx {
+            ts_ns: 1_000,
+            tgid: 100,
+            tid,
+            task_flags: flags,
+            stack_id: 3,
+            comm,
+            serving_dev: serving.to_kernel(),
+            fs_depth: 1,
+        }
     }
 
     fn begin(tid: u32, flags: u32, gfp: u32, kind: ReclaimKind) -> Event {
@@ -304,7 +322,11 @@ mod tests {
             kind: EventKind::ReclaimEnd as u32,
             _pad: 0,
             ctx: ctx(tid, 0, LOOP0),
-            data: ReclaimData { reclaim_kind: ReclaimKind::Memcg as u32, gfp: GFP_HIGHUSER_MOVABLE, ..Default::default() },
+            data: ReclaimData {
+                reclaim_kind: ReclaimKind::Memcg as u32,
+                gfp: GFP_HIGHUSER_MOVABLE,
+                ..Default::default()
+            },
         })
     }
 
@@ -320,7 +342,10 @@ mod tests {
     }
 
     fn obs() -> Observed {
-        Observed { stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()], inflight: Some(4) }
+        Observed {
+            stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()],
+            inflight: Some(4),
+        }
     }
 
     #[test]
@@ -342,7 +367,10 @@ mod tests {
     fn io_flusher_servicer_is_not_a_hazard() {
         // A kprobe reports the caller's mask; the task's NOIO scope strips FS/IO.
         let mut e = engine();
-        let f = e.on_event(&begin(101, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE, GFP_HIGHUSER_MOVABLE, ReclaimKind::Direct), &obs());
+        let f = e.on_event(
+            &begin(101, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE, GFP_HIGHUSER_MOVABLE, ReclaimKind::Direct),
+            &obs(),
+        );
         assert!(f.is_empty());
         // The tracepoint path reports the effective mask: GFP_NOIO-like.
         let f = e.on_event(&begin(102, PF_MEMALLOC_NOIO, 0x400 | 0x800, ReclaimKind::Memcg), &obs());

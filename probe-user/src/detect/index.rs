@@ -45,7 +45,11 @@ impl StackIndex {
             mounts: t
                 .mounts
                 .iter()
-                .map(|m| MountRef { dev: m.dev, fs_type: m.fs_type.clone(), mount_point: m.mount_point.display().to_string() })
+                .map(|m| MountRef {
+                    dev: m.dev,
+                    fs_type: m.fs_type.clone(),
+                    mount_point: m.mount_point.display().to_string(),
+                })
                 .collect(),
             backing: t
                 .backing_files()
@@ -120,7 +124,12 @@ mod tests {
     fn three_levels() -> StackIndex {
         let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
         StackIndex {
-            mounts: vec![m(d(254, 0), "ext4", "/"), m(d(0, 50), "fuse", "/t/fuse.img"), m(d(7, 0), "xfs", "/t/l0"), m(d(7, 1), "xfs", "/t/l1")],
+            mounts: vec![
+                m(d(254, 0), "ext4", "/"),
+                m(d(0, 50), "fuse", "/t/fuse.img"),
+                m(d(7, 0), "xfs", "/t/l0"),
+                m(d(7, 1), "xfs", "/t/l1"),
+            ],
             backing: vec![
                 BackingEdge { file_dev: d(0, 50), path: "/t/fuse.img".into(), backs: d(7, 0) },
                 BackingEdge { file_dev: d(7, 0), path: "/t/l0/img".into(), backs: d(7, 1) },

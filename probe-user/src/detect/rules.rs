@@ -35,7 +35,8 @@ pub const BLOCKED_IN_RECLAIM: Rule = Rule {
     title: "servicer blocked in reclaim on the I/O it is meant to complete",
 };
 
-pub const ALL: &[&Rule] = &[&HAZARD_FS_IO, &SHRINKER_UPPER, &WAIT_UPPER_WRITEBACK, &WRITE_UPPER_FOLIO, &BLOCKED_IN_RECLAIM];
+pub const ALL: &[&Rule] =
+    &[&HAZARD_FS_IO, &SHRINKER_UPPER, &WAIT_UPPER_WRITEBACK, &WRITE_UPPER_FOLIO, &BLOCKED_IN_RECLAIM];
 
 /// Kernel functions that mean "waiting for writeback or for I/O" when they
 /// sit in a blocked task's stack.

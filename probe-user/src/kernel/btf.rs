@@ -73,10 +73,7 @@ impl KernelBtf {
 
     /// Whether the kernel has a function by this name (fentry needs it in BTF).
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
+        self.btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
     }
 
     /// All the offsets the programs need, and what is missing on this kernel.

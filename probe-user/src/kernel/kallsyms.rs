@@ -56,11 +56,7 @@ impl Kallsyms {
         }
         self.syms
             .iter()
-            .filter(|s| {
-                s.name
-                    .strip_prefix(name)
-                    .is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf)))
-            })
+            .filter(|s| s.name.strip_prefix(name).is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf))))
             .map(|s| s.name.as_str())
             .min()
     }

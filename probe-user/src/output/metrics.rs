@@ -107,11 +107,7 @@ impl Metrics {
             reclaim_events.clone(),
         );
         let dropped_events = Counter::default();
-        registry.register(
-            "dropped_events",
-            "Events lost because the BPF ring buffer was full",
-            dropped_events.clone(),
-        );
+        registry.register("dropped_events", "Events lost because the BPF ring buffer was full", dropped_events.clone());
         let servicers = Family::<ProtectionLabels, Gauge>::default();
         registry.register(
             "servicers",
@@ -125,12 +121,7 @@ impl Metrics {
             probe_attached.clone(),
         );
         let uptime = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "uptime",
-            "Time since the agent started",
-            Unit::Seconds,
-            uptime.clone(),
-        );
+        registry.register_with_unit("uptime", "Time since the agent started", Unit::Seconds, uptime.clone());
         Metrics {
             registry,
             started: Instant::now(),
@@ -146,9 +137,7 @@ impl Metrics {
 
     /// Counts one finding (a new one or a repeat).
     pub fn finding(&self, rule: &str, severity: &str) {
-        self.findings
-            .get_or_create(&finding_labels(rule, severity))
-            .inc();
+        self.findings.get_or_create(&finding_labels(rule, severity)).inc();
     }
 
     /// Exports a (rule, severity) series at zero before anything is found.
@@ -160,9 +149,7 @@ impl Metrics {
 
     /// Counts one reclaim entry the agent decoded from the ring buffer.
     pub fn reclaim_event(&self, kind: &str) {
-        self.reclaim_events
-            .get_or_create(&KindLabels { kind: label(kind) })
-            .inc();
+        self.reclaim_events.get_or_create(&KindLabels { kind: label(kind) }).inc();
     }
 
     /// Takes the kernel's own count of reclaim entries of `kind` (the per-CPU
@@ -181,19 +168,13 @@ impl Metrics {
     /// Takes the kernel's count of events lost to a full ring buffer.
     pub fn set_dropped_events(&self, total: u64) {
         let total = self.follow("dropped", total);
-        self.dropped_events
-            .inner()
-            .fetch_max(total, Ordering::Relaxed);
+        self.dropped_events.inner().fetch_max(total, Ordering::Relaxed);
     }
 
     /// Sets how many servicer threads run with a given protection (for
     /// example `none`, `NOIO|LOCAL_THROTTLE`).
     pub fn set_servicers(&self, protection: &str, n: i64) {
-        self.servicers
-            .get_or_create(&ProtectionLabels {
-                protection: label(protection),
-            })
-            .set(n);
+        self.servicers.get_or_create(&ProtectionLabels { protection: label(protection) }).set(n);
     }
 
     /// Records whether a hook is attached through `implementation` (e.g.
@@ -201,10 +182,7 @@ impl Metrics {
     /// shows as 0 for the better one and 1 for the one in use.
     pub fn set_probe(&self, hook: &str, implementation: &str, attached: bool) {
         self.probe_attached
-            .get_or_create(&ProbeLabels {
-                hook: label(hook),
-                implementation: label(implementation),
-            })
+            .get_or_create(&ProbeLabels { hook: label(hook), implementation: label(implementation) })
             .set(i64::from(attached));
     }
 
@@ -217,19 +195,13 @@ impl Metrics {
     }
 
     fn follow(&self, key: &str, now: u64) -> u64 {
-        let mut totals = self
-            .kernel_totals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut totals = self.kernel_totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         totals.entry(key.to_string()).or_default().update(now)
     }
 }
 
 fn finding_labels(rule: &str, severity: &str) -> FindingLabels {
-    FindingLabels {
-        rule: label(rule),
-        severity: label(severity),
-    }
+    FindingLabels { rule: label(rule), severity: label(severity) }
 }
 
 /// Escapes a label value for the text format; prometheus-client writes label
@@ -249,9 +221,7 @@ fn label(value: &str) -> String {
 
 /// Binds `addr`, then serves `GET /metrics` on it until the task is aborted.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
     Ok(serve_listener(listener, metrics))
 }
 
@@ -264,8 +234,7 @@ pub fn serve_listener(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandl
                     let metrics = Arc::clone(&metrics);
                     tokio::spawn(async move {
                         // A client that stalls must not hold a task forever.
-                        let answered =
-                            tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
+                        let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
                         if let Ok(Err(e)) = answered {
                             log::debug!("metrics request: {e:#}");
                         }
@@ -301,53 +270,25 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> Result<()> {
     }
     let head = String::from_utf8_lossy(&head);
     let mut words = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
+    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
     if path != "/metrics" {
-        return respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            "not found; try /metrics\n",
-        )
-        .await;
+        return respond(&mut stream, "404 Not Found", "text/plain", "not found; try /metrics\n").await;
     }
     match method {
         "GET" => respond(&mut stream, "200 OK", CONTENT_TYPE, &metrics.render()).await,
-        _ => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "use GET\n",
-            )
-            .await
-        }
+        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "use GET\n").await,
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> Result<()> {
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> Result<()> {
+    let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     if !content_type.is_empty() {
         response.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
     response.push_str("\r\n");
     response.push_str(body);
-    stream
-        .write_all(response.as_bytes())
-        .await
-        .context("writing the response")?;
+    stream.write_all(response.as_bytes()).await.context("writing the response")?;
     stream.shutdown().await.context("closing the connection")?;
     // Closing with unread input (a body, an oversized head) would reset the
     // connection, and a reset can discard the response before the client
@@ -370,9 +311,7 @@ mod tests {
     /// The value of the sample whose line starts with `series` (name and
     /// labels, as rendered).
     fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map(|v| v.parse().unwrap())
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(|v| v.parse().unwrap())
     }
 
     #[test]
@@ -399,25 +338,10 @@ mod tests {
         let f = r#"reclaimscope_findings_total{rule="servicer-fs-reclaim",severity="#;
         assert_eq!(sample(&text, &format!(r#"{f}"hazard"}}"#)), Some(2.0));
         assert_eq!(sample(&text, &format!(r#"{f}"deadlock"}}"#)), Some(0.0));
-        assert_eq!(
-            sample(&text, r#"reclaimscope_reclaim_events_total{kind="memcg"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, "reclaimscope_dropped_events_total"),
-            Some(0.0)
-        );
-        assert_eq!(
-            sample(&text, r#"reclaimscope_servicers{protection="none"}"#),
-            Some(2.0)
-        );
-        assert_eq!(
-            sample(
-                &text,
-                r#"reclaimscope_servicers{protection="NOIO|LOCAL_THROTTLE"}"#
-            ),
-            Some(1.0)
-        );
+        assert_eq!(sample(&text, r#"reclaimscope_reclaim_events_total{kind="memcg"}"#), Some(1.0));
+        assert_eq!(sample(&text, "reclaimscope_dropped_events_total"), Some(0.0));
+        assert_eq!(sample(&text, r#"reclaimscope_servicers{protection="none"}"#), Some(2.0));
+        assert_eq!(sample(&text, r#"reclaimscope_servicers{protection="NOIO|LOCAL_THROTTLE"}"#), Some(1.0));
         let p = r#"reclaimscope_probe_attached{hook="reclaim",implementation="#;
         assert_eq!(sample(&text, &format!(r#"{p}"tracepoint"}}"#)), Some(1.0));
         assert_eq!(sample(&text, &format!(r#"{p}"fentry"}}"#)), Some(0.0));
@@ -427,13 +351,7 @@ mod tests {
     #[test]
     fn kernel_totals_stay_monotonic() {
         let m = Metrics::new();
-        let direct = |m: &Metrics| {
-            sample(
-                &m.render(),
-                r#"reclaimscope_reclaim_events_total{kind="direct"}"#,
-            )
-            .unwrap()
-        };
+        let direct = |m: &Metrics| sample(&m.render(), r#"reclaimscope_reclaim_events_total{kind="direct"}"#).unwrap();
         // Decoded events and the kernel's total do not add up: the larger wins.
         m.reclaim_event("direct");
         m.reclaim_event("direct");
@@ -447,8 +365,7 @@ mod tests {
         m.set_reclaim_events("direct", 4);
         assert_eq!(direct(&m), 10.0);
 
-        let dropped =
-            |m: &Metrics| sample(&m.render(), "reclaimscope_dropped_events_total").unwrap();
+        let dropped = |m: &Metrics| sample(&m.render(), "reclaimscope_dropped_events_total").unwrap();
         m.set_dropped_events(3);
         m.set_dropped_events(3);
         assert_eq!(dropped(&m), 3.0);
@@ -481,28 +398,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = serve_listener(listener, Arc::clone(&metrics));
-        let scrape =
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n";
+        let scrape = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n";
 
         metrics.finding("servicer-fs-reclaim", "deadlock");
         metrics.set_dropped_events(7);
         let first = get(addr, scrape).await;
         assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
         assert!(first.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
-        let len: usize = first
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize = first.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
         assert_eq!(len, body(&first).len());
-        let deadlocks =
-            r#"reclaimscope_findings_total{rule="servicer-fs-reclaim",severity="deadlock"}"#;
+        let deadlocks = r#"reclaimscope_findings_total{rule="servicer-fs-reclaim",severity="deadlock"}"#;
         assert_eq!(sample(body(&first), deadlocks), Some(1.0));
-        assert_eq!(
-            sample(body(&first), "reclaimscope_dropped_events_total"),
-            Some(7.0)
-        );
+        assert_eq!(sample(body(&first), "reclaimscope_dropped_events_total"), Some(7.0));
 
         // The values move between scrapes.
         metrics.finding("servicer-fs-reclaim", "deadlock");
@@ -510,10 +417,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = get(addr, scrape).await;
         assert_eq!(sample(body(&second), deadlocks), Some(2.0));
-        assert_eq!(
-            sample(body(&second), "reclaimscope_dropped_events_total"),
-            Some(9.0)
-        );
+        assert_eq!(sample(body(&second), "reclaimscope_dropped_events_total"), Some(9.0));
         let uptime = |r: &str| sample(body(r), "reclaimscope_uptime_seconds").unwrap();
         assert!(uptime(&second) > uptime(&first));
 
@@ -530,10 +434,7 @@ mod tests {
         assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
         let post = get(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        let huge = format!(
-            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_HEAD)
-        );
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431 "));
         server.abort();
     }
@@ -544,10 +445,7 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let err = serve(addr, Arc::new(Metrics::new())).await.unwrap_err();
         let msg = format!("{err:#}");
-        assert!(
-            msg.contains(&format!("cannot listen for metrics on {addr}")),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("cannot listen for metrics on {addr}")), "{msg}");
         assert!(msg.contains("in use"), "{msg}");
 
         let free = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new())).await;

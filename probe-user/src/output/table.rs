@@ -24,7 +24,10 @@ pub fn finding_block(f: &Finding) -> String {
         d.as_ref().map(|d| format!("{} on {} ({})", d.fs_type, d.mount_point, d.dev)).unwrap_or_else(|| "-".into())
     };
     let s = &f.servicer;
-    t.add_row(row!["servicer", format!("{} pid {} tid {} flags {} ({})", s.comm, s.tgid, s.tid, s.flags, s.protection)]);
+    t.add_row(row![
+        "servicer",
+        format!("{} pid {} tid {} flags {} ({})", s.comm, s.tgid, s.tid, s.flags, s.protection)
+    ]);
     t.add_row(row!["upper fs", fs(&f.upper_fs)]);
     t.add_row(row!["device", &f.device]);
     t.add_row(row!["backing file", f.backing_file.as_deref().unwrap_or("-")]);

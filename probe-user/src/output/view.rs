@@ -39,7 +39,9 @@ pub struct EventView {
 /// or the v2 unified line).
 pub fn memcg_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let line = text.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
+    let line = text
+        .lines()
+        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
         .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
     line.splitn(3, ':').nth(2).map(str::to_owned)
 }
@@ -94,7 +96,10 @@ impl EventView {
             }
             Event::WritebackWait(e) => {
                 let dev = wait_dev(e).map(|d| d.to_string()).unwrap_or_else(|| "?".into());
-                v.detail = Some(format!("wait on {dev} ino={} index={} in_reclaim={}", e.data.ino, e.data.index, e.data.in_reclaim));
+                v.detail = Some(format!(
+                    "wait on {dev} ino={} index={} in_reclaim={}",
+                    e.data.ino, e.data.index, e.data.in_reclaim
+                ));
             }
             Event::ReclaimWrite(e) => {
                 v.detail = Some(format!("pageout dev={} ino={}", Dev::from_kernel(e.data.dev), e.data.ino));

@@ -14,8 +14,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use probe_common::events::{
-    Event, EventKind, ReclaimData, ReclaimKind, ReclaimWriteData, ShrinkerData, TaskCtx,
-    WritebackWaitData, TASK_COMM_LEN,
+    Event, EventKind, ReclaimData, ReclaimKind, ReclaimWriteData, ShrinkerData, TaskCtx, WritebackWaitData,
+    TASK_COMM_LEN,
 };
 
 use crate::flags::GfpNames;
@@ -124,9 +124,7 @@ fn lost_events(line: &str) -> Option<u64> {
     let (_, rest) = line.split_once("CPU")?;
     let (_, inner) = rest.split_once('[')?;
     let inner = inner.strip_suffix(']')?;
-    if !((inner.starts_with("LOST ") && inner.ends_with(" EVENTS"))
-        || inner.ends_with("EVENTS DROPPED"))
-    {
+    if !((inner.starts_with("LOST ") && inner.ends_with(" EVENTS")) || inner.ends_with("EVENTS DROPPED")) {
         return None;
     }
     Some(inner.split(' ').find_map(|w| w.parse().ok()).unwrap_or(0))
@@ -159,22 +157,14 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
         let ts_ns = parse_timestamp(ts)?;
         let after = &line[i + 2..];
         let (event, body) = after.split_once(':')?;
-        let is_name = !event.is_empty()
-            && event
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let is_name = !event.is_empty() && event.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         is_name.then_some((i - ts.len(), ts_ns, event, body.trim()))
     })?;
     let prefix = line[..idx].trim_end();
     // The CPU column, `[001]`: the last bracketed number.
-    let cpu = prefix
-        .rmatch_indices('[')
-        .map(|(i, _)| i)
-        .find(|&i| {
-            prefix[i + 1..]
-                .split_once(']')
-                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })?;
+    let cpu = prefix.rmatch_indices('[').map(|(i, _)| i).find(|&i| {
+        prefix[i + 1..].split_once(']').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })?;
     let mut task = prefix[..cpu].trim_end();
     let mut tgid = None;
     let tgid_column = task.ends_with(')');
@@ -190,15 +180,7 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
         }
     }
     let (comm, tid) = task.rsplit_once('-')?;
-    Some(Line {
-        comm,
-        tid: tid.parse().ok()?,
-        tgid,
-        tgid_column,
-        ts_ns,
-        event,
-        body,
-    })
+    Some(Line { comm, tid: tid.parse().ok()?, tgid, tgid_column, ts_ns, event, body })
 }
 
 /// `807.188137` (any number of fraction digits up to ns) to nanoseconds.
@@ -208,24 +190,16 @@ fn parse_timestamp(ts: &str) -> Option<u64> {
     if !digits(secs) || !(frac.is_empty() || digits(frac)) || frac.len() > 9 {
         return None;
     }
-    let mut ns: u64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().ok()?
-    };
+    let mut ns: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
     for _ in frac.len()..9 {
         ns *= 10;
     }
-    secs.parse::<u64>()
-        .ok()?
-        .checked_mul(1_000_000_000)?
-        .checked_add(ns)
+    secs.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(ns)
 }
 
 /// The value after `key=` in a `key=value key=value` body.
 fn field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    body.split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    body.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The word after `words ` in a prose body such as shrink_slab_start's.
@@ -310,17 +284,10 @@ impl<'g> Importer<'g> {
     where
         Event<T>: aya::Pod,
     {
-        let e = Event {
-            kind: kind as u32,
-            _pad: 0,
-            ctx: self.ctx(l, l.comm),
-            data,
-        };
+        let e = Event { kind: kind as u32, _pad: 0, ctx: self.ctx(l, l.comm), data };
         // SAFETY: aya::Pod types are plain repr(C) data without implicit
         // padding, so all of their bytes are initialised.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&e as *const Event<T>).cast::<u8>(), size_of::<Event<T>>())
-        };
+        let bytes = unsafe { std::slice::from_raw_parts((&e as *const Event<T>).cast::<u8>(), size_of::<Event<T>>()) };
         self.out.events.push((l.ts_ns, bytes.to_vec()));
     }
 
@@ -337,21 +304,8 @@ impl<'g> Importer<'g> {
     fn reclaim_begin(&mut self, l: &Line, kind: ReclaimKind) -> Option<()> {
         let order = field(l.body, "order")?.parse().ok()?;
         let gfp = self.gfp(field(l.body, "gfp_flags")?)?;
-        self.reclaim.insert(
-            l.tid,
-            Begin {
-                ts_ns: l.ts_ns,
-                kind,
-                gfp,
-                order,
-            },
-        );
-        let data = ReclaimData {
-            reclaim_kind: kind as u32,
-            gfp,
-            order,
-            ..Default::default()
-        };
+        self.reclaim.insert(l.tid, Begin { ts_ns: l.ts_ns, kind, gfp, order });
+        let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
         self.emit(l, EventKind::ReclaimBegin, data);
         Some(())
     }
@@ -402,18 +356,11 @@ impl<'g> Importer<'g> {
     /// The capture-local number for a `%pS` callback name.
     fn symbol(&mut self, printed: &str) -> u64 {
         let (name, module) = printed.split_once(' ').unwrap_or((printed, ""));
-        if let Some(addr) = name
-            .strip_prefix("0x")
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-        {
+        if let Some(addr) = name.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()) {
             return addr; // not symbolized by the kernel: the raw address
         }
         let base = name.split_once('+').map_or(name, |(b, _)| b);
-        let symbol = if module.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base} {}", module.trim())
-        };
+        let symbol = if module.is_empty() { base.to_string() } else { format!("{base} {}", module.trim()) };
         let next = self.symbol_ids.len() as u64 + 1;
         let id = *self.symbol_ids.entry(symbol.clone()).or_insert(next);
         if id == next {
@@ -427,10 +374,7 @@ impl<'g> Importer<'g> {
         let (bdi, rest) = l.body.strip_prefix("bdi ")?.split_once(": ")?;
         let mut data = WritebackWaitData {
             ino: field(rest, "ino")?.parse().ok()?,
-            index: field(rest, "index")
-                .or_else(|| field(rest, "page_index"))?
-                .parse()
-                .ok()?,
+            index: field(rest, "index").or_else(|| field(rest, "page_index"))?.parse().ok()?,
             in_reclaim: u32::from(self.reclaim.contains_key(&l.tid)),
             ..Default::default()
         };
@@ -454,8 +398,7 @@ impl<'g> Importer<'g> {
     /// `dd:1 [120] D ==> x:2 [120]`.
     fn sched_switch(&mut self, l: &Line) -> Option<()> {
         let (prev, next) = l.body.split_once(" ==> ")?;
-        let (comm, pid, state, next_pid): (&str, u32, &str, u32) = if prev.starts_with("prev_comm=")
-        {
+        let (comm, pid, state, next_pid): (&str, u32, &str, u32) = if prev.starts_with("prev_comm=") {
             let comm = prev.strip_prefix("prev_comm=")?.split_once(" prev_pid=")?.0;
             (
                 comm,
@@ -468,12 +411,7 @@ impl<'g> Importer<'g> {
             let (task, _prio) = task.rsplit_once(' ')?;
             let (comm, pid) = task.rsplit_once(':')?;
             let next_task = next.rsplit_once(' ').map_or(next, |(t, _)| t);
-            (
-                comm,
-                pid.parse().ok()?,
-                state,
-                next_task.rsplit_once(':')?.1.parse().ok()?,
-            )
+            (comm, pid.parse().ok()?, state, next_task.rsplit_once(':')?.1.parse().ok()?)
         };
         self.sched_switches += 1;
         let ts_ns = l.ts_ns;
@@ -481,19 +419,9 @@ impl<'g> Importer<'g> {
             self.out.blocked[i].until_ns = Some(ts_ns);
         }
         if state.split('|').any(|s| s == "D") {
-            let tgid = if pid == l.tid {
-                l.tgid.unwrap_or(pid)
-            } else {
-                pid
-            };
+            let tgid = if pid == l.tid { l.tgid.unwrap_or(pid) } else { pid };
             self.blocked.insert(pid, self.out.blocked.len());
-            self.out.blocked.push(Blocked {
-                ts_ns,
-                tid: pid,
-                tgid,
-                comm: comm.to_string(),
-                until_ns: None,
-            });
+            self.out.blocked.push(Blocked { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
         }
         Some(())
     }
@@ -508,12 +436,12 @@ impl<'g> Importer<'g> {
             );
         }
         if self.write_folios > 0 {
-            limits.push("folios written by reclaim carry no inode or device: mm_vmscan_write_folio prints only a pfn".into());
+            limits.push(
+                "folios written by reclaim carry no inode or device: mm_vmscan_write_folio prints only a pfn".into(),
+            );
         }
         if self.sched_switches == 0 {
-            limits.push(
-                "no sched:sched_switch events: time blocked in D state cannot be shown".into(),
-            );
+            limits.push("no sched:sched_switch events: time blocked in D state cannot be shown".into());
         }
         if self.out.lost_events > 0 {
             limits.push(format!(
@@ -522,10 +450,7 @@ impl<'g> Importer<'g> {
             ));
         }
         if self.unpaired_ends > 0 {
-            limits.push(format!(
-                "{} reclaim ends whose begin is not in the capture were skipped",
-                self.unpaired_ends
-            ));
+            limits.push(format!("{} reclaim ends whose begin is not in the capture were skipped", self.unpaired_ends));
         }
         if !self.unknown_gfp.is_empty() {
             let names: Vec<&str> = self.unknown_gfp.iter().map(String::as_str).collect();
@@ -541,9 +466,7 @@ impl<'g> Importer<'g> {
 
 #[cfg(test)]
 mod tests {
-    use probe_common::events::{
-        ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent,
-    };
+    use probe_common::events::{ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent};
 
     use super::*;
 
@@ -597,11 +520,7 @@ mod tests {
     }
 
     fn symbol(im: &Import, addr: u64) -> &str {
-        &im.symbols
-            .iter()
-            .find(|s| s.addr == addr)
-            .expect("scan_fn has a symbol")
-            .symbol
+        &im.symbols.iter().find(|s| s.addr == addr).expect("scan_fn has a symbol").symbol
     }
 
     #[test]
@@ -609,54 +528,27 @@ mod tests {
         let im = import(TRACE, &gfp()).unwrap();
         let k = kinds(&im);
         // Counted in the fixture with grep.
-        assert_eq!(
-            (k.begins.len(), k.ends.len(), k.shrinks.len(), k.waits.len()),
-            (240, 240, 215, 3)
-        );
+        assert_eq!((k.begins.len(), k.ends.len(), k.shrinks.len(), k.waits.len()), (240, 240, 215, 3));
         assert_eq!(im.blocked.len(), 31);
         assert_eq!((im.skipped_lines, im.lost_events), (0, 0));
         for e in k.begins.iter().chain(&k.ends) {
             assert_eq!(e.data.gfp, GFP_HIGHUSER_MOVABLE);
             assert_eq!(e.data.reclaim_kind, ReclaimKind::Memcg as u32);
-            assert_eq!(
-                (e.ctx.tid, e.ctx.tgid, comm(&e.ctx.comm)),
-                (13256, 13256, "dd")
-            );
+            assert_eq!((e.ctx.tid, e.ctx.tgid, comm(&e.ctx.comm)), (13256, 13256, "dd"));
         }
         // dd-13256 806.778171: begin ... 806.814480: end nr_reclaimed=256
         assert_eq!(k.begins[0].ctx.ts_ns, 806_778_171_000);
-        assert_eq!(
-            (k.ends[0].data.duration_ns, k.ends[0].data.nr_reclaimed),
-            (36_309_000, 256)
-        );
+        assert_eq!((k.ends[0].data.duration_ns, k.ends[0].data.nr_reclaimed), (36_309_000, 256));
         let s = &k.shrinks[0];
-        assert_eq!(
-            (s.data.shrinker, s.data.gfp, s.data.nr_to_scan),
-            (0x22eae371, GFP_HIGHUSER_MOVABLE, 0)
-        );
+        assert_eq!((s.data.shrinker, s.data.gfp, s.data.nr_to_scan), (0x22eae371, GFP_HIGHUSER_MOVABLE, 0));
         assert_eq!(symbol(&im, s.data.scan_fn), "scan_shadow_nodes");
         // 806.784288: the first wait falls inside reclaim, the other two after it.
         let w = &k.waits[0];
-        assert_eq!(
-            (comm(&w.data.bdi), w.data.ino, w.data.index),
-            ("254:0", 10011296, 0)
-        );
-        assert_eq!(
-            k.waits
-                .iter()
-                .map(|w| w.data.in_reclaim)
-                .collect::<Vec<_>>(),
-            [1, 0, 0]
-        );
+        assert_eq!((comm(&w.data.bdi), w.data.ino, w.data.index), ("254:0", 10011296, 0));
+        assert_eq!(k.waits.iter().map(|w| w.data.in_reclaim).collect::<Vec<_>>(), [1, 0, 0]);
         let b = &im.blocked[0];
-        assert_eq!(
-            (b.ts_ns, b.tid, b.tgid, b.comm.as_str()),
-            (806_746_642_000, 13249, 13249, "capture-ftrace.")
-        );
-        assert!(im
-            .blocked
-            .iter()
-            .all(|b| b.until_ns.is_none_or(|u| u >= b.ts_ns)));
+        assert_eq!((b.ts_ns, b.tid, b.tgid, b.comm.as_str()), (806_746_642_000, 13249, 13249, "capture-ftrace."));
+        assert!(im.blocked.iter().all(|b| b.until_ns.is_none_or(|u| u >= b.ts_ns)));
         assert!(im.blocked.iter().filter(|b| b.comm == "dd").count() > 0);
         assert_eq!(im.limits.len(), LIMITS.len(), "{:?}", im.limits);
     }
@@ -665,22 +557,13 @@ mod tests {
     fn trace_cmd_report_of_memcg_reclaim() {
         let im = import(REPORT, &gfp()).unwrap();
         let k = kinds(&im);
-        assert_eq!(
-            (k.begins.len(), k.ends.len(), k.shrinks.len(), k.waits.len()),
-            (240, 240, 472, 2)
-        );
+        assert_eq!((k.begins.len(), k.ends.len(), k.shrinks.len(), k.waits.len()), (240, 240, 472, 2));
         assert_eq!(im.blocked.len(), 16);
         assert_eq!(im.skipped_lines, 0);
-        assert!(k
-            .begins
-            .iter()
-            .all(|e| e.data.gfp == GFP_HIGHUSER_MOVABLE && comm(&e.ctx.comm) == "dd"));
+        assert!(k.begins.iter().all(|e| e.data.gfp == GFP_HIGHUSER_MOVABLE && comm(&e.ctx.comm) == "dd"));
         // No TGID column in trace-cmd's output: tgid falls back to the tid.
         assert_eq!((k.begins[0].ctx.tid, k.begins[0].ctx.tgid), (13262, 13262));
-        assert!(im
-            .limits
-            .iter()
-            .any(|l| l.starts_with("no thread-group ids")));
+        assert!(im.limits.iter().any(|l| l.starts_with("no thread-group ids")));
         // 807.188137 begin, 807.208324 end.
         assert_eq!(k.ends[0].data.duration_ns, 20_187_000);
         let s = &k.shrinks[0];
@@ -688,10 +571,7 @@ mod tests {
         assert_eq!(symbol(&im, s.data.scan_fn), "super_cache_scan");
         // The sched plugin's `comm:pid [prio] D ==> comm:pid [prio]` form.
         let b = &im.blocked[0];
-        assert_eq!(
-            (b.ts_ns, b.tid, b.comm.as_str()),
-            (807_159_999_000, 13249, "capture-ftrace.")
-        );
+        assert_eq!((b.ts_ns, b.tid, b.comm.as_str()), (807_159_999_000, 13249, "capture-ftrace."));
         assert_eq!(b.until_ns, Some(807_160_101_000));
     }
 
@@ -722,17 +602,11 @@ mod tests {
         assert_eq!(k.ends[0].data.duration_ns, 999_999_900);
         assert_eq!(k.writes.len(), 1);
         assert_eq!(k.shrinks[0].data.nr_to_scan as i64, -5);
-        assert_eq!(
-            symbol(&im, k.shrinks[0].data.scan_fn),
-            "xfs_buftarg_shrink_scan [xfs]"
-        );
+        assert_eq!(symbol(&im, k.shrinks[0].data.scan_fn), "xfs_buftarg_shrink_scan [xfs]");
         assert_eq!(im.lost_events, 17);
         assert!(im.limits.iter().any(|l| l.contains("lost 17 events")));
         assert!(im.limits.iter().any(|l| l.contains("pfn")));
-        assert!(im
-            .limits
-            .iter()
-            .any(|l| l.starts_with("no sched:sched_switch")));
+        assert!(im.limits.iter().any(|l| l.starts_with("no sched:sched_switch")));
     }
 
     #[test]
@@ -746,51 +620,26 @@ mod tests {
         );
         assert!(im.events.is_empty());
         assert_eq!(im.skipped_lines, 5);
-        assert!(
-            im.limits.iter().any(|l| l.contains("(GFP_MADE_UP)")),
-            "{:?}",
-            im.limits
-        );
-        assert!(
-            im.limits.iter().any(|l| l.starts_with("1 reclaim ends")),
-            "{:?}",
-            im.limits
-        );
+        assert!(im.limits.iter().any(|l| l.contains("(GFP_MADE_UP)")), "{:?}", im.limits);
+        assert!(im.limits.iter().any(|l| l.starts_with("1 reclaim ends")), "{:?}", im.limits);
     }
 
     #[test]
     fn task_columns() {
-        let l =
-            parse_line("     Web Content-1234    (   1200) [003] d..2. 55.000001: sched_switch: x")
-                .unwrap();
+        let l = parse_line("     Web Content-1234    (   1200) [003] d..2. 55.000001: sched_switch: x").unwrap();
         assert_eq!(
             (l.comm, l.tid, l.tgid, l.ts_ns, l.event, l.body),
-            (
-                "Web Content",
-                1234,
-                Some(1200),
-                55_000_001_000,
-                "sched_switch",
-                "x"
-            )
+            ("Web Content", 1234, Some(1200), 55_000_001_000, "sched_switch", "x")
         );
-        let l = parse_line("  kworker/u8:2-12780 (-------) [000] ..... 1.000000001: folio_wait_writeback: bdi 7:0: ino=1 index=2").unwrap();
-        assert_eq!(
-            (l.comm, l.tid, l.tgid, l.ts_ns),
-            ("kworker/u8:2", 12780, None, 1_000_000_001)
-        );
-        let l = parse_line("buf:           <...>-55 [001]   2.5: mm_vmscan_write_folio: pfn=0x1")
-            .unwrap();
-        assert_eq!(
-            (l.comm, l.tid, l.tgid, l.ts_ns),
-            ("<...>", 55, None, 2_500_000_000)
-        );
+        let l = parse_line(
+            "  kworker/u8:2-12780 (-------) [000] ..... 1.000000001: folio_wait_writeback: bdi 7:0: ino=1 index=2",
+        )
+        .unwrap();
+        assert_eq!((l.comm, l.tid, l.tgid, l.ts_ns), ("kworker/u8:2", 12780, None, 1_000_000_001));
+        let l = parse_line("buf:           <...>-55 [001]   2.5: mm_vmscan_write_folio: pfn=0x1").unwrap();
+        assert_eq!((l.comm, l.tid, l.tgid, l.ts_ns), ("<...>", 55, None, 2_500_000_000));
         assert_eq!(parse_line("CPU 0 is empty"), None);
-        assert_eq!(
-            parse_line("dd-1 [000] 1.0000000001: x: y"),
-            None,
-            "more than ns precision"
-        );
+        assert_eq!(parse_line("dd-1 [000] 1.0000000001: x: y"), None, "more than ns precision");
     }
 
     #[test]

@@ -72,7 +72,12 @@ struct Replay {
 
 impl Replay {
     fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
-        Replay { engine: Engine::new(index, gfp.clone(), deadlock_after), gfp, stacks: BTreeMap::new(), events: Vec::new() }
+        Replay {
+            engine: Engine::new(index, gfp.clone(), deadlock_after),
+            gfp,
+            stacks: BTreeMap::new(),
+            events: Vec::new(),
+        }
     }
 
     fn event(&mut self, bytes: &[u8]) {
@@ -122,7 +127,9 @@ impl Replay {
                     .events
                     .iter()
                     .filter(|(ev, _)| ev.ctx().ts_ns.abs_diff(f.first_ns) <= 1_000_000_000)
-                    .filter(|(ev, _)| matches!(ev, Event::ReclaimBegin(_) | Event::ReclaimEnd(_) | Event::WritebackWait(_)))
+                    .filter(|(ev, _)| {
+                        matches!(ev, Event::ReclaimBegin(_) | Event::ReclaimEnd(_) | Event::WritebackWait(_))
+                    })
                     .take(20)
                     .map(|(ev, stack)| {
                         let obs = Observed { stack: stack.clone(), inflight: None };
@@ -146,7 +153,8 @@ fn index_from(v: &Value) -> StackIndex {
 pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
     let mut reader = TraceReader::open(path)?;
     let header = reader.header().clone();
-    let gfp = header.gfp_format.as_deref().and_then(|f| GfpNames::parse_format(f).ok()).unwrap_or_else(GfpNames::builtin);
+    let gfp =
+        header.gfp_format.as_deref().and_then(|f| GfpNames::parse_format(f).ok()).unwrap_or_else(GfpNames::builtin);
     let mut r = Replay::new(index_from(&header.topology), gfp, deadlock_after);
     let mut recorded = Vec::new();
     for rec in reader.by_ref() {
@@ -172,7 +180,12 @@ pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
     report.recorded_only = recorded
         .iter()
         .cloned()
-        .filter(|f| !report.findings.iter().any(|x| Some(x.rule.as_str()) == f["rule"].as_str() && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()))
+        .filter(|f| {
+            !report.findings.iter().any(|x| {
+                Some(x.rule.as_str()) == f["rule"].as_str()
+                    && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()
+            })
+        })
         .collect();
     report.recorded = recorded;
     Ok(report)
@@ -180,13 +193,23 @@ pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
 
 /// Replays a `trace-cmd report` or tracefs `trace` text capture. The
 /// capture has no topology: `servicers` says which pids serve which device.
-pub fn ftrace_capture(path: &Path, servicers: &[(u32, Dev)], gfp: GfpNames, deadlock_after: Duration) -> Result<Report> {
+pub fn ftrace_capture(
+    path: &Path,
+    servicers: &[(u32, Dev)],
+    gfp: GfpNames,
+    deadlock_after: Duration,
+) -> Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let import = ftrace::import(&bytes, &gfp).with_context(|| format!("{}: not an ftrace text capture", path.display()))?;
+    let import =
+        ftrace::import(&bytes, &gfp).with_context(|| format!("{}: not an ftrace text capture", path.display()))?;
     let index = StackIndex {
         mounts: servicers
             .iter()
-            .map(|(_, d)| MountRef { dev: *d, fs_type: "(not in capture)".into(), mount_point: "(not in capture)".into() })
+            .map(|(_, d)| MountRef {
+                dev: *d,
+                fs_type: "(not in capture)".into(),
+                mount_point: "(not in capture)".into(),
+            })
             .collect(),
         ..Default::default()
     };
@@ -217,7 +240,10 @@ pub fn ftrace_capture(path: &Path, servicers: &[(u32, Dev)], gfp: GfpNames, dead
     }
     let mut limits = import.limits.clone();
     if import.skipped_lines > 0 {
-        limits.push(format!("{} lines of the capture were other events or unreadable, and were skipped", import.skipped_lines));
+        limits.push(format!(
+            "{} lines of the capture were other events or unreadable, and were skipped",
+            import.skipped_lines
+        ));
     }
     if import.lost_events > 0 {
         limits.push(format!("the capture lost {} events", import.lost_events));

@@ -27,8 +27,7 @@ pub enum DeviceKind {
 impl DeviceKind {
     fn of_disk(name: &str) -> DeviceKind {
         let numbered = |prefix: &str| {
-            name.strip_prefix(prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         };
         if numbered("loop") {
             DeviceKind::Loop
@@ -40,10 +39,7 @@ impl DeviceKind {
             DeviceKind::Dm
         } else if name.starts_with("md") {
             DeviceKind::Md
-        } else if name
-            .strip_prefix("sd")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase()))
-        {
+        } else if name.strip_prefix("sd").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase())) {
             DeviceKind::Scsi
         } else {
             DeviceKind::Other
@@ -101,17 +97,12 @@ impl BlockDevice {
 
 /// Every block device with a capacity.
 pub(crate) fn scan(src: &Source) -> Vec<BlockDevice> {
-    let listed = src
-        .read("/proc/partitions")
-        .map(|t| parse_partitions(&t))
-        .unwrap_or_default();
+    let listed = src.read("/proc/partitions").map(|t| parse_partitions(&t)).unwrap_or_default();
     let dev_of = |name: &str| listed.iter().find(|(_, n)| n == name).map(|(d, _)| *d);
     let mut devices = Vec::new();
     for (dev, name) in &listed {
         // /sys/class/block/NAME -> ../../devices/.../block/DISK[/PART]
-        let class_link = src
-            .read_link(&format!("/sys/class/block/{name}"))
-            .unwrap_or_default();
+        let class_link = src.read_link(&format!("/sys/class/block/{name}")).unwrap_or_default();
         let parent = class_link
             .parent()
             .and_then(|p| p.file_name())
@@ -123,11 +114,7 @@ pub(crate) fn scan(src: &Source) -> Vec<BlockDevice> {
             None => (DeviceKind::of_disk(name), format!("/sys/block/{name}")),
         };
         let names_to_devs = |sub: &str| -> Vec<Dev> {
-            src.read_dir(&format!("{sysdir}/{sub}"))
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| dev_of(n))
-                .collect()
+            src.read_dir(&format!("{sysdir}/{sub}")).unwrap_or_default().iter().filter_map(|n| dev_of(n)).collect()
         };
         let mut d = BlockDevice {
             name: name.clone(),
@@ -153,33 +140,19 @@ fn driver_details(src: &Source, sysdir: &str, class_link: &Path, d: &mut BlockDe
     match d.kind {
         DeviceKind::Loop => d.loop_file = src.read_line(&format!("{sysdir}/loop/backing_file")),
         DeviceKind::Nbd => {
-            d.nbd_pid = src
-                .read_line(&format!("{sysdir}/pid"))
-                .and_then(|p| p.parse().ok());
-            d.detail = src
-                .read_line(&format!("{sysdir}/backend"))
-                .map(|b| format!("backend {b}"));
+            d.nbd_pid = src.read_line(&format!("{sysdir}/pid")).and_then(|p| p.parse().ok());
+            d.detail = src.read_line(&format!("{sysdir}/backend")).map(|b| format!("backend {b}"));
         }
-        DeviceKind::Dm => {
-            d.detail = src
-                .read_line(&format!("{sysdir}/dm/name"))
-                .map(|n| format!("dm {n}"))
-        }
+        DeviceKind::Dm => d.detail = src.read_line(&format!("{sysdir}/dm/name")).map(|n| format!("dm {n}")),
         DeviceKind::Md => d.detail = src.read_line(&format!("{sysdir}/md/level")),
         DeviceKind::Scsi => {
             let attr = |a: &str| src.read_line(&format!("{sysdir}/device/{a}"));
-            let mut detail: Vec<String> = [attr("vendor"), attr("model")]
-                .into_iter()
-                .flatten()
-                .collect();
+            let mut detail: Vec<String> = [attr("vendor"), attr("model")].into_iter().flatten().collect();
             if let Some(target) = iscsi_target(src, class_link) {
                 detail.push(format!("iSCSI target {target}"));
             }
             d.detail = (!detail.is_empty()).then(|| detail.join(" "));
-            d.unit_serial = src
-                .read_bytes(&format!("{sysdir}/device/vpd_pg80"))
-                .ok()
-                .and_then(|p| vpd_unit_serial(&p));
+            d.unit_serial = src.read_bytes(&format!("{sysdir}/device/vpd_pg80")).ok().and_then(|p| vpd_unit_serial(&p));
         }
         _ => {}
     }
@@ -188,10 +161,10 @@ fn driver_details(src: &Source, sysdir: &str, class_link: &Path, d: &mut BlockDe
 /// An iSCSI LUN's sysfs path runs through its session:
 /// .../host3/session1/target3:0:0/3:0:0:0/block/sdc.
 fn iscsi_target(src: &Source, class_link: &Path) -> Option<String> {
-    let session = class_link.iter().map(|c| c.to_string_lossy()).find(|c| {
-        c.strip_prefix("session")
-            .is_some_and(|n| n.parse::<u32>().is_ok())
-    })?;
+    let session = class_link
+        .iter()
+        .map(|c| c.to_string_lossy())
+        .find(|c| c.strip_prefix("session").is_some_and(|n| n.parse::<u32>().is_ok()))?;
     src.read_line(&format!("/sys/class/iscsi_session/{session}/targetname"))
 }
 
@@ -215,10 +188,7 @@ fn parse_partitions(text: &str) -> Vec<(Dev, String)> {
             let [major, minor, _, name] = f.as_slice() else {
                 return None;
             };
-            Some((
-                Dev::new(major.parse().ok()?, minor.parse().ok()?),
-                name.to_string(),
-            ))
+            Some((Dev::new(major.parse().ok()?, minor.parse().ok()?), name.to_string()))
         })
         .collect()
 }
@@ -242,13 +212,7 @@ mod tests {
     #[test]
     fn partitions_table() {
         let t = "major minor  #blocks  name\n\n 254        0   10485760 vda\n   7        0     524288 loop0\n";
-        assert_eq!(
-            parse_partitions(t),
-            vec![
-                (Dev::new(254, 0), "vda".into()),
-                (Dev::new(7, 0), "loop0".into())
-            ]
-        );
+        assert_eq!(parse_partitions(t), vec![(Dev::new(254, 0), "vda".into()), (Dev::new(7, 0), "loop0".into())]);
     }
 
     #[test]

@@ -32,10 +32,7 @@ impl Dev {
 
     /// From the kernel's internal `dev_t` (`MKDEV(ma, mi)`).
     pub const fn from_kernel(k: u32) -> Dev {
-        Dev {
-            major: k >> MINORBITS,
-            minor: k & MINORMASK,
-        }
+        Dev { major: k >> MINORBITS, minor: k & MINORMASK }
     }
 
     /// To the kernel's internal `dev_t`, as BPF programs compare it.
@@ -46,19 +43,13 @@ impl Dev {
     /// From a userspace `st_dev`/`st_rdev`. LOOP_GET_STATUS64's `lo_device`
     /// (`huge_encode_dev()`) decodes the same way.
     pub fn from_st_dev(d: u64) -> Dev {
-        Dev {
-            major: libc::major(d),
-            minor: libc::minor(d),
-        }
+        Dev { major: libc::major(d), minor: libc::minor(d) }
     }
 
     /// Parses sysfs/mountinfo's "7:0".
     pub fn parse(s: &str) -> Option<Dev> {
         let (major, minor) = s.trim().split_once(':')?;
-        Some(Dev {
-            major: major.parse().ok()?,
-            minor: minor.parse().ok()?,
-        })
+        Some(Dev { major: major.parse().ok()?, minor: minor.parse().ok()? })
     }
 
     /// Anonymous devices (major 0) belong to filesystems without a block
@@ -90,10 +81,7 @@ mod tests {
     fn st_dev_uses_glibc_layout() {
         // glibc: minor's low byte in bits 0-7, major in bits 8-19, minor's upper bits from bit 20.
         assert_eq!(Dev::from_st_dev(0xfe00), Dev::new(254, 0));
-        assert_eq!(
-            Dev::from_st_dev(libc::makedev(259, 300)),
-            Dev::new(259, 300)
-        );
+        assert_eq!(Dev::from_st_dev(libc::makedev(259, 300)), Dev::new(259, 300));
         assert_eq!(Dev::from_st_dev(0x0700), Dev::new(7, 0));
     }
 

@@ -23,21 +23,13 @@ pub fn connection_of(m: &Mount) -> u32 {
 }
 
 /// One servicer per (FUSE mount, daemon) pair.
-pub(crate) fn discover(
-    src: &Source,
-    mounts: &[Mount],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+pub(crate) fn discover(src: &Source, mounts: &[Mount], holders: &Holders, warnings: &mut Vec<String>) -> Vec<Servicer> {
     // pid → (fd, connection its fdinfo names), first /dev/fuse fd per connection.
     let mut pinned: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
     let mut all_pids = BTreeSet::new();
     for &(pid, fd) in holders.of(DEV_FUSE) {
         all_pids.insert(pid);
-        if let Some(conn) = procs::fdinfo(src, pid, fd)
-            .get("fuse_connection")
-            .and_then(|c| c.parse().ok())
-        {
+        if let Some(conn) = procs::fdinfo(src, pid, fd).get("fuse_connection").and_then(|c| c.parse().ok()) {
             pinned.entry(pid).or_default().push((fd, conn));
         }
     }
@@ -56,58 +48,24 @@ pub(crate) fn discover(
         let matches: Vec<(u32, Confidence)> = if kernel_pins {
             pinned
                 .iter()
-                .filter_map(|(pid, fds)| {
-                    fds.iter()
-                        .find(|(_, c)| *c == conn)
-                        .map(|(fd, _)| (*pid, *fd))
-                })
+                .filter_map(|(pid, fds)| fds.iter().find(|(_, c)| *c == conn).map(|(fd, _)| (*pid, *fd)))
                 .map(|(pid, fd)| {
-                    (
-                        pid,
-                        Confidence::Certain {
-                            why: format!("its /dev/fuse fd {fd} is connection {conn} (fdinfo)"),
-                        },
-                    )
+                    (pid, Confidence::Certain { why: format!("its /dev/fuse fd {fd} is connection {conn} (fdinfo)") })
                 })
                 .collect()
         } else if all_pids.len() == 1 {
             all_pids
                 .iter()
-                .map(|&pid| {
-                    (
-                        pid,
-                        Confidence::Certain {
-                            why: "the only process holding /dev/fuse".into(),
-                        },
-                    )
-                })
+                .map(|&pid| (pid, Confidence::Certain { why: "the only process holding /dev/fuse".into() }))
                 .collect()
         } else {
-            all_pids
-                .iter()
-                .map(|&pid| {
-                    (
-                        pid,
-                        Confidence::Ambiguous {
-                            candidates: all_pids.len(),
-                        },
-                    )
-                })
-                .collect()
+            all_pids.iter().map(|&pid| (pid, Confidence::Ambiguous { candidates: all_pids.len() })).collect()
         };
         if matches.is_empty() {
             warnings.push(format!("{name}: no process serves it (daemon exited, lives in another PID namespace, or is not visible without root)"));
         }
         out.extend(matches.into_iter().filter_map(|(pid, confidence)| {
-            Servicer::process(
-                src,
-                mounts,
-                ServicerKind::Fuse,
-                pid,
-                m.dev,
-                name.clone(),
-                confidence,
-            )
+            Servicer::process(src, mounts, ServicerKind::Fuse, pid, m.dev, name.clone(), confidence)
         }));
     }
     out
@@ -118,14 +76,8 @@ pub(crate) fn discover(
 /// others are dropped.
 pub(crate) fn settle_named(servicers: &mut Vec<Servicer>, named: &[u32]) {
     let is_named = |s: &Servicer| s.tgid.is_some_and(|t| named.contains(&t));
-    let ambiguous = |s: &Servicer| {
-        s.kind == ServicerKind::Fuse && matches!(s.confidence, Confidence::Ambiguous { .. })
-    };
-    let settled: BTreeSet<Dev> = servicers
-        .iter()
-        .filter(|s| ambiguous(s) && is_named(s))
-        .map(|s| s.serves)
-        .collect();
+    let ambiguous = |s: &Servicer| s.kind == ServicerKind::Fuse && matches!(s.confidence, Confidence::Ambiguous { .. });
+    let settled: BTreeSet<Dev> = servicers.iter().filter(|s| ambiguous(s) && is_named(s)).map(|s| s.serves).collect();
     servicers.retain(|s| !(ambiguous(s) && settled.contains(&s.serves) && !is_named(s)));
     for s in servicers.iter_mut().filter(|s| ambiguous(s) && is_named(s)) {
         s.confidence = Confidence::Named;

@@ -44,15 +44,6 @@ pub(crate) fn backing_file_id(name: &str) -> Option<FileId> {
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: LOOP_GET_STATUS64 writes one struct loop_info64 through the pointer,
     // which points at a live, correctly sized and aligned value.
-    let rc = unsafe {
-        libc::ioctl(
-            dev.as_raw_fd(),
-            LOOP_GET_STATUS64,
-            &mut info as *mut LoopInfo64,
-        )
-    };
-    (rc == 0).then(|| FileId {
-        dev: Dev::from_st_dev(info.lo_device),
-        ino: info.lo_inode,
-    })
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) };
+    (rc == 0).then(|| FileId { dev: Dev::from_st_dev(info.lo_device), ino: info.lo_inode })
 }

@@ -23,9 +23,7 @@ pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;
 pub use fuse::connection_of;
 pub use mountinfo::Mount;
-pub use servicer::{
-    protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread,
-};
+pub use servicer::{protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;
 pub use stack::StackPath;
@@ -67,9 +65,7 @@ impl Topology {
     }
 
     pub(crate) fn discover_with(src: &Source, extra: &Extra) -> Result<Topology> {
-        let mountinfo = src
-            .read("/proc/self/mountinfo")
-            .context("reading /proc/self/mountinfo")?;
+        let mountinfo = src.read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
         let mounts = mountinfo::parse(&mountinfo);
         let mut devices = block::scan(src);
         let mut warnings = Vec::new();
@@ -89,19 +85,13 @@ impl Topology {
                 holders.unreadable
             ));
         }
-        let mut servicers =
-            servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
+        let mut servicers = servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
         fuse::settle_named(&mut servicers, &extra.servicers);
         for &pid in &extra.servicers {
             named::add(src, &mounts, &devices, &mut servicers, pid)?;
         }
-        let mut topo = Topology {
-            mounts,
-            devices,
-            servicers,
-            warnings,
-        };
+        let mut topo = Topology { mounts, devices, servicers, warnings };
         topo.link_servicers();
         Ok(topo)
     }
@@ -112,21 +102,14 @@ impl Topology {
 
     /// Every file that backs a stacked block device.
     pub fn backing_files(&self) -> Vec<BackingFile> {
-        self.devices
-            .iter()
-            .filter_map(|d| d.backing_file.clone())
-            .collect()
+        self.devices.iter().filter_map(|d| d.backing_file.clone()).collect()
     }
 
     /// Userspace servicer processes and the element each completes I/O for
     /// (a block device, or a FUSE filesystem's 0:N; [`Dev::NONE`] for a
     /// named servicer whose device is unknown). One pair per (tgid, element).
     pub fn servicer_processes(&self) -> Vec<(u32, Dev)> {
-        let mut out: Vec<(u32, Dev)> = self
-            .servicers
-            .iter()
-            .filter_map(|s| Some((s.tgid?, s.serves)))
-            .collect();
+        let mut out: Vec<(u32, Dev)> = self.servicers.iter().filter_map(|s| Some((s.tgid?, s.serves))).collect();
         out.sort_unstable();
         out.dedup();
         out
@@ -138,10 +121,7 @@ impl Topology {
 
     /// Unprotected servicers under a mounted filesystem (what audit's exit code reflects).
     pub fn unprotected(&self) -> Vec<&Servicer> {
-        self.servicers
-            .iter()
-            .filter(|s| !s.protection.is_protected() && !s.under_mounts.is_empty())
-            .collect()
+        self.servicers.iter().filter(|s| !s.protection.is_protected() && !s.under_mounts.is_empty()).collect()
     }
 }
 
@@ -174,67 +154,36 @@ fn loop_backing_file(src: &Source, mounts: &[Mount], d: &BlockDevice) -> Option<
         }),
     };
     let file_dev = id.map(|i| i.dev).or(holder.map(|m| m.dev))?;
-    let ino = id
-        .map(|i| i.ino)
-        .unwrap_or_else(|| unprobed_ino(holder, &path));
-    Some(BackingFile {
-        file_dev,
-        ino,
-        path,
-        backs: d.dev,
-        deleted,
-        named: false,
-    })
+    let ino = id.map(|i| i.ino).unwrap_or_else(|| unprobed_ino(holder, &path));
+    Some(BackingFile { file_dev, ino, path, backs: d.dev, deleted, named: false })
 }
 
 /// The inode of a file that must not be stat()ed: known only when the file
 /// is the root of a FUSE mount (qemu-storage-daemon's export is), else 0.
 fn unprobed_ino(holder: Option<&Mount>, path: &Path) -> u64 {
     match holder {
-        Some(m) if m.is_fuse() && m.mount_point == path && m.root == Path::new("/") => {
-            FUSE_ROOT_INO
-        }
+        Some(m) if m.is_fuse() && m.mount_point == path && m.root == Path::new("/") => FUSE_ROOT_INO,
         _ => 0,
     }
 }
 
 /// --backing-file PATH=DEV
-fn name_backing_file(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &mut [BlockDevice],
-    path: &Path,
-    dev: Dev,
-) -> Result<()> {
+fn name_backing_file(src: &Source, mounts: &[Mount], devices: &mut [BlockDevice], path: &Path, dev: Dev) -> Result<()> {
     if !path.is_absolute() {
-        bail!(
-            "--backing-file {}: the path must be absolute",
-            path.display()
-        );
+        bail!("--backing-file {}: the path must be absolute", path.display());
     }
     let Some(d) = devices.iter_mut().find(|d| d.dev == dev) else {
-        bail!(
-            "--backing-file {}={dev}: no block device {dev} on this host",
-            path.display()
-        );
+        bail!("--backing-file {}={dev}: no block device {dev} on this host", path.display());
     };
     let holder = mount_of_path(mounts, path, None);
     let (file_dev, ino) = match holder {
         Some(m) if path_may_block(mounts, path) => (m.dev, unprobed_ino(holder, path)),
         _ => {
-            let id = src
-                .stat(path)
-                .with_context(|| format!("--backing-file {}: cannot stat it", path.display()))?;
+            let id = src.stat(path).with_context(|| format!("--backing-file {}: cannot stat it", path.display()))?;
             (id.dev, id.ino)
         }
     };
-    d.backing_file = Some(BackingFile {
-        file_dev,
-        ino,
-        path: path.to_path_buf(),
-        backs: dev,
-        deleted: false,
-        named: true,
-    });
+    d.backing_file =
+        Some(BackingFile { file_dev, ino, path: path.to_path_buf(), backs: dev, deleted: false, named: true });
     Ok(())
 }

@@ -31,27 +31,13 @@ impl Mount {
     /// (a wedged daemon blocks it forever) and network filesystems.
     /// Discovery never stats files on these.
     pub fn stat_may_block(&self) -> bool {
-        const REMOTE: &[&str] = &[
-            "nfs",
-            "nfs4",
-            "cifs",
-            "smb3",
-            "9p",
-            "ceph",
-            "glusterfs",
-            "afs",
-        ];
+        const REMOTE: &[&str] = &["nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "glusterfs", "afs"];
         self.is_fuse() || REMOTE.contains(&self.fs_type.as_str())
     }
 
     /// "/mnt/x (xfs, 7:0)"
     pub fn label(&self) -> String {
-        format!(
-            "{} ({}, {})",
-            self.mount_point.display(),
-            self.fs_type,
-            self.dev
-        )
+        format!("{} ({}, {})", self.mount_point.display(), self.fs_type, self.dev)
     }
 }
 
@@ -86,10 +72,8 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .and_then(|o| std::str::from_utf8(o).ok())
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        let octal =
+            b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok()).and_then(|o| u8::from_str_radix(o, 8).ok());
         match (b[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);
@@ -127,11 +111,7 @@ pub fn mount_of_path<'a>(mounts: &'a [Mount], path: &Path, dev: Option<Dev>) -> 
 pub fn path_may_block(mounts: &[Mount], path: &Path) -> bool {
     path.ancestors().any(|prefix| {
         // The visible mount on `prefix`: the last one mounted there.
-        mounts
-            .iter()
-            .rev()
-            .find(|m| m.mount_point == prefix)
-            .is_some_and(Mount::stat_may_block)
+        mounts.iter().rev().find(|m| m.mount_point == prefix).is_some_and(Mount::stat_may_block)
     })
 }
 
@@ -182,14 +162,10 @@ bad line
         assert!(path_may_block(&m, Path::new("/tmp/tq/fuse.img")));
         assert!(!path_may_block(&m, Path::new("/tmp/tq/lower.img")));
         // A local filesystem mounted inside the FUSE mount is still reached through it.
-        m.extend(parse(
-            "47 44 7:1 / /tmp/tq/fuse.img/sub rw - ext4 /dev/loop1 rw\n",
-        ));
+        m.extend(parse("47 44 7:1 / /tmp/tq/fuse.img/sub rw - ext4 /dev/loop1 rw\n"));
         assert!(path_may_block(&m, Path::new("/tmp/tq/fuse.img/sub/file")));
         // Unless something local is mounted over the FUSE mount itself.
-        m.extend(parse(
-            "48 27 7:2 / /tmp/tq/fuse.img rw - ext4 /dev/loop2 rw\n",
-        ));
+        m.extend(parse("48 27 7:2 / /tmp/tq/fuse.img rw - ext4 /dev/loop2 rw\n"));
         assert!(!path_may_block(&m, Path::new("/tmp/tq/fuse.img/file")));
     }
 }

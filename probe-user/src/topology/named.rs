@@ -35,23 +35,14 @@ pub(crate) fn add(
         Some(d) => d.label(),
         None => "unknown (no open device node or backing file)".to_string(),
     };
-    if let Some(s) = Servicer::process(
-        src,
-        mounts,
-        ServicerKind::Named,
-        pid,
-        serves,
-        serves_name,
-        Confidence::Named,
-    ) {
+    if let Some(s) = Servicer::process(src, mounts, ServicerKind::Named, pid, serves, serves_name, Confidence::Named) {
         servicers.push(s);
     }
     Ok(())
 }
 
 fn serves_of(src: &Source, mounts: &[Mount], devices: &[BlockDevice], pid: u32) -> Dev {
-    let stacked =
-        |d: &&BlockDevice| d.backing_file.is_some() || !d.slaves.is_empty() || d.nbd_pid.is_some();
+    let stacked = |d: &&BlockDevice| d.backing_file.is_some() || !d.slaves.is_empty() || d.nbd_pid.is_some();
     for fd in src.read_dir(&format!("/proc/{pid}/fd")).unwrap_or_default() {
         let Ok(target) = src.read_link(&format!("/proc/{pid}/fd/{fd}")) else {
             continue;
@@ -59,27 +50,16 @@ fn serves_of(src: &Source, mounts: &[Mount], devices: &[BlockDevice], pid: u32) 
         let Ok(node) = target.strip_prefix("/dev") else {
             continue;
         };
-        if let Some(d) = devices
-            .iter()
-            .filter(stacked)
-            .find(|d| node == Path::new(&d.name))
-        {
+        if let Some(d) = devices.iter().filter(stacked).find(|d| node == Path::new(&d.name)) {
             return d.dev;
         }
     }
     for f in procs::open_files(src, pid) {
-        let Some(fs_dev) = mounts
-            .iter()
-            .find(|m| m.mount_id == f.mnt_id)
-            .map(|m| m.dev)
-        else {
+        let Some(fs_dev) = mounts.iter().find(|m| m.mount_id == f.mnt_id).map(|m| m.dev) else {
             continue;
         };
         let backs = devices.iter().find_map(|d| {
-            d.backing_file
-                .as_ref()
-                .filter(|b| b.file_dev == fs_dev && b.ino == f.ino && b.ino != 0)
-                .map(|b| b.backs)
+            d.backing_file.as_ref().filter(|b| b.file_dev == fs_dev && b.ino == f.ino && b.ino != 0).map(|b| b.backs)
         });
         if let Some(dev) = backs {
             return dev;

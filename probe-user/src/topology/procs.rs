@@ -31,12 +31,7 @@ impl Holders {
 
 /// Every pid in /proc.
 pub(crate) fn pids(src: &Source) -> Vec<u32> {
-    let mut pids: Vec<u32> = src
-        .read_dir("/proc")
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let mut pids: Vec<u32> = src.read_dir("/proc").unwrap_or_default().iter().filter_map(|n| n.parse().ok()).collect();
     pids.sort_unstable();
     pids
 }
@@ -59,10 +54,7 @@ pub(crate) fn holders(src: &Source, wanted: impl Fn(&str) -> bool) -> Holders {
             };
             let target = target.to_string_lossy();
             if wanted(&target) {
-                h.by_node
-                    .entry(target.into_owned())
-                    .or_default()
-                    .push((pid, fd));
+                h.by_node.entry(target.into_owned()).or_default().push((pid, fd));
             }
         }
     }
@@ -71,13 +63,8 @@ pub(crate) fn holders(src: &Source, wanted: impl Fn(&str) -> bool) -> Holders {
 
 /// /proc/PID/fdinfo/FD as key → value ("mnt_id" → "27").
 pub(crate) fn fdinfo(src: &Source, pid: u32, fd: u32) -> BTreeMap<String, String> {
-    let text = src
-        .read(&format!("/proc/{pid}/fdinfo/{fd}"))
-        .unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    let text = src.read(&format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
 /// A process's comm ("qemu-storage-da").
@@ -88,11 +75,8 @@ pub(crate) fn comm(src: &Source, pid: u32) -> Option<String> {
 /// Every thread with its task flags (field 9 of /proc/PID/task/TID/stat).
 pub(crate) fn threads(src: &Source, pid: u32) -> Vec<ServicerThread> {
     let mut threads = Vec::new();
-    for tid in src
-        .read_dir(&format!("/proc/{pid}/task"))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t.parse::<u32>().ok())
+    for tid in
+        src.read_dir(&format!("/proc/{pid}/task")).unwrap_or_default().iter().filter_map(|t| t.parse::<u32>().ok())
     {
         let Ok(raw) = src.read_bytes(&format!("/proc/{pid}/task/{tid}/stat")) else {
             continue;
@@ -100,12 +84,7 @@ pub(crate) fn threads(src: &Source, pid: u32) -> Vec<ServicerThread> {
         let Ok(stat) = procfs::process::Stat::from_read(raw.as_slice()) else {
             continue;
         };
-        threads.push(ServicerThread {
-            tid,
-            comm: stat.comm,
-            flags: stat.flags,
-            protection: protection_of(stat.flags),
-        });
+        threads.push(ServicerThread { tid, comm: stat.comm, flags: stat.flags, protection: protection_of(stat.flags) });
     }
     threads.sort_by_key(|t| t.tid);
     threads
@@ -125,33 +104,21 @@ pub(crate) struct OpenFile {
 /// The regular files `pid` holds open (not devices, pipes, sockets or anon inodes).
 pub(crate) fn open_files(src: &Source, pid: u32) -> Vec<OpenFile> {
     let mut files = Vec::new();
-    for fd in src
-        .read_dir(&format!("/proc/{pid}/fd"))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|f| f.parse::<u32>().ok())
+    for fd in src.read_dir(&format!("/proc/{pid}/fd")).unwrap_or_default().iter().filter_map(|f| f.parse::<u32>().ok())
     {
         let Ok(target) = src.read_link(&format!("/proc/{pid}/fd/{fd}")) else {
             continue;
         };
-        if !target.is_absolute()
-            || ["/dev/", "/proc/", "/sys/"]
-                .iter()
-                .any(|p| target.starts_with(p))
-        {
+        if !target.is_absolute() || ["/dev/", "/proc/", "/sys/"].iter().any(|p| target.starts_with(p)) {
             continue; // pipe:[..], socket:[..], anon_inode:..., device nodes, pseudo files
         }
         let info = fdinfo(src, pid, fd);
-        let (Some(mnt_id), Some(ino)) = (
-            info.get("mnt_id").and_then(|m| m.parse().ok()),
-            info.get("ino").and_then(|i| i.parse().ok()),
-        ) else {
+        let (Some(mnt_id), Some(ino)) =
+            (info.get("mnt_id").and_then(|m| m.parse().ok()), info.get("ino").and_then(|i| i.parse().ok()))
+        else {
             continue;
         };
-        let flags = info
-            .get("flags")
-            .and_then(|f| u32::from_str_radix(f, 8).ok())
-            .unwrap_or(0);
+        let flags = info.get("flags").and_then(|f| u32::from_str_radix(f, 8).ok()).unwrap_or(0);
         files.push(OpenFile {
             path: target,
             mnt_id,

@@ -220,11 +220,8 @@ impl Servicer {
         let main = threads.iter().find(|t| t.tid == pid).or(threads.first())?;
         let kernel = main.flags & PF_KTHREAD != 0;
         let comm = procs::comm(src, pid).unwrap_or_else(|| main.comm.clone());
-        let protection = threads
-            .iter()
-            .map(|t| t.protection)
-            .min_by_key(|p| p.strength())
-            .unwrap_or(Protection::Unprotected);
+        let protection =
+            threads.iter().map(|t| t.protection).min_by_key(|p| p.strength()).unwrap_or(Protection::Unprotected);
         let data_files = procs::open_files(src, pid)
             .into_iter()
             .filter(|f| f.read_write)
@@ -265,13 +262,11 @@ fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> S
         return "none needed".into();
     }
     if kernel {
-        return "wrap the kernel code that completes this I/O in a memalloc_noio_save()/memalloc_noio_restore() scope".into();
+        return "wrap the kernel code that completes this I/O in a memalloc_noio_save()/memalloc_noio_restore() scope"
+            .into();
     }
-    let bare: Vec<String> = threads
-        .iter()
-        .filter(|t| !t.protection.is_protected())
-        .map(|t| t.tid.to_string())
-        .collect();
+    let bare: Vec<String> =
+        threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid.to_string()).collect();
     if bare.len() == threads.len() {
         "call prctl(PR_SET_IO_FLUSHER, 1) in the daemon before it creates threads or serves I/O (needs CAP_SYS_RESOURCE; \
          the flag is per thread and inherited by threads created afterwards)"
@@ -298,9 +293,7 @@ pub(crate) fn discover_block(
             DeviceKind::Loop if d.backing_file.is_some() => out.push(Servicer::kernel_loop(d)),
             DeviceKind::Nbd => {
                 let Some(pid) = d.nbd_pid else { continue };
-                let why = Confidence::Certain {
-                    why: format!("/sys/block/{}/pid", d.name),
-                };
+                let why = Confidence::Certain { why: format!("/sys/block/{}/pid", d.name) };
                 match Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why) {
                     Some(mut s) => {
                         s.note = Some("if the NBD server runs on this host it completes this I/O too: name it with --servicer".into());
@@ -316,17 +309,12 @@ pub(crate) fn discover_block(
             }
             DeviceKind::Ublk => {
                 let node = format!("/dev/ublkc{}", d.name.trim_start_matches("ublkb"));
-                let found = holder_servicers(
-                    src,
-                    mounts,
-                    holders,
-                    &node,
-                    ServicerKind::Ublk,
-                    d.dev,
-                    d.label(),
-                );
+                let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Ublk, d.dev, d.label());
                 if found.is_empty() {
-                    warnings.push(format!("{}: no process holds {node} open (ublk server gone, or not visible without root)", d.label()));
+                    warnings.push(format!(
+                        "{}: no process holds {node} open (ublk server gone, or not visible without root)",
+                        d.label()
+                    ));
                 }
                 out.extend(found);
             }
@@ -350,27 +338,11 @@ fn holder_servicers(
     let mut pids: Vec<u32> = holders.of(node).iter().map(|(pid, _)| *pid).collect();
     pids.dedup();
     let why = |n: usize| {
-        let also = if n > 1 {
-            format!(" (one of {n} holders)")
-        } else {
-            String::new()
-        };
-        Confidence::Certain {
-            why: format!("holds {node} open{also}"),
-        }
+        let also = if n > 1 { format!(" (one of {n} holders)") } else { String::new() };
+        Confidence::Certain { why: format!("holds {node} open{also}") }
     };
     pids.iter()
-        .filter_map(|&pid| {
-            Servicer::process(
-                src,
-                mounts,
-                kind,
-                pid,
-                serves,
-                serves_name.clone(),
-                why(pids.len()),
-            )
-        })
+        .filter_map(|&pid| Servicer::process(src, mounts, kind, pid, serves, serves_name.clone(), why(pids.len())))
         .collect()
 }
 
@@ -398,32 +370,18 @@ fn tcmu(
             continue;
         };
         let serial = src
-            .read_line(&format!(
-                "/sys/kernel/config/target/core/user_{hba}/{backstore}/wwn/vpd_unit_serial"
-            ))
+            .read_line(&format!("/sys/kernel/config/target/core/user_{hba}/{backstore}/wwn/vpd_unit_serial"))
             .and_then(|l| l.rsplit(':').next().map(|s| s.trim().to_string()));
-        let disk = serial
-            .as_ref()
-            .and_then(|s| devices.iter().find(|d| d.unit_serial.as_ref() == Some(s)));
+        let disk = serial.as_ref().and_then(|s| devices.iter().find(|d| d.unit_serial.as_ref() == Some(s)));
         let (serves, serves_name) = match disk {
             Some(d) => (d.dev, format!("{} via {name}", d.label())),
-            None => (
-                Dev::NONE,
-                format!("{name} (no SCSI disk on this host carries its serial)"),
-            ),
+            None => (Dev::NONE, format!("{name} (no SCSI disk on this host carries its serial)")),
         };
         let node = format!("/dev/{uio}");
-        let found = holder_servicers(
-            src,
-            mounts,
-            holders,
-            &node,
-            ServicerKind::Tcmu,
-            serves,
-            serves_name,
-        );
+        let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Tcmu, serves, serves_name);
         if found.is_empty() {
-            warnings.push(format!("{name}: no process holds {node} open (tcmu handler gone, or not visible without root)"));
+            warnings
+                .push(format!("{name}: no process holds {node} open (tcmu handler gone, or not visible without root)"));
         }
         out.extend(found);
     }
@@ -439,30 +397,16 @@ mod tests {
         assert_eq!(protection_of(0x0040_0100), Protection::Unprotected);
         assert_eq!(protection_of(PF_MEMALLOC_NOIO), Protection::NoIo);
         assert_eq!(protection_of(PF_MEMALLOC_NOFS), Protection::NoFs);
-        assert_eq!(
-            protection_of(PF_MEMALLOC_NOIO | PF_MEMALLOC_NOFS),
-            Protection::NoIo
-        );
-        assert_eq!(
-            protection_of(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE | 0x40),
-            Protection::IoFlusher
-        );
+        assert_eq!(protection_of(PF_MEMALLOC_NOIO | PF_MEMALLOC_NOFS), Protection::NoIo);
+        assert_eq!(protection_of(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE | 0x40), Protection::IoFlusher);
         // LOCAL_THROTTLE alone (nfsd) does not scope allocations.
         assert_eq!(protection_of(PF_LOCAL_THROTTLE), Protection::Unprotected);
         // In direct reclaim right now: not a protection.
-        assert_eq!(
-            protection_of(probe_common::flags::PF_MEMALLOC),
-            Protection::Unprotected
-        );
+        assert_eq!(protection_of(probe_common::flags::PF_MEMALLOC), Protection::Unprotected);
     }
 
     fn thread(tid: u32, flags: u32) -> ServicerThread {
-        ServicerThread {
-            tid,
-            comm: "t".into(),
-            flags,
-            protection: protection_of(flags),
-        }
+        ServicerThread { tid, comm: "t".into(), flags, protection: protection_of(flags) }
     }
 
     #[test]
@@ -470,15 +414,9 @@ mod tests {
         let all_bare = [thread(1, 0), thread(2, 0)];
         assert!(remedy(false, Protection::Unprotected, &all_bare)
             .starts_with("call prctl(PR_SET_IO_FLUSHER, 1) in the daemon"));
-        let some = [
-            thread(1, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE),
-            thread(2, 0),
-        ];
+        let some = [thread(1, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), thread(2, 0)];
         assert!(remedy(false, Protection::Unprotected, &some).contains("in threads 2 too"));
         assert!(remedy(true, Protection::Unprotected, &all_bare).contains("memalloc_noio_save()"));
-        assert_eq!(
-            remedy(false, Protection::IoFlusher, &some[..1]),
-            "none needed"
-        );
+        assert_eq!(remedy(false, Protection::IoFlusher, &some[..1]), "none needed");
     }
 }

@@ -62,18 +62,12 @@ pub(crate) struct Source {
 
 impl Source {
     pub fn live() -> Source {
-        Source {
-            root: PathBuf::from("/"),
-            mode: Mode::Live(None),
-        }
+        Source { root: PathBuf::from("/"), mode: Mode::Live(None) }
     }
 
     /// Live, keeping a copy of every answer for [`Recording::write`].
     pub fn recording() -> Source {
-        Source {
-            root: PathBuf::from("/"),
-            mode: Mode::Live(Some(RefCell::default())),
-        }
+        Source { root: PathBuf::from("/"), mode: Mode::Live(Some(RefCell::default())) }
     }
 
     /// A snapshot directory; `/` means the live system.
@@ -86,15 +80,11 @@ impl Source {
         }
         let answers_path = root.join(ANSWERS_FILE);
         let answers = match fs::read_to_string(&answers_path) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", answers_path.display()))?,
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("parsing {}", answers_path.display()))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Answers::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", answers_path.display())),
         };
-        Ok(Source {
-            root: root.to_path_buf(),
-            mode: Mode::Snapshot(answers),
-        })
+        Ok(Source { root: root.to_path_buf(), mode: Mode::Snapshot(answers) })
     }
 
     fn real(&self, path: &str) -> PathBuf {
@@ -117,8 +107,7 @@ impl Source {
 
     /// A text file (sysfs and procfs files are ASCII; anything else is replaced, not an error).
     pub fn read(&self, path: &str) -> io::Result<String> {
-        self.read_bytes(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        self.read_bytes(path).map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
     /// The first line of a file, trimmed; `None` when absent or empty.
@@ -173,10 +162,7 @@ impl Source {
             Mode::Snapshot(a) => a.stat.get(path).copied(),
             Mode::Live(_) => {
                 let m = fs::metadata(path).ok()?;
-                let id = FileId {
-                    dev: Dev::from_st_dev(m.dev()),
-                    ino: m.ino(),
-                };
+                let id = FileId { dev: Dev::from_st_dev(m.dev()), ino: m.ino() };
                 self.record(|r| {
                     r.answers.stat.insert(path.to_path_buf(), id);
                 });
@@ -220,8 +206,7 @@ impl Recording {
         for (path, target) in self.links.iter().filter(|(p, _)| kept(p)) {
             let p = out(path);
             ensure_parent(&p)?;
-            std::os::unix::fs::symlink(target, &p)
-                .with_context(|| format!("linking {}", p.display()))?;
+            std::os::unix::fs::symlink(target, &p).with_context(|| format!("linking {}", p.display()))?;
         }
         // Entries of /sys directories that were listed but never read below
         // (holders/, slaves/) become empty files so the listing survives.
@@ -235,8 +220,7 @@ impl Recording {
                 }
             }
         }
-        let answers =
-            serde_json::to_string_pretty(&self.answers).context("serializing snapshot answers")?;
+        let answers = serde_json::to_string_pretty(&self.answers).context("serializing snapshot answers")?;
         fs::write(dest.join(ANSWERS_FILE), answers + "\n").context("writing snapshot answers")?;
         Ok(())
     }

@@ -55,9 +55,7 @@ impl Topology {
     /// first: bind mounts of subdirectories show the same dev).
     pub fn mount_for_dev(&self, dev: Dev) -> Option<&Mount> {
         let mut on = self.mounts.iter().filter(|m| m.dev == dev);
-        on.clone()
-            .find(|m| m.root == Path::new("/"))
-            .or_else(|| on.next())
+        on.clone().find(|m| m.root == Path::new("/")).or_else(|| on.next())
     }
 
     /// Devices whose I/O the given device's upper fs depends on: `dev` and
@@ -79,11 +77,7 @@ impl Topology {
     /// Stacked devices (loop/nbd/ublk/dm/... with something under them):
     /// the block devices among the stacked elements.
     pub fn stacked_devices(&self) -> Vec<Dev> {
-        self.devices
-            .iter()
-            .map(|d| d.dev)
-            .filter(|&d| self.is_stacked(d))
-            .collect()
+        self.devices.iter().map(|d| d.dev).filter(|&d| self.is_stacked(d)).collect()
     }
 
     /// What sits on and under a stacked element; None for an element that
@@ -99,15 +93,8 @@ impl Topology {
     /// other stacked element sits on.
     pub fn stacks(&self) -> Vec<StackPath> {
         let elements = self.elements();
-        let covered: BTreeSet<Dev> = elements
-            .iter()
-            .flat_map(|&e| self.devices_below(e).into_iter().skip(1))
-            .collect();
-        elements
-            .into_iter()
-            .filter(|e| !covered.contains(e))
-            .filter_map(|e| self.path_of(e))
-            .collect()
+        let covered: BTreeSet<Dev> = elements.iter().flat_map(|&e| self.devices_below(e).into_iter().skip(1)).collect();
+        elements.into_iter().filter(|e| !covered.contains(e)).filter_map(|e| self.path_of(e)).collect()
     }
 
     /// Stacked block devices and every FUSE connection (a FUSE filesystem
@@ -136,9 +123,7 @@ impl Topology {
         !d.slaves.is_empty()
             || d.backing_file.is_some()
             || self.servicers_of(dev).next().is_some()
-            || (depth < MAX_DEPTH
-                && d.partition_of
-                    .is_some_and(|p| self.is_stacked_at(p, depth + 1)))
+            || (depth < MAX_DEPTH && d.partition_of.is_some_and(|p| self.is_stacked_at(p, depth + 1)))
     }
 
     pub(crate) fn servicers_of(&self, dev: Dev) -> impl Iterator<Item = &Servicer> {
@@ -150,18 +135,10 @@ impl Topology {
         if let Some(d) = self.device(dev) {
             out.extend(d.partition_of.map(Edge::Device));
             out.extend(d.slaves.iter().copied().map(Edge::Device));
-            out.extend(d.backing_file.as_ref().map(|b| Edge::File {
-                path: &b.path,
-                fs: b.file_dev,
-                ino: b.ino,
-            }));
+            out.extend(d.backing_file.as_ref().map(|b| Edge::File { path: &b.path, fs: b.file_dev, ino: b.ino }));
         }
         for s in self.servicers_of(dev) {
-            out.extend(s.data_files.iter().map(|f| Edge::File {
-                path: &f.path,
-                fs: f.dev,
-                ino: f.ino,
-            }));
+            out.extend(s.data_files.iter().map(|f| Edge::File { path: &f.path, fs: f.dev, ino: f.ino }));
         }
         out
     }
@@ -189,19 +166,9 @@ impl Topology {
         if depth >= MAX_DEPTH {
             return None;
         }
-        let holders = self
-            .device(dev)
-            .map(|d| d.holders.clone())
-            .unwrap_or_default();
-        let partitions = self
-            .devices
-            .iter()
-            .filter(|d| d.partition_of == Some(dev))
-            .map(|d| d.dev);
-        holders
-            .into_iter()
-            .chain(partitions)
-            .find_map(|h| self.upper_mount(h, depth + 1))
+        let holders = self.device(dev).map(|d| d.holders.clone()).unwrap_or_default();
+        let partitions = self.devices.iter().filter(|d| d.partition_of == Some(dev)).map(|d| d.dev);
+        holders.into_iter().chain(partitions).find_map(|h| self.upper_mount(h, depth + 1))
     }
 
     fn element_name(&self, dev: Dev) -> String {
@@ -209,9 +176,7 @@ impl Topology {
             Some(d) => d.label(),
             None => format!(
                 "FUSE connection {} ({dev})",
-                self.mount_for_dev(dev)
-                    .map(connection_of)
-                    .unwrap_or(dev.to_kernel())
+                self.mount_for_dev(dev).map(connection_of).unwrap_or(dev.to_kernel())
             ),
         }
     }
@@ -226,11 +191,7 @@ impl Topology {
         ancestors.push(dev);
         let edges = self.edges(dev);
         let first_file = edges.iter().find_map(|e| match e {
-            Edge::File { path, fs, ino } => Some((
-                path.to_path_buf(),
-                *ino,
-                self.file_mount(path, *fs).cloned(),
-            )),
+            Edge::File { path, fs, ino } => Some((path.to_path_buf(), *ino, self.file_mount(path, *fs).cloned())),
             Edge::Device(_) => None,
         });
         let mut below = Vec::new();
@@ -253,10 +214,7 @@ impl Topology {
             Some((p, ino, m)) => (Some(p), Some(ino), m),
             None => (None, None, None),
         };
-        let bottom = below
-            .first()
-            .and_then(|b| b.bottom.clone())
-            .or_else(|| lower.clone());
+        let bottom = below.first().and_then(|b| b.bottom.clone()).or_else(|| lower.clone());
         StackPath {
             upper,
             device: self.element_name(dev),
@@ -276,11 +234,7 @@ impl Topology {
     /// can vouch for their protection.
     pub fn unseen_servicers(&self) -> Vec<Dev> {
         let mut out = Vec::new();
-        for top in self
-            .stacked_devices()
-            .into_iter()
-            .filter(|&d| self.mount_for_dev(d).is_some())
-        {
+        for top in self.stacked_devices().into_iter().filter(|&d| self.mount_for_dev(d).is_some()) {
             for e in self.devices_below(top) {
                 let fuse = self.mounts.iter().any(|m| m.dev == e && m.is_fuse());
                 if fuse && self.servicers_of(e).next().is_none() && !out.contains(&e) {
@@ -306,16 +260,10 @@ impl Topology {
                 links.push((e, top, mount.clone()));
             }
         }
-        let all_mounted: Vec<PathBuf> = stacked
-            .iter()
-            .filter_map(|&d| self.mount_for_dev(d))
-            .map(|m| m.mount_point.clone())
-            .collect();
+        let all_mounted: Vec<PathBuf> =
+            stacked.iter().filter_map(|&d| self.mount_for_dev(d)).map(|m| m.mount_point.clone()).collect();
         for s in &mut self.servicers {
-            if s.serves == Dev::NONE
-                && s.tgid.is_some()
-                && matches!(s.confidence, super::Confidence::Named)
-            {
+            if s.serves == Dev::NONE && s.tgid.is_some() && matches!(s.confidence, super::Confidence::Named) {
                 s.supports = stacked.clone();
                 s.under_mounts = all_mounted.clone();
                 continue;

@@ -63,12 +63,9 @@ fn checksum(ty: u8, payload: &[u8]) -> u32 {
 pub(crate) fn encode(out: &mut Vec<u8>, ty: RecordType, payload: &[u8]) -> Result<()> {
     let len = match u32::try_from(payload.len()) {
         Ok(len) if len <= MAX_PAYLOAD => len,
-        _ => bail!(
-            "{} record of {} bytes exceeds the {} MiB record limit",
-            ty.name(),
-            payload.len(),
-            MAX_PAYLOAD >> 20
-        ),
+        _ => {
+            bail!("{} record of {} bytes exceeds the {} MiB record limit", ty.name(), payload.len(), MAX_PAYLOAD >> 20)
+        }
     };
     out.reserve(FRAME_HEAD_LEN + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
@@ -122,11 +119,7 @@ pub struct Damage {
 
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stopped at byte {} (record {}): {}",
-            self.offset, self.index, self.reason
-        )
+        write!(f, "stopped at byte {} (record {}): {}", self.offset, self.index, self.reason)
     }
 }
 
@@ -184,11 +177,7 @@ pub(crate) fn read<R: Read>(src: &mut R) -> Next {
         return Next::Damaged(DamageReason::ChecksumMismatch);
     }
     match RecordType::from_u8(ty) {
-        Some(ty) => Next::Record {
-            ty,
-            payload,
-            len: (FRAME_HEAD_LEN as u64) + u64::from(len),
-        },
+        Some(ty) => Next::Record { ty, payload, len: (FRAME_HEAD_LEN as u64) + u64::from(len) },
         None => Next::Damaged(DamageReason::UnknownType(ty)),
     }
 }

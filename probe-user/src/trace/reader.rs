@@ -65,10 +65,8 @@ pub struct TraceReader<R> {
 impl TraceReader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| TraceError {
-            source_name: name.clone(),
-            kind: TraceErrorKind::Open(e),
-        })?;
+        let file =
+            File::open(path).map_err(|e| TraceError { source_name: name.clone(), kind: TraceErrorKind::Open(e) })?;
         Ok(Self::new(BufReader::with_capacity(256 << 10, file), &name)?)
     }
 }
@@ -83,27 +81,17 @@ impl<R: Read> TraceReader<R> {
     /// Checks the magic and version and reads the header; `name` goes into
     /// the error messages.
     pub fn new(mut src: R, name: &str) -> Result<Self, TraceError> {
-        let err = |kind| TraceError {
-            source_name: name.to_string(),
-            kind,
-        };
+        let err = |kind| TraceError { source_name: name.to_string(), kind };
         let mut preamble = [0u8; PREAMBLE_LEN];
         // A read error this early means the file cannot be read at all.
-        let got =
-            frame::read_full(&mut src, &mut preamble).map_err(|e| err(TraceErrorKind::Open(e)))?;
+        let got = frame::read_full(&mut src, &mut preamble).map_err(|e| err(TraceErrorKind::Open(e)))?;
         let (magic, version) = preamble.split_at(MAGIC.len());
         if got < MAGIC.len() || magic != MAGIC {
             return Err(err(TraceErrorKind::NotATrace));
         }
-        let header_damage = |reason| Damage {
-            offset: got as u64,
-            index: 0,
-            reason,
-        };
+        let header_damage = |reason| Damage { offset: got as u64, index: 0, reason };
         if got < PREAMBLE_LEN {
-            return Err(err(TraceErrorKind::BadHeader(header_damage(
-                DamageReason::Truncated,
-            ))));
+            return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::Truncated))));
         }
         let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
         if version == 0 {
@@ -113,41 +101,21 @@ impl<R: Read> TraceReader<R> {
             return Err(err(TraceErrorKind::NewerVersion(version)));
         }
         let (header, len) = match frame::read(&mut src) {
-            Next::Record {
-                ty: RecordType::Header,
-                payload,
-                len,
-            } => match serde_json::from_slice(&payload) {
+            Next::Record { ty: RecordType::Header, payload, len } => match serde_json::from_slice(&payload) {
                 Ok(h) => (h, len),
                 Err(e) => {
-                    return Err(err(TraceErrorKind::BadHeader(header_damage(
-                        DamageReason::BadPayload(e.to_string()),
-                    ))))
+                    return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::BadPayload(e.to_string())))))
                 }
             },
             Next::Record { .. } => {
-                return Err(err(TraceErrorKind::BadHeader(header_damage(
-                    DamageReason::BadPayload("the first record is not a header".into()),
-                ))))
+                return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::BadPayload(
+                    "the first record is not a header".into(),
+                )))))
             }
-            Next::End => {
-                return Err(err(TraceErrorKind::BadHeader(header_damage(
-                    DamageReason::Truncated,
-                ))))
-            }
-            Next::Damaged(reason) => {
-                return Err(err(TraceErrorKind::BadHeader(header_damage(reason))))
-            }
+            Next::End => return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::Truncated)))),
+            Next::Damaged(reason) => return Err(err(TraceErrorKind::BadHeader(header_damage(reason)))),
         };
-        Ok(TraceReader {
-            src,
-            version,
-            header,
-            offset: PREAMBLE_LEN as u64 + len,
-            index: 1,
-            damage: None,
-            done: false,
-        })
+        Ok(TraceReader { src, version, header, offset: PREAMBLE_LEN as u64 + len, index: 1, damage: None, done: false })
     }
 
     pub fn header(&self) -> &TraceHeader {
@@ -177,11 +145,7 @@ impl<R: Read> TraceReader<R> {
 
     fn stop(&mut self, reason: DamageReason) -> Option<Record> {
         self.done = true;
-        self.damage = Some(Damage {
-            offset: self.offset,
-            index: self.index,
-            reason,
-        });
+        self.damage = Some(Damage { offset: self.offset, index: self.index, reason });
         None
     }
 }

@@ -59,9 +59,7 @@ impl EventRecord {
 
     /// The kernel stack the event refers to, if any.
     pub fn stack_id(&self) -> Option<i32> {
-        self.bytes(STACK_ID_AT)
-            .map(i32::from_ne_bytes)
-            .filter(|id| *id >= 0)
+        self.bytes(STACK_ID_AT).map(i32::from_ne_bytes).filter(|id| *id >= 0)
     }
 
     /// The shrinker callback a shrinker event refers to.
@@ -70,9 +68,7 @@ impl EventRecord {
         if kind != EventKind::Shrinker as u32 {
             return None;
         }
-        self.bytes(SCAN_FN_AT)
-            .map(u64::from_ne_bytes)
-            .filter(|a| *a != 0)
+        self.bytes(SCAN_FN_AT).map(u64::from_ne_bytes).filter(|a| *a != 0)
     }
 }
 
@@ -146,13 +142,10 @@ impl Record {
         }
         Ok(match ty {
             RecordType::Event => {
-                let (ts, data) = payload.split_first_chunk::<8>().ok_or_else(|| {
-                    format!("event record of {} bytes has no timestamp", payload.len())
-                })?;
-                Record::Event(EventRecord {
-                    unix_ns: u64::from_le_bytes(*ts),
-                    data: data.to_vec(),
-                })
+                let (ts, data) = payload
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| format!("event record of {} bytes has no timestamp", payload.len()))?;
+                Record::Event(EventRecord { unix_ns: u64::from_le_bytes(*ts), data: data.to_vec() })
             }
             RecordType::Stack => Record::Stack(json(payload)?),
             RecordType::Symbol => Record::Symbol(json(payload)?),

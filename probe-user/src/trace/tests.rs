@@ -3,17 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use probe_common::events::{
-    EventKind, ReclaimData, ReclaimEvent, ShrinkerData, ShrinkerEvent, TaskCtx,
-};
+use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, ShrinkerData, ShrinkerEvent, TaskCtx};
 use serde_json::json;
 
 use super::*;
 
 fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
     // SAFETY: aya::Pod types are plain repr(C) data without implicit padding.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
 }
 
 fn ctx(ts_ns: u64, stack_id: i32) -> TaskCtx {
@@ -34,17 +31,9 @@ fn reclaim(i: u64, stack_id: i32) -> Record {
         kind: EventKind::ReclaimBegin as u32,
         _pad: 0,
         ctx: ctx(1_000 + i, stack_id),
-        data: ReclaimData {
-            reclaim_kind: 2,
-            gfp: 0x100cca,
-            order: 0,
-            ..Default::default()
-        },
+        data: ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, ..Default::default() },
     };
-    Record::Event(EventRecord {
-        unix_ns: 1_764_000_000_000_000_000 + i,
-        data: bytes_of(&e),
-    })
+    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e) })
 }
 
 fn shrink(i: u64, scan_fn: u64) -> Record {
@@ -61,33 +50,21 @@ fn shrink(i: u64, scan_fn: u64) -> Record {
             fs_type: *b"xfs\0\0\0\0\0\0\0\0\0\0\0\0\0",
         },
     };
-    Record::Event(EventRecord {
-        unix_ns: 1_764_000_000_000_000_000 + i,
-        data: bytes_of(&e),
-    })
+    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e) })
 }
 
 fn stack(id: i32) -> Record {
     Record::Stack(StackRecord {
         id,
         frames: vec![
-            Frame {
-                addr: 0xffff_ffff_8159_b6e0,
-                symbol: "folio_wait_writeback".into(),
-            },
-            Frame {
-                addr: 0xffff_ffff_815a_ce40 + id as u64,
-                symbol: format!("shrink_node+0x{id:x}"),
-            },
+            Frame { addr: 0xffff_ffff_8159_b6e0, symbol: "folio_wait_writeback".into() },
+            Frame { addr: 0xffff_ffff_815a_ce40 + id as u64, symbol: format!("shrink_node+0x{id:x}") },
         ],
     })
 }
 
 fn symbol(addr: u64) -> Record {
-    Record::Symbol(SymbolRecord {
-        addr,
-        symbol: "super_cache_scan".into(),
-    })
+    Record::Symbol(SymbolRecord { addr, symbol: "super_cache_scan".into() })
 }
 
 fn header() -> TraceHeader {
@@ -138,10 +115,7 @@ fn record_ends(bytes: &[u8]) -> Vec<usize> {
 }
 
 fn one_line_error(bytes: &[u8]) -> String {
-    let msg = TraceReader::from_bytes(bytes)
-        .err()
-        .expect("an error")
-        .to_string();
+    let msg = TraceReader::from_bytes(bytes).err().expect("an error").to_string();
     assert!(!msg.contains('\n'), "{msg}");
     msg
 }
@@ -162,10 +136,7 @@ fn round_trip() {
     assert_eq!(e.stack_id(), Some(3));
     assert_eq!(e.scan_fn(), None);
     let Record::Event(e) = &got[3] else { panic!() };
-    assert_eq!(
-        (e.stack_id(), e.scan_fn()),
-        (None, Some(0xffff_ffff_8170_0000))
-    );
+    assert_eq!((e.stack_id(), e.scan_fn()), (None, Some(0xffff_ffff_8170_0000)));
 }
 
 #[test]
@@ -198,14 +169,9 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
             w.write(&stack(id)).unwrap();
         }
         if i == 500 {
-            w.write(&Record::Topology(json!({"devices": ["late"]})))
-                .unwrap();
+            w.write(&Record::Topology(json!({"devices": ["late"]}))).unwrap();
         }
-        let e = if i % 5 == 0 {
-            shrink(i, scan_fn)
-        } else {
-            reclaim(i, id)
-        };
+        let e = if i % 5 == 0 { shrink(i, scan_fn) } else { reclaim(i, id) };
         w.write(&e).unwrap();
         written.push(e);
     }
@@ -215,10 +181,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
     let mut files_events = Vec::new();
     for name in ["rot.rst.2", "rot.rst.1", "rot.rst"] {
         let p = dir.path().join(name);
-        assert!(
-            std::fs::metadata(&p).unwrap().len() <= max_size,
-            "{name} is over max_size"
-        );
+        assert!(std::fs::metadata(&p).unwrap().len() <= max_size, "{name} is over max_size");
         let mut r = TraceReader::open(&p).unwrap();
         assert_eq!(r.header(), &header());
         let mut stacks = std::collections::HashSet::new();
@@ -232,16 +195,10 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
                 Record::Topology(t) => topology = Some(t.clone()),
                 Record::Event(e) => {
                     if let Some(id) = e.stack_id() {
-                        assert!(
-                            stacks.contains(&id),
-                            "{name}: stack {id} used before its record"
-                        );
+                        assert!(stacks.contains(&id), "{name}: stack {id} used before its record");
                     }
                     if let Some(a) = e.scan_fn() {
-                        assert!(
-                            symbols.contains(&a),
-                            "{name}: symbol {a:#x} used before its record"
-                        );
+                        assert!(symbols.contains(&a), "{name}: symbol {a:#x} used before its record");
                     }
                     events.push(rec.clone());
                 }
@@ -250,20 +207,13 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
         }
         assert_eq!(r.damage(), None, "{name}");
         assert!(!events.is_empty(), "{name}");
-        assert_eq!(
-            topology,
-            Some(json!({"devices": ["late"]})),
-            "{name} lacks the latest topology"
-        );
+        assert_eq!(topology, Some(json!({"devices": ["late"]})), "{name} lacks the latest topology");
         files_events.push(events);
     }
     // The kept files hold the newest events, in order, with nothing missing.
     let kept: Vec<Record> = files_events.concat();
     assert_eq!(kept[..], written[written.len() - kept.len()..]);
-    assert!(
-        kept.len() < written.len(),
-        "the test should rotate out old files"
-    );
+    assert!(kept.len() < written.len(), "the test should rotate out old files");
 }
 
 #[test]
@@ -309,10 +259,7 @@ fn truncation_at_every_offset_reads_the_whole_record_prefix() {
             if cut < MAGIC.len() {
                 assert_eq!(msg, "trace: not a reclaimscope trace");
             } else {
-                assert!(
-                    msg.starts_with("trace: the trace header is damaged: stopped at byte"),
-                    "{msg}"
-                );
+                assert!(msg.starts_with("trace: the trace header is damaged: stopped at byte"), "{msg}");
                 assert!(msg.ends_with("(record 0): truncated"), "{msg}");
             }
             continue;
@@ -325,21 +272,8 @@ fn truncation_at_every_offset_reads_the_whole_record_prefix() {
         match r.damage() {
             None => assert_eq!(last_end, cut as u64),
             Some(d) => {
-                assert_eq!(
-                    d,
-                    &Damage {
-                        offset: last_end,
-                        index: 1 + whole as u64,
-                        reason: DamageReason::Truncated
-                    }
-                );
-                assert_eq!(
-                    d.to_string(),
-                    format!(
-                        "stopped at byte {last_end} (record {}): truncated",
-                        whole + 1
-                    )
-                );
+                assert_eq!(d, &Damage { offset: last_end, index: 1 + whole as u64, reason: DamageReason::Truncated });
+                assert_eq!(d.to_string(), format!("stopped at byte {last_end} (record {}): truncated", whole + 1));
             }
         }
     }
@@ -359,14 +293,8 @@ fn every_corrupted_byte_is_caught_where_it_is() {
         // The damaged record is the one whose bytes hold `at`.
         let i = ends.iter().position(|e| *e > at).unwrap();
         assert_eq!(got[..], records[..i - 1], "byte {at}");
-        let d = r
-            .damage()
-            .unwrap_or_else(|| panic!("corruption at byte {at} went unnoticed"));
-        assert_eq!(
-            (d.offset, d.index),
-            (ends[i - 1] as u64, i as u64),
-            "byte {at}"
-        );
+        let d = r.damage().unwrap_or_else(|| panic!("corruption at byte {at} went unnoticed"));
+        assert_eq!((d.offset, d.index), (ends[i - 1] as u64, i as u64), "byte {at}");
         let in_length_field = at < ends[i - 1] + 4;
         if !in_length_field {
             assert_eq!(d.reason, DamageReason::ChecksumMismatch, "byte {at}");
@@ -389,31 +317,16 @@ fn damaged_header_is_a_one_line_error() {
 #[test]
 fn not_a_trace() {
     assert_eq!(one_line_error(b""), "trace: not a reclaimscope trace");
-    assert_eq!(
-        one_line_error(b"# tracer: nop\n#\n"),
-        "trace: not a reclaimscope trace"
-    );
+    assert_eq!(one_line_error(b"# tracer: nop\n#\n"), "trace: not a reclaimscope trace");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.txt");
     std::fs::write(&p, "hello, this is text\n").unwrap();
     let e = TraceReader::open(&p).err().unwrap();
-    assert_eq!(
-        e.to_string(),
-        format!("{}: not a reclaimscope trace", p.display())
-    );
-    assert!(matches!(
-        e.downcast_ref::<TraceError>().map(|e| &e.kind),
-        Some(TraceErrorKind::NotATrace)
-    ));
+    assert_eq!(e.to_string(), format!("{}: not a reclaimscope trace", p.display()));
+    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NotATrace)));
     let missing = dir.path().join("missing.rst");
     let msg = TraceReader::open(&missing).err().unwrap().to_string();
-    assert_eq!(
-        msg,
-        format!(
-            "{}: cannot open: No such file or directory (os error 2)",
-            missing.display()
-        )
-    );
+    assert_eq!(msg, format!("{}: cannot open: No such file or directory (os error 2)", missing.display()));
 }
 
 #[test]
@@ -422,16 +335,10 @@ fn newer_version_is_refused() {
     let (path, _) = sample(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(
-        one_line_error(&bytes),
-        "trace: trace format version 2 is newer than this reclaimscope supports (1)"
-    );
+    assert_eq!(one_line_error(&bytes), "trace: trace format version 2 is newer than this reclaimscope supports (1)");
     std::fs::write(&path, &bytes).unwrap();
     let e = TraceReader::open(&path).err().unwrap();
-    assert!(matches!(
-        e.downcast_ref::<TraceError>().map(|e| &e.kind),
-        Some(TraceErrorKind::NewerVersion(2))
-    ));
+    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NewerVersion(2))));
 }
 
 /// A checksummed frame built by hand, appended after the sample's records.
@@ -459,39 +366,19 @@ fn damage_of(bytes: &[u8]) -> Damage {
 #[test]
 fn whole_records_that_do_not_decode_are_damage() {
     let (b, at) = with_frame(99, 2, b"{}");
-    assert_eq!(
-        damage_of(&b),
-        Damage {
-            offset: at,
-            index: 9,
-            reason: DamageReason::UnknownType(99)
-        }
-    );
+    assert_eq!(damage_of(&b), Damage { offset: at, index: 9, reason: DamageReason::UnknownType(99) });
     let (b, _) = with_frame(3, 5, b"[1,2]");
     assert!(matches!(damage_of(&b).reason, DamageReason::BadPayload(_)));
     let (b, _) = with_frame(2, 3, b"abc");
-    assert_eq!(
-        damage_of(&b).reason,
-        DamageReason::BadPayload("event record of 3 bytes has no timestamp".into())
-    );
+    assert_eq!(damage_of(&b).reason, DamageReason::BadPayload("event record of 3 bytes has no timestamp".into()));
     let (b, _) = with_frame(1, 2, b"{}");
-    assert_eq!(
-        damage_of(&b).reason,
-        DamageReason::BadPayload("a second header record".into())
-    );
+    assert_eq!(damage_of(&b).reason, DamageReason::BadPayload("a second header record".into()));
 }
 
 #[test]
 fn huge_lengths_are_refused_without_allocating() {
     let (b, at) = with_frame(2, u32::MAX, b"");
-    assert_eq!(
-        damage_of(&b),
-        Damage {
-            offset: at,
-            index: 9,
-            reason: DamageReason::BadLength(u32::MAX)
-        }
-    );
+    assert_eq!(damage_of(&b), Damage { offset: at, index: 9, reason: DamageReason::BadLength(u32::MAX) });
     // Within the bound but past the end: truncated, and only the bytes
     // present were read.
     let (b, _) = with_frame(2, MAX_PAYLOAD, b"short");
@@ -502,14 +389,8 @@ fn huge_lengths_are_refused_without_allocating() {
 fn oversized_records_are_refused_by_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = TraceWriter::create(&dir.path().join("t.rst"), header(), None, 1).unwrap();
-    let e = Record::Event(EventRecord {
-        unix_ns: 0,
-        data: vec![0; MAX_PAYLOAD as usize],
-    });
+    let e = Record::Event(EventRecord { unix_ns: 0, data: vec![0; MAX_PAYLOAD as usize] });
     let msg = format!("{:#}", w.write(&e).unwrap_err());
-    assert_eq!(
-        msg,
-        "event record of 16777224 bytes exceeds the 16 MiB record limit"
-    );
+    assert_eq!(msg, "event record of 16777224 bytes exceeds the 16 MiB record limit");
     assert!(TraceWriter::create(&dir.path().join("u.rst"), header(), None, 0).is_err());
 }

@@ -62,12 +62,7 @@ impl TraceWriter {
     /// the file is rotated before it would grow past that many bytes,
     /// keeping at most `max_files` files: `path`, `path.1` (the newest
     /// rotated one) ... `path.{max_files-1}`.
-    pub fn create(
-        path: &Path,
-        header: TraceHeader,
-        max_size: Option<u64>,
-        max_files: usize,
-    ) -> Result<TraceWriter> {
+    pub fn create(path: &Path, header: TraceHeader, max_size: Option<u64>, max_files: usize) -> Result<TraceWriter> {
         if max_files == 0 {
             bail!("a trace needs at least one file (max_files is 0)");
         }
@@ -107,15 +102,10 @@ impl TraceWriter {
     /// files by itself.
     pub fn write(&mut self, record: &Record) -> Result<()> {
         match record {
-            Record::Stack(s)
-                if self.stacks.get(&s.id) == Some(s) && self.stacks_in_file.contains(&s.id) =>
-            {
+            Record::Stack(s) if self.stacks.get(&s.id) == Some(s) && self.stacks_in_file.contains(&s.id) => {
                 return Ok(())
             }
-            Record::Symbol(s)
-                if self.symbols.get(&s.addr) == Some(s)
-                    && self.symbols_in_file.contains(&s.addr) =>
-            {
+            Record::Symbol(s) if self.symbols.get(&s.addr) == Some(s) && self.symbols_in_file.contains(&s.addr) => {
                 return Ok(())
             }
             _ => {}
@@ -153,17 +143,13 @@ impl TraceWriter {
     /// batch of events, and on SIGTERM/SIGINT before exiting.
     pub fn flush(&mut self) -> Result<()> {
         self.write_pending()?;
-        self.file
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))
+        self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// Flushes and syncs the file to disk.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
-        self.file
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.path.display()))
+        self.file.sync_all().with_context(|| format!("cannot sync {}", self.path.display()))
     }
 
     fn append(&mut self, bytes: &[u8]) {
@@ -176,36 +162,20 @@ impl TraceWriter {
         let Record::Event(e) = record else {
             return Ok(needs);
         };
-        if let Some(s) = e
-            .stack_id()
-            .filter(|id| !self.stacks_in_file.contains(id))
-            .and_then(|id| self.stacks.get(&id))
+        if let Some(s) = e.stack_id().filter(|id| !self.stacks_in_file.contains(id)).and_then(|id| self.stacks.get(&id))
         {
-            frame::encode(
-                &mut needs.bytes,
-                RecordType::Stack,
-                &Record::Stack(s.clone()).payload()?,
-            )?;
+            frame::encode(&mut needs.bytes, RecordType::Stack, &Record::Stack(s.clone()).payload()?)?;
             needs.stack = Some(s.id);
         }
-        if let Some(s) = e
-            .scan_fn()
-            .filter(|a| !self.symbols_in_file.contains(a))
-            .and_then(|a| self.symbols.get(&a))
-        {
-            frame::encode(
-                &mut needs.bytes,
-                RecordType::Symbol,
-                &Record::Symbol(s.clone()).payload()?,
-            )?;
+        if let Some(s) = e.scan_fn().filter(|a| !self.symbols_in_file.contains(a)).and_then(|a| self.symbols.get(&a)) {
+            frame::encode(&mut needs.bytes, RecordType::Symbol, &Record::Symbol(s.clone()).payload()?)?;
             needs.symbol = Some(s.addr);
         }
         Ok(needs)
     }
 
     fn must_rotate(&self, more: usize) -> bool {
-        self.max_size
-            .is_some_and(|max| self.size + more as u64 > max && self.size > self.preamble_size)
+        self.max_size.is_some_and(|max| self.size + more as u64 > max && self.size > self.preamble_size)
     }
 
     /// Puts the preamble of a new file in `pending`.
@@ -219,11 +189,7 @@ impl TraceWriter {
         let header = serde_json::to_vec(&self.header).context("cannot encode the trace header")?;
         frame::encode(&mut out, RecordType::Header, &header)?;
         if let Some(t) = &self.topology {
-            frame::encode(
-                &mut out,
-                RecordType::Topology,
-                &Record::Topology(t.clone()).payload()?,
-            )?;
+            frame::encode(&mut out, RecordType::Topology, &Record::Topology(t.clone()).payload()?)?;
         }
         self.append(&out);
         self.preamble_size = self.size;
@@ -234,9 +200,7 @@ impl TraceWriter {
     /// dropping the oldest, and starts a new `FILE`.
     fn rotate(&mut self) -> Result<()> {
         self.write_pending()?;
-        self.file
-            .sync_data()
-            .with_context(|| format!("cannot sync {}", self.path.display()))?;
+        self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
         let kept = self.max_files - 1;
         if kept > 0 {
             remove_if_present(&numbered(&self.path, kept))?;

@@ -110,7 +110,8 @@ pub fn loaded_prog_names() -> Vec<String> {
 
 /// True when one of our programs is still loaded.
 pub fn any_of_ours_loaded() -> bool {
-    const OURS: &[&str] = &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_block_rq_issue"];
+    const OURS: &[&str] =
+        &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_block_rq_issue"];
     loaded_prog_names().iter().any(|n| OURS.iter().any(|o| o.starts_with(n.as_str()) && n.len() >= 8))
 }
 
