@@ -6,6 +6,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,23 @@ enum Cmd {
         #[arg(long)]
         deadlock: bool,
     },
+    /// Run CMD as root in the repo root inside a VM booted with one of
+    /// Debian's kernels (5.10, 6.1, 6.12, sid) on this machine's root fs.
+    ///
+    /// Example: cargo xtask vm --kernel 6.1 -- target/release/reclaimscope probes
+    Vm {
+        #[arg(long)]
+        kernel: String,
+        #[arg(long, default_value = "3G")]
+        memory: String,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Kill the guest after this many minutes.
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Measure fio throughput through the stacked device with and without tracing.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -54,5 +72,12 @@ fn main() -> Result<()> {
         Cmd::Test { fuzz_seconds } => test::run_tests(fuzz_seconds),
         Cmd::Demo { deadlock } => demo::run(deadlock),
         Cmd::Bench { runs, seconds } => bench::run(runs, seconds),
+        Cmd::Vm { kernel, memory, cpus, timeout_minutes, cmd } => {
+            let _lock = testbed::lock()?;
+            let opts =
+                vm::VmOptions { kernel, memory, cpus, timeout: std::time::Duration::from_secs(timeout_minutes * 60) };
+            let code = vm::run(&opts, &cmd)?;
+            std::process::exit(code)
+        }
     }
 }

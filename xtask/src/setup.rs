@@ -23,6 +23,11 @@ const APT: &[&str] = &[
     "qemu-utils",
     "fio",
     "bpftool",
+    // `cargo xtask vm`: Debian's kernels boot under qemu through virtme-ng.
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "python3-venv",
 ];
 
 /// Pinned: newer releases may need a newer rustc than the machine has.

@@ -1,0 +1,198 @@
+//! `cargo xtask vm --kernel K -- CMD...`: runs CMD as root, in the repo
+//! root, inside a VM booted with one of Debian's kernels on this machine's
+//! own root filesystem (virtme-ng), and returns CMD's exit status.
+//!
+//! The guest sees the host's root read-only, so the binaries built here run
+//! there unchanged; a fresh ext4 disk per VM holds every storage stack
+//! (`guest.sh`), and the output comes back through a shared directory.
+
+pub mod kernels;
+
+use std::{
+    fs::{self, File},
+    io::{Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{exec, path_env, root};
+
+/// virtme-ng from PyPI, pinned: its command line is what this module speaks.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub kernel: String,
+    pub memory: String,
+    pub cpus: u32,
+    /// Kill the guest after this long.
+    pub timeout: Duration,
+}
+
+fn venv() -> PathBuf {
+    root().join("target/vm/venv")
+}
+
+/// The `vng` command, installed into a venv under target/ if missing.
+fn vng() -> Result<PathBuf> {
+    let bin = venv().join("bin/vng");
+    if !bin.exists() {
+        eprintln!("xtask: installing {VIRTME_NG} into {}", venv().display());
+        exec(Command::new("python3").arg("-m").arg("venv").arg(venv()))?;
+        exec(Command::new(venv().join("bin/pip")).args(["install", "-q", VIRTME_NG]))?;
+    }
+    Ok(bin)
+}
+
+/// A fresh ext4 image labelled `rs-testbed`, attached as the guest's disk.
+fn make_disk(path: &Path) -> Result<()> {
+    File::create(path).and_then(|f| f.set_len(8 << 30)).with_context(|| format!("creating {}", path.display()))?;
+    exec(Command::new("mkfs.ext4").args(["-q", "-F", "-L", "rs-testbed"]).arg(path))
+}
+
+/// Whether KVM really runs a guest here. `/dev/kvm` exists on these
+/// machines, but a nested guest hangs before its kernel prints anything, so
+/// the answer comes from a tiny boot with a short deadline, cached per machine.
+fn kvm_works(kernel: &kernels::Kernel) -> Result<bool> {
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(false);
+    }
+    let verdict = Path::new("/run/reclaimscope-kvm");
+    if let Ok(v) = fs::read_to_string(verdict) {
+        return Ok(v.trim() == "yes");
+    }
+    let out = tempdir("kvm-probe")?;
+    let mut child = launch(kernel, &out, "256M", 1, true, &["true".to_owned()])?;
+    let ok = wait_child(&mut child, Duration::from_secs(20))?.is_some() && out.join("status").exists();
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = fs::remove_dir_all(&out);
+    eprintln!(
+        "xtask: KVM {}",
+        if ok { "works: using it" } else { "guest did not boot within 20 s: using software emulation" }
+    );
+    fs::write(verdict, if ok { "yes" } else { "no" })?;
+    Ok(ok)
+}
+
+fn tempdir(what: &str) -> Result<PathBuf> {
+    let dir = root().join("target/vm/run").join(format!("{what}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn launch(kernel: &kernels::Kernel, out: &Path, memory: &str, cpus: u32, kvm: bool, cmd: &[String]) -> Result<Child> {
+    let guest = root().join("xtask/vm/guest.sh");
+    let mut line = vec![guest.display().to_string(), kernel.modules.display().to_string(), kernel.release.clone()];
+    line.push(out.display().to_string());
+    line.extend(cmd.iter().cloned());
+    let exec_line = line.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+    let mut c = Command::new(vng()?);
+    c.arg("--run").arg(&kernel.vmlinuz);
+    if !kvm {
+        c.arg("--disable-kvm");
+    }
+    c.args(["--force-9p", "--cpus", &cpus.to_string(), "--memory", memory])
+        .arg("--rwdir")
+        .arg(out)
+        .arg("--cwd")
+        .arg(root());
+    let disk = out.join("disk.img");
+    if disk.exists() {
+        c.arg("--disk").arg(&disk);
+    }
+    c.arg("--exec").arg(exec_line);
+    // The console is kept for when the guest fails before running the command.
+    let console = File::create(out.join("console"))?;
+    c.current_dir(root()).env("PATH", path_env()).stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
+    c.spawn().context("cannot start virtme-ng")
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if t.elapsed() >= timeout {
+            return Ok(None);
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Copies what the guest appended to `path` since `pos` to stdout.
+fn follow(path: &Path, pos: &mut u64) {
+    let Ok(mut f) = File::open(path) else { return };
+    if f.seek(SeekFrom::Start(*pos)).is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
+        *pos += buf.len() as u64;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+    }
+}
+
+/// Boots the kernel, runs `cmd` in the repo root, streams its output, and
+/// returns its exit status (the guest's own, not qemu's).
+pub fn run(opts: &VmOptions, cmd: &[String]) -> Result<i32> {
+    if cmd.is_empty() {
+        bail!("no command: cargo xtask vm --kernel K -- CMD...");
+    }
+    let kernel = kernels::fetch(&opts.kernel)?;
+    let kvm = kvm_works(&kernel)?;
+    let out = tempdir(&format!("vm-{}", kernel.name))?;
+    make_disk(&out.join("disk.img"))?;
+    eprintln!("xtask: booting {} ({}), {} vCPUs, {}", kernel.name, kernel.release, opts.cpus, opts.memory);
+    let started = Instant::now();
+    let mut child = launch(&kernel, &out, &opts.memory, opts.cpus, kvm, cmd)?;
+    let output = out.join("output");
+    let mut pos = 0;
+    let finished = loop {
+        follow(&output, &mut pos);
+        if child.try_wait()?.is_some() {
+            break true;
+        }
+        if started.elapsed() >= opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        sleep(Duration::from_millis(500));
+    };
+    follow(&output, &mut pos);
+    let status = fs::read_to_string(out.join("status")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let _ = fs::remove_file(out.join("disk.img"));
+    eprintln!("xtask: {} guest ran {:.0} s", kernel.name, started.elapsed().as_secs_f64());
+    match (finished, status) {
+        (_, Some(code)) => Ok(code),
+        (false, None) => bail!("the {} guest did not finish within {:?} and was killed", kernel.name, opts.timeout),
+        (true, None) => {
+            let console = fs::read_to_string(out.join("console")).unwrap_or_default();
+            let tail: Vec<&str> = console.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!(
+                "the {} guest exited without running the command; its console ended with:\n{}",
+                kernel.name,
+                tail.join("\n")
+            )
+        }
+    }
+}
