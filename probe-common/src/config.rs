@@ -22,6 +22,9 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     /// struct scan_control is private to mm/vmscan.c but is in vmlinux BTF.
     pub scan_control_gfp: u32,
+    /// super_block.s_shrink where it is an embedded `struct shrinker`
+    /// (before 6.7): the super_block is then `shrinker - sb_s_shrink`.
+    pub sb_s_shrink: u32,
     /// Bit i set when field i above was found (fields are listed in order).
     pub found: u32,
 }
@@ -38,14 +41,22 @@ pub mod found {
     pub const INODE_I_SB: u32 = 1 << 7;
     pub const INODE_I_INO: u32 = 1 << 8;
     pub const SCAN_CONTROL_GFP: u32 = 1 << 9;
-    /// Everything needed to name the filesystem behind a super-block shrinker.
-    pub const SHRINKER_SB: u32 = SHRINKER_PRIVATE_DATA | SB_S_DEV | SB_S_TYPE | FSTYPE_NAME;
+    pub const SB_S_SHRINK_EMBEDDED: u32 = 1 << 10;
+    /// What naming the filesystem behind a super-block shrinker needs, besides
+    /// one way from the shrinker to its super_block (private_data, or the
+    /// embedded s_shrink).
+    pub const SB_NAME: u32 = SB_S_DEV | SB_S_TYPE | FSTYPE_NAME;
     /// Everything needed to map a folio to its (dev, ino).
     pub const FOLIO_INODE: u32 = FOLIO_MAPPING | MAPPING_HOST | INODE_I_SB | INODE_I_INO | SB_S_DEV;
 }
 
 /// Byte offsets of the fields each classic tracepoint program reads, from the
 /// tracefs `format` files. All offsets are from the start of the record.
+///
+/// They live in the TP_OFFSETS map, not in the read-only CONFIG: a
+/// tracepoint of a module (ext4, xfs, jbd2) appears only when the module
+/// loads, possibly months after the agent started, and its offsets are
+/// written then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
@@ -68,6 +79,8 @@ pub struct TracepointOffsets {
     pub ext4_ino: u32,
     /// block:block_rq_issue / block_rq_complete
     pub rq_dev: u32,
+    /// oom:mark_victim
+    pub oom_pid: u32,
 }
 
 #[repr(C)]
@@ -81,11 +94,18 @@ pub struct Config {
     /// shrinker probe knows `private_data` is a super_block.
     pub super_cache_scan: u64,
     pub kernel: KernelOffsets,
-    pub tp: TracepointOffsets,
 }
 
-user_pod!(Config);
+impl Config {
+    /// The value the object is built with; the agent overrides it before load.
+    pub const fn zeroed() -> Config {
+        // SAFETY: every field is an integer, for which all-zero is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 52);
-const _: () = assert!(core::mem::size_of::<Config>() == 16 + 44 + 52);
+user_pod!(Config, TracepointOffsets);
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 16 + 48);

@@ -12,6 +12,7 @@ pub enum EventKind {
     Shrinker = 3,
     WritebackWait = 4,
     ReclaimWrite = 5,
+    OomVictim = 6,
 }
 
 impl EventKind {
@@ -22,6 +23,7 @@ impl EventKind {
             3 => Self::Shrinker,
             4 => Self::WritebackWait,
             5 => Self::ReclaimWrite,
+            6 => Self::OomVictim,
             _ => return None,
         })
     }
@@ -128,15 +130,26 @@ pub struct ReclaimWriteData {
     pub ino: u64,
 }
 
+/// The OOM killer chose a task (oom:mark_victim). The event's own context is
+/// the task whose allocation ran the OOM killer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomVictimData {
+    pub pid: u32,
+    pub _pad: u32,
+}
+
 pub type ReclaimEvent = Event<ReclaimData>;
 pub type ShrinkerEvent = Event<ShrinkerData>;
 pub type WritebackWaitEvent = Event<WritebackWaitData>;
 pub type ReclaimWriteEvent = Event<ReclaimWriteData>;
+pub type OomVictimEvent = Event<OomVictimData>;
 
-user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent);
+user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent, OomVictimEvent);
 
 const _: () = assert!(core::mem::size_of::<TaskCtx>() == 48);
 const _: () = assert!(core::mem::size_of::<ReclaimEvent>() == 8 + 48 + 32);
 const _: () = assert!(core::mem::size_of::<ShrinkerEvent>() == 8 + 48 + 48);
 const _: () = assert!(core::mem::size_of::<WritebackWaitEvent>() == 8 + 48 + 56);
 const _: () = assert!(core::mem::size_of::<ReclaimWriteEvent>() == 8 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 8 + 48 + 8);

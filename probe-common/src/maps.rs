@@ -9,6 +9,7 @@ pub const DEV_STATE: &str = "DEV_STATE";
 pub const COUNTERS: &str = "COUNTERS";
 pub const STACKS: &str = "STACKS";
 pub const EVENTS: &str = "EVENTS";
+pub const TP_OFFSETS: &str = "TP_OFFSETS";
 
 pub const MAX_SERVICERS: u32 = 4096;
 pub const MAX_BACKING_FILES: u32 = 1024;
@@ -53,7 +54,6 @@ pub struct BackingInfo {
 pub struct DevState {
     /// Requests issued minus completed since the agent started watching.
     pub inflight: i64,
-    pub last_issue_ns: u64,
 }
 
 /// Indices into the per-CPU COUNTERS array.
@@ -67,10 +67,23 @@ pub mod counter {
     pub const TASK_STATE_FULL: u32 = 4;
     pub const SHRINKER_CALLS: u32 = 5;
     pub const WRITEBACK_WAITS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Writeback waits of servicers outside reclaim (an fsync's own wait):
+    /// counted, never sent, since no rule needs them.
+    pub const WAITS_OUTSIDE_RECLAIM: u32 = 7;
+    /// bpf_get_stackid() failed (map full or hash collision): the event went
+    /// out without its stack.
+    pub const STACKS_LOST: u32 = 8;
+    /// A thread's recorded reclaim start had no end (a missed return probe
+    /// or a dropped tracepoint): its state was cleared.
+    pub const STALE_RECLAIM: u32 = 9;
+    /// Allocator slowpath entries, every task.
+    pub const SLOWPATH_ENTRIES: u32 = 10;
+    /// Tasks the OOM killer chose, every task.
+    pub const OOM_KILLS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState);
 
 const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
-const _: () = assert!(core::mem::size_of::<DevState>() == 16);
+const _: () = assert!(core::mem::size_of::<DevState>() == 8);

@@ -1,6 +1,7 @@
 //! Who is running, what stacked I/O it is doing, and whether that makes it
-//! worth an event. This is the in-kernel filter: for an unrelated task it
-//! costs one SERVICERS lookup and one TASKS lookup.
+//! worth an event. This is the in-kernel filter every program starts with:
+//! for an unrelated task it costs one SERVICERS and one TASKS lookup and
+//! nothing else.
 
 use aya_ebpf::{
     helpers::{
@@ -8,17 +9,26 @@ use aya_ebpf::{
     },
     programs::tracing::StackIdContext,
 };
-use probe_common::{events::TaskCtx, maps::FS_STACK_DEPTH};
+use probe_common::{
+    events::TaskCtx,
+    flags::PF_MEMALLOC,
+    maps::{counter, FS_STACK_DEPTH},
+};
 
-use crate::maps::{config, SERVICERS, STACKS, TASKS};
+use crate::maps::{config, count, SERVICERS, STACKS, TASKS};
 
-/// Per-thread state kept in TASKS. Kernel-only, so it lives here rather than
-/// in probe-common.
+/// Per-thread state kept in TASKS while the thread is inside a filesystem
+/// write frame or inside reclaim, and deleted as soon as it is in neither,
+/// so the map holds only threads doing something we follow. Kernel-only,
+/// so it lives here rather than in probe-common.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct TaskState {
     pub reclaim_begin_ns: u64,
     pub slowpath_begin_ns: u64,
+    /// When the last slowpath event was sent: slowpath entries repeat in a
+    /// retry loop, and one event per thread per interval is enough.
+    pub slowpath_emitted_ns: u64,
     pub reclaim_gfp: u32,
     pub reclaim_order: i32,
     pub reclaim_kind: u32,
@@ -29,12 +39,13 @@ pub struct TaskState {
     pub depth: u32,
     /// For each open frame, the stacked device whose backing file it writes (0: none).
     pub frames: [u32; FS_STACK_DEPTH],
+    pub _pad: u32,
 }
 
 impl TaskState {
     /// The innermost frame that writes a backing file.
     #[inline(always)]
-    pub fn serving_dev(&self) -> u32 {
+    fn frame_dev(&self) -> u32 {
         let mut dev = 0;
         let mut i = 0;
         while i < FS_STACK_DEPTH {
@@ -44,6 +55,12 @@ impl TaskState {
             i += 1;
         }
         dev
+    }
+
+    /// Nothing left to follow: the entry can go.
+    #[inline(always)]
+    pub fn idle(&self) -> bool {
+        self.depth == 0 && self.in_reclaim == 0 && self.slowpath_begin_ns == 0
     }
 }
 
@@ -67,36 +84,59 @@ impl Current {
         t == 0 || t == self.tgid
     }
 
+    /// This thread's state, if it has one. The only way to it: map values
+    /// stay valid for the whole program run, a BPF program is never
+    /// preempted by another run of itself on the same CPU, and a thread runs
+    /// on one CPU at a time, so while `f` runs nothing else writes this
+    /// thread's entry and the `&mut` does not alias.
     #[inline(always)]
-    pub fn state(&self) -> Option<*mut TaskState> {
-        TASKS.get_ptr_mut(&self.tid)
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut TaskState) -> R) -> Option<R> {
+        // SAFETY: see above.
+        TASKS.get_ptr_mut(&self.tid).map(|p| f(unsafe { &mut *p }))
     }
 
-    /// The device whose I/O this task completes: a registered servicer, or a
-    /// task inside a write to a backing file. 0 when it serves nothing.
+    /// Like [`with_state`](Self::with_state), creating the state if missing
+    /// (a full map is counted, and the caller sees None).
     #[inline(always)]
-    pub fn serving_dev(&self, state: Option<*mut TaskState>) -> u32 {
+    pub fn with_state_or_insert<R>(&self, f: impl FnOnce(&mut TaskState) -> R) -> Option<R> {
+        if TASKS.get_ptr_mut(&self.tid).is_none() && TASKS.insert(&self.tid, &TaskState::default(), 0).is_err() {
+            count(counter::TASK_STATE_FULL);
+            return None;
+        }
+        self.with_state(f)
+    }
+
+    /// Drops this thread's state once it follows nothing any more.
+    #[inline(always)]
+    pub fn release_if_idle(&self) {
+        if self.with_state(|s| s.idle()) == Some(true) {
+            let _ = TASKS.remove(&self.tid);
+        }
+    }
+
+    /// The device whose I/O this task completes: a registered servicer, or
+    /// a task inside a write to a backing file. 0 when it serves nothing.
+    #[inline(always)]
+    pub fn serving_dev(&self) -> u32 {
         // SAFETY: map values stay valid for the program's run.
         if let Some(s) = unsafe { SERVICERS.get(&self.tgid) } {
             return s.serving_dev;
         }
-        match state {
-            Some(s) => unsafe { (*s).serving_dev() },
-            None => 0,
-        }
+        self.with_state(|s| s.frame_dev()).unwrap_or(0)
     }
+}
 
-    /// This thread's state, created if missing.
-    #[inline(always)]
-    pub fn state_or_insert(&self, state: Option<*mut TaskState>) -> Option<*mut TaskState> {
-        if state.is_some() {
-            return state;
-        }
-        if TASKS.insert(&self.tid, &TaskState::default(), 0).is_err() {
-            crate::maps::count(probe_common::maps::counter::TASK_STATE_FULL);
-            return None;
-        }
-        TASKS.get_ptr_mut(&self.tid)
+/// The filter prologue: the current task when it is a `-p` target doing
+/// stacked I/O, with the device it serves.
+#[inline(always)]
+pub fn servicer() -> Option<(Current, u32)> {
+    let cur = current();
+    if !cur.is_target() {
+        return None;
+    }
+    match cur.serving_dev() {
+        0 => None,
+        dev => Some((cur, dev)),
     }
 }
 
@@ -110,6 +150,23 @@ pub fn task_flags() -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: bpf_probe_read_kernel checks the address.
     unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
+}
+
+/// Whether the current thread is inside reclaim right now, by the kernel's
+/// own mark: direct and memcg reclaim run under memalloc_noreclaim_save().
+/// A recorded reclaim start without it means the end was lost: the state is
+/// stale, counted, and cleared, so it cannot make later waits look like
+/// waits inside reclaim.
+#[inline(always)]
+pub fn in_reclaim(cur: &Current) -> bool {
+    let flagged = task_flags() & PF_MEMALLOC != 0;
+    let recorded = cur.with_state(|s| s.in_reclaim != 0).unwrap_or(false);
+    if recorded && !flagged {
+        cur.with_state(|s| s.in_reclaim = 0);
+        count(counter::STALE_RECLAIM);
+        cur.release_if_idle();
+    }
+    recorded && flagged
 }
 
 /// Reads a kernel pointer-sized field at `base + off`.
@@ -130,10 +187,21 @@ pub fn read_u32(base: u64, off: u32) -> Option<u32> {
 }
 
 /// The common header of every event. Kernel stacks are taken only for tasks
-/// doing stacked I/O: they are what a finding shows.
+/// doing stacked I/O (they are what a finding shows); a stack that cannot be
+/// stored (map full, hash collision) is counted.
 #[inline(always)]
-pub fn task_ctx<C: StackIdContext>(ctx: &C, cur: &Current, serving_dev: u32, depth: u32) -> TaskCtx {
-    let stack_id = if serving_dev != 0 { ctx.get_stackid(&STACKS, 0).map(|id| id as i32).unwrap_or(-1) } else { -1 };
+pub fn task_ctx<C: StackIdContext>(ctx: &C, cur: &Current, serving_dev: u32) -> TaskCtx {
+    let stack_id = if serving_dev != 0 {
+        match ctx.get_stackid(&STACKS, 0) {
+            Ok(id) => id as i32,
+            Err(_) => {
+                count(counter::STACKS_LOST);
+                -1
+            }
+        }
+    } else {
+        -1
+    };
     TaskCtx {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: cur.tgid,
@@ -142,6 +210,6 @@ pub fn task_ctx<C: StackIdContext>(ctx: &C, cur: &Current, serving_dev: u32, dep
         stack_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         serving_dev,
-        fs_depth: depth,
+        fs_depth: cur.with_state(|s| s.depth).unwrap_or(0),
     }
 }

@@ -4,17 +4,18 @@
 //! servicer of that device for as long as the frame is open: that is how a
 //! kernel loop worker, or any writer into a backing file, is recognised.
 //!
-//! Unrelated tasks cost one BACKING_FILES and one TASKS lookup and leave no state.
+//! Unrelated tasks cost one BACKING_FILES and one TASKS lookup and leave no
+//! state; a thread's state is deleted when its last frame closes.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe, tracepoint},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use probe_common::maps::{BackingKey, FS_STACK_DEPTH};
 
 use crate::{
-    context::{current, read_ptr, read_u32},
-    maps::{config, BACKING_FILES},
+    context::{current, read_ptr, read_u32, TaskState},
+    maps::{config, tp_offsets, BACKING_FILES},
 };
 
 /// Frames past this depth are counted but not stored; bounds a leak when an
@@ -24,36 +25,41 @@ const MAX_DEPTH: u32 = 16;
 #[inline(always)]
 pub fn push(dev: u32, ino: u64) {
     let key = BackingKey { dev, _pad: 0, ino };
+    // SAFETY: map values stay valid for the program's run.
     let backing = unsafe { BACKING_FILES.get(&key) }.map(|b| b.upper_dev).unwrap_or(0);
     let cur = current();
-    let state = cur.state();
-    if backing == 0 && state.is_none() {
-        return;
-    }
-    let Some(s) = cur.state_or_insert(state) else { return };
-    let s = unsafe { &mut *s };
-    let d = s.depth as usize;
-    if d < FS_STACK_DEPTH {
-        s.frames[d] = backing;
-    }
-    if s.depth < MAX_DEPTH {
-        s.depth += 1;
+    let frame = |s: &mut TaskState| {
+        let d = s.depth as usize;
+        if d < FS_STACK_DEPTH {
+            s.frames[d] = backing;
+        }
+        if s.depth < MAX_DEPTH {
+            s.depth += 1;
+        }
+    };
+    // A write of an unrelated file matters only as nesting inside a frame
+    // that is already followed.
+    if backing == 0 {
+        cur.with_state(frame);
+    } else {
+        cur.with_state_or_insert(frame);
     }
 }
 
 #[inline(always)]
 pub fn pop() {
-    if let Some(s) = current().state() {
-        let s = unsafe { &mut *s };
+    let cur = current();
+    cur.with_state(|s| {
         if s.depth > 0 {
             s.depth -= 1;
         }
-    }
+    });
+    cur.release_if_idle();
 }
 
 #[inline(always)]
 fn tp_push(ctx: &TracePointContext) -> u32 {
-    let tp = &config().tp;
+    let Some(tp) = tp_offsets() else { return 0 };
     let dev = unsafe { ctx.read_at::<u32>(tp.ext4_dev as usize) }.unwrap_or(0);
     let ino = unsafe { ctx.read_at::<u64>(tp.ext4_ino as usize) }.unwrap_or(0);
     push(dev, ino);
@@ -128,6 +134,18 @@ pub fn kp_do_writepages(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_do_writepages(_ctx: RetProbeContext) -> u32 {
+    pop();
+    0
+}
+
+#[fentry(function = "do_writepages")]
+pub fn fe_do_writepages(ctx: FEntryContext) -> u32 {
+    push_mapping(ctx.arg::<u64>(0));
+    0
+}
+
+#[fexit(function = "do_writepages")]
+pub fn fx_do_writepages(_ctx: FExitContext) -> u32 {
     pop();
     0
 }

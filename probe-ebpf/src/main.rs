@@ -11,6 +11,7 @@ mod fs_write;
 mod maps;
 mod reclaim;
 mod shrinker;
+mod tasks;
 mod upper_io;
 mod writeback;
 

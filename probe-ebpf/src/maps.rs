@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use probe_common::{
-    config::Config,
+    config::{Config, TracepointOffsets},
     maps::{
         counter, BackingInfo, BackingKey, DevState, ServicerInfo, MAX_BACKING_FILES, MAX_DEVS, MAX_SERVICERS,
         MAX_STACKS, MAX_TASKS, RING_BYTES,
@@ -16,39 +16,7 @@ use crate::context::TaskState;
 
 /// Filled in by the agent before load (aya `set_global`); read-only after.
 #[no_mangle]
-static CONFIG: Config = Config {
-    target_tgid: 0,
-    trace_all: 0,
-    super_cache_scan: 0,
-    kernel: probe_common::config::KernelOffsets {
-        task_flags: 0,
-        shrinker_private_data: 0,
-        sb_s_dev: 0,
-        sb_s_type: 0,
-        fstype_name: 0,
-        folio_mapping: 0,
-        mapping_host: 0,
-        inode_i_sb: 0,
-        inode_i_ino: 0,
-        scan_control_gfp: 0,
-        found: 0,
-    },
-    tp: probe_common::config::TracepointOffsets {
-        reclaim_begin_order: 0,
-        reclaim_begin_gfp: 0,
-        reclaim_end_nr_reclaimed: 0,
-        shrink_shr: 0,
-        shrink_fn: 0,
-        shrink_gfp: 0,
-        shrink_nr: 0,
-        fww_name: 0,
-        fww_ino: 0,
-        fww_index: 0,
-        ext4_dev: 0,
-        ext4_ino: 0,
-        rq_dev: 0,
-    },
-};
+static CONFIG: Config = Config::zeroed();
 
 /// The config as the agent set it. The volatile read stops the compiler from
 /// folding the zero initialiser into the code.
@@ -56,6 +24,17 @@ static CONFIG: Config = Config {
 pub fn config() -> &'static Config {
     // SAFETY: CONFIG is a plain static; the read only defeats constant folding.
     unsafe { &*core::ptr::read_volatile(&&CONFIG) }
+}
+
+/// Tracepoint field offsets, one entry, written by the agent at start and
+/// again when a module brings new tracepoints.
+#[map]
+pub static TP_OFFSETS: Array<TracepointOffsets> = Array::with_max_entries(1, 0);
+
+/// The tracepoint offsets the agent wrote (None only before it wrote them).
+#[inline(always)]
+pub fn tp_offsets() -> Option<&'static TracepointOffsets> {
+    TP_OFFSETS.get(0)
 }
 
 #[map]
@@ -67,9 +46,12 @@ pub static BACKING_FILES: HashMap<BackingKey, BackingInfo> = HashMap::with_max_e
 #[map]
 pub static DEV_STATE: PerCpuHashMap<u32, DevState> = PerCpuHashMap::with_max_entries(MAX_DEVS, 0);
 
-/// Per-thread state, LRU so that exited threads age out by themselves.
+/// Per-thread state of threads inside a write frame or reclaim. A plain
+/// hash, not an LRU: an entry is deleted when its thread stops being
+/// followed or exits, and a full map is counted instead of silently evicting
+/// the state of a thread that is in reclaim.
 #[map]
-pub static TASKS: LruHashMap<u32, TaskState> = LruHashMap::with_max_entries(MAX_TASKS, 0);
+pub static TASKS: HashMap<u32, TaskState> = HashMap::with_max_entries(MAX_TASKS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

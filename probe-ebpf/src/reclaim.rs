@@ -1,10 +1,10 @@
-//! Direct and memcg reclaim entry/exit, and shrink_node.
+//! Direct and memcg reclaim entry/exit.
 //!
-//! Implementations, best first: fentry/fexit and kprobe/kretprobe on
-//! try_to_free_pages() and try_to_free_mem_cgroup_pages(), and the vmscan
-//! tracepoints. The tracepoints report the effective gfp mask (after
-//! current_gfp_context()); the function probes apply the task's scope flags
-//! themselves so every path reports the same thing.
+//! Implementations: fentry/fexit and kprobe/kretprobe on try_to_free_pages()
+//! and try_to_free_mem_cgroup_pages(), and the vmscan tracepoints. The
+//! tracepoints report the effective gfp mask (after current_gfp_context());
+//! the function probes apply the task's scope flags themselves so every path
+//! reports the same thing.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
@@ -20,11 +20,13 @@ use probe_common::{
 use crate::{
     context::{current, task_ctx, task_flags},
     emit::emit,
-    maps::{config, count},
+    maps::{config, count, tp_offsets},
 };
 
-/// Reclaim entry. Records the start in the task's state, and for a task doing
-/// stacked I/O emits at once: a servicer stuck in reclaim never reaches the end.
+/// Reclaim entry. Counted for every task; recorded in the thread's state for
+/// stacked-I/O tasks (and every task with `--all`), and for a task doing
+/// stacked I/O emitted at once: a servicer stuck in reclaim never reaches
+/// the end.
 #[inline(always)]
 pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32) {
     count(match kind {
@@ -35,52 +37,51 @@ pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32
     if !cur.is_target() {
         return;
     }
-    let state = cur.state();
-    let serving = cur.serving_dev(state);
+    let serving = cur.serving_dev();
     if serving == 0 && config().trace_all == 0 {
         return;
     }
-    let Some(s) = cur.state_or_insert(state) else { return };
-    // SAFETY: the pointer came from the map in this run.
-    let s = unsafe { &mut *s };
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    s.reclaim_begin_ns = now;
-    s.reclaim_gfp = gfp;
-    s.reclaim_order = order;
-    s.reclaim_kind = kind as u32;
-    s.in_reclaim = 1;
-    if serving != 0 {
+    let recorded = cur.with_state_or_insert(|s| {
+        s.reclaim_begin_ns = now;
+        s.reclaim_gfp = gfp;
+        s.reclaim_order = order;
+        s.reclaim_kind = kind as u32;
+        s.in_reclaim = 1;
+    });
+    if recorded.is_some() && serving != 0 {
         let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
-        emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving, s.depth), data);
+        emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
     }
 }
 
 #[inline(always)]
 pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: u64) {
     let cur = current();
-    let state = cur.state();
-    let Some(s) = state else { return };
-    let s = unsafe { &mut *s };
-    if s.in_reclaim == 0 {
-        return;
-    }
-    s.in_reclaim = 0;
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let data = ReclaimData {
-        reclaim_kind: s.reclaim_kind,
-        gfp: s.reclaim_gfp,
-        order: s.reclaim_order,
-        _pad: 0,
-        duration_ns: now - s.reclaim_begin_ns,
-        nr_reclaimed,
-    };
-    let serving = cur.serving_dev(state);
-    emit(ctx, EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving, s.depth), data);
+    let data = cur.with_state(|s| {
+        if s.in_reclaim == 0 {
+            return None;
+        }
+        s.in_reclaim = 0;
+        Some(ReclaimData {
+            reclaim_kind: s.reclaim_kind,
+            gfp: s.reclaim_gfp,
+            order: s.reclaim_order,
+            _pad: 0,
+            duration_ns: now - s.reclaim_begin_ns,
+            nr_reclaimed,
+        })
+    });
+    let Some(Some(data)) = data else { return };
+    let serving = cur.serving_dev();
+    emit(ctx, EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving), data);
+    cur.release_if_idle();
 }
 
 #[inline(always)]
 fn tp_begin(ctx: &TracePointContext, kind: ReclaimKind) -> u32 {
-    let tp = &config().tp;
+    let Some(tp) = tp_offsets() else { return 0 };
     let order = unsafe { ctx.read_at::<i32>(tp.reclaim_begin_order as usize) }.unwrap_or(-1);
     let gfp = unsafe { ctx.read_at::<u32>(tp.reclaim_begin_gfp as usize) }.unwrap_or(0);
     begin(ctx, kind, gfp, order);
@@ -89,8 +90,8 @@ fn tp_begin(ctx: &TracePointContext, kind: ReclaimKind) -> u32 {
 
 #[inline(always)]
 fn tp_end(ctx: &TracePointContext) -> u32 {
-    let off = config().tp.reclaim_end_nr_reclaimed as usize;
-    end(ctx, unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0));
+    let Some(tp) = tp_offsets() else { return 0 };
+    end(ctx, unsafe { ctx.read_at::<u64>(tp.reclaim_end_nr_reclaimed as usize) }.unwrap_or(0));
     0
 }
 
@@ -138,15 +139,17 @@ pub fn fe_try_to_free_pages(ctx: FEntryContext) -> u32 {
     0
 }
 
+/// The return value through bpf_get_func_ret() (5.17+), not a compiled-in
+/// argument slot: the functions' arity differs between kernels.
 #[fexit(function = "try_to_free_pages")]
 pub fn fx_try_to_free_pages(ctx: FExitContext) -> u32 {
-    end(&ctx, ctx.arg::<u64>(4));
+    end(&ctx, ctx.ret::<u64>().unwrap_or(0));
     0
 }
 
 // unsigned long try_to_free_mem_cgroup_pages(struct mem_cgroup *memcg,
-//     unsigned long nr_pages, gfp_t gfp_mask, unsigned int reclaim_options,
-//     int *swappiness);
+//     unsigned long nr_pages, gfp_t gfp_mask, unsigned int reclaim_options
+//     [, int *swappiness since 6.10]);
 #[kprobe]
 pub fn kp_try_to_free_mem_cgroup_pages(ctx: ProbeContext) -> u32 {
     let gfp = ctx.arg::<u32>(2).unwrap_or(0);
@@ -169,6 +172,6 @@ pub fn fe_try_to_free_mem_cgroup_pages(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "try_to_free_mem_cgroup_pages")]
 pub fn fx_try_to_free_mem_cgroup_pages(ctx: FExitContext) -> u32 {
-    end(&ctx, ctx.arg::<u64>(5));
+    end(&ctx, ctx.ret::<u64>().unwrap_or(0));
     0
 }

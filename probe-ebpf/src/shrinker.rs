@@ -1,6 +1,9 @@
 //! Shrinker calls made by a task doing stacked I/O. For super-block shrinkers
-//! (super_cache_scan) the super_block is read from `shrinker->private_data`,
-//! so the agent can tell whether reclaim re-entered the upper filesystem.
+//! (super_cache_scan) the super_block is found from the shrinker, so the
+//! agent can tell whether reclaim re-entered the upper filesystem: through
+//! `shrinker->private_data` (6.7+, where the shrinker is allocated), or by
+//! subtracting the offset of the `struct shrinker s_shrink` embedded in the
+//! super_block (before 6.7).
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes,
@@ -15,44 +18,51 @@ use probe_common::{
 };
 
 use crate::{
-    context::{current, read_ptr, read_u32, task_ctx},
+    context::{current, read_ptr, read_u32, servicer, task_ctx},
     emit::emit,
-    maps::{config, count},
+    maps::{config, count, tp_offsets},
 };
+
+/// The super_block behind a super-block shrinker, by whichever layout this
+/// kernel has.
+#[inline(always)]
+fn super_block_of(shr: u64) -> Option<u64> {
+    let k = &config().kernel;
+    if k.found & found::SHRINKER_PRIVATE_DATA != 0 {
+        read_ptr(shr, k.shrinker_private_data)
+    } else if k.found & found::SB_S_SHRINK_EMBEDDED != 0 && shr > k.sb_s_shrink as u64 {
+        Some(shr - k.sb_s_shrink as u64)
+    } else {
+        None
+    }
+}
 
 #[inline(always)]
 fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, nr_to_scan: u64) {
     count(counter::SHRINKER_CALLS);
-    let cur = current();
-    if !cur.is_target() {
-        return;
-    }
-    let state = cur.state();
-    let serving = cur.serving_dev(state);
-    if serving == 0 {
-        return;
-    }
     let cfg = config();
+    // Only super-block shrinkers can re-enter a filesystem; without the
+    // address of super_cache_scan (kallsyms hidden) every call goes out.
+    if cfg.super_cache_scan != 0 && scan_fn != cfg.super_cache_scan {
+        return;
+    }
+    let Some((cur, serving)) = servicer() else { return };
     let k = &cfg.kernel;
     let mut data = ShrinkerData { shrinker: shr, scan_fn, nr_to_scan, gfp, ..Default::default() };
-    if cfg.super_cache_scan != 0
-        && scan_fn == cfg.super_cache_scan
-        && k.found & found::SHRINKER_SB == found::SHRINKER_SB
-    {
-        if let Some(sb) = read_ptr(shr, k.shrinker_private_data) {
+    if cfg.super_cache_scan != 0 && k.found & found::SB_NAME == found::SB_NAME {
+        if let Some(sb) = super_block_of(shr) {
             data.sb_dev = read_u32(sb, k.sb_s_dev).unwrap_or(0);
             if let Some(name) = read_ptr(sb, k.sb_s_type).and_then(|t| read_ptr(t, k.fstype_name)) {
                 let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut data.fs_type) };
             }
         }
     }
-    let depth = state.map(|s| unsafe { (*s).depth }).unwrap_or(0);
-    emit(ctx, EventKind::Shrinker, task_ctx(ctx, &cur, serving, depth), data);
+    emit(ctx, EventKind::Shrinker, task_ctx(ctx, &cur, serving), data);
 }
 
 #[tracepoint(category = "vmscan", name = "mm_shrink_slab_start")]
 pub fn tp_shrink_slab_start(ctx: TracePointContext) -> u32 {
-    let tp = &config().tp;
+    let Some(tp) = tp_offsets() else { return 0 };
     let shr = unsafe { ctx.read_at::<u64>(tp.shrink_shr as usize) }.unwrap_or(0);
     let scan_fn = unsafe { ctx.read_at::<u64>(tp.shrink_fn as usize) }.unwrap_or(0);
     let gfp = unsafe { ctx.read_at::<u32>(tp.shrink_gfp as usize) }.unwrap_or(0);
@@ -64,7 +74,7 @@ pub fn tp_shrink_slab_start(ctx: TracePointContext) -> u32 {
 /// The gfp mask of a super-block shrink comes from the reclaim that called it.
 #[inline(always)]
 fn reclaim_gfp() -> u32 {
-    current().state().map(|s| unsafe { (*s).reclaim_gfp }).unwrap_or(0)
+    current().with_state(|s| s.reclaim_gfp).unwrap_or(0)
 }
 
 // static unsigned long super_cache_scan(struct shrinker *shrink,

@@ -4,19 +4,15 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{config, DEV_STATE};
+use crate::maps::{tp_offsets, DEV_STATE};
 
 #[inline(always)]
 fn account(ctx: &TracePointContext, delta: i64) {
-    let dev = unsafe { ctx.read_at::<u32>(config().tp.rq_dev as usize) }.unwrap_or(0);
+    let Some(tp) = tp_offsets() else { return };
+    let dev = unsafe { ctx.read_at::<u32>(tp.rq_dev as usize) }.unwrap_or(0);
     let Some(st) = DEV_STATE.get_ptr_mut(&dev) else { return };
     // SAFETY: this CPU's slot; nothing else writes it while we run.
-    unsafe {
-        (*st).inflight += delta;
-        if delta > 0 {
-            (*st).last_issue_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        }
-    }
+    unsafe { (*st).inflight += delta };
 }
 
 #[tracepoint(category = "block", name = "block_rq_issue")]

@@ -1,11 +1,17 @@
-//! Writeback waits and folios written by reclaim, for tasks doing stacked I/O.
-//! A servicer that waits on writeback of the device it serves, from inside
-//! reclaim, is the deadlock of the stacked-filesystem case.
+//! Writeback waits and folios written by reclaim, for tasks doing stacked
+//! I/O. A servicer that waits on writeback of the device it serves, from
+//! inside reclaim, is the deadlock of the stacked-filesystem case. Waits
+//! outside reclaim (a servicer's own fsync) are counted and dropped here:
+//! no rule needs them, and they are the bulk of all waits.
+//!
+//! Before 5.16 the same wait and write are on pages: wait_on_page_writeback()
+//! and the writeback:wait_on_page_writeback / vmscan:mm_vmscan_writepage
+//! tracepoints, with the same fields. The programs serve both.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, kprobe, tracepoint},
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
     programs::tracing::StackIdContext,
-    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use probe_common::{
     config::found,
@@ -14,12 +20,13 @@ use probe_common::{
 };
 
 use crate::{
-    context::{current, read_ptr, read_u32, task_ctx},
+    context::{in_reclaim, read_ptr, read_u32, servicer, task_ctx},
     emit::emit,
-    maps::{config, count},
+    maps::{config, count, tp_offsets},
 };
 
-/// (s_dev, i_ino) of the inode that owns a folio, through BTF offsets.
+/// (s_dev, i_ino) of the inode that owns a folio (or page: the same layout
+/// up to `mapping`), through BTF offsets.
 #[inline(always)]
 pub fn folio_inode(folio: u64) -> Option<(u32, u64)> {
     let k = &config().kernel;
@@ -39,30 +46,20 @@ pub fn folio_inode(folio: u64) -> Option<(u32, u64)> {
 #[inline(always)]
 fn wait<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut WritebackWaitData)) {
     count(counter::WRITEBACK_WAITS);
-    let cur = current();
-    if !cur.is_target() {
+    let Some((cur, serving)) = servicer() else { return };
+    if !in_reclaim(&cur) {
+        count(counter::WAITS_OUTSIDE_RECLAIM);
         return;
     }
-    let state = cur.state();
-    let serving = cur.serving_dev(state);
-    if serving == 0 {
-        return;
-    }
-    let mut data = WritebackWaitData::default();
+    let mut data = WritebackWaitData { in_reclaim: 1, ..Default::default() };
     fill(&mut data);
-    let mut depth = 0;
-    if let Some(s) = state {
-        let s = unsafe { &*s };
-        data.in_reclaim = s.in_reclaim;
-        depth = s.depth;
-    }
-    emit(ctx, EventKind::WritebackWait, task_ctx(ctx, &cur, serving, depth), data);
+    emit(ctx, EventKind::WritebackWait, task_ctx(ctx, &cur, serving), data);
 }
 
-#[tracepoint(category = "writeback", name = "folio_wait_writeback")]
-pub fn tp_folio_wait_writeback(ctx: TracePointContext) -> u32 {
-    let tp = &config().tp;
-    wait(&ctx, |d| {
+#[inline(always)]
+fn tp_wait(ctx: &TracePointContext) -> u32 {
+    let Some(tp) = tp_offsets() else { return 0 };
+    wait(ctx, |d| {
         d.bdi = unsafe { ctx.read_at::<[u8; 32]>(tp.fww_name as usize) }.unwrap_or([0; 32]);
         d.ino = unsafe { ctx.read_at::<u64>(tp.fww_ino as usize) }.unwrap_or(0);
         d.index = unsafe { ctx.read_at::<u64>(tp.fww_index as usize) }.unwrap_or(0);
@@ -70,36 +67,45 @@ pub fn tp_folio_wait_writeback(ctx: TracePointContext) -> u32 {
     0
 }
 
-// void folio_wait_writeback(struct folio *folio);
-#[kprobe]
-pub fn kp_folio_wait_writeback(ctx: ProbeContext) -> u32 {
-    let folio = ctx.arg::<u64>(0).unwrap_or(0);
-    wait(&ctx, |d| {
+// TP: writeback:folio_wait_writeback, or writeback:wait_on_page_writeback before 5.16.
+#[tracepoint(category = "writeback", name = "folio_wait_writeback")]
+pub fn tp_folio_wait_writeback(ctx: TracePointContext) -> u32 {
+    tp_wait(&ctx)
+}
+
+#[inline(always)]
+fn fn_wait<C: StackIdContext>(ctx: &C, folio: u64) {
+    wait(ctx, |d| {
         if let Some((dev, ino)) = folio_inode(folio) {
             d.dev = dev;
             d.ino = ino;
         }
     });
+}
+
+// void folio_wait_writeback(struct folio *folio);
+// void wait_on_page_writeback(struct page *page);   (before 5.16)
+#[kprobe]
+pub fn kp_folio_wait_writeback(ctx: ProbeContext) -> u32 {
+    fn_wait(&ctx, ctx.arg::<u64>(0).unwrap_or(0));
     0
 }
 
-// TP_PROTO(struct folio *folio): called from pageout() when reclaim writes a
-// dirty folio itself.
+#[fentry(function = "folio_wait_writeback")]
+pub fn fe_folio_wait_writeback(ctx: FEntryContext) -> u32 {
+    fn_wait(&ctx, ctx.arg::<u64>(0));
+    0
+}
+
+/// pageout() writing a dirty folio (page) itself: TP_PROTO(struct folio *)
+/// for mm_vmscan_write_folio, TP_PROTO(struct page *) for mm_vmscan_writepage
+/// (before 5.16).
 #[btf_tracepoint(function = "mm_vmscan_write_folio")]
 pub fn tpbtf_vmscan_write_folio(ctx: BtfTracePointContext) -> u32 {
-    let cur = current();
-    if !cur.is_target() {
-        return 0;
-    }
-    let state = cur.state();
-    let serving = cur.serving_dev(state);
-    if serving == 0 {
-        return 0;
-    }
+    let Some((cur, serving)) = servicer() else { return 0 };
     let folio: u64 = ctx.arg(0);
     let Some((dev, ino)) = folio_inode(folio) else { return 0 };
-    let depth = state.map(|s| unsafe { (*s).depth }).unwrap_or(0);
     let data = ReclaimWriteData { dev, _pad: 0, ino };
-    emit(&ctx, EventKind::ReclaimWrite, task_ctx(&ctx, &cur, serving, depth), data);
+    emit(&ctx, EventKind::ReclaimWrite, task_ctx(&ctx, &cur, serving), data);
     0
 }

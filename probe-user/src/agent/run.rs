@@ -33,6 +33,14 @@ pub struct Summary {
     pub writeback_waits: u64,
     pub dropped: u64,
     pub task_state_full: u64,
+    /// Servicer waits on writeback outside reclaim: counted in the kernel, not sent.
+    pub waits_outside_reclaim: u64,
+    /// Events that went out without their kernel stack (stack map full or collision).
+    pub stacks_lost: u64,
+    /// Reclaim starts whose end never came (missed return probe): cleared in the kernel.
+    pub stale_reclaim: u64,
+    pub slowpath_entries: u64,
+    pub oom_kills: u64,
     pub findings: usize,
     pub servicers: usize,
 }
@@ -173,6 +181,11 @@ impl<'a> Loop<'a> {
         s.writeback_waits = c.get(counter::WRITEBACK_WAITS);
         s.dropped = c.get(counter::EVENTS_DROPPED);
         s.task_state_full = c.get(counter::TASK_STATE_FULL);
+        s.waits_outside_reclaim = c.get(counter::WAITS_OUTSIDE_RECLAIM);
+        s.stacks_lost = c.get(counter::STACKS_LOST);
+        s.stale_reclaim = c.get(counter::STALE_RECLAIM);
+        s.slowpath_entries = c.get(counter::SLOWPATH_ENTRIES);
+        s.oom_kills = c.get(counter::OOM_KILLS);
         s.findings = self.engine.findings().len();
     }
 
@@ -210,6 +223,11 @@ impl<'a> Loop<'a> {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
+                    match self.session.refresh_modules() {
+                        Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
+                        Ok(_) => {}
+                        Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
+                    }
                     if let Some(t) = discover(&opts.extra).await {
                         self.topo = t;
                         self.apply_topology()?;

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     Ebpf, EbpfLoader,
 };
-use probe_common::maps as names;
+use probe_common::{config::TracepointOffsets, maps as names};
 
 use super::{maps_sync::MapsSync, stacks::Stacks};
 use crate::{
@@ -37,7 +37,8 @@ impl KernelPaths {
         let btf = KernelBtf::load(&self.btf)?;
         let tracefs = Tracefs::open(&self.tracefs)?;
         let kallsyms = Kallsyms::load(std::path::Path::new(crate::kernel::kallsyms::DEFAULT))?;
-        Ok(KernelView { tracefs, btf, kallsyms })
+        let traceable = tracefs.traceable_functions();
+        Ok(KernelView { tracefs, btf, kallsyms, traceable })
     }
 }
 
@@ -71,6 +72,18 @@ pub struct Session {
     pub stacks: Stacks,
     pub counters: Counters,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    tp_offsets: Array<MapData, TracepointOffsets>,
+    paths: KernelPaths,
+    /// The loaded modules when the hooks were last attached.
+    modules: Vec<String>,
+}
+
+/// Names of the loaded kernel modules, from /proc/modules.
+fn loaded_modules() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let mut names: Vec<String> = text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
+    names.sort();
+    names
 }
 
 /// Creates the maps and reads the programs, with CONFIG filled in.
@@ -99,6 +112,9 @@ impl Session {
             log::warn!("kernel BTF has no {}: disabled {}", m.field, m.disables);
         }
         let mut ebpf = load_object(&built)?;
+        let mut tp_offsets = take::<Array<_, TracepointOffsets>>(&mut ebpf, names::TP_OFFSETS)?;
+        tp_offsets.set(0, built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
+        let modules = loaded_modules();
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -119,6 +135,36 @@ impl Session {
         );
         let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
         let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
-        Ok(Session { ebpf, kv, built, attach, events, maps, stacks, counters, logger })
+        Ok(Session {
+            ebpf,
+            kv,
+            built,
+            attach,
+            events,
+            maps,
+            stacks,
+            counters,
+            logger,
+            tp_offsets,
+            paths: opts.paths.clone(),
+            modules,
+        })
+    }
+
+    /// A monitor runs for months, and XFS may first be mounted (its module
+    /// loaded) long after start. When the set of loaded modules changed,
+    /// re-reads kallsyms, ftrace's functions and the tracepoint formats, and
+    /// attaches the hooks that had nothing to attach to. Returns those.
+    pub fn refresh_modules(&mut self) -> Result<Vec<&'static str>> {
+        let now = loaded_modules();
+        if now == self.modules || !self.attach.hooks.iter().any(|c| c.family.is_none()) {
+            self.modules = now;
+            return Ok(Vec::new());
+        }
+        self.modules = now;
+        self.kv = self.paths.view()?;
+        self.built.tp = config::tracepoint_offsets(&self.kv.tracefs);
+        self.tp_offsets.set(0, self.built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
+        Ok(self.attach.retry_missing(&mut self.ebpf, &self.kv, &self.built))
     }
 }

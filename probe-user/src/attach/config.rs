@@ -1,7 +1,9 @@
-//! Builds the CONFIG global from the running kernel: tracepoint field
-//! offsets from tracefs, struct offsets from BTF, addresses from kallsyms.
+//! What the programs read about the running kernel: the read-only CONFIG
+//! global (struct offsets from BTF, addresses from kallsyms) and the
+//! TP_OFFSETS map (tracepoint field offsets from tracefs, re-read when a
+//! module brings new tracepoints).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{ensure, Result};
 use probe_common::config::{Config, TracepointOffsets};
@@ -17,18 +19,27 @@ pub struct KernelView {
     pub tracefs: Tracefs,
     pub btf: KernelBtf,
     pub kallsyms: Kallsyms,
+    /// What ftrace can hook (None: unknown, every symbol is tried).
+    pub traceable: Option<HashSet<String>>,
 }
 
 pub struct Built {
     pub config: Config,
     pub missing_fields: Vec<MissingField>,
-    /// Tracepoints whose format lacks a field a program reads: (category,
-    /// name) → why. Their programs are never attached.
-    pub bad_tracepoints: HashMap<(String, String), String>,
+    pub tp: TpOffsets,
 }
 
-/// Reads `fields` of every tracepoint in `group`, which share one layout
-/// (one TRACE_EVENT_CLASS); returns the offsets of the first.
+/// Tracepoint offsets, and the tracepoints whose format lacks a field a
+/// program reads: (category, name) → why. Those are never attached.
+#[derive(Debug, Clone, Default)]
+pub struct TpOffsets {
+    pub offsets: TracepointOffsets,
+    pub bad: HashMap<(String, String), String>,
+}
+
+/// Reads `fields` of every tracepoint in `group` that exists; those that do
+/// share one layout (one TRACE_EVENT_CLASS, or one event renamed between
+/// kernels). Returns the offsets of the first.
 fn group_offsets(
     tf: &Tracefs,
     group: &[(&str, &str)],
@@ -40,7 +51,7 @@ fn group_offsets(
         fields.iter().map(|fl| f.offset(fl)).collect()
     };
     let mut first: Option<Vec<u32>> = None;
-    for &(cat, name) in group {
+    for &(cat, name) in group.iter().filter(|(c, n)| tf.exists(c, n)) {
         let r = read(cat, name).and_then(|offs| {
             if let Some(f) = &first {
                 ensure!(*f == offs, "field layout differs from {}:{}", group[0].0, group[0].1);
@@ -57,8 +68,9 @@ fn group_offsets(
     first.unwrap_or_else(|| vec![0; fields.len()])
 }
 
-pub fn build(kv: &KernelView, target_tgid: u32, trace_all: bool) -> Built {
-    let tf = &kv.tracefs;
+/// The offsets of every tracepoint field the programs read, from the
+/// formats tracefs has now.
+pub fn tracepoint_offsets(tf: &Tracefs) -> TpOffsets {
     let mut bad = HashMap::new();
     let mut tp = TracepointOffsets::default();
 
@@ -83,7 +95,12 @@ pub fn build(kv: &KernelView, target_tgid: u32, trace_all: bool) -> Built {
         &mut bad,
     );
     (tp.shrink_shr, tp.shrink_fn, tp.shrink_gfp, tp.shrink_nr) = (o[0], o[1], o[2], o[3]);
-    let o = group_offsets(tf, &[("writeback", "folio_wait_writeback")], &["name", "ino", "index"], &mut bad);
+    let o = group_offsets(
+        tf,
+        &[("writeback", "folio_wait_writeback"), ("writeback", "wait_on_page_writeback")],
+        &["name", "ino", "index"],
+        &mut bad,
+    );
     (tp.fww_name, tp.fww_ino, tp.fww_index) = (o[0], o[1], o[2]);
     let o = group_offsets(
         tf,
@@ -94,14 +111,18 @@ pub fn build(kv: &KernelView, target_tgid: u32, trace_all: bool) -> Built {
     (tp.ext4_dev, tp.ext4_ino) = (o[0], o[1]);
     let o = group_offsets(tf, &[("block", "block_rq_issue"), ("block", "block_rq_complete")], &["dev"], &mut bad);
     tp.rq_dev = o[0];
+    let o = group_offsets(tf, &[("oom", "mark_victim")], &["pid"], &mut bad);
+    tp.oom_pid = o[0];
+    TpOffsets { offsets: tp, bad }
+}
 
+pub fn build(kv: &KernelView, target_tgid: u32, trace_all: bool) -> Built {
     let (kernel, missing_fields) = kv.btf.offsets();
     let config = Config {
         target_tgid,
         trace_all: trace_all as u32,
         super_cache_scan: kv.kallsyms.addr_of("super_cache_scan").unwrap_or(0),
         kernel,
-        tp,
     };
-    Built { config, missing_fields, bad_tracepoints: bad }
+    Built { config, missing_fields, tp: tracepoint_offsets(&kv.tracefs) }
 }

@@ -1,6 +1,8 @@
 //! Walks the hook table: for each logical hook, tries its implementations in
 //! order and keeps the first whose programs all load and attach. Every
 //! skipped implementation keeps the kernel's own error, for `probes`.
+//! Hooks that found nothing can be tried again later: a module (ext4, xfs)
+//! loaded after start brings their targets.
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -11,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     config::{Built, KernelView},
-    table::{Family, Hook, Prog, Target, HOOKS},
+    table::{Family, Hook, Impl, Prog, Target, HOOKS},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +28,8 @@ pub struct Choice {
     pub required: bool,
     /// None when no implementation could be used.
     pub family: Option<Family>,
+    /// What the chosen implementation cannot see that a better one could.
+    pub lacks: Option<&'static str>,
     /// What was attached: symbols (suffix resolved) or tracepoints.
     pub targets: Vec<String>,
     pub skipped: Vec<Skipped>,
@@ -44,6 +48,33 @@ impl AttachReport {
     /// One line per hook that is missing, naming what the rules lose.
     pub fn weakened(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         self.hooks.iter().filter_map(|c| c.degraded.map(|d| (c.hook, d)))
+    }
+
+    /// Fails when a required hook has no implementation that works, naming
+    /// the kernel's reasons.
+    pub fn check_required(&self) -> Result<()> {
+        if let Some(c) = self.hooks.iter().find(|c| c.required && c.family.is_none()) {
+            let why: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
+            let forced = self.forced.map(|f| format!(" with --attach={}", f.name())).unwrap_or_default();
+            bail!("cannot attach the required hook `{}`{forced}: {}", c.hook, why.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Tries the hooks that have no implementation again (after a module
+    /// loaded); returns the names of those that attached now.
+    pub fn retry_missing(&mut self, ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<&'static str> {
+        let mut a = Attacher { ebpf, kv, built, btf: None };
+        let mut now = Vec::new();
+        for (choice, hook) in self.hooks.iter_mut().zip(HOOKS) {
+            if choice.family.is_none() {
+                *choice = a.hook(hook, self.forced);
+                if choice.family.is_some() {
+                    now.push(hook.name);
+                }
+            }
+        }
+        now
     }
 }
 
@@ -72,58 +103,89 @@ impl Attacher<'_> {
         Ok(self.btf.as_ref().expect("set above"))
     }
 
-    /// The name to attach to, or why this target cannot be used here.
-    fn resolve(&self, target: &Target) -> Result<String> {
-        match *target {
-            Target::Ksym(sym) => {
-                if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-                    bail!("no kprobe support in this kernel (/sys/bus/event_source/devices/kprobe is missing: CONFIG_KPROBES off?)");
-                }
-                self.kv
-                    .kallsyms
-                    .resolve(sym)
-                    .map(str::to_owned)
-                    .ok_or_else(|| anyhow!("symbol {sym} not found in /proc/kallsyms"))
-            }
-            Target::BtfFn(f) => {
-                if !self.kv.btf.has_function(f) {
-                    bail!("function {f} not in kernel BTF");
-                }
-                Ok(f.to_owned())
-            }
-            Target::Tp(c, n) => {
-                if let Some(why) = self.built.bad_tracepoints.get(&(c.to_owned(), n.to_owned())) {
-                    bail!("{why}");
-                }
-                if !self.kv.tracefs.exists(c, n) {
-                    bail!("tracepoint {c}:{n} does not exist");
-                }
-                Ok(format!("{c}:{n}"))
-            }
-            Target::BtfTp(n) => Ok(n.to_owned()),
+    /// A kallsyms symbol the kernel lets a kprobe attach to: `name` or a
+    /// compiler-suffixed copy of it that ftrace can hook.
+    fn kprobe_symbol(&self, name: &str) -> Result<String> {
+        let copies: Vec<&str> = self.kv.kallsyms.copies(name).collect();
+        if copies.is_empty() {
+            bail!("symbol {name} not found in /proc/kallsyms");
+        }
+        match &self.kv.traceable {
+            None => Ok(copies[0].to_owned()),
+            Some(ok) => copies.iter().find(|c| ok.contains(**c)).map(|c| (*c).to_owned()).ok_or_else(|| {
+                anyhow!(
+                    "{} is notrace on this kernel (not in available_filter_functions): the kernel refuses kprobes on it",
+                    copies.join(", ")
+                )
+            }),
         }
     }
 
-    fn load(&mut self, prog: &Prog) -> Result<()> {
-        let target = prog.target;
-        let btf_fn = match target {
-            Target::BtfFn(f) | Target::BtfTp(f) => Some(f),
+    /// The first alternative of `target` this kernel has, or why none works.
+    fn resolve(&self, target: &Target) -> Result<String> {
+        let mut why = Vec::new();
+        match *target {
+            Target::Ksym(names) => {
+                if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                    bail!("no kprobe support in this kernel (/sys/bus/event_source/devices/kprobe is missing: CONFIG_KPROBES off?)");
+                }
+                for name in names {
+                    match self.kprobe_symbol(name) {
+                        Ok(sym) => return Ok(sym),
+                        Err(e) => why.push(format!("{e:#}")),
+                    }
+                }
+            }
+            Target::BtfFn(names) => {
+                for f in names {
+                    if !self.kv.btf.has_function(f) {
+                        why.push(format!("function {f} not in kernel BTF"));
+                    } else if self.kv.traceable.as_ref().is_some_and(|ok| !ok.contains(*f)) {
+                        why.push(format!("{f} is notrace on this kernel (not in available_filter_functions): no trampoline can attach"));
+                    } else {
+                        return Ok((*f).to_owned());
+                    }
+                }
+            }
+            Target::Tp(tps) => {
+                for &(c, n) in tps {
+                    if let Some(bad) = self.built.tp.bad.get(&(c.to_owned(), n.to_owned())) {
+                        why.push(bad.clone());
+                    } else if !self.kv.tracefs.exists(c, n) {
+                        why.push(format!("tracepoint {c}:{n} does not exist"));
+                    } else {
+                        return Ok(format!("{c}:{n}"));
+                    }
+                }
+            }
+            Target::BtfTp(names) => {
+                for n in names {
+                    if self.kv.btf.has_btf_tracepoint(n) {
+                        return Ok((*n).to_owned());
+                    }
+                    why.push(format!("no BTF tracepoint {n}"));
+                }
+            }
+        }
+        bail!("{}", why.join("; "))
+    }
+
+    fn load(&mut self, prog: &Prog, resolved: &str) -> Result<()> {
+        let btf = match prog.target {
+            Target::BtfFn(_) | Target::BtfTp(_) => Some(self.btf()?.clone()),
             _ => None,
-        };
-        let btf = match btf_fn {
-            Some(_) => Some(self.btf()?.clone()),
-            None => None,
         };
         let program = self
             .ebpf
             .program_mut(prog.program)
             .with_context(|| format!("program {} not in the object", prog.program))?;
+        let btf = || btf.as_ref().context("no BTF");
         match program {
             Program::KProbe(p) => p.load()?,
             Program::TracePoint(p) => p.load()?,
-            Program::FEntry(p) => p.load(btf_fn.unwrap_or_default(), btf.as_ref().context("no BTF")?)?,
-            Program::FExit(p) => p.load(btf_fn.unwrap_or_default(), btf.as_ref().context("no BTF")?)?,
-            Program::BtfTracePoint(p) => p.load(btf_fn.unwrap_or_default(), btf.as_ref().context("no BTF")?)?,
+            Program::FEntry(p) => p.load(resolved, btf()?)?,
+            Program::FExit(p) => p.load(resolved, btf()?)?,
+            Program::BtfTracePoint(p) => p.load(resolved, btf()?)?,
             _ => bail!("unexpected program type for {}", prog.program),
         }
         Ok(())
@@ -136,7 +198,8 @@ impl Attacher<'_> {
                 let p: &mut KProbe = program.try_into()?;
                 p.attach(resolved, 0)?;
             }
-            Target::Tp(c, n) => {
+            Target::Tp(_) => {
+                let (c, n) = resolved.split_once(':').context("tracepoint name")?;
                 let p: &mut TracePoint = program.try_into()?;
                 p.attach(c, n)?;
             }
@@ -167,12 +230,12 @@ impl Attacher<'_> {
     }
 
     /// Loads and attaches every program of one implementation, or none.
-    fn try_impl(&mut self, progs: &[Prog]) -> Result<Vec<String>> {
+    fn try_impl(&mut self, imp: &Impl) -> Result<Vec<String>> {
         let mut done: Vec<&'static str> = Vec::new();
         let mut targets = Vec::new();
-        for prog in progs {
+        for prog in imp.progs {
             let step = self.resolve(&prog.target).and_then(|resolved| {
-                self.load(prog).with_context(|| format!("{}: load", prog.program))?;
+                self.load(prog, &resolved).with_context(|| format!("{}: load", prog.program))?;
                 done.push(prog.program);
                 self.attach(prog, &resolved).with_context(|| format!("{}: attach to {resolved}", prog.program))?;
                 Ok(resolved)
@@ -199,6 +262,7 @@ impl Attacher<'_> {
             hook: hook.name,
             required: hook.required,
             family: None,
+            lacks: None,
             targets: vec![],
             skipped: vec![],
             degraded: None,
@@ -213,9 +277,10 @@ impl Attacher<'_> {
                     .push(Skipped { family: imp.family, reason: "a better implementation is attached".into() });
                 continue;
             }
-            match self.try_impl(imp.progs) {
+            match self.try_impl(imp) {
                 Ok(targets) => {
                     choice.family = Some(imp.family);
+                    choice.lacks = imp.lacks;
                     choice.targets = targets;
                 }
                 Err(e) => choice.skipped.push(Skipped { family: imp.family, reason: format!("{e:#}") }),
@@ -241,37 +306,30 @@ pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option
     AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force }
 }
 
-impl AttachReport {
-    /// Fails when a required hook has no implementation that works, naming
-    /// the kernel's reasons.
-    pub fn check_required(&self) -> Result<()> {
-        if let Some(c) = self.hooks.iter().find(|c| c.required && c.family.is_none()) {
-            let why: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
-            let forced = self.forced.map(|f| format!(" with --attach={}", f.name())).unwrap_or_default();
-            bail!("cannot attach the required hook `{}`{forced}: {}", c.hook, why.join("; "));
-        }
-        Ok(())
-    }
-}
-
 /// Loads every program of the object through the verifier without
-/// attaching it, then unloads it.
+/// attaching it, then unloads it. A program is loaded against the first
+/// target this kernel has; one with none is reported as such.
 pub fn verify_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Verified> {
     let mut a = Attacher { ebpf, kv, built, btf: None };
-    let mut out = Vec::new();
-    for hook in HOOKS {
-        for imp in hook.impls {
-            for prog in imp.progs {
-                let r = a.load(prog);
-                a.unload(prog.program);
-                out.push(Verified {
-                    program: prog.program,
-                    family: imp.family,
-                    target: prog.target.describe(),
-                    loaded: r.is_ok(),
-                    error: r.err().map(|e| format!("{e:#}")),
-                });
+    let mut out: Vec<Verified> = Vec::new();
+    for imp in HOOKS.iter().flat_map(|h| h.impls) {
+        for prog in imp.progs {
+            if out.iter().any(|v| v.program == prog.program) {
+                continue;
             }
+            let r = match prog.target {
+                // Kprobe and tracepoint programs load without their target.
+                Target::Ksym(_) | Target::Tp(_) => a.load(prog, ""),
+                _ => a.resolve(&prog.target).and_then(|t| a.load(prog, &t)),
+            };
+            a.unload(prog.program);
+            out.push(Verified {
+                program: prog.program,
+                family: imp.family,
+                target: prog.target.describe(),
+                loaded: r.is_ok(),
+                error: r.err().map(|e| format!("{e:#}")),
+            });
         }
     }
     out

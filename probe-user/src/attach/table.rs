@@ -26,24 +26,27 @@ impl Family {
     }
 }
 
+/// Where a program attaches. Each kind lists alternatives, first present
+/// wins: kernels rename functions and tracepoints (folio_wait_writeback was
+/// wait_on_page_writeback before 5.16), and one program serves both.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
     /// fentry/fexit on a BTF function.
-    BtfFn(&'static str),
+    BtfFn(&'static [&'static str]),
     /// kprobe/kretprobe on a kallsyms symbol (suffixes resolved at run time).
-    Ksym(&'static str),
-    /// A classic tracepoint.
-    Tp(&'static str, &'static str),
+    Ksym(&'static [&'static str]),
+    /// A classic tracepoint (category, name).
+    Tp(&'static [(&'static str, &'static str)]),
     /// A BTF-enabled raw tracepoint.
-    BtfTp(&'static str),
+    BtfTp(&'static [&'static str]),
 }
 
 impl Target {
     pub fn describe(&self) -> String {
         match self {
-            Target::BtfFn(f) | Target::Ksym(f) => (*f).to_owned(),
-            Target::Tp(c, n) => format!("{c}:{n}"),
-            Target::BtfTp(n) => format!("btf:{n}"),
+            Target::BtfFn(f) | Target::Ksym(f) => f.join("|"),
+            Target::Tp(t) => t.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join("|"),
+            Target::BtfTp(n) => n.iter().map(|n| format!("btf:{n}")).collect::<Vec<_>>().join("|"),
         }
     }
 }
@@ -58,6 +61,9 @@ pub struct Prog {
 pub struct Impl {
     pub family: Family,
     pub progs: &'static [Prog],
+    /// What this implementation cannot see that the ones before it can
+    /// (None: it carries the same information).
+    pub lacks: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -67,6 +73,8 @@ pub struct Hook {
     pub required: bool,
     /// What the rules lose when no implementation attaches.
     pub degrades: &'static str,
+    /// Best first: by what each sees, then, where they see the same, by the
+    /// cost per call measured on the kernel matrix (docs/kernels.md).
     pub impls: &'static [Impl],
 }
 
@@ -74,8 +82,16 @@ const fn p(program: &'static str, target: Target) -> Prog {
     Prog { program, target }
 }
 
+const fn full(family: Family, progs: &'static [Prog]) -> Impl {
+    Impl { family, progs, lacks: None }
+}
+
 use Family::*;
 use Target::*;
+
+const WRITE_FOLIO: &[&str] = &["mm_vmscan_write_folio", "mm_vmscan_writepage"];
+const WAIT_FN: &[&str] = &["folio_wait_writeback", "wait_on_page_writeback"];
+const WAIT_TP: &[(&str, &str)] = &[("writeback", "folio_wait_writeback"), ("writeback", "wait_on_page_writeback")];
 
 pub static HOOKS: &[Hook] = &[
     Hook {
@@ -83,33 +99,33 @@ pub static HOOKS: &[Hook] = &[
         required: true,
         degrades: "no reclaim events at all",
         impls: &[
-            Impl {
-                family: Fentry,
-                progs: &[
-                    p("fe_try_to_free_pages", BtfFn("try_to_free_pages")),
-                    p("fx_try_to_free_pages", BtfFn("try_to_free_pages")),
-                    p("fe_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
-                    p("fx_try_to_free_mem_cgroup_pages", BtfFn("try_to_free_mem_cgroup_pages")),
+            full(
+                Fentry,
+                &[
+                    p("fe_try_to_free_pages", BtfFn(&["try_to_free_pages"])),
+                    p("fx_try_to_free_pages", BtfFn(&["try_to_free_pages"])),
+                    p("fe_try_to_free_mem_cgroup_pages", BtfFn(&["try_to_free_mem_cgroup_pages"])),
+                    p("fx_try_to_free_mem_cgroup_pages", BtfFn(&["try_to_free_mem_cgroup_pages"])),
                 ],
-            },
-            Impl {
-                family: Kprobe,
-                progs: &[
-                    p("kp_try_to_free_pages", Ksym("try_to_free_pages")),
-                    p("krp_try_to_free_pages", Ksym("try_to_free_pages")),
-                    p("kp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
-                    p("krp_try_to_free_mem_cgroup_pages", Ksym("try_to_free_mem_cgroup_pages")),
+            ),
+            full(
+                Tracepoint,
+                &[
+                    p("tp_direct_reclaim_begin", Tp(&[("vmscan", "mm_vmscan_direct_reclaim_begin")])),
+                    p("tp_direct_reclaim_end", Tp(&[("vmscan", "mm_vmscan_direct_reclaim_end")])),
+                    p("tp_memcg_reclaim_begin", Tp(&[("vmscan", "mm_vmscan_memcg_reclaim_begin")])),
+                    p("tp_memcg_reclaim_end", Tp(&[("vmscan", "mm_vmscan_memcg_reclaim_end")])),
                 ],
-            },
-            Impl {
-                family: Tracepoint,
-                progs: &[
-                    p("tp_direct_reclaim_begin", Tp("vmscan", "mm_vmscan_direct_reclaim_begin")),
-                    p("tp_direct_reclaim_end", Tp("vmscan", "mm_vmscan_direct_reclaim_end")),
-                    p("tp_memcg_reclaim_begin", Tp("vmscan", "mm_vmscan_memcg_reclaim_begin")),
-                    p("tp_memcg_reclaim_end", Tp("vmscan", "mm_vmscan_memcg_reclaim_end")),
+            ),
+            full(
+                Kprobe,
+                &[
+                    p("kp_try_to_free_pages", Ksym(&["try_to_free_pages"])),
+                    p("krp_try_to_free_pages", Ksym(&["try_to_free_pages"])),
+                    p("kp_try_to_free_mem_cgroup_pages", Ksym(&["try_to_free_mem_cgroup_pages"])),
+                    p("krp_try_to_free_mem_cgroup_pages", Ksym(&["try_to_free_mem_cgroup_pages"])),
                 ],
-            },
+            ),
         ],
     },
     Hook {
@@ -117,19 +133,29 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: slowpath allocations that do not reach direct/memcg reclaim are not seen",
         impls: &[
+            full(
+                Fentry,
+                &[
+                    p("fe_alloc_pages_slowpath", BtfFn(&["__alloc_pages_slowpath"])),
+                    p("fx_alloc_pages_slowpath", BtfFn(&["__alloc_pages_slowpath"])),
+                ],
+            ),
+            full(
+                Kprobe,
+                &[
+                    p("kp_alloc_pages_slowpath", Ksym(&["__alloc_pages_slowpath"])),
+                    p("krp_alloc_pages_slowpath", Ksym(&["__alloc_pages_slowpath"])),
+                ],
+            ),
             Impl {
                 family: Fentry,
-                progs: &[
-                    p("fe_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
-                    p("fx_alloc_pages_slowpath", BtfFn("__alloc_pages_slowpath")),
-                ],
+                progs: &[p("fe_wakeup_kswapd", BtfFn(&["wakeup_kswapd"]))],
+                lacks: Some("slowpath entry only, through wakeup_kswapd(): no time spent inside"),
             },
             Impl {
                 family: Kprobe,
-                progs: &[
-                    p("kp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
-                    p("krp_alloc_pages_slowpath", Ksym("__alloc_pages_slowpath")),
-                ],
+                progs: &[p("kp_wakeup_kswapd", Ksym(&["wakeup_kswapd"]))],
+                lacks: Some("slowpath entry only, through wakeup_kswapd(): no time spent inside"),
             },
         ],
     },
@@ -138,8 +164,8 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: node reclaim entered outside direct/memcg reclaim is not seen",
         impls: &[
-            Impl { family: Fentry, progs: &[p("fe_shrink_node", BtfFn("shrink_node"))] },
-            Impl { family: Kprobe, progs: &[p("kp_shrink_node", Ksym("shrink_node"))] },
+            full(Fentry, &[p("fe_shrink_node", BtfFn(&["shrink_node"]))]),
+            full(Kprobe, &[p("kp_shrink_node", Ksym(&["shrink_node"]))]),
         ],
     },
     Hook {
@@ -147,9 +173,9 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "recursion: reclaim calling an upper filesystem's shrinker is not seen",
         impls: &[
-            Impl { family: Fentry, progs: &[p("fe_super_cache_scan", BtfFn("super_cache_scan"))] },
-            Impl { family: Kprobe, progs: &[p("kp_super_cache_scan", Ksym("super_cache_scan"))] },
-            Impl { family: Tracepoint, progs: &[p("tp_shrink_slab_start", Tp("vmscan", "mm_shrink_slab_start"))] },
+            full(Fentry, &[p("fe_super_cache_scan", BtfFn(&["super_cache_scan"]))]),
+            full(Tracepoint, &[p("tp_shrink_slab_start", Tp(&[("vmscan", "mm_shrink_slab_start")]))]),
+            full(Kprobe, &[p("kp_super_cache_scan", Ksym(&["super_cache_scan"]))]),
         ],
     },
     Hook {
@@ -157,39 +183,38 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "recursion/deadlock: reclaim waiting on the upper filesystem's writeback is not seen",
         impls: &[
-            Impl { family: Kprobe, progs: &[p("kp_folio_wait_writeback", Ksym("folio_wait_writeback"))] },
-            Impl {
-                family: Tracepoint,
-                progs: &[p("tp_folio_wait_writeback", Tp("writeback", "folio_wait_writeback"))],
-            },
+            full(Fentry, &[p("fe_folio_wait_writeback", BtfFn(WAIT_FN))]),
+            full(Tracepoint, &[p("tp_folio_wait_writeback", Tp(WAIT_TP))]),
+            full(Kprobe, &[p("kp_folio_wait_writeback", Ksym(WAIT_FN))]),
         ],
     },
     Hook {
         name: "reclaim_write",
         required: false,
         degrades: "recursion: reclaim writing the upper filesystem's folios is not seen",
-        impls: &[Impl { family: TpBtf, progs: &[p("tpbtf_vmscan_write_folio", BtfTp("mm_vmscan_write_folio"))] }],
+        impls: &[full(TpBtf, &[p("tpbtf_vmscan_write_folio", BtfTp(WRITE_FOLIO))])],
     },
     Hook {
         name: "fs_write",
         required: false,
         degrades: "hazard: kernel writers into backing files (loop workers) are not recognised as servicers",
         impls: &[
+            full(
+                Tracepoint,
+                &[
+                    p("tp_ext4_da_write_begin", Tp(&[("ext4", "ext4_da_write_begin")])),
+                    p("tp_ext4_da_write_end", Tp(&[("ext4", "ext4_da_write_end")])),
+                    p("tp_ext4_write_begin", Tp(&[("ext4", "ext4_write_begin")])),
+                    p("tp_ext4_write_end", Tp(&[("ext4", "ext4_write_end")])),
+                ],
+            ),
             Impl {
                 family: Kprobe,
                 progs: &[
-                    p("kp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
-                    p("krp_ext4_da_write_begin", Ksym("ext4_da_write_begin")),
+                    p("kp_ext4_da_write_begin", Ksym(&["ext4_da_write_begin"])),
+                    p("krp_ext4_da_write_begin", Ksym(&["ext4_da_write_begin"])),
                 ],
-            },
-            Impl {
-                family: Tracepoint,
-                progs: &[
-                    p("tp_ext4_da_write_begin", Tp("ext4", "ext4_da_write_begin")),
-                    p("tp_ext4_da_write_end", Tp("ext4", "ext4_da_write_end")),
-                    p("tp_ext4_write_begin", Tp("ext4", "ext4_write_begin")),
-                    p("tp_ext4_write_end", Tp("ext4", "ext4_write_end")),
-                ],
+                lacks: Some("delayed-allocation writes only (not nodelalloc or data=journal mounts)"),
             },
         ],
     },
@@ -198,16 +223,21 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
-            Impl {
-                family: Kprobe,
-                progs: &[p("kp_do_writepages", Ksym("do_writepages")), p("krp_do_writepages", Ksym("do_writepages"))],
-            },
+            full(
+                Fentry,
+                &[p("fe_do_writepages", BtfFn(&["do_writepages"])), p("fx_do_writepages", BtfFn(&["do_writepages"]))],
+            ),
+            full(
+                Kprobe,
+                &[p("kp_do_writepages", Ksym(&["do_writepages"])), p("krp_do_writepages", Ksym(&["do_writepages"]))],
+            ),
             Impl {
                 family: Tracepoint,
                 progs: &[
-                    p("tp_ext4_writepages", Tp("ext4", "ext4_writepages")),
-                    p("tp_ext4_writepages_result", Tp("ext4", "ext4_writepages_result")),
+                    p("tp_ext4_writepages", Tp(&[("ext4", "ext4_writepages")])),
+                    p("tp_ext4_writepages_result", Tp(&[("ext4", "ext4_writepages_result")])),
                 ],
+                lacks: Some("ext4's writeback only"),
             },
         ],
     },
@@ -215,13 +245,25 @@ pub static HOOKS: &[Hook] = &[
         name: "upper_io",
         required: false,
         degrades: "hazard: I/O in flight on the stacked device is not known",
-        impls: &[Impl {
-            family: Tracepoint,
-            progs: &[
-                p("tp_block_rq_issue", Tp("block", "block_rq_issue")),
-                p("tp_block_rq_complete", Tp("block", "block_rq_complete")),
+        impls: &[full(
+            Tracepoint,
+            &[
+                p("tp_block_rq_issue", Tp(&[("block", "block_rq_issue")])),
+                p("tp_block_rq_complete", Tp(&[("block", "block_rq_complete")])),
             ],
-        }],
+        )],
+    },
+    Hook {
+        name: "oom_victim",
+        required: false,
+        degrades: "loss: a servicer killed by the OOM killer is not reported",
+        impls: &[full(Tracepoint, &[p("tp_oom_mark_victim", Tp(&[("oom", "mark_victim")]))])],
+    },
+    Hook {
+        name: "task_exit",
+        required: false,
+        degrades: "state of threads that exit inside a write frame is kept until the map is full (counted)",
+        impls: &[full(Tracepoint, &[p("tp_sched_process_exit", Tp(&[("sched", "sched_process_exit")]))])],
     },
 ];
 
@@ -230,25 +272,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_hook_has_an_implementation_and_unique_programs() {
-        let mut names: Vec<&str> =
-            HOOKS.iter().flat_map(|h| h.impls.iter().flat_map(|i| i.progs.iter().map(|p| p.program))).collect();
-        let n = names.len();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), n, "a program is listed twice");
+    fn every_hook_has_an_implementation_and_no_program_serves_two_hooks() {
+        let mut owner: std::collections::HashMap<&str, &str> = Default::default();
         for h in HOOKS {
             assert!(!h.impls.is_empty(), "{} has no implementation", h.name);
+            for p in h.impls.iter().flat_map(|i| i.progs) {
+                let prev = owner.insert(p.program, h.name);
+                assert!(prev.is_none_or(|o| o == h.name), "{} is in {} and {}", p.program, prev.unwrap(), h.name);
+            }
         }
     }
 
     #[test]
-    fn implementations_are_ordered_best_first() {
+    fn only_the_first_implementation_of_a_hook_may_see_everything_a_later_one_lacks() {
+        // An implementation that lacks something never comes before one
+        // that does not: information first, cost second.
         for h in HOOKS {
-            let order: Vec<Family> = h.impls.iter().map(|i| i.family).collect();
-            let mut sorted = order.clone();
-            sorted.sort_by_key(|f| *f as u8);
-            assert_eq!(order, sorted, "{}", h.name);
+            let first_lacking = h.impls.iter().position(|i| i.lacks.is_some()).unwrap_or(h.impls.len());
+            assert!(h.impls[first_lacking..].iter().all(|i| i.lacks.is_some()), "{}", h.name);
         }
     }
 }

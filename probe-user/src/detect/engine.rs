@@ -109,6 +109,9 @@ impl Engine {
     /// Applies the rules to one event; returns the findings it created (a
     /// repeat only bumps the count of the existing one).
     pub fn on_event(&mut self, ev: &Event, obs: &Observed) -> Vec<Finding> {
+        if let Event::OomVictim(e) = ev {
+            return self.on_oom_victim(e.data.pid, e.ctx.ts_ns).into_iter().collect();
+        }
         let ctx = *ev.ctx();
         if ctx.serving_dev == 0 {
             return vec![];
@@ -167,8 +170,31 @@ impl Engine {
                     out.extend(self.report(&rules::WRITE_UPPER_FOLIO, &ctx, serving, gfp, obs, detail, vec![]));
                 }
             }
+            Event::OomVictim(_) => {}
         }
         out
+    }
+
+    /// The OOM killer chose `pid`: a finding when it is a servicer, whose
+    /// death leaves every filesystem above it failing I/O.
+    fn on_oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Finding> {
+        let s = self.index.servicer(pid)?.clone();
+        let mut comm = [0u8; 16];
+        let n = s.comm.len().min(15);
+        comm[..n].copy_from_slice(&s.comm.as_bytes()[..n]);
+        let ctx = TaskCtx {
+            ts_ns,
+            tgid: pid,
+            tid: pid,
+            task_flags: 0,
+            stack_id: -1,
+            comm,
+            serving_dev: s.serves.to_kernel(),
+            fs_depth: 0,
+        };
+        self.pending.retain(|_, p| p.ctx.tgid != pid);
+        let detail = format!("the OOM killer chose {} (pid {pid}), which completes the I/O of {}", s.comm, s.serves);
+        self.report(&rules::SERVICER_OOM_KILLED, &ctx, s.serves, 0, &Observed::default(), detail, vec![])
     }
 
     /// A thread in D state: a deadlock when it is a servicer inside reclaim,

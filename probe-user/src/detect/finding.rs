@@ -9,6 +9,8 @@ pub enum Severity {
     Hazard,
     Recursion,
     Deadlock,
+    /// The stack is already failing I/O (its servicer is gone).
+    Failure,
 }
 
 impl Severity {
@@ -17,6 +19,7 @@ impl Severity {
             Severity::Hazard => "hazard",
             Severity::Recursion => "recursion",
             Severity::Deadlock => "deadlock",
+            Severity::Failure => "failure",
         }
     }
 }

@@ -35,8 +35,20 @@ pub const BLOCKED_IN_RECLAIM: Rule = Rule {
     title: "servicer blocked in reclaim on the I/O it is meant to complete",
 };
 
-pub const ALL: &[&Rule] =
-    &[&HAZARD_FS_IO, &SHRINKER_UPPER, &WAIT_UPPER_WRITEBACK, &WRITE_UPPER_FOLIO, &BLOCKED_IN_RECLAIM];
+pub const SERVICER_OOM_KILLED: Rule = Rule {
+    id: "RS301",
+    severity: Severity::Failure,
+    title: "servicer of a stacked device killed by the OOM killer: the filesystems above it now fail I/O",
+};
+
+pub const ALL: &[&Rule] = &[
+    &HAZARD_FS_IO,
+    &SHRINKER_UPPER,
+    &WAIT_UPPER_WRITEBACK,
+    &WRITE_UPPER_FOLIO,
+    &BLOCKED_IN_RECLAIM,
+    &SERVICER_OOM_KILLED,
+];
 
 /// Kernel functions that mean "waiting for writeback or for I/O" when they
 /// sit in a blocked task's stack.

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use probe_common::events::{
-    EventKind, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent, TaskCtx, WritebackWaitEvent,
+    EventKind, OomVictimEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent, TaskCtx, WritebackWaitEvent,
 };
 
 use crate::topology::Dev;
@@ -16,6 +16,7 @@ pub enum Event {
     Shrinker(ShrinkerEvent),
     WritebackWait(WritebackWaitEvent),
     ReclaimWrite(ReclaimWriteEvent),
+    OomVictim(OomVictimEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
@@ -36,6 +37,7 @@ impl Event {
             Some(EventKind::Shrinker) => Event::Shrinker(read(bytes)?),
             Some(EventKind::WritebackWait) => Event::WritebackWait(read(bytes)?),
             Some(EventKind::ReclaimWrite) => Event::ReclaimWrite(read(bytes)?),
+            Some(EventKind::OomVictim) => Event::OomVictim(read(bytes)?),
             None => bail!("unknown event kind {kind}"),
         })
     }
@@ -51,6 +53,7 @@ impl Event {
             Event::Shrinker(e) => bytes(e),
             Event::WritebackWait(e) => bytes(e),
             Event::ReclaimWrite(e) => bytes(e),
+            Event::OomVictim(e) => bytes(e),
         }
     }
 
@@ -60,6 +63,7 @@ impl Event {
             Event::Shrinker(e) => &e.ctx,
             Event::WritebackWait(e) => &e.ctx,
             Event::ReclaimWrite(e) => &e.ctx,
+            Event::OomVictim(e) => &e.ctx,
         }
     }
 
@@ -70,6 +74,7 @@ impl Event {
             Event::Shrinker(_) => "shrinker",
             Event::WritebackWait(_) => "writeback_wait",
             Event::ReclaimWrite(_) => "reclaim_write",
+            Event::OomVictim(_) => "oom_victim",
         }
     }
 }

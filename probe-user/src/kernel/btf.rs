@@ -20,18 +20,88 @@ pub struct MissingField {
     pub disables: &'static str,
 }
 
-/// (struct, member path, found bit, what breaks without it)
-const FIELDS: &[(&str, &str, u32, &str)] = &[
-    ("task_struct", "flags", found::TASK_FLAGS, "task PF_MEMALLOC_* flags in events"),
-    ("shrinker", "private_data", found::SHRINKER_PRIVATE_DATA, "naming the filesystem behind a shrinker"),
-    ("super_block", "s_dev", found::SB_S_DEV, "naming the filesystem behind a shrinker or folio"),
-    ("super_block", "s_type", found::SB_S_TYPE, "naming the filesystem type behind a shrinker"),
-    ("file_system_type", "name", found::FSTYPE_NAME, "naming the filesystem type behind a shrinker"),
-    ("folio", "mapping", found::FOLIO_MAPPING, "mapping folios written by reclaim to their device"),
-    ("address_space", "host", found::MAPPING_HOST, "mapping folios and writepages to their inode"),
-    ("inode", "i_sb", found::INODE_I_SB, "mapping folios and writepages to their device"),
-    ("inode", "i_ino", found::INODE_I_INO, "mapping folios and writepages to their inode"),
-    ("scan_control", "gfp_mask", found::SCAN_CONTROL_GFP, "the gfp mask of shrink_node()"),
+/// What a member must be to be usable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Any,
+    /// An embedded struct, not a pointer to one (super_block.s_shrink before 6.7).
+    EmbeddedStruct,
+}
+
+/// One offset the programs need: where to look, first match wins.
+struct Field {
+    at: &'static [(&'static str, &'static str)],
+    want: Want,
+    bit: u32,
+    /// What breaks without it (None: an alternative to another field, whose
+    /// absence alone breaks nothing).
+    disables: Option<&'static str>,
+}
+
+const FIELDS: &[Field] = &[
+    Field {
+        at: &[("task_struct", "flags")],
+        want: Want::Any,
+        bit: found::TASK_FLAGS,
+        disables: Some("task PF_MEMALLOC_* flags in events"),
+    },
+    Field { at: &[("shrinker", "private_data")], want: Want::Any, bit: found::SHRINKER_PRIVATE_DATA, disables: None },
+    Field {
+        at: &[("super_block", "s_shrink")],
+        want: Want::EmbeddedStruct,
+        bit: found::SB_S_SHRINK_EMBEDDED,
+        disables: None,
+    },
+    Field {
+        at: &[("super_block", "s_dev")],
+        want: Want::Any,
+        bit: found::SB_S_DEV,
+        disables: Some("naming the filesystem behind a shrinker or folio"),
+    },
+    Field {
+        at: &[("super_block", "s_type")],
+        want: Want::Any,
+        bit: found::SB_S_TYPE,
+        disables: Some("naming the filesystem type behind a shrinker"),
+    },
+    Field {
+        at: &[("file_system_type", "name")],
+        want: Want::Any,
+        bit: found::FSTYPE_NAME,
+        disables: Some("naming the filesystem type behind a shrinker"),
+    },
+    // struct folio mirrors struct page up to `mapping`; kernels before 5.16
+    // have only the page.
+    Field {
+        at: &[("folio", "mapping"), ("page", "mapping")],
+        want: Want::Any,
+        bit: found::FOLIO_MAPPING,
+        disables: Some("mapping folios written by reclaim to their device"),
+    },
+    Field {
+        at: &[("address_space", "host")],
+        want: Want::Any,
+        bit: found::MAPPING_HOST,
+        disables: Some("mapping folios and writepages to their inode"),
+    },
+    Field {
+        at: &[("inode", "i_sb")],
+        want: Want::Any,
+        bit: found::INODE_I_SB,
+        disables: Some("mapping folios and writepages to their device"),
+    },
+    Field {
+        at: &[("inode", "i_ino")],
+        want: Want::Any,
+        bit: found::INODE_I_INO,
+        disables: Some("mapping folios and writepages to their inode"),
+    },
+    Field {
+        at: &[("scan_control", "gfp_mask")],
+        want: Want::Any,
+        bit: found::SCAN_CONTROL_GFP,
+        disables: Some("the gfp mask of shrink_node()"),
+    },
 ];
 
 impl KernelBtf {
@@ -46,6 +116,11 @@ impl KernelBtf {
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// structs and unions (struct folio keeps `mapping` inside one).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        self.member(name, member).map(|(off, _)| off)
+    }
+
+    /// Offset and type of a member (typedefs and qualifiers resolved).
+    fn member(&self, name: &str, member: &str) -> Option<(u32, Type)> {
         let types = self.btf.resolve_types_by_name(name).ok()?;
         types.iter().find_map(|t| match t {
             Type::Struct(s) if !s.members.is_empty() => self.find_member(s, member, 0),
@@ -53,17 +128,17 @@ impl KernelBtf {
         })
     }
 
-    fn find_member(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
+    fn find_member(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<(u32, Type)> {
         for m in &s.members {
             let bits = base_bits + m.bit_offset();
             let name = self.btf.resolve_name(m).unwrap_or_default();
             if name == member {
-                return Some(bits / 8);
+                return Some((bits / 8, self.btf.resolve_chained_type(m).ok()?));
             }
             if name.is_empty() {
                 if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.btf.resolve_chained_type(m) {
-                    if let Some(off) = self.find_member(&inner, member, bits) {
-                        return Some(off);
+                    if let Some(found) = self.find_member(&inner, member, bits) {
+                        return Some(found);
                     }
                 }
             }
@@ -76,30 +151,58 @@ impl KernelBtf {
         self.btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
     }
 
+    /// Whether the kernel has a BTF-enabled tracepoint by this name (its
+    /// `btf_trace_<name>` typedef).
+    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .map(|ts| ts.iter().any(|t| matches!(t, Type::Typedef(_))))
+            .unwrap_or(false)
+    }
+
+    fn lookup(&self, f: &Field) -> Option<u32> {
+        f.at.iter().find_map(|(st, member)| {
+            let (off, ty) = self.member(st, member)?;
+            match (f.want, ty) {
+                (Want::Any, _) | (Want::EmbeddedStruct, Type::Struct(_)) => Some(off),
+                _ => None,
+            }
+        })
+    }
+
     /// All the offsets the programs need, and what is missing on this kernel.
     pub fn offsets(&self) -> (KernelOffsets, Vec<MissingField>) {
         let mut k = KernelOffsets::default();
         let mut missing = Vec::new();
-        for &(st, member, bit, disables) in FIELDS {
-            match self.member_offset(st, member) {
-                Some(off) => {
-                    let slot = match bit {
-                        found::TASK_FLAGS => &mut k.task_flags,
-                        found::SHRINKER_PRIVATE_DATA => &mut k.shrinker_private_data,
-                        found::SB_S_DEV => &mut k.sb_s_dev,
-                        found::SB_S_TYPE => &mut k.sb_s_type,
-                        found::FSTYPE_NAME => &mut k.fstype_name,
-                        found::FOLIO_MAPPING => &mut k.folio_mapping,
-                        found::MAPPING_HOST => &mut k.mapping_host,
-                        found::INODE_I_SB => &mut k.inode_i_sb,
-                        found::INODE_I_INO => &mut k.inode_i_ino,
-                        _ => &mut k.scan_control_gfp,
-                    };
-                    *slot = off;
-                    k.found |= bit;
+        for f in FIELDS {
+            let Some(off) = self.lookup(f) else {
+                if let Some(disables) = f.disables {
+                    let (st, member) = f.at[0];
+                    missing.push(MissingField { field: format!("{st}.{member}"), disables });
                 }
-                None => missing.push(MissingField { field: format!("{st}.{member}"), disables }),
-            }
+                continue;
+            };
+            let slot = match f.bit {
+                found::TASK_FLAGS => &mut k.task_flags,
+                found::SHRINKER_PRIVATE_DATA => &mut k.shrinker_private_data,
+                found::SB_S_SHRINK_EMBEDDED => &mut k.sb_s_shrink,
+                found::SB_S_DEV => &mut k.sb_s_dev,
+                found::SB_S_TYPE => &mut k.sb_s_type,
+                found::FSTYPE_NAME => &mut k.fstype_name,
+                found::FOLIO_MAPPING => &mut k.folio_mapping,
+                found::MAPPING_HOST => &mut k.mapping_host,
+                found::INODE_I_SB => &mut k.inode_i_sb,
+                found::INODE_I_INO => &mut k.inode_i_ino,
+                _ => &mut k.scan_control_gfp,
+            };
+            *slot = off;
+            k.found |= f.bit;
+        }
+        if k.found & (found::SHRINKER_PRIVATE_DATA | found::SB_S_SHRINK_EMBEDDED) == 0 {
+            missing.push(MissingField {
+                field: "shrinker.private_data or an embedded super_block.s_shrink".into(),
+                disables: "naming the filesystem behind a shrinker",
+            });
         }
         (k, missing)
     }
@@ -124,7 +227,16 @@ mod tests {
         assert_ne!(k.task_flags, 0);
         // struct folio mirrors struct page: mapping is the word after flags and lru.
         assert_eq!(k.folio_mapping, 24);
-        assert_eq!(k.shrinker_private_data % 8, 0);
+        // Exactly one way from a shrinker to its super_block: a pointer in
+        // the shrinker (6.7+) or the shrinker embedded in the super_block.
+        let via_private = k.found & found::SHRINKER_PRIVATE_DATA != 0;
+        let embedded = k.found & found::SB_S_SHRINK_EMBEDDED != 0;
+        assert!(via_private != embedded, "private_data {via_private}, embedded s_shrink {embedded}");
+        if via_private {
+            assert_eq!(k.shrinker_private_data % 8, 0);
+        } else {
+            assert!(k.sb_s_shrink > k.sb_s_type);
+        }
         assert!(btf.has_function("try_to_free_pages"));
         assert!(!btf.has_function("no_such_function_here"));
         assert!(btf.member_offset("task_struct", "no_such_member").is_none());

@@ -61,6 +61,15 @@ impl Kallsyms {
             .min()
     }
 
+    /// Every copy of `name`: itself, then its compiler-suffixed copies.
+    pub fn copies<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let exact = self.syms.iter().filter(move |s| s.name == name);
+        let suffixed = self.syms.iter().filter(move |s| {
+            s.name.strip_prefix(name).is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf)))
+        });
+        exact.chain(suffixed).map(|s| s.name.as_str())
+    }
+
     pub fn addr_of(&self, name: &str) -> Option<u64> {
         self.syms.iter().find(|s| s.name == name).map(|s| s.addr).filter(|&a| a != 0)
     }

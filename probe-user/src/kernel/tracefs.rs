@@ -3,7 +3,7 @@
 //! tracepoint's `format` file, never compiled in.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::CString,
     fs,
     path::{Path, PathBuf},
@@ -48,6 +48,14 @@ impl Tracefs {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Functions ftrace can hook (`available_filter_functions`): kprobes on
+    /// anything else are refused ("Could not probe notrace function"), and
+    /// so are trampolines. None when the file cannot be read.
+    pub fn traceable_functions(&self) -> Option<HashSet<String>> {
+        let text = fs::read_to_string(self.root.join("available_filter_functions")).ok()?;
+        Some(text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
     }
 
     pub fn exists(&self, category: &str, name: &str) -> bool {

@@ -104,6 +104,9 @@ impl EventView {
             Event::ReclaimWrite(e) => {
                 v.detail = Some(format!("pageout dev={} ino={}", Dev::from_kernel(e.data.dev), e.data.ino));
             }
+            Event::OomVictim(e) => {
+                v.detail = Some(format!("OOM killer chose pid {}", e.data.pid));
+            }
         }
         v
     }
