@@ -81,6 +81,13 @@ pub struct TracepointOffsets {
     pub rq_dev: u32,
     /// oom:mark_victim
     pub oom_pid: u32,
+    /// writeback:balance_dirty_pages
+    pub bdp_bdi: u32,
+    pub bdp_dirty: u32,
+    pub bdp_limit: u32,
+    pub bdp_pause: u32,
+    pub bdp_cgroup_ino: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -107,5 +114,5 @@ impl Config {
 user_pod!(Config, TracepointOffsets);
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 48);

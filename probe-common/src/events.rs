@@ -13,6 +13,7 @@ pub enum EventKind {
     WritebackWait = 4,
     ReclaimWrite = 5,
     OomVictim = 6,
+    DirtyThrottle = 7,
 }
 
 impl EventKind {
@@ -24,6 +25,7 @@ impl EventKind {
             4 => Self::WritebackWait,
             5 => Self::ReclaimWrite,
             6 => Self::OomVictim,
+            7 => Self::DirtyThrottle,
             _ => return None,
         })
     }
@@ -139,13 +141,31 @@ pub struct OomVictimData {
     pub _pad: u32,
 }
 
+/// A task paused in balance_dirty_pages() (writeback:balance_dirty_pages):
+/// throttled because too much memory is dirty in its writeback domain (the
+/// machine's, or its memory cgroup's under v2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirtyThrottleData {
+    /// The bdi the task writes to, e.g. "254:0".
+    pub bdi: [u8; 32],
+    /// Dirty pages in the domain, and the limit (pages).
+    pub dirty: u64,
+    pub limit: u64,
+    /// This pause, in jiffies.
+    pub pause: i64,
+    /// Inode of the memory cgroup whose domain throttles (0: the global one).
+    pub cgroup_ino: u64,
+}
+
 pub type ReclaimEvent = Event<ReclaimData>;
 pub type ShrinkerEvent = Event<ShrinkerData>;
 pub type WritebackWaitEvent = Event<WritebackWaitData>;
 pub type ReclaimWriteEvent = Event<ReclaimWriteData>;
 pub type OomVictimEvent = Event<OomVictimData>;
+pub type DirtyThrottleEvent = Event<DirtyThrottleData>;
 
-user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent, OomVictimEvent);
+user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent, OomVictimEvent, DirtyThrottleEvent);
 
 const _: () = assert!(core::mem::size_of::<TaskCtx>() == 48);
 const _: () = assert!(core::mem::size_of::<ReclaimEvent>() == 8 + 48 + 32);
@@ -153,3 +173,4 @@ const _: () = assert!(core::mem::size_of::<ShrinkerEvent>() == 8 + 48 + 48);
 const _: () = assert!(core::mem::size_of::<WritebackWaitEvent>() == 8 + 48 + 56);
 const _: () = assert!(core::mem::size_of::<ReclaimWriteEvent>() == 8 + 48 + 16);
 const _: () = assert!(core::mem::size_of::<OomVictimEvent>() == 8 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<DirtyThrottleEvent>() == 8 + 48 + 64);

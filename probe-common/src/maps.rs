@@ -80,7 +80,9 @@ pub mod counter {
     pub const SLOWPATH_ENTRIES: u32 = 10;
     /// Tasks the OOM killer chose, every task.
     pub const OOM_KILLS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Pauses in balance_dirty_pages(), every task.
+    pub const DIRTY_THROTTLES: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState);

@@ -12,6 +12,7 @@ mod maps;
 mod reclaim;
 mod shrinker;
 mod tasks;
+mod throttle;
 mod upper_io;
 mod writeback;
 

@@ -38,7 +38,7 @@ enum Command {
 async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Watch(a) => watch::run(&a).await,
-        Command::Probes(a) => probes::run(&a),
+        Command::Probes(a) => probes::run(&a).await,
         Command::Audit(a) => audit::run(&a),
         Command::Monitor(a) => monitor::run(&a).await,
         Command::Record(a) => record::run(&a).await,

@@ -34,8 +34,11 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     let qsd = stack.daemon_pid.unwrap();
     stack.teardown().unwrap();
     assert_eq!(code, Some(0));
-    let hazards: Vec<&Value> = common::findings(&lines).into_iter().filter(|f| rule(f) == "RS001").collect();
-    assert!(!hazards.is_empty(), "no hazard; got {lines:#?}");
+    // Other tasks may serve the stack too (the flusher writing back the
+    // FUSE file): the finding that matters is the daemon's.
+    let hazards: Vec<&Value> =
+        common::findings(&lines).into_iter().filter(|f| rule(f) == "RS001" && f["servicer"]["tgid"] == qsd).collect();
+    assert!(!hazards.is_empty(), "no hazard for qsd {qsd}; got {lines:#?}");
     let h = hazards[0];
     assert_eq!(h["severity"], "hazard");
     assert_eq!(h["servicer"]["tgid"], qsd);
@@ -65,17 +68,23 @@ fn real_deadlock_is_flagged_as_it_forms() {
     agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
     let start = Instant::now();
     stack.spawn_writer("data", 512).unwrap();
-    let grave = agent.wait_for(Duration::from_secs(60), |v| v["type"] == "finding" && rule(v) == "RS201");
-    let recursion = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == "RS102");
-    let hazard = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == "RS001");
+    let grave = agent.wait_for(Duration::from_secs(90), |v| v["type"] == "finding" && rule(v) == "RS201");
+    // Under cgroup v1, memcg reclaim waits on the upper XFS's writeback
+    // itself (RS102). Under v2 it never does (writeback_throttling_sane()):
+    // the daemon is dirty-throttled on the memcg's dirty XFS pages (RS002).
+    let v2 = stack.memcg.as_ref().unwrap().hierarchy == testbed::Hierarchy::V2;
+    let cycle_rule = if v2 { "RS002" } else { "RS102" };
+    let recursion = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == cycle_rule);
+    let hazard = agent.of_type("finding").into_iter().find(|(_, v)| rule(v) == "RS001" || rule(v) == "RS002");
     // Break the deadlock whatever happened, then check.
     stack.abort_fuse().unwrap();
     let (code, _) = agent.stop(libc::SIGINT);
     stack.teardown().unwrap();
     assert_eq!(code, Some(0), "agent must exit cleanly even with a deadlocked FUSE daemon");
     let (t_hazard, _) = hazard.expect("no hazard before the deadlock");
-    let (t_rec, rec) = recursion.expect("no recursion finding (folio_wait_writeback)");
-    assert!(rec["detail"].as_str().unwrap().contains("folio_wait_writeback"));
+    let (t_rec, rec) = recursion.unwrap_or_else(|| panic!("no {cycle_rule} finding"));
+    let waited_in = if v2 { "balance_dirty_pages" } else { "folio_wait_writeback" };
+    assert!(rec["detail"].as_str().unwrap().contains(waited_in), "{}", rec["detail"]);
     let (t_dead, dead) = grave.expect("deadlock not reported within 60 s");
     assert!(!dead["chain"].as_array().unwrap().is_empty(), "no waiting chain");
     println!(

@@ -40,7 +40,12 @@ fn metrics_move_with_the_hazard_and_sigterm_detaches() {
     agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("monitor started");
     let before = scrape(&addr);
     assert_eq!(sample(&before, "reclaimscope_findings_total{rule=\"RS001\",severity=\"hazard\"}"), 0.0);
-    assert_eq!(sample(&before, "reclaimscope_probe_attached{hook=\"reclaim\",implementation=\"tracepoint\"}"), 1.0);
+    // The metric names the implementation this kernel attached, as `probes` reports it.
+    let probes: serde_json::Value = serde_json::from_slice(&common::run(&["probes", "--json"]).stdout).unwrap();
+    let reclaim =
+        probes["hooks"].as_array().unwrap().iter().find(|h| h["hook"] == "reclaim").unwrap()["family"].clone();
+    let attached = format!("reclaimscope_probe_attached{{hook=\"reclaim\",implementation={reclaim}}}");
+    assert_eq!(sample(&before, &attached), 1.0);
     common::write_through(&mut stack, 384);
     agent.wait_for(Duration::from_secs(5), |v| v["type"] == "summary" && v["reclaim_memcg"].as_u64().unwrap_or(0) > 0);
     std::thread::sleep(Duration::from_secs(2));

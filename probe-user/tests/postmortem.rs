@@ -85,7 +85,9 @@ fn rotation_bounds_disk_use() {
     }
     let _lock = testbed::lock().unwrap();
     let memcg = testbed::Memcg::create("rotate", 64).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    // On a disk filesystem: the writer's page cache must be reclaimable
+    // (tmpfs pages are not, without swap, and a v2 memcg OOM-kills dd).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let trace = dir.path().join("r.trace");
     // Volume comes from the writer's own reclaim: record every task.
     let agent = common::Agent::start(&[

@@ -16,7 +16,7 @@ mod sweep;
 
 pub use cmd::run;
 pub use inspect::{blocked_threads, loops_backed_under, mounts_under, pid_alive, MountEntry};
-pub use memcg::Memcg;
+pub use memcg::{Hierarchy, Memcg, Pressure};
 pub use stack::{Level, Servicer, Stack, StackSpec, WORK_ROOT};
 pub use sweep::sweep_stale;
 

@@ -5,7 +5,7 @@
 use crate::inspect::{
     abort_fuse_under, loop_backing_file, loop_detach, loops_backed_under, mounts_under, pid_alive, umount_lazy,
 };
-use crate::memcg::{remove_cgroup, MEMCG_PREFIX, MEMCG_ROOT};
+use crate::memcg::{memcg_root, remove_cgroup, MEMCG_PREFIX};
 use crate::stack::WORK_ROOT;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
@@ -21,7 +21,7 @@ pub fn sweep_stale() -> Result<()> {
         errs.extend(sweep_workdir(&dir));
     }
     // After the workdirs: their daemons were in these cgroups.
-    for dir in stale_entries(Path::new(MEMCG_ROOT), MEMCG_PREFIX) {
+    for dir in memcg_root().map(|r| stale_entries(r, MEMCG_PREFIX)).unwrap_or_default() {
         if let Err(e) = remove_cgroup(&dir) {
             errs.push(e);
         }

@@ -32,6 +32,11 @@ enum Cmd {
         /// Seconds of fuzzing per target (0: skip).
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
+        /// Debian kernels to run the kernel tests on in VMs, after this
+        /// machine's: `default` (6.1, 6.12), `all` (5.10, 6.1, 6.12, sid),
+        /// `none`, or a comma-separated list.
+        #[arg(long, default_value = "default")]
+        kernels: String,
     },
     /// Set up, build, and run the main job on a real stacked-filesystem scenario.
     Demo {
@@ -69,7 +74,18 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run_setup(),
         Cmd::Build { release } => build::run_build(release).map(drop),
-        Cmd::Test { fuzz_seconds } => test::run_tests(fuzz_seconds),
+        Cmd::Test { fuzz_seconds, kernels } => {
+            let list: Vec<&str> = match kernels.as_str() {
+                "default" => test::DEFAULT_KERNELS.to_vec(),
+                "all" => test::ALL_KERNELS.to_vec(),
+                "none" => Vec::new(),
+                other => other.split(',').collect(),
+            };
+            for k in &list {
+                vm::kernels::spec(k)?;
+            }
+            test::run_tests(fuzz_seconds, &list)
+        }
         Cmd::Demo { deadlock } => demo::run(deadlock),
         Cmd::Bench { runs, seconds } => bench::run(runs, seconds),
         Cmd::Vm { kernel, memory, cpus, timeout_minutes, cmd } => {

@@ -1,16 +1,26 @@
 //! `cargo xtask test`: what CI runs. Set-up, build, unit tests, the kernel
-//! integration tests one at a time (they build real storage stacks), and a
-//! short fuzz run of the trace reader.
+//! integration tests one at a time on this machine's kernel (they build real
+//! storage stacks), the same tests inside VMs booted with Debian's kernels,
+//! and a short fuzz run of the trace reader.
 
-use std::process::Command;
+use std::{process::Command, time::Duration, time::Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::{
     build::{ebpf_object, run_build},
     setup::run_setup,
     util::{cargo, exec, path_env, root},
+    vm,
 };
+
+/// The integration test binaries that depend on the kernel they run on.
+/// The rest (command-line errors, fixtures) prove nothing more in a VM.
+const KERNEL_TESTS: &[&str] = &["probes", "reclaim_events", "detection", "monitor", "postmortem", "audit", "stacks"];
+
+/// The kernels `cargo xtask test` boots by default, and with `--kernels all`.
+pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
+pub const ALL_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "sid"];
 
 fn fuzz_smoke(seconds: u64) -> Result<()> {
     let has_fuzz = Command::new("cargo")
@@ -53,11 +63,74 @@ fn fuzz_smoke(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn run_tests(fuzz_seconds: u64) -> Result<()> {
+/// Builds the integration tests without running them; returns the
+/// executables of the kernel-dependent ones, by name.
+fn kernel_test_binaries(obj: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let out = cargo()
+        .args(["test", "--workspace", "--no-run", "--message-format=json", "--test", "*"])
+        .env("RECLAIMSCOPE_BPF_OBJ", obj)
+        .output()
+        .context("cannot build the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) else { continue };
+        if v["target"]["kind"][0] == "test" && KERNEL_TESTS.contains(&name) {
+            bins.push((name.to_owned(), exe.to_owned()));
+        }
+    }
+    for t in KERNEL_TESTS {
+        if !bins.iter().any(|(n, _)| n == t) {
+            bail!("no test binary {t}");
+        }
+    }
+    Ok(bins)
+}
+
+/// Runs the kernel-dependent tests inside a VM of each kernel, one after
+/// the other (they share the machine's two cores).
+fn vm_suite(kernels: &[&str], obj: &std::path::Path) -> Result<()> {
+    let bins = kernel_test_binaries(obj)?;
+    let script = bins
+        .iter()
+        .map(|(name, exe)| format!("echo '== {name}'; {exe} --test-threads=1 || fail=\"$fail {name}\""))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let cmd = format!("fail=; {script}; [ -z \"$fail\" ] || {{ echo \"failed:$fail\"; exit 1; }}");
+    let mut failed = Vec::new();
+    for k in kernels {
+        let started = Instant::now();
+        let opts = vm::VmOptions {
+            kernel: (*k).to_owned(),
+            memory: "3G".into(),
+            cpus: 2,
+            timeout: Duration::from_secs(40 * 60),
+        };
+        let code = vm::run(&opts, &["sh".into(), "-c".into(), cmd.clone()])?;
+        eprintln!(
+            "xtask: kernel {k}: tests {} in {:.0} s",
+            if code == 0 { "passed" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        if code != 0 {
+            failed.push(*k);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kernel tests failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn run_tests(fuzz_seconds: u64, kernels: &[&str]) -> Result<()> {
     run_setup()?;
     run_build(false)?;
     let obj = ebpf_object();
     exec(cargo().args(["test", "--workspace", "--lib", "--bins"]).env("RECLAIMSCOPE_BPF_OBJ", &obj))?;
+    // Each integration test takes the testbed lock itself.
     exec(
         cargo()
             .args(["test", "--workspace", "--test", "*", "--", "--test-threads=1"])
@@ -65,6 +138,12 @@ pub fn run_tests(fuzz_seconds: u64) -> Result<()> {
     )?;
     if fuzz_seconds > 0 {
         fuzz_smoke(fuzz_seconds)?;
+    }
+    if !kernels.is_empty() {
+        // The guests have their own locks; this one keeps host stacks (and
+        // their CPU use) away while the emulated guests run.
+        let _lock = testbed::lock()?;
+        vm_suite(kernels, &obj)?;
     }
     eprintln!("xtask: all tests passed");
     Ok(())

@@ -27,10 +27,18 @@ pub struct BlockedTracker {
     since: HashMap<u32, Instant>,
 }
 
-fn state_of(tid: u32) -> Option<char> {
+/// State (field 3) and task flags (field 9) of /proc/TID/stat.
+fn stat_of(tid: u32) -> Option<(char, u32)> {
     let stat = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: the state follows the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    // comm may hold spaces and parentheses: the fields follow the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some((state, flags))
+}
+
+fn state_of(tid: u32) -> Option<char> {
+    stat_of(tid).map(|(s, _)| s)
 }
 
 fn comm_of(path: &str) -> String {
@@ -45,13 +53,15 @@ pub fn kernel_stack(path: &str) -> Vec<String> {
 }
 
 impl BlockedTracker {
-    /// How long `tid` has been seen continuously in D state (None: not in D).
-    pub fn observe(&mut self, tid: u32) -> Option<Duration> {
-        if state_of(tid) == Some('D') {
-            Some(self.since.entry(tid).or_insert_with(Instant::now).elapsed())
-        } else {
-            self.since.remove(&tid);
-            None
+    /// How long `tid` has been seen continuously in D state, and its task
+    /// flags now (None: not in D).
+    pub fn observe(&mut self, tid: u32) -> Option<(Duration, u32)> {
+        match stat_of(tid) {
+            Some(('D', flags)) => Some((self.since.entry(tid).or_insert_with(Instant::now).elapsed(), flags)),
+            _ => {
+                self.since.remove(&tid);
+                None
+            }
         }
     }
 

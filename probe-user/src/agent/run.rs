@@ -152,13 +152,14 @@ impl<'a> Loop<'a> {
     }
 
     fn check_blocked(&mut self) -> Result<()> {
-        let pending: Vec<(u32, u64)> = self.engine.pending().collect();
+        let pending = self.engine.pending(now_ns());
         let tids: Vec<u32> = pending.iter().map(|p| p.0).collect();
         self.blocked.forget_others(&tids);
         for (tid, _) in pending {
-            let Some(blocked_for) = self.blocked.observe(tid) else { continue };
+            let Some((blocked_for, flags)) = self.blocked.observe(tid) else { continue };
             let b = Blocked {
                 tid,
+                flags,
                 blocked_for,
                 now_ns: now_ns(),
                 stack: blocked::kernel_stack(&format!("/proc/{tid}")),

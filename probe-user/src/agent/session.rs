@@ -48,6 +48,9 @@ pub struct SessionOptions {
     pub target_tgid: Option<u32>,
     pub trace_all: bool,
     pub force: Option<Family>,
+    /// Attach every implementation of every hook, not only the best (for
+    /// `probes --measure`; events are then counted more than once).
+    pub every_impl: bool,
 }
 
 pub struct Counters {
@@ -67,6 +70,8 @@ pub struct Session {
     pub kv: KernelView,
     pub built: Built,
     pub attach: AttachReport,
+    /// With `every_impl`: every implementation and whether it attached.
+    pub every: Vec<loader::Attached>,
     pub events: EventStream,
     pub maps: MapsSync,
     pub stacks: Stacks,
@@ -122,7 +127,11 @@ impl Session {
                 None
             }
         };
-        let attach = loader::attach_all(&mut ebpf, &kv, &built, opts.force);
+        let (attach, every) = if opts.every_impl {
+            (AttachReport::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
+        } else {
+            (loader::attach_all(&mut ebpf, &kv, &built, opts.force), Vec::new())
+        };
         attach.check_required()?;
         for (hook, lost) in attach.weakened() {
             log::warn!("hook {hook} unavailable on this kernel; {lost}");
@@ -140,6 +149,7 @@ impl Session {
             kv,
             built,
             attach,
+            every,
             events,
             maps,
             stacks,

@@ -113,6 +113,13 @@ pub fn tracepoint_offsets(tf: &Tracefs) -> TpOffsets {
     tp.rq_dev = o[0];
     let o = group_offsets(tf, &[("oom", "mark_victim")], &["pid"], &mut bad);
     tp.oom_pid = o[0];
+    let o = group_offsets(
+        tf,
+        &[("writeback", "balance_dirty_pages")],
+        &["bdi", "dirty", "limit", "pause", "cgroup_ino"],
+        &mut bad,
+    );
+    (tp.bdp_bdi, tp.bdp_dirty, tp.bdp_limit, tp.bdp_pause, tp.bdp_cgroup_ino) = (o[0], o[1], o[2], o[3], o[4]);
     TpOffsets { offsets: tp, bad }
 }
 

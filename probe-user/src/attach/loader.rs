@@ -306,6 +306,40 @@ pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option
     AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force }
 }
 
+/// One implementation attached next to all the others, for measuring.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attached {
+    pub hook: &'static str,
+    pub family: Family,
+    pub lacks: Option<&'static str>,
+    pub programs: Vec<&'static str>,
+    pub targets: Vec<String>,
+    /// Why it could not attach (None: attached).
+    pub error: Option<String>,
+}
+
+/// Attaches every implementation of every hook that this kernel takes, not
+/// only the best: `probes --measure` compares their cost per call under the
+/// same workload.
+pub fn attach_every_impl(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Attached> {
+    let mut a = Attacher { ebpf, kv, built, btf: None };
+    let mut out = Vec::new();
+    for hook in HOOKS {
+        for imp in hook.impls {
+            let r = a.try_impl(imp);
+            out.push(Attached {
+                hook: hook.name,
+                family: imp.family,
+                lacks: imp.lacks,
+                programs: imp.progs.iter().map(|p| p.program).collect(),
+                targets: r.as_ref().map(Clone::clone).unwrap_or_default(),
+                error: r.err().map(|e| format!("{e:#}")),
+            });
+        }
+    }
+    out
+}
+
 /// Loads every program of the object through the verifier without
 /// attaching it, then unloads it. A program is loaded against the first
 /// target this kernel has; one with none is reported as such.

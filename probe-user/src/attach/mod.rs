@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod loader;
+pub mod measure;
 pub mod table;

@@ -254,6 +254,12 @@ pub static HOOKS: &[Hook] = &[
         )],
     },
     Hook {
+        name: "dirty_throttle",
+        required: false,
+        degrades: "hazard/deadlock: a servicer throttled on dirty memory it must clean itself is not seen",
+        impls: &[full(Tracepoint, &[p("tp_balance_dirty_pages", Tp(&[("writeback", "balance_dirty_pages")]))])],
+    },
+    Hook {
         name: "oom_victim",
         required: false,
         degrades: "loss: a servicer killed by the OOM killer is not reported",

@@ -1,30 +1,49 @@
 //! `reclaimscope probes`: which implementation each logical hook uses on
 //! this kernel, and why the better ones were skipped.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use prettytable::{format, row, Table};
 
 use super::trace_args::KernelArgs;
 use crate::{
-    agent::session::load_object,
+    agent::{
+        run::{Loop, RunOptions, Sink, Summary},
+        session::{load_object, Session, SessionOptions},
+    },
     attach::{
         config,
         loader::{attach_all, verify_all, AttachReport, Verified},
+        measure::{costs, ImplCost},
     },
+    detect::{engine::Engine, engine::Observed, finding::Finding, index::StackIndex},
+    events::decode::Event,
+    flags::GfpNames,
     kernel::preflight,
+    topology::{Extra, Topology},
 };
 
 /// Examples:
 ///   sudo reclaimscope probes
 ///   sudo reclaimscope probes --json
 ///   sudo reclaimscope probes --verify      # load every program through the verifier
+///   sudo reclaimscope probes --measure -- fio job.fio   # ns per call of every implementation
 #[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct ProbesArgs {
     #[arg(long)]
     pub json: bool,
     /// Load every program of every family through the verifier, without attaching.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "measure")]
     pub verify: bool,
+    /// Attach every implementation of every hook at once, run WORKLOAD, and
+    /// report each one's kernel time per call (BPF run-time statistics).
+    #[arg(long)]
+    pub measure: bool,
+    /// The workload for --measure, after `--`.
+    #[arg(last = true, value_name = "WORKLOAD", requires = "measure")]
+    pub workload: Vec<String>,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -39,6 +58,11 @@ fn print_report(r: &AttachReport) {
         t.add_row(row![c.hook, chosen, c.targets.join("\n"), skipped.join("\n")]);
     }
     t.printstd();
+    for c in &r.hooks {
+        if let (Some(f), Some(lacks)) = (c.family, c.lacks) {
+            println!("limited: {} through {}: {lacks}", c.hook, f.name());
+        }
+    }
     for (hook, lost) in r.weakened() {
         println!("weakened: {hook} missing, {lost}");
     }
@@ -55,8 +79,89 @@ fn print_verified(v: &[Verified]) {
     t.printstd();
 }
 
-pub fn run(args: &ProbesArgs) -> Result<i32> {
+fn print_costs(costs: &[ImplCost]) {
+    let mut t = Table::new();
+    t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
+    t.set_titles(row!["HOOK", "IMPLEMENTATION", "CALLS", "NS/CALL", "TARGET"]);
+    for c in costs {
+        let ns = match (&c.error, c.ns_per_call) {
+            (Some(_), _) => "not attached".to_owned(),
+            (None, Some(ns)) => format!("{ns:.0}"),
+            (None, None) => "-".to_owned(),
+        };
+        t.add_row(row![c.hook, c.family.name(), c.calls, ns, c.targets.join(" ")]);
+    }
+    t.printstd();
+}
+
+/// Counts what the loop delivers and shows nothing: only the kernel-side
+/// cost is measured.
+struct Discard;
+
+impl Sink for Discard {
+    fn event(&mut self, _: &[u8], _: &Event, _: &Observed, _: &[(u64, String)]) -> Result<()> {
+        Ok(())
+    }
+    fn finding(&mut self, _: &Finding) -> Result<()> {
+        Ok(())
+    }
+    fn summary(&mut self, _: &Summary, _: bool) -> Result<()> {
+        Ok(())
+    }
+    fn topology(&mut self, _: &Topology, _: &StackIndex) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every implementation attached, the servicer maps kept current as for
+/// `watch` (so the filters take the same paths), while the workload runs.
+async fn measure(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
+    let mut session = Session::start(&SessionOptions {
+        command: "probes",
+        paths: args.kernel.paths(),
+        target_tgid: None,
+        trace_all: false,
+        force: None,
+        every_impl: true,
+    })?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("cannot enable BPF run-time statistics")?;
+    let (prog, rest) = args.workload.split_first().context("--measure needs a workload after --")?;
+    let mut child = tokio::process::Command::new(prog)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("cannot start the workload {prog}"))?;
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let _ = tx.send(status);
+        // The loop ends on SIGINT, as under Ctrl-C.
+        // SAFETY: signalling ourselves.
+        unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+    });
+    let engine = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+    let extra = Extra::default();
+    let mut sink = Discard;
+    let mut l = Loop::new(&mut session, engine, &mut sink, &extra).await?;
+    l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600), extra }).await?;
+    match rx.try_recv() {
+        Ok(Ok(s)) if s.success() => {}
+        Ok(Ok(s)) => bail!("the workload failed: {s}"),
+        _ => bail!("interrupted before the workload ended"),
+    }
+    Ok(costs(&session.ebpf, &session.every))
+}
+
+pub async fn run(args: &ProbesArgs) -> Result<i32> {
     preflight::require_bpf_privileges("probes")?;
+    if args.measure {
+        let costs = measure(args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&costs)?);
+        } else {
+            print_costs(&costs);
+        }
+        return Ok(0);
+    }
     let kv = args.kernel.paths().view()?;
     let built = config::build(&kv, 0, false);
     let mut ebpf = load_object(&built)?;

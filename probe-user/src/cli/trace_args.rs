@@ -120,6 +120,7 @@ impl TraceArgs {
             target_tgid: self.pid,
             trace_all,
             force: self.kernel.attach.family(),
+            every_impl: false,
         })?;
         let (gfp, source) = flags::load(session.kv.tracefs.root());
         if let GfpSource::Builtin { reason } = source {

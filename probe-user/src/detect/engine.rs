@@ -8,7 +8,7 @@ use std::{
 
 use probe_common::{
     events::{ReclaimKind, TaskCtx},
-    flags::{effective_gfp, GFP_FS, GFP_IO, PF_KTHREAD},
+    flags::{effective_gfp, GFP_FS, GFP_IO, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC},
 };
 
 use super::{
@@ -32,19 +32,36 @@ pub struct Observed {
     pub inflight: Option<i64>,
 }
 
-/// A servicer thread seen entering reclaim and not yet leaving it.
+/// What a pending servicer thread is stuck in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stuck {
+    /// Inside direct or memcg reclaim (between its begin and end events).
+    Reclaim,
+    /// Paused in balance_dirty_pages(): no end event, the pauses repeat.
+    DirtyThrottle,
+}
+
+/// A servicer thread seen entering reclaim and not yet leaving it, or being
+/// dirty-throttled.
 #[derive(Debug, Clone)]
 struct Pending {
     ctx: TaskCtx,
+    stuck: Stuck,
     gfp: u32,
     waited_on: Option<Dev>,
     stack: Vec<String>,
 }
 
+/// A dirty-throttled thread whose last pause is older than this has
+/// moved on (pauses are at most 200 ms apart while it stays throttled).
+const THROTTLE_GONE_NS: u64 = 3_000_000_000;
+
 /// A thread the agent found in D state.
 #[derive(Debug, Clone)]
 pub struct Blocked {
     pub tid: u32,
+    /// Its task flags now (field 9 of /proc/TID/stat).
+    pub flags: u32,
     pub blocked_for: Duration,
     pub now_ns: u64,
     pub stack: Vec<String>,
@@ -92,9 +109,12 @@ impl Engine {
         &self.findings
     }
 
-    /// Servicer threads inside reclaim now, with when they entered it.
-    pub fn pending(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.pending.iter().map(|(tid, p)| (*tid, p.ctx.ts_ns))
+    /// Servicer threads inside reclaim or dirty throttling now, with when
+    /// they were last seen entering it. Throttled threads whose pauses
+    /// stopped `THROTTLE_GONE_NS` before `now_ns` are dropped.
+    pub fn pending(&mut self, now_ns: u64) -> Vec<(u32, u64)> {
+        self.pending.retain(|_, p| p.stuck == Stuck::Reclaim || now_ns.saturating_sub(p.ctx.ts_ns) < THROTTLE_GONE_NS);
+        self.pending.iter().map(|(tid, p)| (*tid, p.ctx.ts_ns)).collect()
     }
 
     /// The filesystem mounted on the served device, or on a device stacked on it.
@@ -122,8 +142,14 @@ impl Engine {
             Event::ReclaimBegin(e) => {
                 let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
                 if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) {
-                    self.pending
-                        .insert(ctx.tid, Pending { ctx, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() });
+                    let p = Pending {
+                        ctx,
+                        stuck: Stuck::Reclaim,
+                        gfp: e.data.gfp,
+                        waited_on: None,
+                        stack: obs.stack.clone(),
+                    };
+                    self.pending.insert(ctx.tid, p);
                 }
                 let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
                 let busy = obs.inflight.is_none_or(|n| n > 0);
@@ -170,6 +196,35 @@ impl Engine {
                     out.extend(self.report(&rules::WRITE_UPPER_FOLIO, &ctx, serving, gfp, obs, detail, vec![]));
                 }
             }
+            Event::DirtyThrottle(e) => {
+                let Some(upper) = self.upper_mount(serving) else { return out };
+                let (fs, dev) = (upper.fs_type.clone(), upper.dev);
+                if ctx.task_flags & PF_LOCAL_THROTTLE == 0 {
+                    let domain = match e.data.cgroup_ino {
+                        0 | 1 => "the machine's".to_owned(),
+                        ino => format!("its memory cgroup's (ino {ino})"),
+                    };
+                    let detail = format!(
+                        "balance_dirty_pages() paused it writing to bdi {}: {} of {domain} dirty pages, limit {}; \
+                         among them may be the {fs} on {dev} it must write back itself",
+                        cstr(&e.data.bdi),
+                        e.data.dirty,
+                        e.data.limit
+                    );
+                    out.extend(self.report(&rules::HAZARD_DIRTY_THROTTLE, &ctx, serving, 0, obs, detail, vec![]));
+                }
+                // A thread already inside reclaim stays pending as such.
+                let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
+                    ctx,
+                    stuck: Stuck::DirtyThrottle,
+                    gfp: 0,
+                    waited_on: None,
+                    stack: obs.stack.clone(),
+                });
+                if entry.stuck == Stuck::DirtyThrottle {
+                    entry.ctx = ctx;
+                }
+            }
             Event::OomVictim(_) => {}
         }
         out
@@ -206,11 +261,27 @@ impl Engine {
         let p = self.pending.get(&b.tid)?.clone();
         let serving = Dev::from_kernel(p.ctx.serving_dev);
         let waits = b.stack.iter().any(|f| rules::WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
-        if p.waited_on.is_none() && !waits {
-            return None;
-        }
-        let on = p.waited_on.map(|d| format!(" on writeback of {d}")).unwrap_or_default();
-        let detail = format!("blocked in D state inside reclaim{on} for {:.1} s", b.blocked_for.as_secs_f64());
+        let detail = match p.stuck {
+            // The kernel marks reclaim with PF_MEMALLOC: without it the
+            // recorded begin is stale (its end event was lost).
+            Stuck::Reclaim => {
+                if b.flags & PF_MEMALLOC == 0 || (p.waited_on.is_none() && !waits) {
+                    return None;
+                }
+                let on = p.waited_on.map(|d| format!(" on writeback of {d}")).unwrap_or_default();
+                format!("blocked in D state inside reclaim{on} for {:.1} s", b.blocked_for.as_secs_f64())
+            }
+            Stuck::DirtyThrottle => {
+                if !b.stack.iter().any(|f| f.starts_with("balance_dirty_pages")) {
+                    return None;
+                }
+                format!(
+                    "blocked in D state in balance_dirty_pages() for {:.1} s: the dirty pages it waits on include \
+                     those of the filesystem above, which only it can write back",
+                    b.blocked_for.as_secs_f64()
+                )
+            }
+        };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
         let obs = Observed { stack, inflight: None };
         let mut ctx = p.ctx;
@@ -464,6 +535,7 @@ mod tests {
         e.on_event(&wait(101, "7:0"), &obs());
         let blocked = |secs| Blocked {
             tid: 101,
+            flags: PF_MEMALLOC,
             blocked_for: Duration::from_secs(secs),
             now_ns: 9_000,
             stack: vec!["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()],
@@ -476,7 +548,7 @@ mod tests {
         assert!(f.detail.contains("7:0"));
         // Once the thread leaves reclaim it is no longer a candidate.
         e.on_event(&end(101), &obs());
-        assert!(e.pending().next().is_none());
+        assert!(e.pending(0).is_empty());
     }
 
     #[test]
@@ -487,6 +559,80 @@ mod tests {
             r.ctx.serving_dev = 0;
         }
         assert!(e.on_event(&ev, &obs()).is_empty());
-        assert!(e.pending().next().is_none());
+        assert!(e.pending(0).is_empty());
+    }
+
+    fn throttle(tid: u32, flags: u32, ts_ns: u64) -> Event {
+        let mut bdi = [0u8; 32];
+        bdi[..5].copy_from_slice(b"254:0");
+        let mut c = ctx(tid, flags, LOOP0);
+        c.ts_ns = ts_ns;
+        Event::DirtyThrottle(probe_common::events::DirtyThrottleEvent {
+            kind: EventKind::DirtyThrottle as u32,
+            _pad: 0,
+            ctx: c,
+            data: probe_common::events::DirtyThrottleData { bdi, dirty: 9000, limit: 8000, pause: 50, cgroup_ino: 77 },
+        })
+    }
+
+    fn blocked_in(tid: u32, flags: u32, top: &str) -> Blocked {
+        Blocked {
+            tid,
+            flags,
+            blocked_for: Duration::from_secs(9),
+            now_ns: 9_000,
+            stack: vec![format!("{top}+0x5"), "vfs_write+0x9".into()],
+            chain: vec![],
+        }
+    }
+
+    #[test]
+    fn a_reclaim_whose_end_was_lost_is_not_a_deadlock() {
+        let mut e = engine();
+        e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
+        e.on_event(&wait(101, "7:0"), &obs());
+        // Later blocked elsewhere, no longer in reclaim: PF_MEMALLOC is gone.
+        assert!(e.on_blocked(&blocked_in(101, 0, "folio_wait_writeback")).is_none());
+        assert_eq!(e.on_blocked(&blocked_in(101, PF_MEMALLOC, "folio_wait_writeback")).unwrap().rule, "RS201");
+    }
+
+    #[test]
+    fn dirty_throttled_servicer_is_a_hazard_then_a_deadlock_when_it_stays_blocked() {
+        let mut e = engine();
+        let f = e.on_event(&throttle(101, 0, 1_000), &obs());
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].rule.as_str(), f[0].severity), ("RS002", Severity::Hazard));
+        assert!(f[0].detail.contains("memory cgroup"), "{}", f[0].detail);
+        // Blocked somewhere else is not this deadlock.
+        assert!(e.on_blocked(&blocked_in(101, 0, "futex_wait")).is_none());
+        let d = e.on_blocked(&blocked_in(101, 0, "balance_dirty_pages")).unwrap();
+        assert_eq!((d.rule.as_str(), d.severity), ("RS201", Severity::Deadlock));
+        assert!(d.detail.contains("balance_dirty_pages"));
+        // Pauses stopped long ago: it moved on.
+        assert!(e.pending(1_000 + THROTTLE_GONE_NS).is_empty());
+    }
+
+    #[test]
+    fn local_throttle_exempts_a_servicer_from_the_dirty_hazard() {
+        let mut e = engine();
+        assert!(e.on_event(&throttle(101, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE, 1_000), &obs()).is_empty());
+    }
+
+    #[test]
+    fn the_oom_killer_choosing_a_servicer_is_a_failure() {
+        let mut e = engine();
+        let oom = |pid| {
+            Event::OomVictim(probe_common::events::OomVictimEvent {
+                kind: EventKind::OomVictim as u32,
+                _pad: 0,
+                ctx: ctx(555, 0, Dev::NONE),
+                data: probe_common::events::OomVictimData { pid, _pad: 0 },
+            })
+        };
+        assert!(e.on_event(&oom(999), &obs()).is_empty(), "not a servicer");
+        let f = e.on_event(&oom(100), &obs());
+        assert_eq!((f[0].rule.as_str(), f[0].severity), ("RS301", Severity::Failure));
+        assert_eq!(f[0].servicer.tgid, 100);
+        assert_eq!(f[0].upper_fs.as_ref().unwrap().mount_point, "/mnt/upper");
     }
 }

@@ -14,6 +14,11 @@ pub const HAZARD_FS_IO: Rule = Rule {
     severity: Severity::Hazard,
     title: "servicer of a stacked device allocates with __GFP_FS/__GFP_IO under memory pressure",
 };
+pub const HAZARD_DIRTY_THROTTLE: Rule = Rule {
+    id: "RS002",
+    severity: Severity::Hazard,
+    title: "servicer of a stacked device is dirty-throttled without PF_LOCAL_THROTTLE",
+};
 pub const SHRINKER_UPPER: Rule = Rule {
     id: "RS101",
     severity: Severity::Recursion,
@@ -32,7 +37,7 @@ pub const WRITE_UPPER_FOLIO: Rule = Rule {
 pub const BLOCKED_IN_RECLAIM: Rule = Rule {
     id: "RS201",
     severity: Severity::Deadlock,
-    title: "servicer blocked in reclaim on the I/O it is meant to complete",
+    title: "servicer blocked, in reclaim or dirty throttling, on the I/O it is meant to complete",
 };
 
 pub const SERVICER_OOM_KILLED: Rule = Rule {
@@ -43,6 +48,7 @@ pub const SERVICER_OOM_KILLED: Rule = Rule {
 
 pub const ALL: &[&Rule] = &[
     &HAZARD_FS_IO,
+    &HAZARD_DIRTY_THROTTLE,
     &SHRINKER_UPPER,
     &WAIT_UPPER_WRITEBACK,
     &WRITE_UPPER_FOLIO,

@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Result};
 use probe_common::events::{
-    EventKind, OomVictimEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent, TaskCtx, WritebackWaitEvent,
+    DirtyThrottleEvent, EventKind, OomVictimEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent,
+    TaskCtx, WritebackWaitEvent,
 };
 
 use crate::topology::Dev;
@@ -17,6 +18,7 @@ pub enum Event {
     WritebackWait(WritebackWaitEvent),
     ReclaimWrite(ReclaimWriteEvent),
     OomVictim(OomVictimEvent),
+    DirtyThrottle(DirtyThrottleEvent),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
@@ -38,6 +40,7 @@ impl Event {
             Some(EventKind::WritebackWait) => Event::WritebackWait(read(bytes)?),
             Some(EventKind::ReclaimWrite) => Event::ReclaimWrite(read(bytes)?),
             Some(EventKind::OomVictim) => Event::OomVictim(read(bytes)?),
+            Some(EventKind::DirtyThrottle) => Event::DirtyThrottle(read(bytes)?),
             None => bail!("unknown event kind {kind}"),
         })
     }
@@ -54,6 +57,7 @@ impl Event {
             Event::WritebackWait(e) => bytes(e),
             Event::ReclaimWrite(e) => bytes(e),
             Event::OomVictim(e) => bytes(e),
+            Event::DirtyThrottle(e) => bytes(e),
         }
     }
 
@@ -64,6 +68,7 @@ impl Event {
             Event::WritebackWait(e) => &e.ctx,
             Event::ReclaimWrite(e) => &e.ctx,
             Event::OomVictim(e) => &e.ctx,
+            Event::DirtyThrottle(e) => &e.ctx,
         }
     }
 
@@ -75,6 +80,7 @@ impl Event {
             Event::WritebackWait(_) => "writeback_wait",
             Event::ReclaimWrite(_) => "reclaim_write",
             Event::OomVictim(_) => "oom_victim",
+            Event::DirtyThrottle(_) => "dirty_throttle",
         }
     }
 }

@@ -107,6 +107,16 @@ impl EventView {
             Event::OomVictim(e) => {
                 v.detail = Some(format!("OOM killer chose pid {}", e.data.pid));
             }
+            Event::DirtyThrottle(e) => {
+                v.detail = Some(format!(
+                    "dirty-throttled writing to bdi {}: {} dirty pages, limit {}, pause {} jiffies, memcg ino {}",
+                    cstr(&e.data.bdi),
+                    e.data.dirty,
+                    e.data.limit,
+                    e.data.pause,
+                    e.data.cgroup_ino
+                ));
+            }
         }
         v
     }

@@ -506,7 +506,7 @@ mod tests {
                 EventKind::Shrinker => k.shrinks.push(read(b)),
                 EventKind::WritebackWait => k.waits.push(read(b)),
                 EventKind::ReclaimWrite => k.writes.push(read(b)),
-                EventKind::OomVictim => panic!("the captures hold no oom:mark_victim line"),
+                EventKind::OomVictim | EventKind::DirtyThrottle => panic!("the captures hold no such line"),
             }
             let ctx: TaskCtx = read(&b[8..8 + size_of::<TaskCtx>()]);
             assert_eq!(ctx.ts_ns, *ts);

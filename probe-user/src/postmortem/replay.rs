@@ -232,6 +232,9 @@ pub fn ftrace_capture(
         let until = b.until_ns.unwrap_or(end);
         r.engine.on_blocked(&Blocked {
             tid: b.tid,
+            // A capture has no task flags: its reclaim begin without an end
+            // stands for the kernel's in-reclaim mark.
+            flags: probe_common::flags::PF_MEMALLOC,
             blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
             now_ns: until,
             stack: vec![],
