@@ -13,6 +13,8 @@ set -u
 mods=$1 release=$2 out=$3
 shift 3
 log() { echo "guest: $*" >> "$out/output"; }
+# The host waits for this line: a guest that never prints it did not boot.
+log "$(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s"
 
 # virtme-ng mounts a tmpfs on /lib/modules; the kernel's own modules go there.
 mkdir -p "/lib/modules/$release" && mount --bind "$mods" "/lib/modules/$release" || log "cannot bind $mods"

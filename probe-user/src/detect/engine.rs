@@ -383,6 +383,7 @@ mod tests {
                 BackingEdge { file_dev: LOOP0, path: "/mnt/upper/img".into(), backs: LOOP1 },
             ],
             servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), serves: LOOP0 }],
+            below: vec![],
         }
     }
 

@@ -37,6 +37,12 @@ pub struct StackIndex {
     pub mounts: Vec<MountRef>,
     pub backing: Vec<BackingEdge>,
     pub servicers: Vec<ServicerRef>,
+    /// (upper, lower): the I/O of `upper` completes through `lower`, for
+    /// every pair the topology's graph connects (dm/md slaves, partitions,
+    /// backing files, servicers' data files), transitively. Traces written
+    /// before it existed have only `backing`.
+    #[serde(default)]
+    pub below: Vec<(Dev, Dev)>,
 }
 
 impl StackIndex {
@@ -65,6 +71,11 @@ impl StackIndex {
                     serves,
                 })
                 .collect(),
+            below: t
+                .elements()
+                .into_iter()
+                .flat_map(|upper| t.devices_below(upper).into_iter().skip(1).map(move |lower| (upper, lower)))
+                .collect(),
         }
     }
 
@@ -81,8 +92,9 @@ impl StackIndex {
     }
 
     /// Every device whose filesystem depends on I/O to `dev`: `dev` itself,
-    /// and each device backed by a file on a filesystem already in the set
-    /// (an XFS on loop1 whose file lives on the XFS on loop0, ...).
+    /// every device stacked on it in the topology's graph (a dm device on
+    /// it, a loop device backed by a file on it), and so on up (an XFS on
+    /// loop1 whose file lives on the XFS on loop0, ...).
     pub fn upper_devs(&self, dev: Dev) -> BTreeSet<Dev> {
         let mut set = BTreeSet::from([dev]);
         loop {
@@ -90,6 +102,11 @@ impl StackIndex {
             for b in &self.backing {
                 if set.contains(&b.file_dev) {
                     set.insert(b.backs);
+                }
+            }
+            for &(upper, lower) in &self.below {
+                if set.contains(&lower) {
+                    set.insert(upper);
                 }
             }
             if set.len() == before {
@@ -135,6 +152,7 @@ mod tests {
                 BackingEdge { file_dev: d(7, 0), path: "/t/l0/img".into(), backs: d(7, 1) },
             ],
             servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), serves: d(7, 0) }],
+            below: vec![],
         }
     }
 
@@ -143,6 +161,14 @@ mod tests {
         let idx = three_levels();
         assert_eq!(idx.upper_devs(d(7, 0)), BTreeSet::from([d(7, 0), d(7, 1)]));
         assert_eq!(idx.upper_devs(d(7, 1)), BTreeSet::from([d(7, 1)]));
+    }
+
+    #[test]
+    fn upper_devs_follow_device_edges_too() {
+        // XFS on dm-0 (253:0), whose slave is nbd0 (43:0).
+        let idx = StackIndex { below: vec![(d(253, 0), d(43, 0))], ..Default::default() };
+        assert_eq!(idx.upper_devs(d(43, 0)), BTreeSet::from([d(43, 0), d(253, 0)]));
+        assert_eq!(idx.upper_devs(d(253, 0)), BTreeSet::from([d(253, 0)]));
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Topology {
 
     /// Stacked block devices and every FUSE connection (a FUSE filesystem
     /// always has a userspace servicer, found or not).
-    fn elements(&self) -> Vec<Dev> {
+    pub(crate) fn elements(&self) -> Vec<Dev> {
         let mut out = self.stacked_devices();
         for m in self.mounts.iter().filter(|m| m.is_fuse()) {
             if !out.contains(&m.dev) {
