@@ -43,6 +43,11 @@ pub trait Sink {
     fn finding(&mut self, f: &Finding) -> Result<()>;
     fn summary(&mut self, s: &Summary, last: bool) -> Result<()>;
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()>;
+    /// Called after each batch: the events of one ring-buffer wakeup, or
+    /// one round of D-state checks, and the findings they made.
+    fn end_batch(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct RunOptions {
@@ -203,6 +208,7 @@ impl<'a> Loop<'a> {
                     for raw in batch? {
                         self.handle(&raw)?;
                     }
+                    self.sink.end_batch()?;
                 }
                 guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
                     let mut guard = guard?;
@@ -215,6 +221,7 @@ impl<'a> Loop<'a> {
                         self.apply_topology()?;
                     }
                     self.check_blocked()?;
+                    self.sink.end_batch()?;
                     if last_summary.elapsed() >= opts.summary_every {
                         last_summary = Instant::now();
                         self.refresh_summary();
@@ -236,6 +243,7 @@ impl<'a> Loop<'a> {
         for raw in self.session.events.drain() {
             self.handle(&raw)?;
         }
+        self.sink.end_batch()?;
         self.refresh_summary();
         self.sink.summary(&self.summary, true)
     }
