@@ -3,7 +3,10 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use reclaimscope::cli::{audit, monitor, probes, record, report, watch};
+use reclaimscope::{
+    cli::{audit, monitor, probes, record, report, watch},
+    output::stdout,
+};
 
 /// Finds servicers of stacked block devices (loop workers, FUSE daemons,
 /// qemu-storage-daemon, tcmu-runner, nbd) that can recurse into the
@@ -66,6 +69,8 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(code) => ExitCode::from(code as u8),
+        // `| head -1` read what it wanted: not an error worth a message.
+        Err(e) if stdout::is_closed(&e) => ExitCode::from(stdout::EXIT_STDOUT_CLOSED),
         Err(e) => {
             eprintln!("reclaimscope: {e:#}");
             ExitCode::FAILURE

@@ -12,7 +12,10 @@ use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
-    output::metrics::{self, Metrics},
+    output::{
+        metrics::{self, Metrics},
+        stdout,
+    },
     topology::Topology,
 };
 
@@ -35,8 +38,7 @@ struct MonitorSink {
 fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
     let mut v = serde_json::to_value(v)?;
     v["type"] = json!(kind);
-    println!("{v}");
-    Ok(())
+    stdout::line(v)
 }
 
 impl Sink for MonitorSink {

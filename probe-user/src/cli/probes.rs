@@ -12,6 +12,7 @@ use crate::{
         loader::{attach_all, verify_all, AttachReport, Verified},
     },
     kernel::preflight,
+    output::stdout,
 };
 
 /// Examples:
@@ -29,7 +30,7 @@ pub struct ProbesArgs {
     pub kernel: KernelArgs,
 }
 
-fn print_report(r: &AttachReport) {
+fn print_report(r: &AttachReport) -> Result<()> {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     t.set_titles(row!["HOOK", "CHOSEN", "TARGET", "SKIPPED (kernel's reason)"]);
@@ -38,13 +39,14 @@ fn print_report(r: &AttachReport) {
         let skipped: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
         t.add_row(row![c.hook, chosen, c.targets.join("\n"), skipped.join("\n")]);
     }
-    t.printstd();
+    stdout::write(&t.to_string())?;
     for (hook, lost) in r.weakened() {
-        println!("weakened: {hook} missing, {lost}");
+        stdout::line(format!("weakened: {hook} missing, {lost}"))?;
     }
+    Ok(())
 }
 
-fn print_verified(v: &[Verified]) {
+fn print_verified(v: &[Verified]) -> Result<()> {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     t.set_titles(row!["PROGRAM", "FAMILY", "TARGET", "VERIFIER"]);
@@ -52,7 +54,7 @@ fn print_verified(v: &[Verified]) {
         let res = if x.loaded { "loaded".to_owned() } else { format!("failed: {}", x.error.as_deref().unwrap_or("")) };
         t.add_row(row![x.program, x.family.name(), x.target, res]);
     }
-    t.printstd();
+    stdout::write(&t.to_string())
 }
 
 pub fn run(args: &ProbesArgs) -> Result<i32> {
@@ -63,17 +65,17 @@ pub fn run(args: &ProbesArgs) -> Result<i32> {
     if args.verify {
         let v = verify_all(&mut ebpf, &kv, &built);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            stdout::line(serde_json::to_string_pretty(&v)?)?;
         } else {
-            print_verified(&v);
+            print_verified(&v)?;
         }
         return Ok(0);
     }
     let report = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     report.check_required()?;
     Ok(0)

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
 
+use super::secs;
 use crate::{
     agent::{
         run::{Loop, RunOptions, Sink},
@@ -105,9 +106,11 @@ impl TraceArgs {
         for &p in &self.servicers {
             check_pid(p, "--servicer")?;
         }
-        if !(self.deadlock_after.is_finite() && self.deadlock_after > 0.0) {
-            bail!("--deadlock-after must be a positive number of seconds");
+        secs::positive("--deadlock-after", self.deadlock_after)?;
+        if let Some(d) = self.duration {
+            secs::whole("--duration", d)?;
         }
+        secs::whole("--summary-every", self.summary_every)?;
         Ok(())
     }
 
