@@ -71,6 +71,7 @@ impl Sink for MonitorSink {
 
 pub async fn run(args: &MonitorArgs) -> Result<i32> {
     let (mut session, gfp) = args.trace.start("monitor", false)?;
+    let refresher = args.trace.refresher()?;
     let metrics = Arc::new(Metrics::new());
     for r in rules::ALL {
         metrics.declare_finding(r.id, r.severity.name());
@@ -84,7 +85,7 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
     let mut sink = MonitorSink { metrics };
-    let result = args.trace.run(&mut session, gfp, &mut sink).await;
+    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     if let Some(s) = server {
         s.abort();
     }

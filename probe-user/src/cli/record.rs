@@ -119,17 +119,25 @@ impl Sink for RecordSink {
 }
 
 pub async fn run(args: &RecordArgs) -> Result<i32> {
+    args.trace.validate()?;
+    // The header carries the topology: discover it before the probes are
+    // attached, so no event waits in the ring buffer meanwhile.
+    let refresher = args.trace.refresher()?;
+    let first = refresher.first().await;
+    if let Some(e) = &first.stats.last_error {
+        log::warn!("the trace header has no topology ({e}); it is recorded when discovery succeeds");
+    }
     let (mut session, gfp) = args.trace.start("record", args.all)?;
     let tracefs = session.kv.tracefs.root().to_owned();
     let gfp_format = std::fs::read_to_string(tracefs.join("events/vmscan/mm_vmscan_direct_reclaim_begin/format")).ok();
-    let topo = crate::agent::run::discover(&args.trace.extra()).await.context("cannot read the storage topology")?;
+    let topo = first.topology.unwrap_or_else(|| std::sync::Arc::new(Topology::empty()));
     let header = TraceHeader {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
         started_unix_ns: unix_ns(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        topology: json!({ "topology": &topo, "index": StackIndex::from_topology(&topo) }),
+        topology: json!({ "topology": &*topo, "index": StackIndex::from_topology(&topo) }),
         attach: serde_json::to_value(&session.attach)?,
         gfp_format,
     };
@@ -138,7 +146,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
     let mut sink =
         RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), findings: Vec::new(), unsynced_findings: false };
-    let result = args.trace.run(&mut session, gfp, &mut sink).await;
+    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     sink.writer.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)
 }

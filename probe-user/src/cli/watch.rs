@@ -114,10 +114,11 @@ impl Sink for WatchSink {
 
 pub async fn run(args: &WatchArgs) -> Result<i32> {
     let (mut session, gfp) = args.trace.start("watch", args.all)?;
+    let refresher = args.trace.refresher()?;
     if !args.json {
         eprintln!("Tracing memory reclaim in stacked storage... Hit Ctrl-C to end.");
     }
     let mut sink = WatchSink::new(args.json, args.all, gfp.clone());
-    args.trace.run(&mut session, gfp, &mut sink).await?;
+    args.trace.run(&mut session, gfp, &mut sink, &refresher).await?;
     Ok(0)
 }
