@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs. Set-up, build, unit tests, the kernel
 //! integration tests one at a time (they build real storage stacks), and a
-//! short fuzz run of the trace reader.
+//! short fuzz run of each fuzz target.
 
 use std::process::Command;
 
@@ -27,7 +27,7 @@ fn fuzz_smoke(seconds: u64) -> Result<()> {
         )?;
     }
     let dir = root().join("fuzz");
-    for target in ["trace_reader", "ftrace_import"] {
+    for target in ["trace_reader", "ftrace_import", "replay"] {
         // libFuzzer refuses a corpus directory that does not exist.
         std::fs::create_dir_all(dir.join("corpus").join(target))?;
         let (corpus, seeds, dict) =
