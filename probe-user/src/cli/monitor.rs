@@ -12,10 +12,7 @@ use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
-    output::{
-        metrics::{self, Metrics},
-        stdout,
-    },
+    output::{http, metrics::Metrics, stdout},
     topology::Topology,
 };
 
@@ -80,7 +77,7 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some());
     }
     let server = match args.metrics_addr {
-        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        Some(addr) => Some(http::serve(addr, metrics.clone(), http::Limits::default()).await?),
         None => None,
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;

@@ -1,27 +1,16 @@
-//! Prometheus metrics for `reclaimscope monitor`, and the endpoint that serves
-//! them.
-//!
-//! The endpoint answers one request per connection with the OpenMetrics text
-//! that prometheus-client renders. A scrape is a single small GET, so a
-//! hand-written HTTP/1.1 responder on tokio is enough and keeps hyper and
-//! its stack out of a tool that runs with BPF privileges.
+//! Prometheus metrics for `reclaimscope monitor`; [`super::http`] serves them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 /// The exposition format prometheus-client writes (`# EOF`, `_total` samples
 /// under a family named without it).
@@ -219,89 +208,14 @@ fn label(value: &str) -> String {
     out
 }
 
-/// Binds `addr`, then serves `GET /metrics` on it until the task is aborted.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    Ok(serve_listener(listener, metrics))
-}
+impl super::http::Render for Metrics {
+    fn content_type(&self) -> &'static str {
+        CONTENT_TYPE
+    }
 
-/// Serves `GET /metrics` on an already bound listener (tests bind port 0).
-pub fn serve_listener(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let metrics = Arc::clone(&metrics);
-                    tokio::spawn(async move {
-                        // A client that stalls must not hold a task forever.
-                        let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
-                        if let Ok(Err(e)) = answered {
-                            log::debug!("metrics request: {e:#}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, typically: wait instead of spinning.
-                    log::warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    })
-}
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Larger request heads are refused; a scrape's is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// Reads one request head and writes one response, then closes.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await.context("reading the request")?;
-        if n == 0 {
-            return Ok(()); // closed before a full request
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
-        }
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
-    let head = String::from_utf8_lossy(&head);
-    let mut words = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return respond(&mut stream, "404 Not Found", "text/plain", "not found; try /metrics\n").await;
-    }
-    match method {
-        "GET" => respond(&mut stream, "200 OK", CONTENT_TYPE, &metrics.render()).await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "use GET\n").await,
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> Result<()> {
-    let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    if !content_type.is_empty() {
-        response.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    response.push_str("\r\n");
-    response.push_str(body);
-    stream.write_all(response.as_bytes()).await.context("writing the response")?;
-    stream.shutdown().await.context("closing the connection")?;
-    // Closing with unread input (a body, an oversized head) would reset the
-    // connection, and a reset can discard the response before the client
-    // reads it; so read what the client still sends until it closes.
-    let mut sink = [0u8; 1024];
-    let mut drained = 0;
-    while drained < MAX_HEAD * 8 {
-        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => drained += n,
-            _ => break,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -378,77 +292,5 @@ mod tests {
         let m = Metrics::new();
         m.finding("a\"b\\c\nd", "hazard");
         assert!(m.render().contains(r#"rule="a\"b\\c\nd""#));
-    }
-
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    }
-
-    fn body(response: &str) -> &str {
-        response.split_once("\r\n\r\n").unwrap().1
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http() {
-        let metrics = Arc::new(Metrics::new());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = serve_listener(listener, Arc::clone(&metrics));
-        let scrape = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n";
-
-        metrics.finding("servicer-fs-reclaim", "deadlock");
-        metrics.set_dropped_events(7);
-        let first = get(addr, scrape).await;
-        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
-        assert!(first.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
-        let len: usize = first.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
-        assert_eq!(len, body(&first).len());
-        let deadlocks = r#"reclaimscope_findings_total{rule="servicer-fs-reclaim",severity="deadlock"}"#;
-        assert_eq!(sample(body(&first), deadlocks), Some(1.0));
-        assert_eq!(sample(body(&first), "reclaimscope_dropped_events_total"), Some(7.0));
-
-        // The values move between scrapes.
-        metrics.finding("servicer-fs-reclaim", "deadlock");
-        metrics.set_dropped_events(9);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = get(addr, scrape).await;
-        assert_eq!(sample(body(&second), deadlocks), Some(2.0));
-        assert_eq!(sample(body(&second), "reclaimscope_dropped_events_total"), Some(9.0));
-        let uptime = |r: &str| sample(body(r), "reclaimscope_uptime_seconds").unwrap();
-        assert!(uptime(&second) > uptime(&first));
-
-        // A request that arrives in pieces is still answered.
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /metrics?x=1 HT").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        stream.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-
-        let other = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
-        assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
-        let post = get(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431 "));
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn serve_reports_a_taken_port() {
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = serve(addr, Arc::new(Metrics::new())).await.unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(msg.contains(&format!("cannot listen for metrics on {addr}")), "{msg}");
-        assert!(msg.contains("in use"), "{msg}");
-
-        let free = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new())).await;
-        free.unwrap().abort();
     }
 }
