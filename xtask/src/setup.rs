@@ -23,6 +23,8 @@ const APT: &[&str] = &[
     "qemu-utils",
     "fio",
     "bpftool",
+    // promtool, for the alert rules' tests (deploy/prometheus).
+    "prometheus",
 ];
 
 /// Pinned: newer releases may need a newer rustc than the machine has.
