@@ -205,17 +205,25 @@ fn width_mask(bits: u32) -> u64 {
     }
 }
 
+/// How deeply parentheses, casts and unary operators may nest. The
+/// kernel's deepest GFP mask (GFP_TRANSHUGE_LIGHT) nests 9 levels; the
+/// format can come from a stranger's trace file, and without a bound a
+/// crafted one overflows the stack of `reclaimscope report`.
+const MAX_NESTING: usize = 64;
+
 /// A lexer and recursive-descent evaluator for the constant expressions
 /// tracefs prints: literals with C suffixes, casts, parentheses and the
 /// operators `| ^ & << >> + - ~`. Arithmetic is unsigned, as in the kernel's
 /// flag tables.
 struct Lexer<'a> {
     s: &'a str,
+    /// Current nesting of [`Lexer::unary`], bounded by [`MAX_NESTING`].
+    depth: usize,
 }
 
 impl<'a> Lexer<'a> {
     fn new(s: &'a str) -> Lexer<'a> {
-        Lexer { s }
+        Lexer { s, depth: 0 }
     }
 
     fn skip_ws(&mut self) {
@@ -360,7 +368,18 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// A unary expression; counts the nesting its recursion builds up.
     fn unary(&mut self) -> Result<Value> {
+        if self.depth >= MAX_NESTING {
+            bail!("expression nested deeper than {MAX_NESTING} levels at `{}`", self.context());
+        }
+        self.depth += 1;
+        let v = self.unary_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn unary_inner(&mut self) -> Result<Value> {
         if self.eat("~") {
             let x = self.unary()?;
             return Ok(Value::new(!x.v, x.bits));
@@ -453,6 +472,23 @@ mod tests {
         assert!(Lexer::new("(struct foo)1").expr().is_err());
         assert!(Lexer::new("1 << 40").expr().is_err());
         assert!(Lexer::new("(1UL").expr().is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // The kernel's own deepest nesting still parses.
+        let nested = |n: usize, open: &str, close: &str| format!("{}1{}", open.repeat(n), close.repeat(n));
+        assert_eq!(eval(&nested(MAX_NESTING - 1, "(", ")")), 1);
+        for (open, close) in [("(", ")"), ("~", ""), ("-", ""), ("(int)", ""), ("(~(", "))")] {
+            let deep = nested(1_000_000, open, close);
+            let err = format!("{:#}", Lexer::new(&deep).expr().unwrap_err());
+            assert!(err.contains("nested deeper than 64 levels"), "{open}: {err}");
+            assert!(!err.contains('\n') && err.len() < 200, "{err}");
+        }
+        let format =
+            format!(r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {{{}, "X"}})"#, nested(500_000, "(", ")"));
+        let err = format!("{:#}", GfpNames::parse_format(&format).unwrap_err());
+        assert!(err.contains("nested deeper"), "{err}");
     }
 
     #[test]

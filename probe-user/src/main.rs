@@ -3,7 +3,10 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use reclaimscope::cli::{audit, monitor, probes, record, report, watch};
+use reclaimscope::{
+    cli::{audit, monitor, probes, record, report, watch},
+    output::stdout,
+};
 
 /// Finds servicers of stacked block devices (loop workers, FUSE daemons,
 /// qemu-storage-daemon, tcmu-runner, nbd) that can recurse into the
@@ -35,15 +38,45 @@ enum Command {
     Report(report::ReportArgs),
 }
 
-async fn dispatch(cmd: Command) -> anyhow::Result<i32> {
+/// The commands that run the agent's event loop, on tokio.
+async fn dispatch_agent(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Watch(a) => watch::run(&a).await,
-        Command::Probes(a) => probes::run(&a).await,
-        Command::Audit(a) => audit::run(&a),
         Command::Monitor(a) => monitor::run(&a).await,
         Command::Record(a) => record::run(&a).await,
-        Command::Report(a) => report::run(&a),
+        // --measure runs a workload under the event loop.
+        Command::Probes(a) => probes::measure(&a).await,
+        Command::Audit(_) | Command::Report(_) => unreachable!("run without a runtime"),
     }
+}
+
+/// tokio's signal driver panics when it cannot get a socket pair, so a
+/// limit this low is refused before the runtime starts. The agent itself
+/// holds a few dozen descriptors (programs, maps, links, the runtime's).
+const AGENT_MIN_FDS: u64 = 64;
+
+fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    lim.rlim_cur
+}
+
+fn run_agent(cmd: Command) -> anyhow::Result<i32> {
+    let limit = fd_limit();
+    if limit < AGENT_MIN_FDS {
+        anyhow::bail!("the descriptor limit (RLIMIT_NOFILE) is {limit}; the agent needs at least {AGENT_MIN_FDS}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    let result = rt.block_on(dispatch_agent(cmd));
+    // A topology read stuck on a deadlocked FUSE daemon must not keep us alive.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn main() -> ExitCode {
@@ -54,18 +87,17 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).format_timestamp(None).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("reclaimscope: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // The offline commands need no runtime, and so no descriptors for one.
+    let result = match cli.command {
+        Command::Probes(a) if !a.measure => probes::run(&a),
+        Command::Audit(a) => audit::run(&a),
+        Command::Report(a) => report::run(&a),
+        cmd => run_agent(cmd),
     };
-    let result = rt.block_on(dispatch(cli.command));
-    // A topology read stuck on a deadlocked FUSE daemon must not keep us alive.
-    rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(code) => ExitCode::from(code as u8),
+        // `| head -1` read what it wanted: not an error worth a message.
+        Err(e) if stdout::is_closed(&e) => ExitCode::from(stdout::EXIT_STDOUT_CLOSED),
         Err(e) => {
             eprintln!("reclaimscope: {e:#}");
             ExitCode::FAILURE

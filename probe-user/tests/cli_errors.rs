@@ -68,3 +68,108 @@ fn corrupt_or_foreign_trace_is_one_line() {
     let missing = dir.path().join("missing.trace");
     one_line_error(&common::run(&["report", missing.to_str().unwrap()]), "missing.trace");
 }
+
+#[test]
+fn absurd_durations_are_one_line() {
+    let max = u64::MAX.to_string();
+    for (args, option) in [
+        (vec!["watch", "--duration", &max], "--duration"),
+        (vec!["watch", "--summary-every", &max], "--summary-every"),
+        (vec!["monitor", "--deadlock-after", "1e20"], "--deadlock-after"),
+        (vec!["record", "-o", "/nonexistent/x.trace", "--deadlock-after", "1e20"], "--deadlock-after"),
+        (vec!["watch", "--deadlock-after", "inf"], "--deadlock-after"),
+        (vec!["report", "--deadlock-after", "1e20", "/nonexistent/x.trace"], "--deadlock-after"),
+    ] {
+        one_line_error(&common::run(&args), &format!("{option} must be"));
+    }
+}
+
+/// A small but real trace: a header and one finding.
+fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::PathBuf {
+    use reclaimscope::trace::{Record, TraceHeader, TraceWriter};
+    let path = dir.join("t.trace");
+    let header = TraceHeader {
+        agent_version: "0".into(),
+        kernel_release: "6.18.0".into(),
+        hostname: "h".into(),
+        started_unix_ns: 0,
+        command: "reclaimscope record".into(),
+        topology: serde_json::json!({}),
+        attach: serde_json::json!({}),
+        gfp_format,
+    };
+    let mut w = TraceWriter::create(&path, header, None, 1).unwrap();
+    w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
+        .unwrap();
+    w.finish().unwrap();
+    path
+}
+
+/// Runs the binary with a stdout pipe whose reader is already gone.
+fn with_closed_stdout(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(common::bin()).args(args).stdout(writer).output().unwrap()
+}
+
+/// Exit 141 and no error line: a closed stdout is not worth a message (log
+/// lines the run printed before are fine).
+fn quiet_sigpipe_exit(out: &std::process::Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{what}: {:?}, stderr: {stderr}", out.status);
+    assert!(
+        !stderr.contains("panicked") && !stderr.lines().any(|l| l.starts_with("reclaimscope:")),
+        "{what}: {stderr}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_report_and_audit_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = trace_file(dir.path(), None);
+    let trace = trace.to_str().unwrap();
+    quiet_sigpipe_exit(&with_closed_stdout(&["report", trace]), "report");
+    quiet_sigpipe_exit(&with_closed_stdout(&["report", "--json", trace]), "report --json");
+    quiet_sigpipe_exit(&with_closed_stdout(&["audit"]), "audit");
+    quiet_sigpipe_exit(&with_closed_stdout(&["audit", "--json"]), "audit --json");
+}
+
+#[test]
+fn watch_json_into_head_exits_quietly_and_detaches() {
+    if !testbed::require_root("watch_json_into_head_exits_quietly_and_detaches") {
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = Command::new(common::bin())
+        .args(["watch", "--json", "--summary-every", "1", "--duration", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: one line, then the reader goes away.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"type\""), "{first}");
+    let t = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(15), "watch kept running after its reader left");
+    quiet_sigpipe_exit(&out, "watch --json | head -1");
+    assert!(!common::any_of_ours_loaded(), "programs left loaded after EPIPE");
+}
+
+#[test]
+fn a_crafted_gfp_table_is_a_limit_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!(
+        r#"print fmt: "%s", __print_flags(REC->gfp_flags, "|", {{{}1{}, "X"}})"#,
+        "(".repeat(200_000),
+        ")".repeat(200_000)
+    );
+    let trace = trace_file(dir.path(), Some(deep));
+    let out = common::run(&["report", trace.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let limit = stdout.lines().find(|l| l.starts_with("limit: the trace's GFP name table does not parse"));
+    let limit = limit.unwrap_or_else(|| panic!("no limit line in:\n{stdout}"));
+    assert!(limit.contains("nested deeper than 64 levels") && limit.len() < 300, "{limit}");
+}

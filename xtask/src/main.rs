@@ -1,9 +1,10 @@
-//! Build orchestration: `cargo xtask setup|build|test|demo|bench`.
+//! Build orchestration: `cargo xtask setup|build|test|demo|bench|soak`.
 
 mod bench;
 mod build;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -61,6 +62,15 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Run monitor for N minutes under a churning hazard workload; print RSS,
+    /// descriptors, CPU and event-loop lag per interval, then a verdict.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Seconds between report lines (and the agent's summaries).
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+    },
     /// Measure fio throughput through the stacked device with and without tracing.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -95,5 +105,6 @@ fn main() -> Result<()> {
             let code = vm::run(&opts, &cmd)?;
             std::process::exit(code)
         }
+        Cmd::Soak { minutes, interval } => soak::run(minutes, interval),
     }
 }

@@ -28,6 +28,8 @@ const APT: &[&str] = &[
     "busybox-static",
     "kmod",
     "python3-venv",
+    // promtool, for the alert rules' tests (deploy/prometheus).
+    "prometheus",
 ];
 
 /// Pinned: newer releases may need a newer rustc than the machine has.

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: what CI runs. Set-up, build, unit tests, the kernel
 //! integration tests one at a time on this machine's kernel (they build real
 //! storage stacks), the same tests inside VMs booted with Debian's kernels,
-//! and a short fuzz run of the trace reader.
+//! and a short fuzz run of each fuzz target.
 
 use std::{process::Command, time::Duration, time::Instant};
 
@@ -37,7 +37,7 @@ fn fuzz_smoke(seconds: u64) -> Result<()> {
         )?;
     }
     let dir = root().join("fuzz");
-    for target in ["trace_reader", "ftrace_import"] {
+    for target in ["trace_reader", "ftrace_import", "replay"] {
         // libFuzzer refuses a corpus directory that does not exist.
         std::fs::create_dir_all(dir.join("corpus").join(target))?;
         let (corpus, seeds, dict) =

@@ -3,6 +3,7 @@
 
 pub mod blocked;
 pub mod maps_sync;
+pub mod refresh;
 pub mod run;
 pub mod session;
 pub mod stacks;

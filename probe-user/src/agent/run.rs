@@ -1,16 +1,26 @@
 //! The event loop shared by `watch`, `monitor` and `record`: ring buffer,
-//! periodic topology refresh and D-state checks, signals, duration.
+//! topology snapshots from the background refresher, D-state checks,
+//! signals, duration. Nothing in it waits on discovery, and it measures its
+//! own lag so that the summaries show it never stalls.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use probe_common::maps::counter;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    time::MissedTickBehavior,
 };
 
-use super::{blocked, session::Session};
+use super::{
+    blocked,
+    refresh::{Published, Refresher},
+    session::Session,
+};
 use crate::{
     detect::{
         engine::{Blocked, Engine, Observed},
@@ -18,8 +28,11 @@ use crate::{
         index::StackIndex,
     },
     events::decode::Event,
-    topology::{Dev, Extra, Topology},
+    topology::{Dev, Topology},
 };
+
+/// How often the loop checks how late it runs.
+const LAG_PROBE: Duration = Duration::from_millis(100);
 
 /// Totals for the periodic and final summaries.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -43,6 +56,19 @@ pub struct Summary {
     pub oom_kills: u64,
     pub findings: usize,
     pub servicers: usize,
+    /// The event loop's worst lag since the previous summary (the final
+    /// summary: since the start), in ms: how late a 100 ms timer fired,
+    /// which is how long the loop was busy elsewhere and left the ring
+    /// buffer undrained.
+    pub loop_lag_max_ms: f64,
+    /// Topology discoveries that completed, and that failed.
+    pub topology_refreshes: u64,
+    pub topology_errors: u64,
+    /// How long the latest discovery took, and the longest one so far.
+    pub discovery_ms: f64,
+    pub discovery_max_ms: f64,
+    /// Seconds since the topology in force was discovered (None: not yet).
+    pub topology_age_s: Option<f64>,
 }
 
 /// Where the loop's output goes.
@@ -51,12 +77,21 @@ pub trait Sink {
     fn finding(&mut self, f: &Finding) -> Result<()>;
     fn summary(&mut self, s: &Summary, last: bool) -> Result<()>;
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()>;
+    /// Called after each batch: the events of one ring-buffer wakeup, or
+    /// one round of D-state checks, and the findings they made.
+    fn end_batch(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Called every second with every finding so far (repeats update their
+    /// `last_ns`), and the kernel's monotonic clock now.
+    fn findings_now(&mut self, _findings: &[Finding], _now_ns: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct RunOptions {
     pub duration: Option<Duration>,
     pub summary_every: Duration,
-    pub extra: Extra,
 }
 
 fn now_ns() -> u64 {
@@ -66,21 +101,17 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Rediscovers the topology on a blocking thread with a deadline: a FUSE
-/// daemon stuck in the very deadlock we report must not stall the agent.
-pub async fn discover(extra: &Extra) -> Option<Topology> {
-    let extra = extra.clone();
-    let task = tokio::task::spawn_blocking(move || Topology::discover(&extra));
-    match tokio::time::timeout(Duration::from_secs(3), task).await {
-        Ok(Ok(Ok(t))) => Some(t),
-        Ok(Ok(Err(e))) => {
-            log::warn!("topology refresh failed: {e:#}");
-            None
-        }
-        _ => {
-            log::warn!("topology refresh timed out; keeping the previous view");
-            None
-        }
+/// The largest lag seen, per summary interval and overall.
+#[derive(Default)]
+struct Lag {
+    interval: Duration,
+    overall: Duration,
+}
+
+impl Lag {
+    fn observe(&mut self, lag: Duration) {
+        self.interval = self.interval.max(lag);
+        self.overall = self.overall.max(lag);
     }
 }
 
@@ -89,30 +120,44 @@ pub struct Loop<'a> {
     pub engine: Engine,
     pub sink: &'a mut dyn Sink,
     pub summary: Summary,
-    pub topo: Topology,
+    pub topo: Arc<Topology>,
+    refresher: &'a Refresher,
+    /// The refresher's generation in force.
+    generation: u64,
     started: Instant,
     blocked: blocked::BlockedTracker,
+    lag: Lag,
 }
 
 impl<'a> Loop<'a> {
-    pub async fn new(
-        session: &'a mut Session,
-        engine: Engine,
-        sink: &'a mut dyn Sink,
-        extra: &Extra,
-    ) -> Result<Loop<'a>> {
-        let topo = discover(extra).await.ok_or_else(|| anyhow::anyhow!("cannot read the storage topology"))?;
-        let mut l = Loop {
+    /// Starts with whatever topology the refresher has (none while its first
+    /// discovery runs: the kernel filter then lets nothing through, and the
+    /// loop applies the topology when it arrives).
+    pub fn new(session: &'a mut Session, engine: Engine, sink: &'a mut dyn Sink, refresher: &'a Refresher) -> Loop<'a> {
+        Loop {
             session,
             engine,
             sink,
             summary: Summary::default(),
-            topo,
+            topo: Arc::new(Topology::empty()),
+            refresher,
+            generation: 0,
             started: Instant::now(),
             blocked: Default::default(),
-        };
-        l.apply_topology()?;
-        Ok(l)
+            lag: Lag::default(),
+        }
+    }
+
+    /// Applies a publication of the refresher if it carries a new topology.
+    fn take(&mut self, p: &Published) -> Result<()> {
+        match &p.topology {
+            Some(t) if p.generation != self.generation => {
+                self.generation = p.generation;
+                self.topo = Arc::clone(t);
+                self.apply_topology()
+            }
+            _ => Ok(()),
+        }
     }
 
     fn apply_topology(&mut self) -> Result<()> {
@@ -188,15 +233,27 @@ impl<'a> Loop<'a> {
         s.slowpath_entries = c.get(counter::SLOWPATH_ENTRIES);
         s.oom_kills = c.get(counter::OOM_KILLS);
         s.findings = self.engine.findings().len();
+        let p = self.refresher.current();
+        s.topology_refreshes = p.stats.refreshes;
+        s.topology_errors = p.stats.errors;
+        s.discovery_ms = p.stats.last_ms;
+        s.discovery_max_ms = p.stats.max_ms;
+        s.topology_age_s = p.discovered_at.map(|t| t.elapsed().as_secs_f64());
     }
 
-    /// Runs until the duration passes or SIGINT/SIGTERM; SIGHUP re-reads the
-    /// topology. Always drains the ring and prints the final summary.
+    /// Runs until the duration passes or SIGINT/SIGTERM; SIGHUP asks for a
+    /// new discovery. Always drains the ring and prints the final summary.
     pub async fn run(&mut self, opts: &RunOptions) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut lag_probe = tokio::time::interval(LAG_PROBE);
+        // A late probe counts once, as the lag it saw, not as a burst.
+        lag_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut topology = self.refresher.subscribe();
+        let first = topology.borrow_and_update().clone();
+        self.take(&first)?;
         // SAFETY: the logger owns its ring-buffer fd for the AsyncFd's lifetime.
         let mut logs = match self.session.logger.take() {
             Some(l) => Some(
@@ -217,26 +274,33 @@ impl<'a> Loop<'a> {
                     for raw in batch? {
                         self.handle(&raw)?;
                     }
+                    self.sink.end_batch()?;
                 }
                 guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
                     let mut guard = guard?;
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                changed = topology.changed() => {
+                    if changed.is_ok() {
+                        let p = topology.borrow_and_update().clone();
+                        self.take(&p)?;
+                    }
+                }
+                due = lag_probe.tick() => self.lag.observe(due.elapsed()),
                 _ = tick.tick() => {
                     match self.session.refresh_modules() {
                         Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
                         Ok(_) => {}
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
-                    if let Some(t) = discover(&opts.extra).await {
-                        self.topo = t;
-                        self.apply_topology()?;
-                    }
                     self.check_blocked()?;
+                    self.sink.end_batch()?;
+                    self.sink.findings_now(self.engine.findings(), now_ns())?;
                     if last_summary.elapsed() >= opts.summary_every {
                         last_summary = Instant::now();
                         self.refresh_summary();
+                        self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
                         self.sink.summary(&self.summary, false)?;
                     }
                 }
@@ -245,17 +309,16 @@ impl<'a> Loop<'a> {
                 _ = sigterm.recv() => break,
                 _ = sighup.recv() => {
                     log::info!("SIGHUP: re-reading the storage topology");
-                    if let Some(t) = discover(&opts.extra).await {
-                        self.topo = t;
-                        self.apply_topology()?;
-                    }
+                    self.refresher.refresh_now();
                 }
             }
         }
         for raw in self.session.events.drain() {
             self.handle(&raw)?;
         }
+        self.sink.end_batch()?;
         self.refresh_summary();
+        self.summary.loop_lag_max_ms = self.lag.overall.as_secs_f64() * 1e3;
         self.sink.summary(&self.summary, true)
     }
 }

@@ -204,8 +204,13 @@ impl Attacher<'_> {
                 p.attach(c, n)?;
             }
             Target::BtfFn(_) => match program {
-                Program::FEntry(p) => drop(p.attach()?),
-                Program::FExit(p) => drop(p.attach()?),
+                // The link lives as long as the program: the ids are not needed.
+                Program::FEntry(p) => {
+                    p.attach()?;
+                }
+                Program::FExit(p) => {
+                    p.attach()?;
+                }
                 _ => bail!("{} is not fentry/fexit", prog.program),
             },
             Target::BtfTp(_) => {

@@ -4,6 +4,7 @@
 //! /proc lets it.
 
 use crate::flags::task_flags;
+use crate::output::stdout;
 use crate::topology::{capture, Dev, Extra, Servicer, StackPath, Topology};
 use anyhow::Result;
 use serde::Serialize;
@@ -103,9 +104,9 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     }
     let out = audit(&topo);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out.json)?);
+        stdout::line(serde_json::to_string_pretty(&out.json)?)?;
     } else {
-        print!("{}", out.text);
+        stdout::write(&out.text)?;
     }
     Ok(out.exit_code)
 }

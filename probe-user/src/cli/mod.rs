@@ -5,5 +5,6 @@ pub mod monitor;
 pub mod probes;
 pub mod record;
 pub mod report;
+pub mod secs;
 pub mod trace_args;
 pub mod watch;

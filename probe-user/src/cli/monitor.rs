@@ -2,17 +2,17 @@
 //! periodic summaries as JSON lines on stdout (for journald or a log
 //! shipper), and Prometheus metrics on --metrics-addr.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use serde_json::json;
 
-use super::trace_args::TraceArgs;
+use super::{secs, trace_args::TraceArgs};
 use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
-    output::metrics::{self, Metrics},
+    output::{http, metrics::Metrics, stdout},
     topology::Topology,
 };
 
@@ -24,19 +24,23 @@ pub struct MonitorArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Seconds a finding stays in reclaimscope_findings_active after it was
+    /// last seen (a deadlock is seen again every second while it lasts).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub active_window: f64,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
 
 struct MonitorSink {
     metrics: Arc<Metrics>,
+    active_window: Duration,
 }
 
 fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
     let mut v = serde_json::to_value(v)?;
     v["type"] = json!(kind);
-    println!("{v}");
-    Ok(())
+    stdout::line(v)
 }
 
 impl Sink for MonitorSink {
@@ -53,7 +57,13 @@ impl Sink for MonitorSink {
         self.metrics.set_reclaim_events("direct", s.reclaim_direct);
         self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
         self.metrics.set_dropped_events(s.dropped);
+        self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
         line(if last { "final_summary" } else { "summary" }, s)
+    }
+
+    fn findings_now(&mut self, findings: &[Finding], now_ns: u64) -> Result<()> {
+        self.metrics.set_active_findings(findings, now_ns, self.active_window);
+        Ok(())
     }
 
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
@@ -68,7 +78,9 @@ impl Sink for MonitorSink {
 }
 
 pub async fn run(args: &MonitorArgs) -> Result<i32> {
+    let active_window = secs::positive("--active-window", args.active_window)?;
     let (mut session, gfp) = args.trace.start("monitor", false)?;
+    let refresher = args.trace.refresher()?;
     let metrics = Arc::new(Metrics::new());
     for r in rules::ALL {
         metrics.declare_finding(r.id, r.severity.name());
@@ -77,12 +89,12 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some());
     }
     let server = match args.metrics_addr {
-        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        Some(addr) => Some(http::serve(addr, metrics.clone(), http::Limits::default()).await?),
         None => None,
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
-    let mut sink = MonitorSink { metrics };
-    let result = args.trace.run(&mut session, gfp, &mut sink).await;
+    let mut sink = MonitorSink { metrics, active_window };
+    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     if let Some(s) = server {
         s.abort();
     }

@@ -9,6 +9,7 @@ use prettytable::{format, row, Table};
 use super::trace_args::KernelArgs;
 use crate::{
     agent::{
+        refresh::Refresher,
         run::{Loop, RunOptions, Sink, Summary},
         session::{load_object, Session, SessionOptions},
     },
@@ -21,6 +22,7 @@ use crate::{
     events::decode::Event,
     flags::GfpNames,
     kernel::preflight,
+    output::stdout,
     topology::{Extra, Topology},
 };
 
@@ -48,7 +50,7 @@ pub struct ProbesArgs {
     pub kernel: KernelArgs,
 }
 
-fn print_report(r: &AttachReport) {
+fn print_report(r: &AttachReport) -> Result<()> {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     t.set_titles(row!["HOOK", "CHOSEN", "TARGET", "SKIPPED (kernel's reason)"]);
@@ -57,18 +59,19 @@ fn print_report(r: &AttachReport) {
         let skipped: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
         t.add_row(row![c.hook, chosen, c.targets.join("\n"), skipped.join("\n")]);
     }
-    t.printstd();
+    stdout::write(&t.to_string())?;
     for c in &r.hooks {
         if let (Some(f), Some(lacks)) = (c.family, c.lacks) {
-            println!("limited: {} through {}: {lacks}", c.hook, f.name());
+            stdout::line(format!("limited: {} through {}: {lacks}", c.hook, f.name()))?;
         }
     }
     for (hook, lost) in r.weakened() {
-        println!("weakened: {hook} missing, {lost}");
+        stdout::line(format!("weakened: {hook} missing, {lost}"))?;
     }
+    Ok(())
 }
 
-fn print_verified(v: &[Verified]) {
+fn print_verified(v: &[Verified]) -> Result<()> {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     t.set_titles(row!["PROGRAM", "FAMILY", "TARGET", "VERIFIER"]);
@@ -76,10 +79,10 @@ fn print_verified(v: &[Verified]) {
         let res = if x.loaded { "loaded".to_owned() } else { format!("failed: {}", x.error.as_deref().unwrap_or("")) };
         t.add_row(row![x.program, x.family.name(), x.target, res]);
     }
-    t.printstd();
+    stdout::write(&t.to_string())
 }
 
-fn print_costs(costs: &[ImplCost]) {
+fn print_costs(costs: &[ImplCost]) -> Result<()> {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     t.set_titles(row!["HOOK", "IMPLEMENTATION", "CALLS", "NS/CALL", "TARGET"]);
@@ -91,7 +94,7 @@ fn print_costs(costs: &[ImplCost]) {
         };
         t.add_row(row![c.hook, c.family.name(), c.calls, ns, c.targets.join(" ")]);
     }
-    t.printstd();
+    stdout::write(&t.to_string())
 }
 
 /// Counts what the loop delivers and shows nothing: only the kernel-side
@@ -113,9 +116,21 @@ impl Sink for Discard {
     }
 }
 
-/// Every implementation attached, the servicer maps kept current as for
-/// `watch` (so the filters take the same paths), while the workload runs.
-async fn measure(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
+/// `probes --measure`: every implementation attached, the servicer maps
+/// kept current as for `watch` (so the filters take the same paths), while
+/// the workload runs; then each one's kernel time per call.
+pub async fn measure(args: &ProbesArgs) -> Result<i32> {
+    preflight::require_bpf_privileges("probes")?;
+    let costs = measure_costs(args).await?;
+    if args.json {
+        stdout::line(serde_json::to_string_pretty(&costs)?)?;
+    } else {
+        print_costs(&costs)?;
+    }
+    Ok(0)
+}
+
+async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     let mut session = Session::start(&SessionOptions {
         command: "probes",
         paths: args.kernel.paths(),
@@ -139,10 +154,11 @@ async fn measure(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
         unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     });
     let engine = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
-    let extra = Extra::default();
+    // The workload builds its storage stack after start: rediscover often.
+    let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;
-    let mut l = Loop::new(&mut session, engine, &mut sink, &extra).await?;
-    l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600), extra }).await?;
+    let mut l = Loop::new(&mut session, engine, &mut sink, &refresher);
+    l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;
     match rx.try_recv() {
         Ok(Ok(s)) if s.success() => {}
         Ok(Ok(s)) => bail!("the workload failed: {s}"),
@@ -151,34 +167,25 @@ async fn measure(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     Ok(costs(&session.ebpf, &session.every))
 }
 
-pub async fn run(args: &ProbesArgs) -> Result<i32> {
+pub fn run(args: &ProbesArgs) -> Result<i32> {
     preflight::require_bpf_privileges("probes")?;
-    if args.measure {
-        let costs = measure(args).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&costs)?);
-        } else {
-            print_costs(&costs);
-        }
-        return Ok(0);
-    }
     let kv = args.kernel.paths().view()?;
     let built = config::build(&kv, 0, false);
     let mut ebpf = load_object(&built)?;
     if args.verify {
         let v = verify_all(&mut ebpf, &kv, &built);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            stdout::line(serde_json::to_string_pretty(&v)?)?;
         } else {
-            print_verified(&v);
+            print_verified(&v)?;
         }
         return Ok(0);
     }
     let report = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     report.check_required()?;
     Ok(0)

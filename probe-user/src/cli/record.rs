@@ -56,6 +56,8 @@ struct RecordSink {
     writer: TraceWriter,
     kallsyms: Kallsyms,
     findings: Vec<Finding>,
+    /// Findings written since the last fdatasync.
+    unsynced_findings: bool,
 }
 
 fn unix_ns() -> u64 {
@@ -80,8 +82,7 @@ impl Sink for RecordSink {
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
         self.writer.write(&Record::Finding(serde_json::to_value(f)?))?;
-        // A finding must survive a crash right after it.
-        self.writer.flush()?;
+        self.unsynced_findings = true;
         eprintln!(
             "[{}] {} {} (pid {} tid {}): {}",
             f.severity.name().to_uppercase(),
@@ -106,28 +107,167 @@ impl Sink for RecordSink {
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
         self.writer.write(&Record::Topology(json!({ "topology": topo, "index": index })))
     }
+
+    /// A finding must survive the power cut or reset that may follow it:
+    /// the batch that made findings is synced to disk before the loop goes on.
+    fn end_batch(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.unsynced_findings) {
+            self.writer.sync()?;
+        }
+        Ok(())
+    }
 }
 
 pub async fn run(args: &RecordArgs) -> Result<i32> {
+    args.trace.validate()?;
+    // The header carries the topology: discover it before the probes are
+    // attached, so no event waits in the ring buffer meanwhile.
+    let refresher = args.trace.refresher()?;
+    let first = refresher.first().await;
+    if let Some(e) = &first.stats.last_error {
+        log::warn!("the trace header has no topology ({e}); it is recorded when discovery succeeds");
+    }
     let (mut session, gfp) = args.trace.start("record", args.all)?;
     let tracefs = session.kv.tracefs.root().to_owned();
     let gfp_format = std::fs::read_to_string(tracefs.join("events/vmscan/mm_vmscan_direct_reclaim_begin/format")).ok();
-    let topo = crate::agent::run::discover(&args.trace.extra()).await.context("cannot read the storage topology")?;
+    let topo = first.topology.unwrap_or_else(|| std::sync::Arc::new(Topology::empty()));
     let header = TraceHeader {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
         started_unix_ns: unix_ns(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        topology: json!({ "topology": &topo, "index": StackIndex::from_topology(&topo) }),
+        topology: json!({ "topology": &*topo, "index": StackIndex::from_topology(&topo) }),
         attach: serde_json::to_value(&session.attach)?,
         gfp_format,
     };
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
-    let mut sink = RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), findings: Vec::new() };
-    let result = args.trace.run(&mut session, gfp, &mut sink).await;
+    let mut sink =
+        RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), findings: Vec::new(), unsynced_findings: false };
+    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     sink.writer.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! What reaches the disk: the kernel's own ext4_sync_file_enter
+    //! tracepoint says when the trace file is fdatasynced.
+
+    use std::{
+        fs,
+        os::unix::fs::MetadataExt,
+        path::{Path, PathBuf},
+    };
+
+    use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx};
+
+    use super::*;
+
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    const EVENT: &str = "events/ext4/ext4_sync_file_enter";
+
+    /// A tracing instance recording fsyncs of one inode; removed on drop.
+    struct SyncTrace(PathBuf);
+
+    impl SyncTrace {
+        fn start(ino: u64) -> SyncTrace {
+            let dir = Path::new(TRACEFS).join(format!("instances/reclaimscope-sync-{}", std::process::id()));
+            fs::create_dir(&dir).unwrap();
+            let t = SyncTrace(dir);
+            fs::write(t.0.join(EVENT).join("filter"), format!("ino == {ino}")).unwrap();
+            fs::write(t.0.join(EVENT).join("enable"), "1").unwrap();
+            t
+        }
+
+        /// fdatasync()s seen so far (`datasync 1`), and clears the buffer.
+        fn datasyncs(&self) -> usize {
+            let text = fs::read_to_string(self.0.join("trace")).unwrap();
+            fs::write(self.0.join("trace"), "").unwrap();
+            text.lines().filter(|l| !l.starts_with('#') && l.contains("datasync 1")).count()
+        }
+    }
+
+    impl Drop for SyncTrace {
+        fn drop(&mut self) {
+            let _ = fs::write(self.0.join(EVENT).join("enable"), "0");
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+
+    fn header() -> TraceHeader {
+        TraceHeader {
+            agent_version: "0".into(),
+            kernel_release: "6.18".into(),
+            hostname: "h".into(),
+            started_unix_ns: 0,
+            command: "record".into(),
+            topology: json!({}),
+            attach: json!({}),
+            gfp_format: None,
+        }
+    }
+
+    fn event() -> (Vec<u8>, Event) {
+        let ctx = TaskCtx { tgid: 7, tid: 7, stack_id: -1, serving_dev: 7 << 20, ..Default::default() };
+        let e = ReclaimEvent {
+            kind: EventKind::ReclaimBegin as u32,
+            _pad: 0,
+            ctx,
+            data: ReclaimData { reclaim_kind: 2, gfp: 0xcc0, ..Default::default() },
+        };
+        let ev = Event::ReclaimBegin(e);
+        (ev.to_bytes(), ev)
+    }
+
+    fn finding() -> Finding {
+        serde_json::from_value(json!({
+            "rule": "RS001", "severity": "hazard", "title": "t",
+            "servicer": {"comm": "qsd", "tgid": 7, "tid": 7, "flags": "-", "protection": "Unprotected"},
+            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
+            "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": "d", "stack": [],
+            "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_findings_batch_is_fdatasynced_and_an_events_batch_is_not() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !Path::new(TRACEFS).join(EVENT).exists() {
+            eprintln!("skipped: needs root and the ext4_sync_file_enter tracepoint");
+            return;
+        }
+        // /var/tmp is on the ext4 root here, unlike a tmpfs /tmp.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("d.trace");
+        let writer = TraceWriter::create(&path, header(), None, 1).unwrap();
+        let ino = fs::metadata(&path).unwrap().ino();
+        if fs::read_to_string("/proc/self/mounts").unwrap().lines().all(|l| !l.contains(" / ext4 ")) {
+            eprintln!("skipped: the root filesystem is not ext4");
+            return;
+        }
+        let mut sink =
+            RecordSink { writer, kallsyms: Kallsyms::parse(""), findings: Vec::new(), unsynced_findings: false };
+        let trace = SyncTrace::start(ino);
+        let (raw, ev) = event();
+        for _ in 0..100 {
+            sink.event(&raw, &ev, &Observed::default(), &[]).unwrap();
+        }
+        sink.end_batch().unwrap();
+        assert_eq!(trace.datasyncs(), 0, "a batch of events alone must not cost a disk flush");
+
+        sink.finding(&finding()).unwrap();
+        sink.finding(&finding()).unwrap();
+        sink.end_batch().unwrap();
+        assert_eq!(trace.datasyncs(), 1, "one fdatasync per findings batch");
+        // What was synced is on disk and reads back: both findings.
+        let findings =
+            crate::trace::TraceReader::open(&path).unwrap().filter(|r| matches!(r, Record::Finding(_))).count();
+        assert_eq!(findings, 2);
+        sink.end_batch().unwrap();
+        assert_eq!(trace.datasyncs(), 0, "nothing new, nothing synced");
+    }
 }

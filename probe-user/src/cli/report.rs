@@ -1,14 +1,18 @@
 //! `reclaimscope report FILE`: replays a trace (or an ftrace text capture)
 //! through the detection engine. Needs no root and no BPF.
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use prettytable::{format, row, Table};
 
+use super::secs;
 use crate::{
     flags::GfpNames,
-    output::table::{event_row, finding_block},
+    output::{
+        stdout,
+        table::{event_row, finding_block},
+    },
     postmortem::replay::{self, Report},
     topology::Dev,
 };
@@ -48,24 +52,28 @@ pub struct ReportArgs {
     pub deadlock_after: f64,
 }
 
-fn print(r: &Report) {
-    println!(
+/// The report as `reclaimscope report` prints it without --json.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "report of {}{}",
         r.source,
         r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default()
     );
-    println!("{} records, {} events, {} findings", r.records, r.events, r.findings.len());
+    let _ = writeln!(out, "{} records, {} events, {} findings", r.records, r.events, r.findings.len());
     if let Some(d) = &r.damage {
-        println!("DAMAGED: {d}; everything before it was read");
+        let _ = writeln!(out, "DAMAGED: {d}; everything before it was read");
     }
     for l in &r.limits {
-        println!("limit: {l}");
+        let _ = writeln!(out, "limit: {l}");
     }
     for f in &r.findings {
-        println!("\n{}", finding_block(f));
+        let _ = writeln!(out, "\n{}", finding_block(f));
     }
     for f in &r.recorded_only {
-        println!(
+        let _ = writeln!(
+            out,
             "\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}",
             f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]
         );
@@ -86,22 +94,19 @@ fn print(r: &Report) {
                 s.findings
             ]);
         }
-        println!();
-        t.printstd();
+        let _ = write!(out, "\n{t}");
     }
     for tl in &r.timelines {
-        println!("\ntimeline around {} (tid {}):", tl.rule, tl.tid);
+        let _ = writeln!(out, "\ntimeline around {} (tid {}):", tl.rule, tl.tid);
         for (t, v) in &tl.events {
-            println!("  {t:+.3}s {}", event_row(v, v.ts_ns));
+            let _ = writeln!(out, "  {t:+.3}s {}", event_row(v, v.ts_ns));
         }
     }
+    out
 }
 
 pub fn run(args: &ReportArgs) -> Result<i32> {
-    if !(args.deadlock_after.is_finite() && args.deadlock_after > 0.0) {
-        bail!("--deadlock-after must be a positive number of seconds");
-    }
-    let after = Duration::from_secs_f64(args.deadlock_after);
+    let after = secs::positive("--deadlock-after", args.deadlock_after)?;
     let report = match args.format {
         InputFormat::Trace => replay::trace(&args.file, after)?,
         InputFormat::Ftrace => replay::ftrace_capture(&args.file, &args.servicers, GfpNames::builtin(), after)?,
@@ -114,9 +119,9 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {
-        print(&report);
+        stdout::write(&render(&report))?;
     }
     Ok(0)
 }

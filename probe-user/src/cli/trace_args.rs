@@ -1,12 +1,14 @@
 //! Options shared by every command that loads the probes (watch, monitor,
 //! record), and the code that turns them into a running loop.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
+use super::secs;
 use crate::{
     agent::{
+        refresh::Refresher,
         run::{Loop, RunOptions, Sink},
         session::{KernelPaths, Session, SessionOptions},
     },
@@ -82,6 +84,10 @@ pub struct TraceArgs {
     /// Seconds between summaries.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub summary_every: u64,
+    /// Seconds between topology discoveries (besides one on every mount
+    /// change and on SIGHUP). Discovery runs beside the event loop.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub refresh_every: f64,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -98,16 +104,20 @@ impl TraceArgs {
         Extra { servicers: self.servicers.clone(), backing_files: self.backing_files.clone() }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the options before anything is loaded or started.
+    pub fn validate(&self) -> Result<()> {
         if let Some(p) = self.pid {
             check_pid(p, "-p")?;
         }
         for &p in &self.servicers {
             check_pid(p, "--servicer")?;
         }
-        if !(self.deadlock_after.is_finite() && self.deadlock_after > 0.0) {
-            bail!("--deadlock-after must be a positive number of seconds");
+        secs::positive("--deadlock-after", self.deadlock_after)?;
+        if let Some(d) = self.duration {
+            secs::whole("--duration", d)?;
         }
+        secs::whole("--summary-every", self.summary_every)?;
+        secs::positive("--refresh-every", self.refresh_every)?;
         Ok(())
     }
 
@@ -129,20 +139,26 @@ impl TraceArgs {
         Ok((session, gfp))
     }
 
+    /// Starts discovering the topology in the background (see
+    /// [`Refresher`]); call after [`validate`](Self::validate).
+    pub fn refresher(&self) -> Result<Refresher> {
+        Ok(Refresher::start(self.extra(), secs::positive("--refresh-every", self.refresh_every)?))
+    }
+
     /// Runs the shared loop over `sink` until the duration ends or a signal.
     pub async fn run(
         &self,
         session: &mut Session,
         gfp: GfpNames,
         sink: &mut dyn Sink,
+        refresher: &Refresher,
     ) -> Result<crate::agent::run::Summary> {
-        let engine = Engine::new(StackIndex::default(), gfp, Duration::from_secs_f64(self.deadlock_after));
-        let extra = self.extra();
-        let mut l = Loop::new(session, engine, sink, &extra).await.context("cannot start the agent")?;
+        let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
+        let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
+        let mut l = Loop::new(session, engine, sink, refresher);
         let opts = RunOptions {
-            duration: self.duration.map(Duration::from_secs),
-            summary_every: Duration::from_secs(self.summary_every.max(1)),
-            extra,
+            duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
+            summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,
         };
         l.run(&opts).await?;
         Ok(l.summary.clone())

@@ -13,6 +13,7 @@ use crate::{
     events::decode::Event,
     flags::GfpNames,
     output::{
+        stdout,
         table::{event_row, finding_block, summary_table, EVENT_HEADER},
         view::{memcg_of, EventView},
     },
@@ -59,13 +60,13 @@ impl Sink for WatchSink {
         let memcg = self.memcgs.entry(pid).or_insert_with(|| memcg_of(pid)).clone();
         let v = EventView::new(ev, obs, &self.gfp, memcg);
         if self.json {
-            println!("{}", serde_json::to_string(&v)?);
+            stdout::line(serde_json::to_string(&v)?)?;
         } else {
-            let t0 = *self.t0.get_or_insert_with(|| {
-                println!("{EVENT_HEADER}");
-                v.ts_ns
-            });
-            println!("{}", event_row(&v, t0));
+            if self.t0.is_none() {
+                stdout::line(EVENT_HEADER)?;
+            }
+            let t0 = *self.t0.get_or_insert(v.ts_ns);
+            stdout::line(event_row(&v, t0))?;
         }
         Ok(())
     }
@@ -74,9 +75,9 @@ impl Sink for WatchSink {
         if self.json {
             let mut v = serde_json::to_value(f)?;
             v["type"] = json!("finding");
-            println!("{v}");
+            stdout::line(v)?;
         } else {
-            println!("{}", finding_block(f));
+            stdout::line(finding_block(f))?;
         }
         self.findings.push(f.clone());
         Ok(())
@@ -86,9 +87,9 @@ impl Sink for WatchSink {
         if self.json {
             let mut v = serde_json::to_value(s)?;
             v["type"] = json!(if last { "final_summary" } else { "summary" });
-            println!("{v}");
+            stdout::line(v)?;
         } else {
-            println!("{}", summary_table(s, &self.findings));
+            stdout::line(summary_table(s, &self.findings))?;
             if s.dropped > 0 {
                 eprintln!("warning: {} events were dropped (ring buffer full)", s.dropped);
             }
@@ -103,7 +104,7 @@ impl Sink for WatchSink {
             index.backing.len()
         );
         if self.json {
-            println!("{}", json!({"type": "topology", "message": msg, "index": index}));
+            stdout::line(json!({"type": "topology", "message": msg, "index": index}))?;
         } else {
             eprintln!("{msg}");
         }
@@ -113,10 +114,11 @@ impl Sink for WatchSink {
 
 pub async fn run(args: &WatchArgs) -> Result<i32> {
     let (mut session, gfp) = args.trace.start("watch", args.all)?;
+    let refresher = args.trace.refresher()?;
     if !args.json {
         eprintln!("Tracing memory reclaim in stacked storage... Hit Ctrl-C to end.");
     }
     let mut sink = WatchSink::new(args.json, args.all, gfp.clone());
-    args.trace.run(&mut session, gfp, &mut sink).await?;
+    args.trace.run(&mut session, gfp, &mut sink, &refresher).await?;
     Ok(0)
 }

@@ -1,27 +1,18 @@
-//! Prometheus metrics for `reclaimscope monitor`, and the endpoint that serves
-//! them.
-//!
-//! The endpoint answers one request per connection with the OpenMetrics text
-//! that prometheus-client renders. A scrape is a single small GET, so a
-//! hand-written HTTP/1.1 responder on tokio is enough and keeps hyper and
-//! its stack out of a tool that runs with BPF privileges.
+//! Prometheus metrics for `reclaimscope monitor`; [`super::http`] serves them.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+
+use crate::detect::finding::Finding;
 
 /// The exposition format prometheus-client writes (`# EOF`, `_total` samples
 /// under a family named without it).
@@ -32,6 +23,22 @@ struct FindingLabels {
     rule: String,
     severity: String,
 }
+
+/// One series of findings active now. Bounded: rules and severities are a
+/// fixed set, `servicer` a sanitised command name, and at most
+/// [`MAX_ACTIVE_SERIES`] label sets exist at once.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ActiveLabels {
+    rule: String,
+    severity: String,
+    servicer: String,
+}
+
+/// Distinct (rule, severity, servicer) series of active findings; beyond
+/// it, further servicers are counted under [`OTHER_SERVICERS`].
+pub const MAX_ACTIVE_SERIES: usize = 32;
+/// The `servicer` label of the overflow series.
+pub const OTHER_SERVICERS: &str = "_other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -76,6 +83,12 @@ pub struct Metrics {
     registry: Registry,
     started: Instant,
     findings: Family<FindingLabels, Counter>,
+    findings_active: Family<ActiveLabels, Gauge>,
+    /// The label sets `findings_active` holds now.
+    active_series: Mutex<BTreeSet<ActiveLabels>>,
+    topology_errors: Counter,
+    topology_age: Gauge<f64, AtomicU64>,
+    loop_lag: Gauge<f64, AtomicU64>,
     reclaim_events: Family<KindLabels, Counter>,
     dropped_events: Counter,
     servicers: Family<ProtectionLabels, Gauge>,
@@ -97,8 +110,34 @@ impl Metrics {
         let findings = Family::<FindingLabels, Counter>::default();
         registry.register(
             "findings",
-            "Findings reported, by rule and severity (hazard, recursion, deadlock)",
+            "New findings reported, by rule and severity (hazard, recursion, deadlock); repeats are not counted",
             findings.clone(),
+        );
+        let findings_active = Family::<ActiveLabels, Gauge>::default();
+        registry.register(
+            "findings_active",
+            "Findings seen within the active window (a deadlock: while it lasts), by rule, severity and servicer",
+            findings_active.clone(),
+        );
+        let topology_errors = Counter::default();
+        registry.register(
+            "topology_errors",
+            "Topology discoveries that failed; the view before them stayed in force",
+            topology_errors.clone(),
+        );
+        let topology_age = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "topology_age",
+            "Time since the topology in force was discovered",
+            Unit::Seconds,
+            topology_age.clone(),
+        );
+        let loop_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "event_loop_lag",
+            "The event loop's worst lag over the last summary interval",
+            Unit::Seconds,
+            loop_lag.clone(),
         );
         let reclaim_events = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -126,6 +165,11 @@ impl Metrics {
             registry,
             started: Instant::now(),
             findings,
+            findings_active,
+            active_series: Mutex::new(BTreeSet::new()),
+            topology_errors,
+            topology_age,
+            loop_lag,
             reclaim_events,
             dropped_events,
             servicers,
@@ -145,6 +189,47 @@ impl Metrics {
     /// first finding of a kind would never fire an alert.
     pub fn declare_finding(&self, rule: &str, severity: &str) {
         drop(self.findings.get_or_create(&finding_labels(rule, severity)));
+    }
+
+    /// Sets the active-findings gauges from every finding so far: a finding
+    /// is active when it was last seen at most `window` before `now_ns`
+    /// (both on the kernel's monotonic clock, as `Finding::last_ns`). A
+    /// deadlock finding is seen again at every D-state check while it
+    /// lasts, so it stays active while it lasts. Series that are no longer
+    /// active are removed, so an alert on them clears.
+    pub fn set_active_findings(&self, findings: &[Finding], now_ns: u64, window: Duration) {
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let mut counts: BTreeMap<ActiveLabels, i64> = BTreeMap::new();
+        let mut active: Vec<&Finding> =
+            findings.iter().filter(|f| now_ns.saturating_sub(f.last_ns) <= window_ns).collect();
+        // The worst first, so that they keep their own series when the cap bites.
+        active.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(&b.rule)));
+        for f in active {
+            let mut labels = ActiveLabels {
+                rule: label(&f.rule),
+                severity: f.severity.name().to_string(),
+                servicer: servicer_label(&f.servicer.comm),
+            };
+            if !counts.contains_key(&labels) && counts.len() >= MAX_ACTIVE_SERIES {
+                labels.servicer = OTHER_SERVICERS.to_string();
+            }
+            *counts.entry(labels).or_default() += 1;
+        }
+        let mut series = self.active_series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in series.iter().filter(|l| !counts.contains_key(*l)) {
+            self.findings_active.remove(gone);
+        }
+        for (labels, n) in &counts {
+            self.findings_active.get_or_create(labels).set(*n);
+        }
+        *series = counts.into_keys().collect();
+    }
+
+    /// Takes what the refresher and the loop say about themselves.
+    pub fn set_agent_health(&self, topology_errors: u64, topology_age_s: Option<f64>, loop_lag_s: f64) {
+        self.topology_errors.inner().fetch_max(topology_errors, Ordering::Relaxed);
+        self.topology_age.set(topology_age_s.unwrap_or(f64::NAN));
+        self.loop_lag.set(loop_lag_s);
     }
 
     /// Counts one reclaim entry the agent decoded from the ring buffer.
@@ -204,6 +289,22 @@ fn finding_labels(rule: &str, severity: &str) -> FindingLabels {
     FindingLabels { rule: label(rule), severity: label(severity) }
 }
 
+/// A servicer's command name as a label: at most 15 characters (the
+/// kernel's TASK_COMM_LEN less its NUL) of `[A-Za-z0-9_.-]`, anything else
+/// replaced by `_`, so a process cannot name itself into the label syntax.
+fn servicer_label(comm: &str) -> String {
+    let s: String = comm
+        .chars()
+        .take(15)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
+    if s.is_empty() {
+        "_unnamed".into()
+    } else {
+        s
+    }
+}
+
 /// Escapes a label value for the text format; prometheus-client writes label
 /// values verbatim.
 fn label(value: &str) -> String {
@@ -219,89 +320,14 @@ fn label(value: &str) -> String {
     out
 }
 
-/// Binds `addr`, then serves `GET /metrics` on it until the task is aborted.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    Ok(serve_listener(listener, metrics))
-}
+impl super::http::Render for Metrics {
+    fn content_type(&self) -> &'static str {
+        CONTENT_TYPE
+    }
 
-/// Serves `GET /metrics` on an already bound listener (tests bind port 0).
-pub fn serve_listener(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let metrics = Arc::clone(&metrics);
-                    tokio::spawn(async move {
-                        // A client that stalls must not hold a task forever.
-                        let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
-                        if let Ok(Err(e)) = answered {
-                            log::debug!("metrics request: {e:#}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, typically: wait instead of spinning.
-                    log::warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    })
-}
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Larger request heads are refused; a scrape's is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// Reads one request head and writes one response, then closes.
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await.context("reading the request")?;
-        if n == 0 {
-            return Ok(()); // closed before a full request
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
-        }
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
-    let head = String::from_utf8_lossy(&head);
-    let mut words = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return respond(&mut stream, "404 Not Found", "text/plain", "not found; try /metrics\n").await;
-    }
-    match method {
-        "GET" => respond(&mut stream, "200 OK", CONTENT_TYPE, &metrics.render()).await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "use GET\n").await,
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> Result<()> {
-    let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    if !content_type.is_empty() {
-        response.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    response.push_str("\r\n");
-    response.push_str(body);
-    stream.write_all(response.as_bytes()).await.context("writing the response")?;
-    stream.shutdown().await.context("closing the connection")?;
-    // Closing with unread input (a body, an oversized head) would reset the
-    // connection, and a reset can discard the response before the client
-    // reads it; so read what the client still sends until it closes.
-    let mut sink = [0u8; 1024];
-    let mut drained = 0;
-    while drained < MAX_HEAD * 8 {
-        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => drained += n,
-            _ => break,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -373,82 +399,60 @@ mod tests {
         assert_eq!(dropped(&m), 4.0);
     }
 
+    fn finding(rule: &str, severity: &str, comm: &str, tid: u32, last_ns: u64) -> Finding {
+        serde_json::from_value(serde_json::json!({
+            "rule": rule, "severity": severity, "title": "t",
+            "servicer": {"comm": comm, "tgid": 1, "tid": tid, "flags": "-", "protection": "Unprotected"},
+            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
+            "gfp": "", "gfp_raw": 0, "upper_inflight": null, "detail": "", "stack": [], "chain": [],
+            "remedy": "", "first_ns": 0, "last_ns": last_ns, "count": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn active_findings_follow_the_window_and_stay_bounded() {
+        let m = Metrics::new();
+        let s = 1_000_000_000u64;
+        let window = Duration::from_secs(60);
+        let deadlock = r#"reclaimscope_findings_active{rule="RS201",severity="deadlock",servicer="qemu-storage-da"}"#;
+        let hazard = r#"reclaimscope_findings_active{rule="RS001",severity="hazard",servicer="qemu-storage-da"}"#;
+        let mut found = vec![
+            finding("RS001", "hazard", "qemu-storage-da", 10, 100 * s),
+            finding("RS001", "hazard", "qemu-storage-da", 11, 150 * s),
+            finding("RS201", "deadlock", "qemu-storage-da", 10, 150 * s),
+        ];
+        m.set_active_findings(&found, 150 * s, window);
+        let text = m.render();
+        assert_eq!(sample(&text, hazard), Some(2.0));
+        assert_eq!(sample(&text, deadlock), Some(1.0));
+        // The deadlock lasts: the D-state check sees it again every second.
+        found[2].last_ns = 400 * s;
+        m.set_active_findings(&found, 400 * s, window);
+        let text = m.render();
+        assert_eq!(sample(&text, deadlock), Some(1.0), "{text}");
+        assert_eq!(sample(&text, hazard), None, "a hazard not seen for 250 s is not active");
+        // It ends: a window later the series is gone and an alert on it clears.
+        m.set_active_findings(&found, 461 * s, window);
+        assert_eq!(sample(&m.render(), deadlock), None);
+
+        // Hostile names are sanitised, and the series are capped.
+        let many: Vec<Finding> =
+            (0..100).map(|i| finding("RS001", "hazard", &format!("d\"}} {i}"), i, 500 * s)).collect();
+        m.set_active_findings(&many, 500 * s, window);
+        let text = m.render();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("reclaimscope_findings_active{")).collect();
+        assert_eq!(series.len(), MAX_ACTIVE_SERIES + 1, "{text}");
+        let other = r#"reclaimscope_findings_active{rule="RS001",severity="hazard",servicer="_other"}"#;
+        assert_eq!(sample(&text, other), Some((100 - MAX_ACTIVE_SERIES) as f64));
+        assert!(series.iter().all(|l| !l.contains(' ') || l.rsplit_once(' ').unwrap().0.matches('"').count() == 6));
+        assert!(text.contains(r#"servicer="d___0""#), "{text}");
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let m = Metrics::new();
         m.finding("a\"b\\c\nd", "hazard");
         assert!(m.render().contains(r#"rule="a\"b\\c\nd""#));
-    }
-
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    }
-
-    fn body(response: &str) -> &str {
-        response.split_once("\r\n\r\n").unwrap().1
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http() {
-        let metrics = Arc::new(Metrics::new());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = serve_listener(listener, Arc::clone(&metrics));
-        let scrape = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n";
-
-        metrics.finding("servicer-fs-reclaim", "deadlock");
-        metrics.set_dropped_events(7);
-        let first = get(addr, scrape).await;
-        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
-        assert!(first.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
-        let len: usize = first.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
-        assert_eq!(len, body(&first).len());
-        let deadlocks = r#"reclaimscope_findings_total{rule="servicer-fs-reclaim",severity="deadlock"}"#;
-        assert_eq!(sample(body(&first), deadlocks), Some(1.0));
-        assert_eq!(sample(body(&first), "reclaimscope_dropped_events_total"), Some(7.0));
-
-        // The values move between scrapes.
-        metrics.finding("servicer-fs-reclaim", "deadlock");
-        metrics.set_dropped_events(9);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = get(addr, scrape).await;
-        assert_eq!(sample(body(&second), deadlocks), Some(2.0));
-        assert_eq!(sample(body(&second), "reclaimscope_dropped_events_total"), Some(9.0));
-        let uptime = |r: &str| sample(body(r), "reclaimscope_uptime_seconds").unwrap();
-        assert!(uptime(&second) > uptime(&first));
-
-        // A request that arrives in pieces is still answered.
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /metrics?x=1 HT").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        stream.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-
-        let other = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
-        assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
-        let post = get(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431 "));
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn serve_reports_a_taken_port() {
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = serve(addr, Arc::new(Metrics::new())).await.unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(msg.contains(&format!("cannot listen for metrics on {addr}")), "{msg}");
-        assert!(msg.contains("in use"), "{msg}");
-
-        let free = serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new())).await;
-        free.unwrap().abort();
     }
 }

@@ -1,7 +1,7 @@
 //! Replays a recorded trace, or an imported ftrace capture, through the
 //! same decoder and detection engine as the live agent.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, io::Read, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -151,10 +151,30 @@ fn index_from(v: &Value) -> StackIndex {
 
 /// Replays a trace file written by `reclaimscope record`.
 pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
-    let mut reader = TraceReader::open(path)?;
+    replay_trace(TraceReader::open(path)?, path.display().to_string(), deadlock_after)
+}
+
+/// Replays a trace held in memory, as [`trace`] does a file; `name` stands
+/// for the file in messages. The fuzz target `replay` drives this.
+pub fn trace_bytes(bytes: &[u8], name: &str, deadlock_after: Duration) -> Result<Report> {
+    replay_trace(TraceReader::new(bytes, name)?, name.to_string(), deadlock_after)
+}
+
+fn replay_trace<R: Read>(mut reader: TraceReader<R>, source: String, deadlock_after: Duration) -> Result<Report> {
     let header = reader.header().clone();
-    let gfp =
-        header.gfp_format.as_deref().and_then(|f| GfpNames::parse_format(f).ok()).unwrap_or_else(GfpNames::builtin);
+    let mut limits = Vec::new();
+    // The header comes from whoever made the file: a table that does not
+    // parse is said, not fatal, and the masks get the built-in names.
+    let gfp = match header.gfp_format.as_deref().map(GfpNames::parse_format) {
+        Some(Ok(g)) => g,
+        Some(Err(e)) => {
+            limits.push(format!(
+                "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
+            ));
+            GfpNames::builtin()
+        }
+        None => GfpNames::builtin(),
+    };
     let mut r = Replay::new(index_from(&header.topology), gfp, deadlock_after);
     let mut recorded = Vec::new();
     for rec in reader.by_ref() {
@@ -171,21 +191,22 @@ pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
     let damage = reader.damage().map(|d| d.to_string());
     let records = reader.records_read();
     let mut report = r.finish(Report {
-        source: path.display().to_string(),
+        source,
         kernel_release: Some(header.kernel_release),
         records,
         damage,
+        limits,
         ..Default::default()
     });
     report.recorded_only = recorded
         .iter()
-        .cloned()
         .filter(|f| {
             !report.findings.iter().any(|x| {
                 Some(x.rule.as_str()) == f["rule"].as_str()
                     && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()
             })
         })
+        .cloned()
         .collect();
     report.recorded = recorded;
     Ok(report)
@@ -200,8 +221,19 @@ pub fn ftrace_capture(
     deadlock_after: Duration,
 ) -> Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let import =
-        ftrace::import(&bytes, &gfp).with_context(|| format!("{}: not an ftrace text capture", path.display()))?;
+    ftrace_bytes(&bytes, &path.display().to_string(), servicers, gfp, deadlock_after)
+}
+
+/// Replays a text capture held in memory, as [`ftrace_capture`] does a
+/// file; `name` stands for the file in messages.
+pub fn ftrace_bytes(
+    bytes: &[u8],
+    name: &str,
+    servicers: &[(u32, Dev)],
+    gfp: GfpNames,
+    deadlock_after: Duration,
+) -> Result<Report> {
+    let import = ftrace::import(bytes, &gfp).with_context(|| format!("{name}: not an ftrace text capture"))?;
     let index = StackIndex {
         mounts: servicers
             .iter()
@@ -251,10 +283,5 @@ pub fn ftrace_capture(
     if import.lost_events > 0 {
         limits.push(format!("the capture lost {} events", import.lost_events));
     }
-    Ok(r.finish(Report {
-        source: path.display().to_string(),
-        records: import.events.len() as u64,
-        limits,
-        ..Default::default()
-    }))
+    Ok(r.finish(Report { source: name.to_string(), records: import.events.len() as u64, limits, ..Default::default() }))
 }

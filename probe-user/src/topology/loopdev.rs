@@ -10,6 +10,7 @@
 use super::dev::Dev;
 use super::source::FileId;
 use std::fs::File;
+use std::io;
 use std::os::fd::AsRawFd;
 
 /// include/uapi/linux/loop.h
@@ -36,14 +37,17 @@ struct LoopInfo64 {
 }
 const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
 
-/// The backing file's (dev, ino) of /dev/`name`; `None` when the device
-/// cannot be opened (not root, no /dev node) or is not bound.
-pub(crate) fn backing_file_id(name: &str) -> Option<FileId> {
-    let dev = File::open(format!("/dev/{name}")).ok()?;
+/// The backing file's (dev, ino) of /dev/`name`; an error when the device
+/// cannot be opened (not root, no /dev node) or is not bound (ENXIO).
+pub(crate) fn backing_file_id(name: &str) -> io::Result<FileId> {
+    let dev = File::open(format!("/dev/{name}"))?;
     // SAFETY: all-zero bytes are a valid LoopInfo64 (integers and byte arrays).
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: LOOP_GET_STATUS64 writes one struct loop_info64 through the pointer,
     // which points at a live, correctly sized and aligned value.
     let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64, &mut info as *mut LoopInfo64) };
-    (rc == 0).then(|| FileId { dev: Dev::from_st_dev(info.lo_device), ino: info.lo_inode })
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(FileId { dev: Dev::from_st_dev(info.lo_device), ino: info.lo_inode })
 }

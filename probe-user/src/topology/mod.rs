@@ -53,6 +53,11 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Nothing known yet: what the agent works with until its first discovery ends.
+    pub fn empty() -> Topology {
+        Topology { mounts: Vec::new(), devices: Vec::new(), servicers: Vec::new(), warnings: Vec::new() }
+    }
+
     /// From this machine's /proc/self/mountinfo, /proc/partitions, /sys and /proc/*.
     pub fn discover(extra: &Extra) -> Result<Topology> {
         Self::discover_with(&Source::live(), extra)
@@ -90,6 +95,9 @@ impl Topology {
         fuse::settle_named(&mut servicers, &extra.servicers);
         for &pid in &extra.servicers {
             named::add(src, &mounts, &devices, &mut servicers, pid)?;
+        }
+        if let Some(failure) = src.failure() {
+            bail!("discovery could not read the whole system ({failure}); its view would be incomplete");
         }
         let mut topo = Topology { mounts, devices, servicers, warnings };
         topo.link_servicers();

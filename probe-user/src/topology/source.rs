@@ -58,16 +58,29 @@ enum Mode {
 pub(crate) struct Source {
     root: PathBuf,
     mode: Mode,
+    /// The first read that failed because the system could not answer
+    /// (see [`is_resource_error`]), as "PATH: error".
+    failure: RefCell<Option<String>>,
+}
+
+/// Errors that say nothing about the file asked for, only that this
+/// process or the system ran short: out of file descriptors, out of memory.
+/// Discovery treats a missing file as "not there" (a process that exited,
+/// a device without that attribute); taking one of these the same way
+/// would make every servicer vanish from the kernel's maps when the agent
+/// runs out of descriptors, and detection would go blind without a word.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS))
 }
 
 impl Source {
     pub fn live() -> Source {
-        Source { root: PathBuf::from("/"), mode: Mode::Live(None) }
+        Source { root: PathBuf::from("/"), mode: Mode::Live(None), failure: RefCell::default() }
     }
 
     /// Live, keeping a copy of every answer for [`Recording::write`].
     pub fn recording() -> Source {
-        Source { root: PathBuf::from("/"), mode: Mode::Live(Some(RefCell::default())) }
+        Source { root: PathBuf::from("/"), mode: Mode::Live(Some(RefCell::default())), failure: RefCell::default() }
     }
 
     /// A snapshot directory; `/` means the live system.
@@ -84,7 +97,23 @@ impl Source {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Answers::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", answers_path.display())),
         };
-        Ok(Source { root: root.to_path_buf(), mode: Mode::Snapshot(answers) })
+        Ok(Source { root: root.to_path_buf(), mode: Mode::Snapshot(answers), failure: RefCell::default() })
+    }
+
+    /// The first read that failed for want of resources: the answers read
+    /// are incomplete, and discovery must not pass them off as the system.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Passes `r` through, noting a resource error (see [`Source::failure`]).
+    fn checked<T>(&self, path: &str, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            if is_resource_error(e) {
+                self.failure.borrow_mut().get_or_insert_with(|| format!("{path}: {e}"));
+            }
+        }
+        r
     }
 
     fn real(&self, path: &str) -> PathBuf {
@@ -98,7 +127,7 @@ impl Source {
     }
 
     pub fn read_bytes(&self, path: &str) -> io::Result<Vec<u8>> {
-        let data = fs::read(self.real(path))?;
+        let data = self.checked(path, fs::read(self.real(path)))?;
         self.record(|r| {
             r.files.insert(path.to_string(), data.clone());
         });
@@ -118,7 +147,7 @@ impl Source {
     }
 
     pub fn read_link(&self, path: &str) -> io::Result<PathBuf> {
-        let target = fs::read_link(self.real(path))?;
+        let target = self.checked(path, fs::read_link(self.real(path)))?;
         self.record(|r| {
             r.links.insert(path.to_string(), target.clone());
         });
@@ -128,10 +157,11 @@ impl Source {
     /// Entry names, sorted; a missing directory is empty (git keeps no empty
     /// directories, so a snapshot has none).
     pub fn read_dir(&self, path: &str) -> io::Result<Vec<String>> {
-        let mut names = match fs::read_dir(self.real(path)) {
-            Ok(entries) => entries
-                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect::<io::Result<Vec<_>>>()?,
+        let listing = fs::read_dir(self.real(path)).and_then(|entries| {
+            entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<io::Result<Vec<_>>>()
+        });
+        let mut names = match self.checked(path, listing) {
+            Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
@@ -147,7 +177,7 @@ impl Source {
         match &self.mode {
             Mode::Snapshot(a) => a.loop_status.get(name).copied(),
             Mode::Live(_) => {
-                let id = loopdev::backing_file_id(name)?;
+                let id = self.checked(&format!("/dev/{name}"), loopdev::backing_file_id(name)).ok()?;
                 self.record(|r| {
                     r.answers.loop_status.insert(name.to_string(), id);
                 });
@@ -161,7 +191,7 @@ impl Source {
         match &self.mode {
             Mode::Snapshot(a) => a.stat.get(path).copied(),
             Mode::Live(_) => {
-                let m = fs::metadata(path).ok()?;
+                let m = self.checked(&path.display().to_string(), fs::metadata(path)).ok()?;
                 let id = FileId { dev: Dev::from_st_dev(m.dev()), ino: m.ino() };
                 self.record(|r| {
                     r.answers.stat.insert(path.to_path_buf(), id);

@@ -26,7 +26,7 @@ fn ctx(ts_ns: u64, stack_id: i32) -> TaskCtx {
     }
 }
 
-fn reclaim(i: u64, stack_id: i32) -> Record {
+pub(super) fn reclaim(i: u64, stack_id: i32) -> Record {
     let e = ReclaimEvent {
         kind: EventKind::ReclaimBegin as u32,
         _pad: 0,
@@ -67,7 +67,7 @@ fn symbol(addr: u64) -> Record {
     Record::Symbol(SymbolRecord { addr, symbol: "super_cache_scan".into() })
 }
 
-fn header() -> TraceHeader {
+pub(super) fn header() -> TraceHeader {
     TraceHeader {
         agent_version: "0.1.0".into(),
         kernel_release: "6.18.0".into(),

@@ -1,13 +1,24 @@
 //! Writes trace files: whole records only, size-bounded rotation, and every
 //! file self-contained.
+//!
+//! A trace holds kernel text addresses, shrinker pointers, command lines and
+//! paths, and the agent writes it as root, so the files are the user's
+//! private data: created 0600 whatever the umask, never opened through a
+//! symbolic link, never anything but a regular file that we own, and rotated
+//! with `renameat`/`unlinkat` relative to the directory opened at the start,
+//! so that a path component swapped for a symlink later cannot redirect
+//! rotation elsewhere.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
 use serde_json::Value;
 
 use super::frame::{self, RecordType};
@@ -27,7 +38,13 @@ const WRITE_AT: usize = 64 << 10;
 /// a rotation; the latest topology snapshot is repeated after the header.
 /// So any one file, `FILE` or `FILE.N`, can be reported on alone.
 pub struct TraceWriter {
+    /// The path as given, for messages.
     path: PathBuf,
+    /// The directory holding the trace, opened once: every later open,
+    /// rename and unlink is relative to it.
+    dir: OwnedFd,
+    /// The trace's file name inside `dir`.
+    name: OsString,
     header: TraceHeader,
     max_size: Option<u64>,
     max_files: usize,
@@ -66,12 +83,18 @@ impl TraceWriter {
         if max_files == 0 {
             bail!("a trace needs at least one file (max_files is 0)");
         }
+        let (dir, name) = open_dir(path)?;
+        let file = open_trace(&dir, &name, path)?;
+        // The new directory entry must outlive a power cut as much as the data.
+        sync_dir(&dir, path)?;
         let mut w = TraceWriter {
             path: path.to_path_buf(),
+            dir,
+            name,
             header,
             max_size,
             max_files,
-            file: create_file(path)?,
+            file,
             pending: Vec::with_capacity(WRITE_AT * 2),
             size: 0,
             preamble_size: 0,
@@ -139,11 +162,21 @@ impl TraceWriter {
         Ok(())
     }
 
-    /// Writes every record given so far to the file. Call it after each
-    /// batch of events, and on SIGTERM/SIGINT before exiting.
+    /// Writes every record given so far to the file (to the page cache: it
+    /// survives the agent, not a power cut). Call it at every summary, and
+    /// on SIGTERM/SIGINT before exiting.
     pub fn flush(&mut self) -> Result<()> {
         self.write_pending()?;
         self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Writes every record given so far and fdatasyncs the file, so they
+    /// survive a power cut. The machine a finding warns about may well be
+    /// reset next, so call it after each batch of findings; not after every
+    /// event, which would cost a disk flush per ring-buffer wakeup.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))
     }
 
     /// Flushes and syncs the file to disk.
@@ -197,20 +230,41 @@ impl TraceWriter {
     }
 
     /// Closes the current file as `FILE.1`, shifting older ones up and
-    /// dropping the oldest, and starts a new `FILE`.
+    /// dropping the oldest, and starts a new `FILE`. Every step names
+    /// entries of the directory opened at the start.
     fn rotate(&mut self) -> Result<()> {
         self.write_pending()?;
         self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
         let kept = self.max_files - 1;
         if kept > 0 {
-            remove_if_present(&numbered(&self.path, kept))?;
+            self.remove_if_present(&numbered(&self.name, kept))?;
             for n in (1..kept).rev() {
-                rename_if_present(&numbered(&self.path, n), &numbered(&self.path, n + 1))?;
+                self.rename_if_present(&numbered(&self.name, n), &numbered(&self.name, n + 1))?;
             }
-            rename_if_present(&self.path, &numbered(&self.path, 1))?;
+            self.rename_if_present(&self.name.clone(), &numbered(&self.name, 1))?;
         }
-        self.file = create_file(&self.path)?;
+        self.file = open_trace(&self.dir, &self.name, &self.path)?;
+        sync_dir(&self.dir, &self.path)?;
         self.start_file()
+    }
+
+    fn remove_if_present(&self, name: &OsStr) -> Result<()> {
+        match rfs::unlinkat(&self.dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.shown(name))),
+        }
+    }
+
+    fn rename_if_present(&self, from: &OsStr, to: &OsStr) -> Result<()> {
+        match rfs::renameat(&self.dir, from, &self.dir, to) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot rename {} to {}", self.shown(from), self.shown(to))),
+        }
+    }
+
+    /// `name`, a file in the trace's directory, as the user named that directory.
+    fn shown(&self, name: &OsStr) -> String {
+        self.path.with_file_name(name).display().to_string()
     }
 
     fn write_pending(&mut self) -> Result<()> {
@@ -233,36 +287,64 @@ impl Drop for TraceWriter {
     }
 }
 
-fn create_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("cannot create trace file {}", path.display()))
+/// Opens the directory that will hold the trace and splits off its file name.
+fn open_dir(path: &Path) -> Result<(OwnedFd, OsString)> {
+    let name = path
+        .file_name()
+        .filter(|_| !path.as_os_str().as_encoded_bytes().ends_with(b"/"))
+        .with_context(|| format!("trace path {} does not name a file", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let fd = rfs::openat(CWD, dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("cannot open directory {} for the trace", dir.display()))?;
+    Ok((fd, name.to_os_string()))
+}
+
+/// Creates (or truncates) `name` in `dir` for writing, mode 0600.
+///
+/// O_NOFOLLOW refuses a symlink in the last component, and O_NONBLOCK keeps
+/// a FIFO without a reader from hanging the open; fstat then refuses
+/// anything that is not a plain regular file of ours before a byte is
+/// truncated or written.
+fn open_trace(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<File> {
+    let shown = shown.display();
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = rfs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(|e| match e {
+        Errno::LOOP => anyhow!("{shown} is a symbolic link; refusing to write a trace through it"),
+        Errno::NXIO => anyhow!("{shown} is not a regular file (a FIFO); refusing to write a trace into it"),
+        Errno::ISDIR => anyhow!("{shown} is a directory, not a trace file"),
+        e => anyhow!("cannot create trace file {shown}: {e}"),
+    })?;
+    let st = rfs::fstat(&fd).with_context(|| format!("cannot stat {shown}"))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        bail!("{shown} is not a regular file; refusing to write a trace into it");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if st.st_uid != euid {
+        bail!("{shown} belongs to uid {}, not to us (uid {euid}); remove it or choose another path", st.st_uid);
+    }
+    if st.st_nlink > 1 {
+        bail!("{shown} has {} hard links; refusing to overwrite a file that other paths share", st.st_nlink);
+    }
+    // An existing file keeps its old mode through O_CREAT: make it private too.
+    rfs::fchmod(&fd, Mode::RUSR | Mode::WUSR).with_context(|| format!("cannot make {shown} private (0600)"))?;
+    rfs::ftruncate(&fd, 0).with_context(|| format!("cannot truncate {shown}"))?;
+    rfs::fcntl_setfl(&fd, OFlags::empty()).with_context(|| format!("cannot set {shown} to blocking writes"))?;
+    Ok(File::from(fd))
+}
+
+/// Makes the directory's entries (a new file, renames) durable.
+fn sync_dir(dir: &OwnedFd, shown: &Path) -> Result<()> {
+    rfs::fsync(dir).with_context(|| format!("cannot sync the directory of {}", shown.display()))
 }
 
 /// `FILE.n`
-fn numbered(path: &Path, n: usize) -> PathBuf {
-    let mut s = OsString::from(path.as_os_str());
+fn numbered(name: &OsStr, n: usize) -> OsString {
+    let mut s = name.to_os_string();
     s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
-
-fn remove_if_present(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn rename_if_present(from: &Path, to: &Path) -> Result<()> {
-    match fs::rename(from, to) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
-        }
-        _ => Ok(()),
-    }
+    s
 }

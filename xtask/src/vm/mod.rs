@@ -171,7 +171,9 @@ pub fn run(opts: &VmOptions, cmd: &[String]) -> Result<i32> {
     for attempt in 1..=2 {
         match boot(opts, &kernel, kvm, cmd)? {
             Some(code) => return Ok(code),
-            None if attempt == 1 => eprintln!("xtask: the {} guest did not boot within {BOOT_DEADLINE:?}; booting again", kernel.name),
+            None if attempt == 1 => {
+                eprintln!("xtask: the {} guest did not boot within {BOOT_DEADLINE:?}; booting again", kernel.name)
+            }
             None => {}
         }
     }
@@ -214,7 +216,11 @@ fn boot(opts: &VmOptions, kernel: &kernels::Kernel, kvm: bool, cmd: &[String]) -
         (true, None) => {
             let console = fs::read_to_string(out.join("console")).unwrap_or_default();
             let tail: Vec<&str> = console.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the {} guest exited without running the command; its console ended with:\n{}", kernel.name, tail.join("\n"))
+            bail!(
+                "the {} guest exited without running the command; its console ended with:\n{}",
+                kernel.name,
+                tail.join("\n")
+            )
         }
     }
 }

@@ -1,0 +1,59 @@
+//! The deployment files in deploy/ are what docs/deployment.md points to,
+//! and the tools that read them accept them.
+
+use std::{path::PathBuf, process::Command};
+
+fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(name)).find(|p| p.is_file())
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let Some(promtool) = tool("promtool") else {
+        eprintln!("skipped: promtool is not installed (Debian package prometheus; cargo xtask setup installs it)");
+        return;
+    };
+    let out = Command::new(&promtool).args(["check", "rules"]).arg(deploy("prometheus/alerts.yml")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&promtool)
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(deploy("prometheus"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `systemd-analyze verify` checks that ExecStart names an executable, so
+/// the unit is verified with its binary path pointed at the one just built:
+/// that one path is all that differs from the shipped file.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = tool("systemd-analyze") else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let unit = std::fs::read_to_string(deploy("systemd/reclaimscope.service")).unwrap();
+    const INSTALLED: &str = "/usr/local/bin/reclaimscope";
+    assert_eq!(unit.matches(INSTALLED).count(), 1, "one ExecStart= names the installed binary");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("reclaimscope.service");
+    std::fs::write(&copy, unit.replace(INSTALLED, env!("CARGO_BIN_EXE_reclaimscope"))).unwrap();
+    let out = Command::new(analyze).arg("verify").arg(&copy).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+#[test]
+fn the_deployment_guide_points_to_the_files_instead_of_copies() {
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/deployment.md")).unwrap();
+    for file in ["deploy/systemd/reclaimscope.service", "deploy/prometheus/alerts.yml"] {
+        assert!(doc.contains(file), "docs/deployment.md does not name {file}");
+    }
+    for copied in ["[Service]", "[Install]", "alert: StorageServicerReclaimDeadlock", "groups:"] {
+        assert!(!doc.contains(copied), "docs/deployment.md still carries a copy (`{copied}`)");
+    }
+}
