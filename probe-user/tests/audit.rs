@@ -371,7 +371,7 @@ fn build(name: &str, servicer: Servicer, levels: usize) -> Option<(testbed::Test
     }
     let lock = testbed::lock().expect("testbed lock");
     let image_mb = if levels > 1 { 1536 } else { 512 };
-    let stack = Stack::build(name, &StackSpec { servicer, levels, image_mb, memcg_limit_mb: None })
+    let stack = Stack::build(name, &StackSpec { servicer, levels, image_mb, memcg_limit_mb: None, dm: None })
         .expect("building the stack");
     Some((lock, stack))
 }
@@ -390,7 +390,7 @@ fn kernel_loop_worker_is_protected() {
         return;
     };
     let level = &stack.levels[0];
-    let dev = Dev::new(level.loop_devt.0, level.loop_devt.1);
+    let dev = Dev::new(level.devt.0, level.devt.1);
     let t = Topology::discover(&Extra::default()).expect("discover");
     let worker = t.servicers.iter().find(|s| s.serves == dev).expect("a servicer for the loop device");
     assert_eq!(worker.kind, ServicerKind::KernelLoop);
@@ -398,12 +398,10 @@ fn kernel_loop_worker_is_protected() {
     assert!(worker.threads.is_empty(), "idle kworkers are not read as unprotected");
     assert_eq!(worker.under_mounts, vec![level.mountpoint.clone()]);
 
-    let meta = fs::metadata(&level.backing_file).unwrap();
+    let file = level.backing_file.as_ref().expect("a loop level has a backing file");
+    let meta = fs::metadata(file).unwrap();
     let b = t.backing_files().into_iter().find(|b| b.backs == dev).expect("backing file");
-    assert_eq!(
-        (b.path.as_path(), b.file_dev, b.ino),
-        (level.backing_file.as_path(), Dev::from_st_dev(meta.dev()), meta.ino())
-    );
+    assert_eq!((b.path.as_path(), b.file_dev, b.ino), (file.as_path(), Dev::from_st_dev(meta.dev()), meta.ino()));
 
     let p = t.path_of(dev).expect("stacked");
     assert_eq!(p.upper.as_ref().unwrap().mount_point, level.mountpoint);
@@ -414,7 +412,7 @@ fn kernel_loop_worker_is_protected() {
     assert!(
         out.text.contains(&format!(
             "kworker (workqueue {}) [kernel loop worker]: protected (PF_MEMALLOC_NOIO)",
-            level.loop_dev.file_name().unwrap().to_string_lossy()
+            level.device.file_name().unwrap().to_string_lossy()
         )),
         "{}",
         out.text
@@ -458,7 +456,7 @@ fn qsd_fuse_daemon_is_unprotected() {
     let top = stack.top();
     assert!(s.under_mounts.contains(&top.mountpoint));
     let fuse_dev = t.mount_for_dev(s.serves).expect("FUSE mount").dev;
-    let b = t.backing_files().into_iter().find(|b| b.backs == Dev::new(top.loop_devt.0, top.loop_devt.1)).unwrap();
+    let b = t.backing_files().into_iter().find(|b| b.backs == Dev::new(top.devt.0, top.devt.1)).unwrap();
     assert_eq!((b.file_dev, b.ino), (fuse_dev, 1), "the export file is the FUSE root, never stat()ed");
     assert!(t.unprotected().iter().any(|u| u.tgid == Some(pid)));
     let out = audit(&t);
@@ -479,7 +477,7 @@ fn three_levels_followed_to_the_bottom() {
         return;
     };
     let t = Topology::discover(&Extra::default()).expect("discover");
-    let devs: Vec<Dev> = stack.levels.iter().rev().map(|l| Dev::new(l.loop_devt.0, l.loop_devt.1)).collect();
+    let devs: Vec<Dev> = stack.levels.iter().rev().map(|l| Dev::new(l.devt.0, l.devt.1)).collect();
     let p = t.path_of(devs[0]).expect("top loop is stacked");
     let c = chain(&p);
     assert_eq!(&c[..3], devs.as_slice(), "top loop, middle loop, bottom loop");
@@ -511,7 +509,7 @@ fn audit_answers_while_the_daemon_is_deadlocked() {
         return;
     }
     let _lock = testbed::lock().expect("testbed lock");
-    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96) };
+    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
     let mut stack = Stack::build("audit-deadlock", &spec).expect("building the stack");
     let qsd = stack.daemon_pid.expect("qsd pid");
     stack.spawn_writer("data", 512).expect("writer");

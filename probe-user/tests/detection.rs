@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 fn dev_of(stack: &testbed::Stack) -> String {
-    let (ma, mi) = stack.top().loop_devt;
+    let (ma, mi) = stack.top().devt;
     format!("{ma}:{mi}")
 }
 
@@ -26,7 +26,7 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     }
     let (_lock, mut stack) = common::hazard_stack("hazard");
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
-    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    agent.wait_started();
     common::write_through(&mut stack, 384);
     let (code, lines) = agent.stop(libc::SIGINT);
     let mountpoint = stack.top().mountpoint.display().to_string();
@@ -49,6 +49,14 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     assert_ne!(h["gfp_raw"].as_u64().unwrap() & 0x80, 0, "__GFP_FS not in {}", h["gfp"]);
     assert!(h["remedy"].as_str().unwrap().contains("PR_SET_IO_FLUSHER"));
     assert!(!h["stack"].as_array().unwrap().is_empty(), "no kernel stack");
+    let hooks = common::chosen_families();
+    common::record_result(
+        "hazard (qsd FUSE, servicer in a 256 MiB memcg)",
+        serde_json::json!({
+            "result": format!("RS001 for qemu-storage-daemon, gfp {}", h["gfp"].as_str().unwrap_or("?")),
+            "through": { "reclaim": hooks["reclaim"], "alloc_slowpath": hooks["alloc_slowpath"] },
+        }),
+    );
 }
 
 #[test]
@@ -62,10 +70,11 @@ fn real_deadlock_is_flagged_as_it_forms() {
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(96),
+        dm: None,
     };
     let mut stack = testbed::Stack::build("deadlock", &spec).unwrap();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
-    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    agent.wait_started();
     let start = Instant::now();
     stack.spawn_writer("data", 512).unwrap();
     let grave = agent.wait_for(Duration::from_secs(90), |v| v["type"] == "finding" && rule(v) == "RS201");
@@ -81,7 +90,7 @@ fn real_deadlock_is_flagged_as_it_forms() {
     let (code, _) = agent.stop(libc::SIGINT);
     stack.teardown().unwrap();
     assert_eq!(code, Some(0), "agent must exit cleanly even with a deadlocked FUSE daemon");
-    let (t_hazard, _) = hazard.expect("no hazard before the deadlock");
+    let (t_hazard, hazard_v) = hazard.expect("no hazard before the deadlock");
     let (t_rec, rec) = recursion.unwrap_or_else(|| panic!("no {cycle_rule} finding"));
     let waited_in = if v2 { "balance_dirty_pages" } else { "folio_wait_writeback" };
     assert!(rec["detail"].as_str().unwrap().contains(waited_in), "{}", rec["detail"]);
@@ -95,12 +104,25 @@ fn real_deadlock_is_flagged_as_it_forms() {
         (t_dead - t_hazard).as_secs_f64()
     );
     assert!(t_hazard <= t_dead);
+    common::record_result(
+        "deadlock (qsd FUSE, writer and servicer in a 96 MiB memcg)",
+        serde_json::json!({
+            "result": format!(
+                "{} at {:.1} s, {cycle_rule} at {:.1} s, RS201 at {:.1} s; recovered by aborting FUSE",
+                rule(&hazard_v),
+                (t_hazard - start).as_secs_f64(),
+                (t_rec - start).as_secs_f64(),
+                (t_dead - start).as_secs_f64()
+            ),
+            "cgroup": if v2 { "v2" } else { "v1" },
+        }),
+    );
 }
 
 /// Runs a writer under the same memory pressure and returns the agent's lines.
 fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>) -> Vec<Value> {
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
-    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    agent.wait_started();
     match (stack, memcg) {
         // The writer is in the memcg: the loop worker writes on its behalf.
         (Some(s), _) => {
@@ -129,6 +151,12 @@ fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>)
 
 fn assert_pressure_and_no_findings(lines: &[Value], what: &str) {
     let summary = lines.iter().find(|v| v["type"] == "final_summary").expect("final summary");
+    common::record_result(
+        &format!("control: {what}"),
+        serde_json::json!({
+            "result": format!("{} findings over {} memcg reclaims", common::findings(lines).len(), summary["reclaim_memcg"]),
+        }),
+    );
     assert!(
         summary["reclaim_memcg"].as_u64().unwrap() > 0,
         "{what}: no memcg reclaim happened, the control proves nothing"
@@ -148,6 +176,7 @@ fn control_plain_loop_is_quiet() {
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(256),
+        dm: None,
     };
     let mut stack = testbed::Stack::build("control-loop", &spec).unwrap();
     let lines = quiet_run(Some(&mut stack), None);

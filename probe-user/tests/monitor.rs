@@ -170,7 +170,7 @@ fn metrics_move_with_the_hazard_and_sigterm_detaches() {
     let agent =
         common::Agent::start(&["monitor", "--metrics-addr", &addr, "--summary-every", "1", "--refresh-every", "1"]);
     agent
-        .wait_for(Duration::from_secs(30), |v| v["type"] == "summary" && v["servicers"].as_u64() > Some(0))
+        .wait_for(common::STARTUP, |v| v["type"] == "summary" && v["servicers"].as_u64() > Some(0))
         .expect("monitor started and found qsd");
     let before = scrape(&addr);
     assert_eq!(sample(&before, "reclaimscope_findings_total{rule=\"RS001\",severity=\"hazard\"}"), 0.0);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{collections::BTreeSet, fs, time::Duration};
+use std::{collections::BTreeSet, fs};
 
 use serde_json::Value;
 
@@ -32,7 +32,7 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
     let trace = dir.path().join("hazard.trace");
     let (_lock, mut stack) = common::hazard_stack("record");
     let agent = common::Agent::start(&["record", "-o", trace.to_str().unwrap(), "--summary-every", "1"]);
-    std::thread::sleep(Duration::from_secs(4));
+    common::wait_for_file(&trace);
     common::write_through(&mut stack, 384);
     // SIGTERM, as a service manager stops it.
     let (code, _) = agent.stop(libc::SIGTERM);
@@ -102,7 +102,7 @@ fn rotation_bounds_disk_use() {
         "--summary-every",
         "1",
     ]);
-    std::thread::sleep(Duration::from_secs(3));
+    common::wait_for_file(&trace);
     let mut dd = std::process::Command::new("dd");
     dd.args(["if=/dev/zero", &format!("of={}", dir.path().join("f").display()), "bs=1M", "count=1500", "conv=fsync"]);
     memcg.enter_on_spawn(&mut dd).unwrap();

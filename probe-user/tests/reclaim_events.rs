@@ -15,7 +15,7 @@ fn memcg_reclaim_of_a_writer_is_reported() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let agent = common::Agent::start(&["watch", "--all", "--json", "--summary-every", "1"]);
     // Attached once the first summary arrives.
-    agent.wait_for(Duration::from_secs(30), |v| v["type"] == "summary").expect("agent started");
+    agent.wait_started();
     let mut dd = Command::new("dd");
     dd.args(["if=/dev/zero", &format!("of={}", dir.path().join("f").display()), "bs=1M", "count=300", "conv=fsync"]);
     memcg.enter_on_spawn(&mut dd).unwrap();

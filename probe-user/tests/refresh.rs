@@ -152,7 +152,7 @@ fn a_mount_change_refreshes_the_topology_at_once() {
     // A refresh interval far longer than the test: only the mount change can refresh.
     let agent = common::Agent::start(&["monitor", "--summary-every", "1", "--refresh-every", "3600"]);
     let refreshes = |n: u64| move |v: &Value| v["type"] == "summary" && v["topology_refreshes"].as_u64() >= Some(n);
-    agent.wait_for(Duration::from_secs(30), refreshes(1)).expect("first discovery");
+    agent.wait_for(common::STARTUP, refreshes(1)).expect("first discovery");
     let mounted = Command::new("mount").args(["-t", "tmpfs", "reclaimscope-refresh-test", &mnt]).status().unwrap();
     assert!(mounted.success());
     let t = Instant::now();

@@ -86,6 +86,13 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// True while the process exists and has not exited: a zombie whose
+/// parent died may never be reaped where init does not reap.
+pub fn pid_running(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|s| s != "Z")
+}
+
 /// Thread ids of `pid` currently in uninterruptible sleep (state `D`).
 pub fn blocked_threads(pid: u32) -> Vec<u32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -101,6 +108,28 @@ pub fn blocked_threads(pid: u32) -> Vec<u32> {
             (state == "D").then_some(tid)
         })
         .collect()
+}
+
+/// Where a process's threads are blocked: each thread in D state with the
+/// top of its kernel stack, for error messages about a process that will
+/// not die.
+pub fn where_blocked(pid: u32) -> String {
+    let mut out = Vec::new();
+    for tid in blocked_threads(pid) {
+        let stack = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).unwrap_or_default();
+        let top: Vec<&str> = stack
+            .lines()
+            .take(3)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|f| f.split('+').next().unwrap_or(f))
+            .collect();
+        out.push(format!("thread {tid} in D: {}", top.join(" <- ")));
+    }
+    if out.is_empty() {
+        "no thread in D state".into()
+    } else {
+        out.join("; ")
+    }
 }
 
 /// Abort every FUSE connection mounted at or below `dir`: pending and future
@@ -133,12 +162,6 @@ fn ensure_fusectl() -> Result<()> {
 /// `umount -l` that never canonicalizes (a stat inside a wedged FUSE mount hangs).
 pub fn umount_lazy(mountpoint: &Path) -> Result<()> {
     run(Command::new("umount").args(["-l", "-c"]).arg(mountpoint), Duration::from_secs(20)).map(drop)
-}
-
-/// `losetup -d`; a still-open device is only flagged autoclear by the kernel
-/// and goes away on its last close.
-pub fn loop_detach(dev: &Path) -> Result<()> {
-    run(Command::new("losetup").arg("-d").arg(dev), Duration::from_secs(20)).map(drop)
 }
 
 #[cfg(test)]

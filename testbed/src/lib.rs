@@ -1,23 +1,30 @@
 //! Real storage stacks for reclaimscope's integration tests, `cargo xtask
-//! demo` and `cargo xtask bench`: XFS on loop devices over a plain file or a
-//! qemu-storage-daemon FUSE export, optionally inside a small memory cgroup,
-//! which is enough to reproduce a reclaim-recursion deadlock.
+//! demo` and `cargo xtask bench`: XFS over a device whose I/O a servicer
+//! completes (a loop device over a plain or FUSE file, nbd, tcmu, ublk,
+//! optionally under dm), optionally with the servicer in a small memory
+//! cgroup, which is enough to reproduce a reclaim-recursion deadlock.
 //!
 //! Everything built here is torn down again, even after a deadlock: FUSE
 //! connections are aborted through fusectl, filesystems are unmounted
-//! lazily, and every external command runs with a timeout. Users serialize
-//! through [`lock`], which also sweeps leftovers of crashed runs.
+//! lazily, devices disconnected, and every external command runs with a
+//! timeout. What a stack makes is written in its ledger first, so a killed
+//! run's leftovers are undone by the next one. Users serialize through
+//! [`lock`], which also sweeps leftovers of crashed runs.
 
 mod cmd;
 mod inspect;
+mod ledger;
 mod memcg;
+mod servicers;
 mod stack;
 mod sweep;
 
 pub use cmd::run;
-pub use inspect::{blocked_threads, loops_backed_under, mounts_under, pid_alive, MountEntry};
+pub use inspect::{
+    blocked_threads, loops_backed_under, mounts_under, pid_alive, pid_running, where_blocked, MountEntry,
+};
 pub use memcg::{Hierarchy, Memcg, Pressure};
-pub use stack::{Level, Servicer, Stack, StackSpec, WORK_ROOT};
+pub use stack::{Dm, Level, Servicer, Stack, StackSpec, WORK_ROOT};
 pub use sweep::sweep_stale;
 
 use anyhow::{Context, Result};

@@ -1,9 +1,13 @@
-//! Building and tearing down stacked storage: XFS on loop devices over a
-//! plain file or a qemu-storage-daemon FUSE export, on the ext4 root fs.
+//! Building and tearing down stacked storage: XFS over a device that a
+//! servicer completes the I/O of (a loop device over a plain file or a FUSE
+//! file, an nbd, SCSI-via-tcmu or ublk device, optionally under dm), with
+//! more XFS-on-loop levels on top, on the ext4 lower filesystem.
 
 use crate::cmd::{run, wait_timeout};
-use crate::inspect::{abort_fuse_under, loop_backing_file, loop_detach, mounts_under, umount_lazy};
+use crate::inspect::{abort_fuse_under, mounts_under};
+use crate::ledger::{start_time, Item, Ledger};
 use crate::memcg::Memcg;
+use crate::servicers;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -11,72 +15,106 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Every stack lives below this directory on the ext4 root fs.
+/// Every stack lives below this directory on the lower (ext4) filesystem.
 pub const WORK_ROOT: &str = "/tmp/reclaimscope-testbed";
-const CMD_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 /// mkfs writes the XFS log through the whole stack, which can be slow on FUSE.
-const MKFS_TIMEOUT: Duration = Duration::from_secs(60);
+const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
 /// Room left in a lower XFS when sizing the file of the level above it.
 const NESTED_MARGIN_MB: u64 = 16;
 
-/// What sits under the bottom loop device.
+/// Who completes the I/O of the bottom device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Servicer {
-    /// A plain file on ext4, served by the kernel's loop worker (which runs
-    /// with PF_MEMALLOC_NOIO and therefore cannot recurse into the stack).
+    /// A loop device over a plain file, served by the kernel's loop worker
+    /// (which runs with PF_MEMALLOC_NOIO and cannot recurse).
     KernelLoop,
-    /// A qemu-storage-daemon FUSE export of a file on ext4: a userspace
-    /// servicer that allocates with __GFP_FS|__GFP_IO and can deadlock.
+    /// A loop device over qemu-storage-daemon's FUSE export of a file.
     QsdFuse,
+    /// A loop device over a file in a bindfs (FUSE) mirror of a directory.
+    BindFs,
+    /// The kernel nbd client, connected over TCP to nbd-server.
+    NbdServer,
+    /// The kernel nbd client, connected by qemu-nbd itself (`-c`).
+    QemuNbd,
+    /// A SCSI disk (tcm_loop) whose backstore is tcmu-runner's ZBC file
+    /// handler, under dm-zoned: the stack of the 2019 report.
+    TcmuZbc,
+    /// A ublk device served by rublk's loop target; `io_flusher` picks a
+    /// rublk whose libublk sets PR_SET_IO_FLUSHER (0.2.15) or clears it
+    /// (0.2.14).
+    Ublk { io_flusher: bool },
+}
+
+/// A device-mapper layer between the served device and the first XFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dm {
+    Linear,
+    Crypt,
 }
 
 /// What to build; see [`Stack::build`].
 #[derive(Debug, Clone)]
 pub struct StackSpec {
     pub servicer: Servicer,
-    /// Number of stacked loop levels: 1 = XFS on loopA on (file|FUSE file) on ext4(/, the root fs).
-    /// 2 = XFS on loopB on a file in an XFS on loopA on (file|FUSE file) on ext4, and so on.
+    /// XFS levels: 1 = XFS on the bottom device; 2 = XFS on a loop device
+    /// over a file in that XFS, and so on.
     pub levels: usize,
     /// Size of the bottom image in MiB; upper images fill the XFS below them.
     pub image_mb: u64,
-    /// Memory cgroup (v1) limit; the daemon (qsd) is put in it when Some.
+    /// Memory cgroup limit; the servicer is put in it when Some.
     pub memcg_limit_mb: Option<u64>,
+    pub dm: Option<Dm>,
 }
 
 impl Default for StackSpec {
     fn default() -> Self {
-        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None }
+        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None, dm: None }
     }
 }
 
-/// One loop device with an XFS on it.
+/// One XFS and the block device it is on.
 #[derive(Debug, Clone)]
 pub struct Level {
-    pub loop_dev: PathBuf,
-    /// (major, minor) of the loop device, as the block tracepoints report it.
-    pub loop_devt: (u32, u32),
-    pub backing_file: PathBuf,
-    /// XFS mounted on this loop.
+    pub device: PathBuf,
+    /// (major, minor) of the device, as the block tracepoints report it.
+    pub devt: (u32, u32),
+    /// The file a loop device is bound to (None for other devices).
+    pub backing_file: Option<PathBuf>,
     pub mountpoint: PathBuf,
+}
+
+/// What a servicer module hands back: what the first XFS goes on.
+pub(crate) enum Bottom {
+    /// A file for a loop device (a FUSE file, or a plain one).
+    File(PathBuf),
+    /// A block device the servicer completes the I/O of.
+    Device(PathBuf),
 }
 
 /// A built storage stack. Dropping it tears it down (best effort, never panics).
 #[derive(Debug)]
 pub struct Stack {
     pub name: String,
-    /// `/tmp/reclaimscope-testbed/<name>-<pid>` (on the ext4 root).
+    /// `/tmp/reclaimscope-testbed/<name>-<pid>` (on the lower filesystem).
     pub workdir: PathBuf,
-    /// `levels[0]` = bottom loop (over the file/FUSE file), last = top.
+    /// `levels[0]` = the XFS on the bottom device, last = top.
     pub levels: Vec<Level>,
-    /// qemu-storage-daemon pid (QsdFuse).
+    /// The userspace servicer's pid (the process that does the I/O).
     pub daemon_pid: Option<u32>,
-    /// The FUSE export file (qsd mountpoint).
+    /// The FUSE mount under the bottom loop device (QsdFuse, BindFs).
     pub fuse_mount: Option<PathBuf>,
+    /// The device the servicer completes I/O for, when it is not a loop
+    /// device (nbd, SCSI disk, ublk), before any dm layer.
+    pub served_device: Option<PathBuf>,
+    /// The file the servicer stores the data in.
+    pub data_file: PathBuf,
     pub memcg: Option<Memcg>,
-    daemon: Option<Child>,
+    pub(crate) ledger: Ledger,
+    /// Processes we started, reaped at teardown.
+    pub(crate) children: Vec<Child>,
     writers: Vec<Writer>,
     torn_down: bool,
 }
@@ -95,12 +133,15 @@ impl Stack {
         fs::create_dir(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
         let mut stack = Stack {
             name: name.to_string(),
+            ledger: Ledger::create(&workdir),
+            data_file: workdir.join("lower.img"),
             workdir,
             levels: Vec::new(),
             daemon_pid: None,
             fuse_mount: None,
+            served_device: None,
             memcg: None,
-            daemon: None,
+            children: Vec::new(),
             writers: Vec::new(),
             torn_down: false,
         };
@@ -120,74 +161,118 @@ impl Stack {
         if let Some(mb) = spec.memcg_limit_mb {
             self.memcg = Some(Memcg::create(&self.name, mb)?);
         }
-        let lower = self.workdir.join("lower.img");
-        sparse_file(&lower, spec.image_mb << 20)?;
-        let mut backing = match spec.servicer {
-            Servicer::KernelLoop => lower,
-            Servicer::QsdFuse => self.start_qsd(&lower)?,
+        let mb = spec.image_mb;
+        let bottom = match spec.servicer {
+            Servicer::KernelLoop => {
+                sparse_file(&self.data_file, mb << 20)?;
+                Bottom::File(self.data_file.clone())
+            }
+            Servicer::QsdFuse => servicers::qsd::start(self, mb)?,
+            Servicer::BindFs => servicers::bindfs::start(self, mb)?,
+            Servicer::NbdServer => servicers::nbd::start_nbd_server(self, mb)?,
+            Servicer::QemuNbd => servicers::nbd::start_qemu_nbd(self, mb)?,
+            Servicer::TcmuZbc => servicers::tcmu::start(self, mb)?,
+            Servicer::Ublk { io_flusher } => servicers::ublk::start(self, mb, io_flusher)?,
+        };
+        let bottom = match (bottom, spec.dm) {
+            (Bottom::Device(dev), Some(dm)) => Bottom::Device(servicers::dm::create(self, &dev, dm)?),
+            (Bottom::File(f), Some(dm)) => {
+                let dev = self.attach_loop(&f)?;
+                Bottom::Device(servicers::dm::create(self, &dev, dm)?)
+            }
+            (b, None) => b,
         };
         for i in 0..spec.levels {
-            if let Some(below) = self.levels.last() {
-                let size = available_bytes(&below.mountpoint)?.saturating_sub(NESTED_MARGIN_MB << 20);
-                backing = below.mountpoint.join(format!("level{i}.img"));
-                sparse_file(&backing, size & !((1 << 20) - 1))?;
+            if i == 0 {
+                match &bottom {
+                    Bottom::File(f) => self.add_loop_level(i, f)?,
+                    Bottom::Device(d) => self.add_level(i, d, None)?,
+                }
+                continue;
             }
-            self.add_level(i, &backing)?;
+            let below = self.levels.last().expect("level 0 exists").mountpoint.clone();
+            let size = available_bytes(&below)?.saturating_sub(NESTED_MARGIN_MB << 20);
+            let backing = below.join(format!("level{i}.img"));
+            sparse_file(&backing, size & !((1 << 20) - 1))?;
+            self.add_loop_level(i, &backing)?;
         }
         Ok(())
     }
 
-    /// Start qsd exporting `lower` through FUSE and wait for the mount.
-    fn start_qsd(&mut self, lower: &Path) -> Result<PathBuf> {
-        let fuse = self.workdir.join("fuse.img");
-        File::create(&fuse).with_context(|| format!("creating {}", fuse.display()))?;
-        let log_path = self.workdir.join("qsd.log");
-        let log = File::create(&log_path).context("creating qsd.log")?;
-        let mut cmd = Command::new("qemu-storage-daemon");
-        cmd.arg("--blockdev")
-            .arg(format!("driver=file,node-name=f0,filename={},aio=threads", lower.display()))
-            .args(["--blockdev", "driver=raw,node-name=r0,file=f0", "--export"])
-            .arg(format!("type=fuse,id=e0,node-name=r0,mountpoint={},writable=on", fuse.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+    /// Spawns a daemon of the stack (in its memcg when it has one), writing
+    /// it in the ledger; its output goes to `<workdir>/<log>.log`.
+    pub(crate) fn spawn_daemon(&mut self, what: &str, cmd: &mut Command) -> Result<u32> {
+        let log = File::create(self.workdir.join(format!("{what}.log"))).context("creating a daemon log")?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         if let Some(memcg) = &self.memcg {
-            memcg.enter_on_spawn(&mut cmd)?;
+            memcg.enter_on_spawn(cmd)?;
         }
-        let child = cmd.spawn().context("starting qemu-storage-daemon")?;
-        self.daemon_pid = Some(child.id());
-        self.fuse_mount = Some(fuse.clone());
-        let daemon = self.daemon.insert(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !is_mountpoint(&fuse) {
-            if let Some(status) = daemon.try_wait()? {
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("qemu-storage-daemon exited ({status}): {}", log.trim());
-            }
-            if Instant::now() >= deadline {
-                bail!("qemu-storage-daemon did not mount {} within 15 s", fuse.display());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(fuse)
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        let pid = child.id();
+        self.children.push(child);
+        self.record_process(pid, what)?;
+        Ok(pid)
     }
 
-    /// losetup + mkfs.xfs + mount for level `i` over `backing`.
-    fn add_level(&mut self, i: usize, backing: &Path) -> Result<()> {
+    /// Writes a process we did not spawn ourselves (a daemon's fork) in the ledger.
+    pub(crate) fn record_process(&mut self, pid: u32, what: &str) -> Result<()> {
+        let start = start_time(pid).ok_or_else(|| anyhow!("{what} (pid {pid}) exited at once"))?;
+        self.ledger.add(Item::Process { pid, start, what: what.to_owned() })
+    }
+
+    /// The daemon's log, for error messages.
+    pub(crate) fn daemon_log(&self, what: &str) -> String {
+        fs::read_to_string(self.workdir.join(format!("{what}.log"))).unwrap_or_default().trim().to_owned()
+    }
+
+    /// Fails when a daemon we spawned has exited, with its log.
+    pub(crate) fn check_alive(&mut self, what: &str, pid: u32) -> Result<()> {
+        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+            if let Some(status) = c.try_wait()? {
+                bail!("{what} exited ({status}): {}", self.daemon_log(what));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when a helper we spawned exited with an error (one that exits
+    /// 0 after handing over to a daemon is fine), with its log.
+    pub(crate) fn check_not_failed(&mut self, what: &str, pid: u32) -> Result<()> {
+        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+            if let Some(status) = c.try_wait()?.filter(|s| !s.success()) {
+                bail!("{what} failed ({status}): {}", self.daemon_log(what));
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_loop(&mut self, backing: &Path) -> Result<PathBuf> {
         let out = run(Command::new("losetup").args(["-f", "--show"]).arg(backing), CMD_TIMEOUT)?;
-        let loop_dev = PathBuf::from(out.trim());
-        let rdev = fs::metadata(&loop_dev).with_context(|| format!("stat {}", loop_dev.display()))?.rdev();
+        let dev = PathBuf::from(out.trim());
+        // Written down before anything can fail: teardown then detaches it.
+        self.ledger.add(Item::Loop { dev: dev.clone(), backing: backing.to_path_buf() })?;
+        Ok(dev)
+    }
+
+    fn add_loop_level(&mut self, i: usize, backing: &Path) -> Result<()> {
+        let dev = self.attach_loop(backing)?;
+        self.add_level(i, &dev, Some(backing.to_path_buf()))
+    }
+
+    /// mkfs.xfs + mount on `device` for level `i`.
+    fn add_level(&mut self, i: usize, device: &Path, backing_file: Option<PathBuf>) -> Result<()> {
+        let rdev = fs::metadata(device).with_context(|| format!("stat {}", device.display()))?.rdev();
         let mountpoint = self.workdir.join(format!("mnt{i}"));
-        // Record the level first so that teardown detaches the loop even if mkfs fails.
-        self.levels.push(Level {
-            loop_dev: loop_dev.clone(),
-            loop_devt: (libc::major(rdev), libc::minor(rdev)),
-            backing_file: backing.to_path_buf(),
-            mountpoint: mountpoint.clone(),
-        });
         fs::create_dir(&mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
-        run(Command::new("mkfs.xfs").args(["-f", "-q"]).arg(&loop_dev), MKFS_TIMEOUT)?;
-        run(Command::new("mount").args(["-t", "xfs"]).arg(&loop_dev).arg(&mountpoint), CMD_TIMEOUT)?;
+        run(Command::new("mkfs.xfs").args(["-f", "-q"]).arg(device), MKFS_TIMEOUT)?;
+        self.ledger.add(Item::Mount(mountpoint.clone()))?;
+        run(Command::new("mount").args(["-t", "xfs"]).arg(device).arg(&mountpoint), CMD_TIMEOUT)?;
+        self.levels.push(Level {
+            device: device.to_path_buf(),
+            devt: (libc::major(rdev), libc::minor(rdev)),
+            backing_file,
+            mountpoint,
+        });
         Ok(())
     }
 
@@ -235,6 +320,7 @@ impl Stack {
         }
         let child = cmd.spawn().context("starting dd")?;
         let pid = child.id();
+        self.record_process(pid, "dd writer")?;
         self.writers.push(Writer { child, log: log_path });
         Ok(pid)
     }
@@ -270,14 +356,15 @@ impl Stack {
         bail!("teardown of stack {} incomplete: {}", self.name, msgs.join("; "))
     }
 
-    /// Every step runs even when an earlier one failed; each external command
-    /// has a timeout, so this cannot hang on a wedged stack.
+    /// Writers die first (one in D state only once FUSE is aborted), then
+    /// the ledger is undone newest first: mounts, loop and dm devices, the
+    /// servicer's device, the servicer. Every step runs even when an
+    /// earlier one failed; each has a timeout, so this cannot hang.
     fn teardown_inner(&mut self) -> Vec<anyhow::Error> {
         if std::mem::replace(&mut self.torn_down, true) {
             return Vec::new();
         }
         let mut errs = Vec::new();
-        // SIGKILL first; a writer in D state only dies once FUSE is aborted.
         for w in &mut self.writers {
             let _ = w.child.kill();
         }
@@ -287,39 +374,19 @@ impl Stack {
                 errs.push(anyhow!("writer {} did not exit after SIGKILL", w.child.id()));
             }
         }
-        for level in self.levels.iter().rev() {
-            if is_mountpoint(&level.mountpoint) {
-                push_err(&mut errs, umount_lazy(&level.mountpoint));
-            }
-        }
-        for level in self.levels.iter().rev() {
-            if loop_bound(&level.loop_dev) {
-                push_err(&mut errs, loop_detach(&level.loop_dev));
-            }
-        }
-        if let Some(daemon) = self.daemon.take() {
-            push_err(&mut errs, stop_daemon(daemon));
-        }
-        if let Some(fuse) = &self.fuse_mount {
-            if is_mountpoint(fuse) {
-                push_err(&mut errs, umount_lazy(fuse));
-            }
-        }
-        // A loop still open when detached is only released on its last close.
-        let deadline = Instant::now() + CMD_TIMEOUT;
-        while self.levels.iter().any(|l| loop_bound(&l.loop_dev)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        for level in self.levels.iter().filter(|l| loop_bound(&l.loop_dev)) {
-            errs.push(anyhow!("{} is still bound", level.loop_dev.display()));
+        errs.extend(self.ledger.undo_all());
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = wait_timeout(&mut c, Duration::from_secs(5));
         }
         if let Some(memcg) = self.memcg.take() {
             push_err(&mut errs, memcg.remove());
         }
         let left = mounts_under(&self.workdir);
-        if !left.is_empty() {
-            // Removing files through a live mount could block on a wedged FUSE.
-            errs.push(anyhow!("mounts remain, keeping {}: {left:?}", self.workdir.display()));
+        if !left.is_empty() || !errs.is_empty() {
+            // Removing files through a live mount could block on a wedged
+            // FUSE, and the ledger is what a later sweep needs.
+            errs.push(anyhow!("keeping {} for the next sweep (mounts left: {left:?})", self.workdir.display()));
         } else if self.workdir.exists() {
             push_err(&mut errs, fs::remove_dir_all(&self.workdir).context("removing workdir"));
         }
@@ -348,30 +415,7 @@ fn push_err(errs: &mut Vec<anyhow::Error>, r: Result<()>) {
     }
 }
 
-/// SIGTERM, then SIGKILL, reaping the daemon either way.
-fn stop_daemon(mut daemon: Child) -> Result<()> {
-    // SAFETY: plain kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    if wait_timeout(&mut daemon, Duration::from_secs(5))?.is_some() {
-        return Ok(());
-    }
-    daemon.kill().context("SIGKILL qemu-storage-daemon")?;
-    match wait_timeout(&mut daemon, Duration::from_secs(10))? {
-        Some(_) => Ok(()),
-        None => bail!("qemu-storage-daemon {} survives SIGKILL", daemon.id()),
-    }
-}
-
-/// Mount check through mountinfo only (never stat a possibly wedged FUSE mount).
-fn is_mountpoint(path: &Path) -> bool {
-    mounts_under(path).iter().any(|m| m.mountpoint == path)
-}
-
-fn loop_bound(dev: &Path) -> bool {
-    dev.file_name().and_then(|n| n.to_str()).and_then(loop_backing_file).is_some()
-}
-
-fn sparse_file(path: &Path, bytes: u64) -> Result<()> {
+pub(crate) fn sparse_file(path: &Path, bytes: u64) -> Result<()> {
     File::create(path)
         .and_then(|f| f.set_len(bytes))
         .with_context(|| format!("creating {} ({} MiB)", path.display(), bytes >> 20))

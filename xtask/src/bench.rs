@@ -84,7 +84,7 @@ pub fn run(runs: u32, seconds: u32) -> Result<()> {
         bail!("the bench builds loop devices and mounts: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: None };
+    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: None, dm: None };
     let stack = Stack::build("bench", &spec)?;
     let result = measure(&stack, &bin, runs.max(1), seconds.max(1));
     stack.teardown()?;

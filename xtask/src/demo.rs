@@ -21,10 +21,10 @@ fn scenario(stack: &mut Stack, bin: &std::path::Path, deadlock: bool) -> Result<
     println!(
         "demo: XFS at {} on {} ({}:{}) <- {} <- qemu-storage-daemon (pid {}) <- ext4; memory cgroup {} MiB",
         top.mountpoint.display(),
-        top.loop_dev.display(),
-        top.loop_devt.0,
-        top.loop_devt.1,
-        top.backing_file.display(),
+        top.device.display(),
+        top.devt.0,
+        top.devt.1,
+        stack.fuse_mount.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
         stack.daemon_pid.unwrap_or(0),
         if deadlock { 96 } else { 256 },
     );
@@ -64,6 +64,7 @@ pub fn run(deadlock: bool) -> Result<()> {
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(if deadlock { 96 } else { 256 }),
+        dm: None,
     };
     let mut stack = Stack::build("demo", &spec)?;
     let result = scenario(&mut stack, &bin, deadlock);

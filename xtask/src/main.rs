@@ -3,11 +3,14 @@
 mod bench;
 mod build;
 mod demo;
+mod kernels;
 mod setup;
 mod soak;
 mod test;
+mod tools;
 mod util;
 mod vm;
+mod workload;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +41,9 @@ enum Cmd {
         /// `none`, or a comma-separated list.
         #[arg(long, default_value = "default")]
         kernels: String,
+        /// Only the VM kernels (skip checks, unit, host and fuzz tests).
+        #[arg(long)]
+        vm_only: bool,
     },
     /// Set up, build, and run the main job on a real stacked-filesystem scenario.
     Demo {
@@ -71,6 +77,23 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         interval: u64,
     },
+    /// Measure the kernel matrix (this machine and Debian's kernels in VMs):
+    /// hook choices, cost per call, scenario results; writes docs/kernels.md.
+    Kernels {
+        /// VM kernels: `all`, `none` (re-render from the last run), or a list.
+        #[arg(long, default_value = "all")]
+        kernels: String,
+        /// Skip this machine's measurement and tests.
+        #[arg(long)]
+        no_host: bool,
+    },
+    /// The load `probes --measure` runs (stacked XFS writes under memcg
+    /// pressure, then plain ext4 ones).
+    #[command(hide = true)]
+    Workload {
+        #[arg(long, default_value_t = 256)]
+        mb: u64,
+    },
     /// Measure fio throughput through the stacked device with and without tracing.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -80,21 +103,27 @@ enum Cmd {
     },
 }
 
+/// `default`, `all`, `none` or a comma-separated list of known kernels.
+fn kernel_list(arg: &str) -> Result<Vec<&str>> {
+    let list: Vec<&str> = match arg {
+        "default" => test::DEFAULT_KERNELS.to_vec(),
+        "all" => test::ALL_KERNELS.to_vec(),
+        "none" => Vec::new(),
+        other => other.split(',').collect(),
+    };
+    for k in &list {
+        vm::kernels::spec(k)?;
+    }
+    Ok(list)
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run_setup(),
         Cmd::Build { release } => build::run_build(release).map(drop),
-        Cmd::Test { fuzz_seconds, kernels } => {
-            let list: Vec<&str> = match kernels.as_str() {
-                "default" => test::DEFAULT_KERNELS.to_vec(),
-                "all" => test::ALL_KERNELS.to_vec(),
-                "none" => Vec::new(),
-                other => other.split(',').collect(),
-            };
-            for k in &list {
-                vm::kernels::spec(k)?;
-            }
-            test::run_tests(fuzz_seconds, &list)
+        Cmd::Test { fuzz_seconds, kernels, vm_only } => {
+            let list = kernel_list(&kernels)?;
+            test::run_tests(&test::Parts { host: !vm_only, fuzz_seconds, kernels: &list })
         }
         Cmd::Demo { deadlock } => demo::run(deadlock),
         Cmd::Bench { runs, seconds } => bench::run(runs, seconds),
@@ -102,9 +131,14 @@ fn main() -> Result<()> {
             let _lock = testbed::lock()?;
             let opts =
                 vm::VmOptions { kernel, memory, cpus, timeout: std::time::Duration::from_secs(timeout_minutes * 60) };
-            let code = vm::run(&opts, &cmd)?;
-            std::process::exit(code)
+            let done = vm::run(&opts, &cmd)?;
+            std::process::exit(done.code)
         }
         Cmd::Soak { minutes, interval } => soak::run(minutes, interval),
+        Cmd::Kernels { kernels, no_host } => {
+            let list = kernel_list(&kernels)?;
+            kernels::run(&list, !no_host)
+        }
+        Cmd::Workload { mb } => workload::run(mb),
     }
 }

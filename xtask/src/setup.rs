@@ -30,6 +30,16 @@ const APT: &[&str] = &[
     "python3-venv",
     // promtool, for the alert rules' tests (deploy/prometheus).
     "prometheus",
+    // The servicers of the VM scenarios (the guests run this root fs).
+    "nbd-server",
+    "nbd-client",
+    "bindfs",
+    "tcmu-runner",
+    "targetcli-fb",
+    "dbus",
+    "dmsetup",
+    // bindgen (libublk-rs-sys, built for rublk) needs libclang.
+    "libclang-dev",
 ];
 
 /// Pinned: newer releases may need a newer rustc than the machine has.
@@ -87,5 +97,5 @@ pub fn run_setup() -> Result<()> {
     if !Path::new("/usr/bin/rustc").exists() {
         bail!("/usr/bin/rustc (Debian rustc-web) is missing after install");
     }
-    Ok(())
+    crate::tools::install()
 }

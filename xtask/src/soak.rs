@@ -271,11 +271,12 @@ pub fn run(minutes: u64, interval_s: u64) -> Result<()> {
         bail!("the soak builds loop devices, mounts and a memory cgroup: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256) };
+    let spec =
+        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm: None };
     let mut stack = Stack::build("soak", &spec)?;
     println!(
         "soak: {minutes} min of monitor over XFS on {} <- qemu-storage-daemon (pid {}) in a 256 MiB memcg",
-        stack.top().loop_dev.display(),
+        stack.top().device.display(),
         stack.daemon_pid.unwrap_or(0)
     );
     let outcome = soak(&mut stack, &bin, minutes, Duration::from_secs(interval_s));

@@ -3,7 +3,7 @@
 //! storage stacks), the same tests inside VMs booted with Debian's kernels,
 //! and a short fuzz run of each fuzz target.
 
-use std::{process::Command, time::Duration, time::Instant};
+use std::{fmt::Write as _, process::Command, time::Duration, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,7 +16,8 @@ use crate::{
 
 /// The integration test binaries that depend on the kernel they run on.
 /// The rest (command-line errors, fixtures) prove nothing more in a VM.
-const KERNEL_TESTS: &[&str] = &["probes", "reclaim_events", "detection", "monitor", "postmortem", "audit", "stacks"];
+const KERNEL_TESTS: &[&str] =
+    &["probes", "reclaim_events", "detection", "servicers", "monitor", "postmortem", "audit", "stacks"];
 
 /// The kernels `cargo xtask test` boots by default, and with `--kernels all`.
 pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
@@ -90,16 +91,52 @@ fn kernel_test_binaries(obj: &std::path::Path) -> Result<Vec<(String, String)>> 
     Ok(bins)
 }
 
+/// Where each kernel's `probes.json` and `results.jsonl` are kept.
+pub fn report_dir(kernel: &str) -> std::path::PathBuf {
+    root().join("target/vm/report").join(kernel)
+}
+
+fn save_report(kernel: &str, out: &std::path::Path) -> Result<()> {
+    let dir = report_dir(kernel);
+    std::fs::create_dir_all(&dir)?;
+    for f in ["probes.json", "costs.json", "results.jsonl"] {
+        if out.join(f).exists() {
+            std::fs::copy(out.join(f), dir.join(f)).with_context(|| format!("keeping {f}"))?;
+        }
+    }
+    Ok(())
+}
+
+pub struct SuiteOptions {
+    /// Also measure every hook implementation's cost (`probes --measure`).
+    pub measure: bool,
+}
+
 /// Runs the kernel-dependent tests inside a VM of each kernel, one after
-/// the other (they share the machine's two cores).
-fn vm_suite(kernels: &[&str], obj: &std::path::Path) -> Result<()> {
+/// the other (they share the machine's two cores), keeping each kernel's
+/// probes, costs and scenario results under target/vm/report/.
+pub fn vm_suite(kernels: &[&str], obj: &std::path::Path, opts: &SuiteOptions) -> Result<()> {
     let bins = kernel_test_binaries(obj)?;
     let script = bins
         .iter()
         .map(|(name, exe)| format!("echo '== {name}'; {exe} --test-threads=1 || fail=\"$fail {name}\""))
         .collect::<Vec<_>>()
         .join("; ");
-    let cmd = format!("fail=; {script}; [ -z \"$fail\" ] || {{ echo \"failed:$fail\"; exit 1; }}");
+    // Each kernel's choices and scenario outcomes, for docs/kernels.md.
+    let bin = root().join("target/debug/reclaimscope");
+    let mut probes = format!("{} probes --json > \"$RECLAIMSCOPE_VM_OUT/probes.json\"", bin.display());
+    if opts.measure {
+        let _ = write!(
+            probes,
+            "; {} probes --measure --json -- {} workload --mb 256 > \"$RECLAIMSCOPE_VM_OUT/costs.json\"",
+            bin.display(),
+            root().join("target/debug/xtask").display()
+        );
+    }
+    let cmd = format!(
+        "export RECLAIMSCOPE_RESULTS=\"$RECLAIMSCOPE_VM_OUT/results.jsonl\"; {probes}; fail=; {script}; \
+         [ -z \"$fail\" ] || {{ echo \"failed:$fail\"; exit 1; }}"
+    );
     let mut failed = Vec::new();
     for k in kernels {
         let started = Instant::now();
@@ -109,7 +146,9 @@ fn vm_suite(kernels: &[&str], obj: &std::path::Path) -> Result<()> {
             cpus: 2,
             timeout: Duration::from_secs(40 * 60),
         };
-        let code = vm::run(&opts, &["sh".into(), "-c".into(), cmd.clone()])?;
+        let done = vm::run(&opts, &["sh".into(), "-c".into(), cmd.clone()])?;
+        let code = done.code;
+        save_report(k, &done.out)?;
         eprintln!(
             "xtask: kernel {k}: tests {} in {:.0} s",
             if code == 0 { "passed" } else { "FAILED" },
@@ -125,25 +164,49 @@ fn vm_suite(kernels: &[&str], obj: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run_tests(fuzz_seconds: u64, kernels: &[&str]) -> Result<()> {
+/// Formatting and lints, for the whole tree and the eBPF crate.
+fn checks(obj: &std::path::Path) -> Result<()> {
+    exec(cargo().args(["fmt", "--all", "--check"]))?;
+    exec(
+        Command::new("cargo").args(["fmt", "--check"]).current_dir(root().join("probe-ebpf")).env("PATH", path_env()),
+    )?;
+    exec(
+        cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .env("RECLAIMSCOPE_BPF_OBJ", obj),
+    )
+}
+
+/// Which parts run: `host` is everything on this machine's kernel.
+pub struct Parts<'a> {
+    pub host: bool,
+    pub fuzz_seconds: u64,
+    pub kernels: &'a [&'a str],
+}
+
+pub fn run_tests(parts: &Parts) -> Result<()> {
     run_setup()?;
     run_build(false)?;
     let obj = ebpf_object();
-    exec(cargo().args(["test", "--workspace", "--lib", "--bins"]).env("RECLAIMSCOPE_BPF_OBJ", &obj))?;
-    // Each integration test takes the testbed lock itself.
-    exec(
-        cargo()
-            .args(["test", "--workspace", "--test", "*", "--", "--test-threads=1"])
-            .env("RECLAIMSCOPE_BPF_OBJ", &obj),
-    )?;
-    if fuzz_seconds > 0 {
-        fuzz_smoke(fuzz_seconds)?;
+    if parts.host {
+        checks(&obj)?;
+        exec(cargo().args(["test", "--workspace", "--lib", "--bins"]).env("RECLAIMSCOPE_BPF_OBJ", &obj))?;
+        // Each integration test takes the testbed lock itself.
+        exec(
+            cargo()
+                .args(["test", "--workspace", "--test", "*", "--", "--test-threads=1"])
+                .env("RECLAIMSCOPE_BPF_OBJ", &obj),
+        )?;
+        if parts.fuzz_seconds > 0 {
+            fuzz_smoke(parts.fuzz_seconds)?;
+        }
     }
+    let kernels = parts.kernels;
     if !kernels.is_empty() {
         // The guests have their own locks; this one keeps host stacks (and
         // their CPU use) away while the emulated guests run.
         let _lock = testbed::lock()?;
-        vm_suite(kernels, &obj)?;
+        vm_suite(kernels, &obj, &SuiteOptions { measure: false })?;
     }
     eprintln!("xtask: all tests passed");
     Ok(())

@@ -3,15 +3,16 @@
 # (read-only 9p). Makes the guest look like a distro server for the tests,
 # then runs the command and leaves its exit status where the host reads it.
 #
-#   guest.sh MODULES_DIR RELEASE OUT_DIR CMD...
+#   guest.sh MODULES_DIR RELEASE OUT_DIR
 #
 # MODULES_DIR holds the kernel's extracted modules (lib/modules/RELEASE),
-# OUT_DIR is the host directory shared read-write; CMD's output goes to
-# OUT_DIR/output (the console does not carry it reliably) and its exit
-# status to OUT_DIR/status.
+# OUT_DIR is the host directory shared read-write, holding the command as
+# the shell script OUT_DIR/cmd. Its output goes to OUT_DIR/output (the
+# console does not carry it reliably) and its exit status to
+# OUT_DIR/status. The command sees OUT_DIR as $RECLAIMSCOPE_VM_OUT.
 set -u
 mods=$1 release=$2 out=$3
-shift 3
+export RECLAIMSCOPE_VM_OUT="$out"
 log() { echo "guest: $*" >> "$out/output"; }
 # The host waits for this line: a guest that never prints it did not boot.
 log "$(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s"
@@ -19,8 +20,8 @@ log "$(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s"
 # virtme-ng mounts a tmpfs on /lib/modules; the kernel's own modules go there.
 mkdir -p "/lib/modules/$release" && mount --bind "$mods" "/lib/modules/$release" || log "cannot bind $mods"
 # What a distro server loads on demand; missing ones are reported, not fatal.
-for m in virtio_blk ext4 xfs loop fuse nbd dm_mod dm_zoned target_core_mod target_core_user tcm_loop ublk_drv; do
-    modprobe -q "$m" 2>/dev/null || log "module $m not available on $release"
+for m in virtio_blk ext4 xfs loop fuse nbd dm_mod dm_zoned dm_crypt target_core_mod target_core_user tcm_loop ublk_drv; do
+    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || log "module $m not available on $release"
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
@@ -38,7 +39,7 @@ if [ -n "$disk" ]; then
 else
     log "no disk labelled rs-testbed: stacks sit on tmpfs"
 fi
-"$@" >> "$out/output" 2>&1
+sh "$out/cmd" >> "$out/output" 2>&1
 status=$?
 # A test must never leave a task blocked behind it.
 stuck=$(ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/')

@@ -13,6 +13,7 @@ mod fuse;
 mod loopdev;
 mod mountinfo;
 mod named;
+mod nbd;
 mod procs;
 mod servicer;
 mod snapshot;
@@ -81,8 +82,14 @@ impl Topology {
             name_backing_file(src, &mounts, &mut devices, path, *dev)?;
         }
 
+        // Sockets too while an nbd device is connected: its server is the
+        // peer of its connection.
+        let nbd = devices.iter().any(|d| d.nbd_pid.is_some());
         let holders = procs::holders(src, |node| {
-            node == fuse::DEV_FUSE || node.starts_with("/dev/ublkc") || node.starts_with("/dev/uio")
+            node == fuse::DEV_FUSE
+                || node.starts_with("/dev/ublkc")
+                || node.starts_with("/dev/uio")
+                || (nbd && nbd::socket_inode(node).is_some())
         });
         if holders.unreadable > 0 {
             warnings.push(format!(

@@ -82,8 +82,10 @@ pub enum ServicerKind {
     KernelLoop,
     /// A FUSE daemon.
     Fuse,
-    /// The task that connected an nbd device.
+    /// The task that connected an nbd device and serves it itself (qemu-nbd -c).
     Nbd,
+    /// The process at the other end of an nbd device's socket (nbd-server).
+    NbdServer,
     /// A ublk server (holds /dev/ublkcN).
     Ublk,
     /// A tcmu handler such as tcmu-runner (holds /dev/uioN of a tcm-user device).
@@ -98,6 +100,7 @@ impl fmt::Display for ServicerKind {
             ServicerKind::KernelLoop => "kernel loop worker",
             ServicerKind::Fuse => "FUSE daemon",
             ServicerKind::Nbd => "nbd client",
+            ServicerKind::NbdServer => "NBD server",
             ServicerKind::Ublk => "ublk server",
             ServicerKind::Tcmu => "tcmu handler",
             ServicerKind::Named => "named servicer",
@@ -291,22 +294,6 @@ pub(crate) fn discover_block(
     for d in devices {
         match d.kind {
             DeviceKind::Loop if d.backing_file.is_some() => out.push(Servicer::kernel_loop(d)),
-            DeviceKind::Nbd => {
-                let Some(pid) = d.nbd_pid else { continue };
-                let why = Confidence::Certain { why: format!("/sys/block/{}/pid", d.name) };
-                match Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why) {
-                    Some(mut s) => {
-                        s.note = Some("if the NBD server runs on this host it completes this I/O too: name it with --servicer".into());
-                        out.push(s);
-                    }
-                    None => warnings.push(format!(
-                        "{}: pid {pid} from /sys/block/{}/pid is not running; the kernel sends this device's I/O over a socket, \
-                         so name the NBD server with --servicer if it runs on this host",
-                        d.label(),
-                        d.name
-                    )),
-                }
-            }
             DeviceKind::Ublk => {
                 let node = format!("/dev/ublkc{}", d.name.trim_start_matches("ublkb"));
                 let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Ublk, d.dev, d.label());
@@ -321,6 +308,7 @@ pub(crate) fn discover_block(
             _ => {}
         }
     }
+    out.extend(super::nbd::discover(src, mounts, devices, holders, warnings));
     out.extend(tcmu(src, mounts, devices, holders, warnings));
     out
 }

@@ -12,6 +12,9 @@ use std::{
 
 use serde_json::Value;
 
+/// How long the agent may take to attach its probes and report.
+pub const STARTUP: Duration = Duration::from_secs(120);
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_reclaimscope")
 }
@@ -43,6 +46,15 @@ impl Agent {
             }
         });
         Agent { child: Some(child), lines, reader: Some(reader) }
+    }
+
+    /// Waits for the first summary: the probes are attached and the loop
+    /// runs. Under emulation (the VM kernels) loading and verifying every
+    /// program takes tens of seconds.
+    pub fn wait_started(&self) {
+        let t = Instant::now();
+        self.wait_for(STARTUP, |v| v["type"] == "summary").expect("agent started");
+        eprintln!("agent started in {:.1} s", t.elapsed().as_secs_f64());
     }
 
     pub fn pid(&self) -> u32 {
@@ -130,6 +142,7 @@ pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(256),
+        dm: None,
     };
     (lock, testbed::Stack::build(name, &spec).expect("build hazard stack"))
 }
@@ -139,4 +152,38 @@ pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
 pub fn write_through(stack: &mut testbed::Stack, mb: u64) {
     let pid = stack.spawn_writer_outside_memcg("data", mb).expect("writer");
     stack.wait_writer(pid, Duration::from_secs(240)).expect("writer finishes");
+}
+
+/// Waits until `record` created its trace file, which it does once every
+/// probe is attached.
+pub fn wait_for_file(path: &std::path::Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < STARTUP, "{} not created within {STARTUP:?}", path.display());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The family each hook attached with on this kernel, as `probes` reports it.
+pub fn chosen_families() -> serde_json::Map<String, Value> {
+    let out = run(&["probes", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["hooks"]
+        .as_array()
+        .map(|hooks| {
+            hooks.iter().map(|h| (h["hook"].as_str().unwrap_or("?").to_owned(), h["family"].clone())).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Appends one scenario's outcome to the file named by
+/// `RECLAIMSCOPE_RESULTS` (the VM suite sets it), from which
+/// `cargo xtask kernels` writes docs/kernels.md. A no-op elsewhere.
+pub fn record_result(scenario: &str, outcome: Value) {
+    let Ok(path) = std::env::var("RECLAIMSCOPE_RESULTS") else { return };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let line = serde_json::json!({ "scenario": scenario, "kernel": kernel.trim(), "outcome": outcome });
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("results file");
+    writeln!(f, "{line}").expect("write result");
 }

@@ -53,7 +53,7 @@ fn cache_dir() -> PathBuf {
 /// apt with its own sources list, lists and cache under `target/vm/apt`:
 /// Debian's archive is the package registry, and its signatures are checked
 /// against the machine's Debian keyring as for any apt download.
-fn apt(suite: &str, tool: &str) -> Result<Command> {
+pub(crate) fn apt(suite: &str, tool: &str) -> Result<Command> {
     let dir = root().join("target/vm/apt").join(suite);
     for sub in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(dir.join(sub))?;

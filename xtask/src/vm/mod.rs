@@ -89,11 +89,15 @@ fn tempdir(what: &str) -> Result<PathBuf> {
 }
 
 fn launch(kernel: &kernels::Kernel, out: &Path, memory: &str, cpus: u32, kvm: bool, cmd: &[String]) -> Result<Child> {
+    // The command goes in a file: the kernel command line that carries
+    // virtme-ng's --exec holds 2048 bytes on x86, and a longer one panics
+    // the guest at boot (fortify: buffer overflow in strlen).
+    let script = cmd.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+    fs::write(out.join("cmd"), format!("{script}\n"))?;
     let guest = root().join("xtask/vm/guest.sh");
-    let mut line = vec![guest.display().to_string(), kernel.modules.display().to_string(), kernel.release.clone()];
-    line.push(out.display().to_string());
-    line.extend(cmd.iter().cloned());
-    let exec_line = line.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+    let line = [guest.display().to_string(), kernel.modules.display().to_string(), kernel.release.clone()];
+    let exec_line =
+        line.iter().chain([&out.display().to_string()]).map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
     let mut c = Command::new(vng()?);
     c.arg("--run").arg(&kernel.vmlinuz);
     if !kvm {
@@ -159,10 +163,18 @@ fn follow(path: &Path, pos: &mut u64) {
 /// about once in ten emulated boots: idle before its init, no output).
 const BOOT_DEADLINE: Duration = Duration::from_secs(150);
 
+/// What a guest left behind.
+pub struct Finished {
+    /// The command's exit status (the guest's own, not qemu's).
+    pub code: i32,
+    /// The shared directory: `output`, and whatever the command wrote to
+    /// `$RECLAIMSCOPE_VM_OUT`.
+    pub out: PathBuf,
+}
+
 /// Boots the kernel, runs `cmd` in the repo root, streams its output, and
-/// returns its exit status (the guest's own, not qemu's). A boot that
-/// hangs is retried once.
-pub fn run(opts: &VmOptions, cmd: &[String]) -> Result<i32> {
+/// returns its exit status. A boot that hangs is retried once.
+pub fn run(opts: &VmOptions, cmd: &[String]) -> Result<Finished> {
     if cmd.is_empty() {
         bail!("no command: cargo xtask vm --kernel K -- CMD...");
     }
@@ -181,7 +193,7 @@ pub fn run(opts: &VmOptions, cmd: &[String]) -> Result<i32> {
 }
 
 /// One boot; None when the guest never started the command.
-fn boot(opts: &VmOptions, kernel: &kernels::Kernel, kvm: bool, cmd: &[String]) -> Result<Option<i32>> {
+fn boot(opts: &VmOptions, kernel: &kernels::Kernel, kvm: bool, cmd: &[String]) -> Result<Option<Finished>> {
     let out = tempdir(&format!("vm-{}", kernel.name))?;
     make_disk(&out.join("disk.img"))?;
     eprintln!("xtask: booting {} ({}), {} vCPUs, {}", kernel.name, kernel.release, opts.cpus, opts.memory);
@@ -211,7 +223,7 @@ fn boot(opts: &VmOptions, kernel: &kernels::Kernel, kvm: bool, cmd: &[String]) -
     let _ = fs::remove_file(out.join("disk.img"));
     eprintln!("xtask: {} guest ran {:.0} s", kernel.name, started.elapsed().as_secs_f64());
     match (finished, status) {
-        (_, Some(code)) => Ok(Some(code)),
+        (_, Some(code)) => Ok(Some(Finished { code, out })),
         (false, None) => bail!("the {} guest did not finish within {:?} and was killed", kernel.name, opts.timeout),
         (true, None) => {
             let console = fs::read_to_string(out.join("console")).unwrap_or_default();

@@ -1,0 +1,149 @@
+//! nbd devices and the userspace servers that complete their I/O.
+//!
+//! The kernel nbd client sends each request over a TCP socket. The process
+//! that configured the device (its pid is in /sys/block/nbdN/pid) is often
+//! gone: nbd-client hands the socket to the kernel over netlink and exits.
+//! What completes the I/O is the process at the other end of that socket:
+//! nbd-server's per-connection child, say. So the server is found as the
+//! holder of the peer of a connection that no process holds (the kernel
+//! does), or that the configuring process holds; and a qemu-nbd that
+//! connected the device itself (`-c`) is the device's own pid.
+
+use super::block::{BlockDevice, DeviceKind};
+use super::mountinfo::Mount;
+use super::procs::Holders;
+use super::servicer::{Confidence, Servicer, ServicerKind};
+use super::source::Source;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One established TCP connection from /proc/net/tcp{,6}.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conn {
+    local: String,
+    remote: String,
+    inode: u64,
+}
+
+/// Established connections (state 01), with their addresses as printed.
+fn connections(src: &Source) -> Vec<Conn> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in src.read(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "01" {
+                if let Ok(inode) = f[9].parse() {
+                    out.push(Conn { local: f[1].to_owned(), remote: f[2].to_owned(), inode });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The socket inode of an fd link target ("socket:[1234]").
+pub(crate) fn socket_inode(target: &str) -> Option<u64> {
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The processes at the other end of `conns`.
+fn peers_of(conns: &[&Conn], all: &[Conn], owner: &BTreeMap<u64, u32>) -> BTreeSet<u32> {
+    conns
+        .iter()
+        .filter_map(|c| all.iter().find(|p| p.local == c.remote && p.remote == c.local))
+        .filter_map(|p| owner.get(&p.inode).copied())
+        .collect()
+}
+
+/// Servicers of the connected nbd devices.
+pub(crate) fn discover(
+    src: &Source,
+    mounts: &[Mount],
+    devices: &[BlockDevice],
+    holders: &Holders,
+    warnings: &mut Vec<String>,
+) -> Vec<Servicer> {
+    let nbds: Vec<&BlockDevice> = devices.iter().filter(|d| d.kind == DeviceKind::Nbd && d.nbd_pid.is_some()).collect();
+    if nbds.is_empty() {
+        return Vec::new();
+    }
+    let owner: BTreeMap<u64, u32> =
+        holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
+    let all = connections(src);
+    let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
+    let alive = |pid: u32| src.read_dir(&format!("/proc/{pid}/task")).is_ok();
+
+    let mut out = Vec::new();
+    let mut orphans = Vec::new();
+    for d in &nbds {
+        let pid = d.nbd_pid.expect("filtered above");
+        if alive(pid) {
+            let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
+            let servers = peers_of(&own, &all, &owner);
+            if servers.is_empty() {
+                // It holds no connection of its own: it serves the device
+                // itself (qemu-nbd -c).
+                let why = Confidence::Certain {
+                    why: format!("/sys/block/{}/pid, and it holds no socket to a server", d.name),
+                };
+                out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why));
+            } else {
+                for s in servers {
+                    let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
+                    out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why));
+                }
+            }
+        } else {
+            orphans.push(*d);
+        }
+    }
+    if orphans.is_empty() {
+        return out;
+    }
+    // The kernel holds the sockets of devices configured over netlink; it
+    // does not say which socket is whose, so with several such devices the
+    // match is ambiguous.
+    let servers = peers_of(&kernel_held, &all, &owner);
+    if servers.is_empty() {
+        for d in &orphans {
+            warnings.push(format!(
+                "{}: no process serves its connection on this host (remote NBD server, or a unix socket): name it with --servicer",
+                d.label()
+            ));
+        }
+        return out;
+    }
+    for d in &orphans {
+        let why = if orphans.len() == 1 {
+            Confidence::Certain {
+                why: format!("the peer of the only kernel-held TCP connection of an nbd device ({})", d.name),
+            }
+        } else {
+            Confidence::Ambiguous { candidates: servers.len() }
+        };
+        for &s in &servers {
+            out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links_name_their_inode() {
+        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(socket_inode("pipe:[4242]"), None);
+        assert_eq!(socket_inode("/dev/nbd0"), None);
+    }
+
+    #[test]
+    fn peers_are_the_reversed_connection() {
+        let c = |l: &str, r: &str, inode| Conn { local: l.into(), remote: r.into(), inode };
+        let all = vec![c("0100007F:C350", "0100007F:2A29", 10), c("0100007F:2A29", "0100007F:C350", 11)];
+        let owner = BTreeMap::from([(11, 900)]);
+        assert_eq!(peers_of(&[&all[0]], &all, &owner), BTreeSet::from([900]));
+        assert!(peers_of(&[&all[1]], &all, &owner).is_empty(), "its peer 10 has no owner");
+    }
+}

@@ -1,0 +1,248 @@
+//! What a stack created, written down as it is created: one line per item
+//! in `<workdir>/ledger`, synced before the next step. Teardown undoes the
+//! items in reverse order; a later run's sweep reads the ledger of a stack
+//! whose owner died and undoes it the same way, so nothing a killed test
+//! made (an nbd connection, a SCSI target, a dm device) is left for good.
+
+use crate::cmd::run;
+use crate::inspect::{loop_backing_file, mounts_under, pid_running, umount_lazy};
+use anyhow::{bail, Context, Result};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FILE: &str = "ledger";
+const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A process blocked in an uninterruptible wait dies on SIGKILL only once
+/// that wait ends (a FUSE abort or a device failure ends it); under
+/// emulation that takes a while.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// One thing to undo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A process the stack started; `start` is its start time (field 22 of
+    /// /proc/PID/stat), so a reused pid is never killed.
+    Process {
+        pid: u32,
+        start: u64,
+        what: String,
+    },
+    Mount(PathBuf),
+    /// A loop device and the file it was bound to.
+    Loop {
+        dev: PathBuf,
+        backing: PathBuf,
+    },
+    /// A kernel nbd client connection.
+    Nbd(PathBuf),
+    /// A dm device, by name.
+    Dm(String),
+    /// A LIO user backstore (`user_<hba>/<name>`) and its loopback target.
+    Tcmu {
+        backstore: String,
+        loopback_wwn: Option<String>,
+    },
+    /// A ublk device id, and the rublk that made it.
+    Ublk {
+        id: u32,
+        rublk: PathBuf,
+    },
+}
+
+impl Item {
+    fn encode(&self) -> String {
+        match self {
+            Item::Process { pid, start, what } => format!("process {pid} {start} {what}"),
+            Item::Mount(p) => format!("mount {}", p.display()),
+            Item::Loop { dev, backing } => format!("loop {} {}", dev.display(), backing.display()),
+            Item::Nbd(d) => format!("nbd {}", d.display()),
+            Item::Dm(n) => format!("dm {n}"),
+            Item::Tcmu { backstore, loopback_wwn } => {
+                format!("tcmu {backstore} {}", loopback_wwn.as_deref().unwrap_or("-"))
+            }
+            Item::Ublk { id, rublk } => format!("ublk {id} {}", rublk.display()),
+        }
+    }
+
+    fn decode(line: &str) -> Option<Item> {
+        let (kind, rest) = line.split_once(' ')?;
+        let mut f = rest.splitn(3, ' ');
+        Some(match kind {
+            "process" => Item::Process {
+                pid: f.next()?.parse().ok()?,
+                start: f.next()?.parse().ok()?,
+                what: f.next().unwrap_or_default().to_owned(),
+            },
+            "mount" => Item::Mount(rest.into()),
+            "loop" => {
+                let (dev, backing) = rest.split_once(' ')?;
+                Item::Loop { dev: dev.into(), backing: backing.into() }
+            }
+            "nbd" => Item::Nbd(rest.into()),
+            "dm" => Item::Dm(rest.to_owned()),
+            "tcmu" => {
+                let (b, w) = rest.split_once(' ')?;
+                Item::Tcmu { backstore: b.to_owned(), loopback_wwn: (w != "-").then(|| w.to_owned()) }
+            }
+            "ublk" => {
+                let (id, rublk) = rest.split_once(' ')?;
+                Item::Ublk { id: id.parse().ok()?, rublk: rublk.into() }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The items of one stack, in creation order.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    items: Vec<Item>,
+}
+
+impl Ledger {
+    pub fn create(workdir: &Path) -> Ledger {
+        Ledger { path: workdir.join(FILE), items: Vec::new() }
+    }
+
+    /// The ledger a dead owner left (items that cannot be read are skipped:
+    /// a crash may have cut the last line).
+    pub fn read(workdir: &Path) -> Ledger {
+        let path = workdir.join(FILE);
+        let items = fs::read_to_string(&path).unwrap_or_default().lines().filter_map(Item::decode).collect();
+        Ledger { path, items }
+    }
+
+    /// Writes the item down (and syncs it) before the caller relies on it.
+    pub fn add(&mut self, item: Item) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        writeln!(f, "{}", item.encode()).and_then(|()| f.sync_data()).context("writing the ledger")?;
+        self.items.push(item);
+        Ok(())
+    }
+
+    /// An item found rather than recorded (a leftover the sweep undoes).
+    pub fn push_unrecorded(&mut self, item: Item) {
+        self.items.push(item);
+    }
+
+    /// Undoes every item, newest first. Every step runs even when an
+    /// earlier one failed; each external command has a timeout.
+    pub fn undo_all(&mut self) -> Vec<anyhow::Error> {
+        let mut errs = Vec::new();
+        while let Some(item) = self.items.pop() {
+            if let Err(e) = undo(&item) {
+                errs.push(e.context(format!("undoing `{}`", item.encode())));
+            }
+        }
+        errs
+    }
+}
+
+fn undo(item: &Item) -> Result<()> {
+    match item {
+        Item::Process { pid, start, what } => kill(*pid, *start, what),
+        Item::Mount(p) => {
+            if mounts_under(p).iter().any(|m| &m.mountpoint == p) {
+                umount_lazy(p)?;
+            }
+            Ok(())
+        }
+        Item::Loop { dev, backing } => {
+            let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            // Only while it is still bound to our file: a freed loop device
+            // may since serve someone else.
+            if loop_backing_file(name).is_some_and(|b| Path::new(&b) == backing) {
+                run(Command::new("losetup").arg("-d").arg(dev), CMD_TIMEOUT)?;
+                // A device still open is only released on its last close.
+                let deadline = Instant::now() + CMD_TIMEOUT;
+                while loop_backing_file(name).is_some_and(|b| Path::new(&b) == backing) {
+                    if Instant::now() >= deadline {
+                        bail!("{} is still bound to {}", dev.display(), backing.display());
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Ok(())
+        }
+        Item::Nbd(dev) => {
+            let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if Path::new(&format!("/sys/block/{name}/pid")).exists() {
+                run(Command::new("nbd-client").arg("-d").arg(dev), CMD_TIMEOUT)?;
+            }
+            Ok(())
+        }
+        Item::Dm(name) => {
+            if Path::new("/dev/mapper").join(name).exists() {
+                run(Command::new("dmsetup").args(["remove", "--force", "--retry", name]), CMD_TIMEOUT)?;
+            }
+            Ok(())
+        }
+        Item::Tcmu { backstore, loopback_wwn } => crate::servicers::tcmu::remove(backstore, loopback_wwn.as_deref()),
+        Item::Ublk { id, rublk } => {
+            if Path::new(&format!("/dev/ublkc{id}")).exists() {
+                run(Command::new(rublk).args(["del", "-n", &id.to_string()]), CMD_TIMEOUT)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL, until it is gone (or a zombie: its parent may be
+/// dead, and an init that does not reap leaves it), when it is still the
+/// process we started.
+fn kill(pid: u32, start: u64, what: &str) -> Result<()> {
+    let ours = || start_time(pid) == Some(start) && pid_running(pid);
+    for (sig, patience) in [(libc::SIGTERM, Duration::from_secs(5)), (libc::SIGKILL, KILL_WAIT)] {
+        if !ours() {
+            return Ok(());
+        }
+        // SAFETY: plain kill(2) on a pid whose start time is the one we recorded.
+        unsafe { libc::kill(pid as i32, sig) };
+        let deadline = Instant::now() + patience;
+        while ours() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if ours() {
+        bail!("{what} (pid {pid}) survives SIGKILL: {}", crate::inspect::where_blocked(pid));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_round_trip_through_their_lines() {
+        let items = [
+            Item::Process { pid: 42, start: 1234, what: "qemu-storage-daemon x".into() },
+            Item::Mount("/tmp/a b/mnt0".into()),
+            Item::Loop { dev: "/dev/loop3".into(), backing: "/tmp/w/lower img".into() },
+            Item::Nbd("/dev/nbd0".into()),
+            Item::Dm("dmz-sda".into()),
+            Item::Tcmu { backstore: "user_1/zbc0".into(), loopback_wwn: Some("naa.5001".into()) },
+            Item::Tcmu { backstore: "user_1/zbc0".into(), loopback_wwn: None },
+            Item::Ublk { id: 0, rublk: "/x/bin/rublk".into() },
+        ];
+        for i in items {
+            assert_eq!(Item::decode(&i.encode()), Some(i.clone()), "{}", i.encode());
+        }
+        assert_eq!(Item::decode("garbage"), None);
+    }
+}

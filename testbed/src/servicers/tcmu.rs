@@ -1,0 +1,143 @@
+//! The stack of the 2019 report: tcmu-runner's ZBC file handler storing a
+//! host-aware zoned disk in a file on ext4, exported as a SCSI disk through
+//! LIO's loopback fabric (tcm_loop), with dm-zoned on it so that XFS can
+//! use it. tcmu-runner completes every SCSI command in userspace with
+//! pwrite() into its file.
+
+use super::wait_until;
+use crate::cmd::run;
+use crate::ledger::Item;
+use crate::stack::{Bottom, Stack, CMD_TIMEOUT};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const CONFIGFS: &str = "/sys/kernel/config/target/core";
+/// Zones of 32 MiB, 8 of them conventional (where dm-zoned keeps its metadata).
+const ZBC_MODEL: &str = "model-HA/zsize-32/conv-8";
+/// Commands tcmu-runner does not answer fail after this many seconds, so a
+/// deadlocked handler cannot hold the disk for ever.
+const CMD_TIME_OUT_S: u32 = 10;
+
+/// targetcli with a private home (it insists on writing its preferences).
+fn targetcli(stack: &Stack, args: &str) -> Result<String> {
+    let home = stack.workdir.join("targetcli");
+    fs::create_dir_all(&home)?;
+    run(Command::new("targetcli").arg(args).env("TARGETCLI_HOME", &home), CMD_TIMEOUT)
+}
+
+/// tcmu-runner registers its handlers on the system bus; a guest has none
+/// running, so one is started for the stack (and stopped with it).
+fn ensure_system_bus(stack: &mut Stack) -> Result<()> {
+    if Path::new("/run/dbus/system_bus_socket").exists() {
+        return Ok(());
+    }
+    fs::create_dir_all("/run/dbus")?;
+    let out = run(Command::new("dbus-daemon").args(["--system", "--fork", "--print-pid"]), CMD_TIMEOUT)?;
+    let pid: u32 = out.trim().parse().context("dbus-daemon printed no pid")?;
+    stack.record_process(pid, "dbus-daemon --system")
+}
+
+/// The user backstore's directory in configfs (`user_<N>/<name>`).
+fn backstore_dir(name: &str) -> Option<PathBuf> {
+    fs::read_dir(CONFIGFS).ok()?.flatten().map(|e| e.path().join(name)).find(|p| {
+        p.is_dir() && p.parent().and_then(|h| h.file_name()).is_some_and(|h| h.to_string_lossy().starts_with("user_"))
+    })
+}
+
+/// The SCSI disk whose VPD unit serial is the backstore's.
+fn disk_with_serial(serial: &str) -> Option<PathBuf> {
+    fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let page = fs::read(e.path().join("device/vpd_pg80")).ok()?;
+        // Page 0x80: 4 header bytes, then the serial.
+        let got = String::from_utf8_lossy(page.get(4..)?).trim_matches(char::from(0)).trim().to_owned();
+        (got == serial).then(|| PathBuf::from("/dev").join(name))
+    })
+}
+
+pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+    if !Path::new(CONFIGFS).is_dir() || !Path::new("/sys/module/tcm_loop").exists() {
+        bail!("no LIO target core with tcm_loop in configfs: this kernel lacks the tcmu modules (target_core_user, tcm_loop)");
+    }
+    ensure_system_bus(stack)?;
+    let mut cmd = Command::new("tcmu-runner");
+    cmd.arg("-l").arg(&stack.workdir);
+    let pid = stack.spawn_daemon("tcmu-runner", &mut cmd)?;
+    stack.daemon_pid = Some(pid);
+    // It is ready once it answers on the bus; targetcli's create fails before.
+    std::thread::sleep(Duration::from_secs(2));
+    stack.check_alive("tcmu-runner", pid)?;
+
+    let name = format!("rs{}", std::process::id());
+    let file = stack.data_file.clone();
+    stack.ledger.add(Item::Tcmu { backstore: name.clone(), loopback_wwn: None })?;
+    targetcli(
+        stack,
+        &format!("/backstores/user:zbc create name={name} size={mb}M cfgstring={ZBC_MODEL}@{}", file.display()),
+    )?;
+    let dir = backstore_dir(&name).context("the backstore is not in configfs")?;
+    fs::write(dir.join("attrib/cmd_time_out"), CMD_TIME_OUT_S.to_string()).context("setting cmd_time_out")?;
+    let created = targetcli(stack, "/loopback create")?;
+    let wwn = created
+        .split_whitespace()
+        .find(|w| w.starts_with("naa."))
+        .map(|w| w.trim_end_matches('.').to_owned())
+        .with_context(|| format!("no loopback WWN in {created:?}"))?;
+    stack.ledger.add(Item::Tcmu { backstore: name.clone(), loopback_wwn: Some(wwn.clone()) })?;
+    targetcli(stack, &format!("/loopback/{wwn}/luns create /backstores/user:zbc/{name}"))?;
+
+    let serial = fs::read_to_string(dir.join("wwn/vpd_unit_serial"))?;
+    let serial = serial.rsplit(':').next().unwrap_or_default().trim().to_owned();
+    let mut disk = None;
+    wait_until(
+        "the tcmu SCSI disk did not appear",
+        Duration::from_secs(30),
+        || Ok(()),
+        || {
+            disk = disk_with_serial(&serial);
+            disk.is_some()
+        },
+    )?;
+    let disk = disk.expect("found above");
+    stack.served_device = Some(disk.clone());
+    Ok(Bottom::Device(zoned(stack, &disk)?))
+}
+
+/// dm-zoned over the host-aware disk: XFS cannot write its sequential
+/// zones directly (mkfs fails with Remote I/O error).
+fn zoned(stack: &mut Stack, disk: &Path) -> Result<PathBuf> {
+    let short = disk.file_name().and_then(|n| n.to_str()).context("disk name")?;
+    let zoned = fs::read_to_string(format!("/sys/block/{short}/queue/zoned")).unwrap_or_default();
+    if zoned.trim() != "host-aware" && zoned.trim() != "host-managed" {
+        bail!("{} is not zoned ({})", disk.display(), zoned.trim());
+    }
+    let name = format!("dmz-{short}");
+    let dmzadm = super::tool("dm-zoned-tools/usr/sbin/dmzadm")?;
+    run(Command::new(&dmzadm).args(["--format", "--force"]).arg(disk), Duration::from_secs(120))?;
+    stack.ledger.add(Item::Dm(name.clone()))?;
+    run(Command::new(&dmzadm).arg("--start").arg(disk), Duration::from_secs(60))?;
+    let dev = PathBuf::from("/dev/mapper").join(&name);
+    wait_until("dm-zoned did not start", Duration::from_secs(30), || Ok(()), || dev.exists())?;
+    Ok(dev)
+}
+
+/// Deletes the loopback target and the backstore (tcmu-runner is stopped
+/// by its own ledger item afterwards).
+pub(crate) fn remove(backstore: &str, loopback_wwn: Option<&str>) -> Result<()> {
+    let home = std::env::temp_dir().join("reclaimscope-targetcli");
+    fs::create_dir_all(&home)?;
+    let cli = |args: String| run(Command::new("targetcli").arg(args).env("TARGETCLI_HOME", &home), CMD_TIMEOUT);
+    if let Some(wwn) = loopback_wwn {
+        if Path::new("/sys/kernel/config/target/loopback").join(wwn).exists() {
+            cli(format!("/loopback delete {wwn}"))?;
+        }
+        return Ok(());
+    }
+    if backstore_dir(backstore).is_some() {
+        cli(format!("/backstores/user:zbc delete {backstore}"))?;
+    }
+    Ok(())
+}
