@@ -169,3 +169,113 @@ fn ublk_server_that_clears_io_flusher_is_unprotected() {
     let expect = Expect { kind: ServicerKind::Ublk, comm: "rublk", protected: false };
     scenario("ublk_rublk_0_2_14", Servicer::Ublk { io_flusher: false }, None, expect);
 }
+
+/// Fills the memcg with the upper filesystem's own objects: `files` empty
+/// files created by a task inside the memcg, so that their inodes and
+/// dentries are charged there and memcg reclaim must shrink the upper
+/// XFS's caches (super_cache_scan) to make room.
+fn charge_upper_xfs_objects(stack: &Stack, files: u32) {
+    let dir = stack.top().mountpoint.join("tree");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c").arg(format!("cd {} && seq 1 {files} | xargs touch", dir.display()));
+    stack.memcg.as_ref().unwrap().enter_on_spawn(&mut sh).unwrap();
+    assert!(sh.status().unwrap().success(), "creating {files} files in the upper XFS");
+}
+
+/// The recursion of the 2019 report: reclaim in the servicer (its memcg
+/// full of the upper XFS's inodes and its own page cache) calls the upper
+/// XFS's super_cache_scan, in the task that must complete that XFS's I/O.
+fn shrinker_recursion(name: &str, servicer: Servicer) {
+    if !testbed::require_root(name) {
+        return;
+    }
+    let _lock = testbed::lock().unwrap();
+    let spec = StackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(160), dm: None };
+    if let Some(m) = missing_module(servicer, None) {
+        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        assert!(err.contains("this kernel"), "unclear error: {err}");
+        common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
+        return;
+    }
+    let mut stack = Stack::build(name, &spec).expect("building the stack");
+    let pid = stack.daemon_pid.unwrap();
+    let top = stack.top().mountpoint.display().to_string();
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+    agent.wait_started();
+    charge_upper_xfs_objects(&stack, 20_000);
+    let writer = stack.spawn_writer_outside_memcg("data", 512).unwrap();
+    let hit = agent.wait_for(Duration::from_secs(300), |v| {
+        v["type"] == "finding" && v["rule"] == "RS101" && v["servicer"]["tgid"] == pid
+    });
+    let _ = stack.wait_writer(writer, Duration::from_secs(300));
+    let (code, lines) = agent.stop(libc::SIGINT);
+    let pressure = stack.memcg.as_ref().unwrap().pressure();
+    stack.teardown().expect("teardown");
+    assert_eq!(code, Some(0));
+    let summary = lines.iter().find(|v| v["type"] == "final_summary").cloned().unwrap_or_default();
+    let (_, f) = hit.unwrap_or_else(|| {
+        panic!("{name}: no RS101 for pid {pid}; memcg {pressure:?}; shrinker calls {}", summary["shrinker_calls"])
+    });
+    assert!(f["detail"].as_str().unwrap().contains("xfs"), "{}", f["detail"]);
+    assert_eq!(f["upper_fs"]["mount_point"], top.as_str());
+    // Caught in super_cache_scan (fentry, kprobe) or at do_shrink_slab's
+    // tracepoint: either way inside the servicer's own memcg reclaim.
+    let frames: Vec<&str> = f["stack"].as_array().unwrap().iter().filter_map(|fr| fr.as_str()).collect();
+    assert!(frames.iter().any(|fr| fr.contains("shrink_slab") || fr.starts_with("super_cache_scan")), "{frames:?}");
+    assert!(frames.iter().any(|fr| fr.starts_with("try_to_free_mem_cgroup_pages")), "{frames:?}");
+    common::record_result(
+        name,
+        json!({ "result": format!("RS101: {} in {}", f["detail"].as_str().unwrap_or("?"), f["servicer"]["comm"].as_str().unwrap_or("?")) }),
+    );
+}
+
+#[test]
+fn seed_reclaim_in_tcmu_runner_calls_the_upper_xfs_shrinker() {
+    shrinker_recursion("seed_tcmu_recursion", Servicer::TcmuZbc);
+}
+
+#[test]
+fn reclaim_in_qemu_storage_daemon_calls_the_upper_xfs_shrinker() {
+    shrinker_recursion("qsd_recursion", Servicer::QsdFuse);
+}
+
+/// The seed's deadlock: writer and tcmu-runner in one 96 MiB memcg. It is
+/// flagged as it forms, and broken by killing tcmu-runner (its pending
+/// SCSI commands then time out and fail, which unblocks the stack).
+#[test]
+fn seed_deadlock_is_flagged_and_broken() {
+    let name = "seed_tcmu_deadlock";
+    if !testbed::require_root(name) {
+        return;
+    }
+    let _lock = testbed::lock().unwrap();
+    let spec = StackSpec { servicer: Servicer::TcmuZbc, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
+    if let Some(m) = missing_module(Servicer::TcmuZbc, None) {
+        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        assert!(err.contains("this kernel"), "unclear error: {err}");
+        common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
+        return;
+    }
+    let mut stack = Stack::build(name, &spec).expect("building the stack");
+    let pid = stack.daemon_pid.unwrap();
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+    agent.wait_started();
+    let start = std::time::Instant::now();
+    stack.spawn_writer("data", 512).unwrap();
+    let dead = agent.wait_for(Duration::from_secs(180), |v| {
+        v["type"] == "finding" && v["rule"] == "RS201" && v["servicer"]["tgid"] == pid
+    });
+    // Break it whatever happened: a dead handler's commands time out.
+    // SAFETY: plain kill(2) of the stack's own daemon.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let (code, _) = agent.stop(libc::SIGINT);
+    stack.teardown().expect("teardown after the deadlock");
+    assert_eq!(code, Some(0));
+    let (t, f) = dead.expect("no RS201 for tcmu-runner within 180 s");
+    assert!(!f["chain"].as_array().unwrap().is_empty(), "no waiting chain: {f:#}");
+    common::record_result(
+        name,
+        json!({ "result": format!("RS201 at {:.1} s: {}; broken by killing tcmu-runner", (t - start).as_secs_f64(), f["detail"].as_str().unwrap_or("?")) }),
+    );
+}

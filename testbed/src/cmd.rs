@@ -32,7 +32,9 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
     let stdout = out.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     let stderr = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     if !status.success() {
-        bail!("`{line}` failed ({status}): {}", stderr.trim());
+        // Some tools (targetcli) say why on stdout.
+        let why = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+        bail!("`{line}` failed ({status}): {why}");
     }
     Ok(stdout)
 }

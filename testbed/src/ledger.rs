@@ -187,7 +187,8 @@ fn undo(item: &Item) -> Result<()> {
             Ok(())
         }
         Item::Dm(name) => {
-            if Path::new("/dev/mapper").join(name).exists() {
+            // Asked of the kernel: without udev the /dev/mapper node may be missing.
+            if run(Command::new("dmsetup").args(["info", name]), CMD_TIMEOUT).is_ok() {
                 run(Command::new("dmsetup").args(["remove", "--force", "--retry", name]), CMD_TIMEOUT)?;
             }
             Ok(())

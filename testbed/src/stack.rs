@@ -235,17 +235,6 @@ impl Stack {
         Ok(())
     }
 
-    /// Fails when a helper we spawned exited with an error (one that exits
-    /// 0 after handing over to a daemon is fine), with its log.
-    pub(crate) fn check_not_failed(&mut self, what: &str, pid: u32) -> Result<()> {
-        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
-            if let Some(status) = c.try_wait()?.filter(|s| !s.success()) {
-                bail!("{what} failed ({status}): {}", self.daemon_log(what));
-            }
-        }
-        Ok(())
-    }
-
     fn attach_loop(&mut self, backing: &Path) -> Result<PathBuf> {
         let out = run(Command::new("losetup").args(["-f", "--show"]).arg(backing), CMD_TIMEOUT)?;
         let dev = PathBuf::from(out.trim());

@@ -28,10 +28,16 @@ fn name_of(dev: &Path) -> &str {
     dev.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
-/// The sysfs directory of a block device node (dm devices through their dm-N).
+/// (major, minor) of a block device node.
+fn devt_of(dev: &Path) -> (u32, u32) {
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&fs::metadata(dev).unwrap());
+    (libc::major(rdev), libc::minor(rdev))
+}
+
+/// The sysfs directory of a block device node (dm nodes have no name there).
 fn sys_block(dev: &Path) -> PathBuf {
-    let real = fs::canonicalize(dev).unwrap_or_else(|_| dev.to_path_buf());
-    PathBuf::from("/sys/class/block").join(name_of(&real))
+    let (ma, mi) = devt_of(dev);
+    PathBuf::from(format!("/sys/dev/block/{ma}:{mi}"))
 }
 
 /// Check the built stack against the kernel and return its footprint.
@@ -45,8 +51,7 @@ fn check_built(stack: &Stack, spec: &StackSpec) -> Footprint {
     for level in &stack.levels {
         let m = mounts.iter().find(|m| m.mountpoint == level.mountpoint).expect("level is mounted");
         assert_eq!(m.fstype, "xfs");
-        let dev = fs::read_to_string(sys_block(&level.device).join("dev")).unwrap();
-        assert_eq!(dev.trim(), format!("{}:{}", level.devt.0, level.devt.1));
+        assert_eq!(devt_of(&level.device), level.devt, "{}", level.device.display());
         if level.backing_file.is_none() {
             devices.push(level.device.clone());
         }

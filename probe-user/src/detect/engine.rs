@@ -165,7 +165,11 @@ impl Engine {
             }
             Event::Shrinker(e) => {
                 let sb = Dev::from_kernel(e.data.sb_dev);
-                if e.data.sb_dev != 0 && self.is_upper(serving, sb) {
+                // super_cache_scan() returns SHRINK_STOP at once without
+                // __GFP_FS (fs/super.c): entered, but no recursion. A mask
+                // of 0 is one the probe could not know.
+                let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
+                if e.data.sb_dev != 0 && can_recurse && self.is_upper(serving, sb) {
                     let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
                     out.extend(self.report(&rules::SHRINKER_UPPER, &ctx, serving, e.data.gfp, obs, detail, vec![]));
                 }
@@ -635,5 +639,23 @@ mod tests {
         assert_eq!((f[0].rule.as_str(), f[0].severity), ("RS301", Severity::Failure));
         assert_eq!(f[0].servicer.tgid, 100);
         assert_eq!(f[0].upper_fs.as_ref().unwrap().mount_point, "/mnt/upper");
+    }
+
+    #[test]
+    fn a_shrinker_entered_without_gfp_fs_is_not_recursion() {
+        let mut e = engine();
+        let mut fs_type = [0u8; 16];
+        fs_type[..3].copy_from_slice(b"xfs");
+        let shr = |gfp| {
+            Event::Shrinker(ShrinkerEvent {
+                kind: EventKind::Shrinker as u32,
+                _pad: 0,
+                ctx: ctx(101, 0, LOOP0),
+                data: ShrinkerData { sb_dev: LOOP0.to_kernel(), fs_type, gfp, ..Default::default() },
+            })
+        };
+        // GFP_NOFS: super_cache_scan() bails out before touching the fs.
+        assert!(e.on_event(&shr(0xc40), &obs()).is_empty());
+        assert_eq!(e.on_event(&shr(GFP_HIGHUSER_MOVABLE), &obs())[0].rule, "RS101");
     }
 }

@@ -10,6 +10,7 @@
 mod block;
 mod dev;
 mod fuse;
+mod known;
 mod loopdev;
 mod mountinfo;
 mod named;

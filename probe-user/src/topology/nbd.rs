@@ -11,7 +11,7 @@
 
 use super::block::{BlockDevice, DeviceKind};
 use super::mountinfo::Mount;
-use super::procs::Holders;
+use super::procs::{self, Holders};
 use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,29 +70,31 @@ pub(crate) fn discover(
         holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
     let all = connections(src);
     let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
-    let alive = |pid: u32| src.read_dir(&format!("/proc/{pid}/task")).is_ok();
+    // A process that stores data: it holds a regular file open read-write.
+    let stores_data = |pid: u32| procs::open_files(src, pid).iter().any(|f| f.read_write);
 
     let mut out = Vec::new();
     let mut orphans = Vec::new();
     for d in &nbds {
         let pid = d.nbd_pid.expect("filtered above");
-        if alive(pid) {
-            let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
-            let servers = peers_of(&own, &all, &owner);
-            if servers.is_empty() {
-                // It holds no connection of its own: it serves the device
-                // itself (qemu-nbd -c).
-                let why = Confidence::Certain {
-                    why: format!("/sys/block/{}/pid, and it holds no socket to a server", d.name),
-                };
-                out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why));
-            } else {
-                for s in servers {
-                    let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
-                    out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why));
-                }
+        let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
+        let servers = peers_of(&own, &all, &owner);
+        if !servers.is_empty() {
+            // The configuring process still holds the socket (ioctl mode).
+            for s in servers {
+                let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
+                out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why));
             }
+        } else if own.is_empty() && stores_data(pid) {
+            // No socket of its own, but the data: it serves the device
+            // itself (qemu-nbd -c).
+            let why = Confidence::Certain {
+                why: format!("/sys/block/{}/pid, holding the data and no socket to a server", d.name),
+            };
+            out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why));
         } else {
+            // Gone (nbd-client hands its socket to the kernel over netlink
+            // and exits), or a client with nothing of its own.
             orphans.push(*d);
         }
     }

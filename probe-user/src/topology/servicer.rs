@@ -10,6 +10,7 @@
 
 use super::block::{BlockDevice, DeviceKind};
 use super::dev::Dev;
+use super::known;
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
 use super::source::Source;
@@ -158,6 +159,8 @@ pub struct Servicer {
     /// None for kernel workers that belong to no process.
     pub tgid: Option<u32>,
     pub comm: String,
+    /// The executable's file name, in full (None for kernel workers).
+    pub program: Option<String>,
     /// The device (or FUSE filesystem) whose I/O it completes; [`Dev::NONE`] when unknown.
     pub serves: Dev,
     /// "loop0 (7:0)", "FUSE /x/fuse.img (connection 39)".
@@ -195,6 +198,7 @@ impl Servicer {
             kind: ServicerKind::KernelLoop,
             tgid: None,
             comm: format!("kworker (workqueue {})", d.name),
+            program: None,
             serves: d.dev,
             serves_name: d.label(),
             threads: Vec::new(),
@@ -239,11 +243,23 @@ impl Servicer {
                 })
             })
             .collect();
-        let remedy = remedy(kernel, protection, &threads);
+        // The full program name (comm is cut at 15 bytes): readlink of
+        // /proc/PID/exe prints kernel state, safe even on a wedged mount.
+        let exe = src.read_link(&format!("/proc/{pid}/exe")).ok();
+        let program = exe
+            .as_ref()
+            .and_then(|e| e.file_name())
+            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
+        let recognised = program.as_deref().and_then(known::lookup);
+        let remedy = match recognised {
+            Some(k) if !protection.is_protected() && !kernel => k.remedy.to_owned(),
+            _ => remedy(kernel, protection, &threads),
+        };
         Some(Servicer {
             kind,
             tgid: Some(pid),
             comm,
+            program,
             serves,
             serves_name,
             threads,
@@ -254,7 +270,7 @@ impl Servicer {
             under_mounts: Vec::new(),
             supports: Vec::new(),
             remedy,
-            note: None,
+            note: recognised.map(|k| known::note(k, protection)),
         })
     }
 }

@@ -24,5 +24,15 @@ pub(crate) fn create(stack: &mut Stack, under: &Path, kind: Dm) -> Result<PathBu
     };
     stack.ledger.add(Item::Dm(name.clone()))?;
     run(Command::new("dmsetup").args(["create", &name, "--table", &table]), CMD_TIMEOUT)?;
-    Ok(PathBuf::from("/dev/mapper").join(name))
+    mknodes(&name)
+}
+
+/// /dev/mapper/NAME, made by dmsetup itself: a guest has no udev to make it.
+pub(crate) fn mknodes(name: &str) -> Result<PathBuf> {
+    run(Command::new("dmsetup").args(["mknodes", name]), CMD_TIMEOUT)?;
+    let dev = PathBuf::from("/dev/mapper").join(name);
+    if !dev.exists() {
+        bail!("dmsetup made no {}", dev.display());
+    }
+    Ok(dev)
 }

@@ -111,7 +111,13 @@ pub(crate) fn start_qemu_nbd(stack: &mut Stack, mb: u64) -> Result<Bottom> {
         || stack.check_alive("qemu-nbd", pid),
         || connected(&dev),
     )?;
-    stack.daemon_pid = Some(pid);
+    // qemu-nbd forks the process that serves the device; the kernel names it.
+    let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let server: u32 = fs::read_to_string(format!("/sys/block/{name}/pid"))?.trim().parse().context("nbd pid")?;
+    if server != pid {
+        stack.record_process(server, "qemu-nbd server")?;
+    }
+    stack.daemon_pid = Some(server);
     stack.served_device = Some(dev.clone());
     Ok(Bottom::Device(dev))
 }

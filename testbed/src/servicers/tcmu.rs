@@ -63,13 +63,21 @@ pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
         bail!("no LIO target core with tcm_loop in configfs: this kernel lacks the tcmu modules (target_core_user, tcm_loop)");
     }
     ensure_system_bus(stack)?;
+    // Its own log in a directory of its own (our daemon log is tcmu-runner.log).
+    let logdir = stack.workdir.join("tcmu-log");
+    fs::create_dir_all(&logdir)?;
     let mut cmd = Command::new("tcmu-runner");
-    cmd.arg("-l").arg(&stack.workdir);
+    cmd.arg("-l").arg(&logdir);
     let pid = stack.spawn_daemon("tcmu-runner", &mut cmd)?;
     stack.daemon_pid = Some(pid);
-    // It is ready once it answers on the bus; targetcli's create fails before.
-    std::thread::sleep(Duration::from_secs(2));
-    stack.check_alive("tcmu-runner", pid)?;
+    // targetcli's create fails until the ZBC handler is registered.
+    let log = logdir.join("tcmu-runner.log");
+    wait_until(
+        "tcmu-runner did not register its zbc handler",
+        Duration::from_secs(60),
+        || stack.check_alive("tcmu-runner", pid),
+        || fs::read_to_string(&log).is_ok_and(|l| l.contains("Handler zbc is registered")),
+    )?;
 
     let name = format!("rs{}", std::process::id());
     let file = stack.data_file.clone();
@@ -119,9 +127,7 @@ fn zoned(stack: &mut Stack, disk: &Path) -> Result<PathBuf> {
     run(Command::new(&dmzadm).args(["--format", "--force"]).arg(disk), Duration::from_secs(120))?;
     stack.ledger.add(Item::Dm(name.clone()))?;
     run(Command::new(&dmzadm).arg("--start").arg(disk), Duration::from_secs(60))?;
-    let dev = PathBuf::from("/dev/mapper").join(&name);
-    wait_until("dm-zoned did not start", Duration::from_secs(30), || Ok(()), || dev.exists())?;
-    Ok(dev)
+    super::dm::mknodes(&name)
 }
 
 /// Deletes the loopback target and the backstore (tcmu-runner is stopped

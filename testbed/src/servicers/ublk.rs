@@ -4,9 +4,8 @@
 //! (libublk 0.4.6, which calls it with 0 and so clears the flag).
 
 use super::wait_until;
-use crate::cmd::run;
 use crate::ledger::Item;
-use crate::stack::{sparse_file, Bottom, Stack, CMD_TIMEOUT};
+use crate::stack::{sparse_file, Bottom, Stack};
 use anyhow::{bail, Result};
 use std::fs;
 use std::path::PathBuf;
@@ -36,15 +35,18 @@ pub(crate) fn start(stack: &mut Stack, mb: u64, io_flusher: bool) -> Result<Bott
     let lower = stack.data_file.clone();
     sparse_file(&lower, mb << 20)?;
     let before = devices();
-    // `rublk add` starts the server as a daemon of its own and returns.
+    // In the foreground, the process we start is the server. Buffered I/O
+    // into the backing file, as qemu-storage-daemon and tcmu-runner do
+    // (rublk's default is O_DIRECT, which keeps its writes out of the page
+    // cache and out of the memcg's reclaim).
     let mut cmd = Command::new(&bin);
-    cmd.args(["add", "loop", "-f"]).arg(&lower);
-    let adder = stack.spawn_daemon("rublk-add", &mut cmd)?;
+    cmd.args(["add", "loop", "--foreground", "--buffered-io", "-f"]).arg(&lower);
+    let server = stack.spawn_daemon("rublk", &mut cmd)?;
     let mut id = None;
     wait_until(
         "rublk made no ublk device",
         Duration::from_secs(60),
-        || stack.check_not_failed("rublk-add", adder),
+        || stack.check_alive("rublk", server),
         || {
             id = devices().into_iter().find(|d| !before.contains(d));
             id.is_some()
@@ -53,35 +55,7 @@ pub(crate) fn start(stack: &mut Stack, mb: u64, io_flusher: bool) -> Result<Bott
     let id = id.expect("found above");
     stack.ledger.add(Item::Ublk { id, rublk: bin.clone() })?;
     let dev = PathBuf::from(format!("/dev/ublkb{id}"));
-    // The server is whoever holds the char device /dev/ublkcN.
-    let node = format!("/dev/ublkc{id}");
-    let mut server = None;
-    wait_until(
-        "no process serves the ublk device",
-        Duration::from_secs(30),
-        || Ok(()),
-        || {
-            server = holder_of(&node);
-            server.is_some()
-        },
-    )?;
-    let server = server.expect("found above");
-    // Forked from `rublk add`, it is in the stack's memcg already.
-    stack.record_process(server, "rublk server")?;
     stack.daemon_pid = Some(server);
     stack.served_device = Some(dev.clone());
-    let _ = run(Command::new("udevadm").args(["settle"]), CMD_TIMEOUT);
     Ok(Bottom::Device(dev))
-}
-
-/// The process with `node` open.
-fn holder_of(node: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
-        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-        fs::read_dir(p.path().join("fd"))
-            .ok()?
-            .flatten()
-            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.to_str() == Some(node)))
-            .then_some(pid)
-    })
 }
