@@ -123,20 +123,12 @@ fn captured_kernel_loop_two_levels() {
 fn synthetic_nbd_under_dm() {
     let (nbd, dm) = (Dev::new(43, 0), Dev::new(253, 0));
     let t = discover_fixture("synthetic_nbd_dm", &Extra::default());
-    assert_eq!(t.stacked_devices(), vec![nbd, dm]);
-    let client = t.servicer_by_tgid(700).expect("nbd client from /sys/block/nbd0/pid");
-    assert_eq!((client.kind, client.serves, client.protection), (ServicerKind::Nbd, nbd, Protection::IoFlusher));
-    assert_eq!(client.under_mounts, vec![PathBuf::from("/mnt/data")]);
-    assert!(client.supports.contains(&dm) && client.supports.contains(&nbd));
-    // The dm holder's mount is nbd0's upper filesystem.
-    assert_eq!(t.path_of(nbd).unwrap().upper.unwrap().mount_point, Path::new("/mnt/data"));
-    assert!(t.mount_for_dev(nbd).is_none());
-    let stacks = t.stacks();
-    assert_eq!(stacks.len(), 1);
-    assert_eq!(chain(&stacks[0]), vec![dm, nbd]);
-    assert_eq!(stacks[0].detail.as_deref(), Some("dm data"));
-    assert!(t.unprotected().is_empty());
-    assert_eq!(audit(&t).exit_code, EXIT_OK);
+    // Pid 700 configured nbd0 but holds neither a connection nor the data:
+    // the kernel does the I/O over a socket whose server is not on this
+    // host (or not visible), and the audit says so rather than guess.
+    assert!(t.servicer_by_tgid(700).is_none(), "the configuring client is no servicer");
+    assert!(t.warnings.iter().any(|w| w.contains("nbd0") && w.contains("--servicer")), "{:?}", t.warnings);
+    assert_eq!(t.stacked_devices(), vec![dm]);
     assert!(t.servicer_by_tgid(800).is_none(), "qemu-nbd is invisible without help");
 
     let extra = Extra { servicers: vec![800], backing_files: vec![(PathBuf::from("/srv/nbd0.img"), nbd)] };
@@ -148,6 +140,15 @@ fn synthetic_nbd_under_dm() {
     assert_eq!(b.len(), 1);
     assert_eq!((b[0].file_dev, b[0].ino, b[0].backs, b[0].named), (Dev::new(254, 0), 4242, nbd, true));
     assert_eq!(t.path_of(dm).unwrap().bottom.unwrap().mount_point, Path::new("/"));
+    assert_eq!(t.stacked_devices(), vec![nbd, dm]);
+    // The dm holder's mount is nbd0's upper filesystem.
+    assert_eq!(t.path_of(nbd).unwrap().upper.unwrap().mount_point, Path::new("/mnt/data"));
+    assert!(t.mount_for_dev(nbd).is_none());
+    let stacks = t.stacks();
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(chain(&stacks[0]), vec![dm, nbd]);
+    assert_eq!(stacks[0].detail.as_deref(), Some("dm data"));
+    assert!(server.under_mounts.contains(&PathBuf::from("/mnt/data")));
     assert_eq!(t.unprotected().iter().map(|s| s.tgid).collect::<Vec<_>>(), vec![Some(800)]);
     assert_eq!(audit(&t).exit_code, EXIT_UNPROTECTED);
 }

@@ -191,7 +191,8 @@ fn undo(item: &Item) -> Result<()> {
             if run(Command::new("dmsetup").args(["info", name]), CMD_TIMEOUT).is_ok() {
                 run(Command::new("dmsetup").args(["remove", "--force", "--retry", name]), CMD_TIMEOUT)?;
             }
-            Ok(())
+            // Without udev the node stays; mknodes drops a node whose device is gone.
+            run(Command::new("dmsetup").args(["mknodes", name]), CMD_TIMEOUT).map(drop)
         }
         Item::Tcmu { backstore, loopback_wwn } => crate::servicers::tcmu::remove(backstore, loopback_wwn.as_deref()),
         Item::Ublk { id, rublk } => {

@@ -174,8 +174,15 @@ pub static HOOKS: &[Hook] = &[
         degrades: "recursion: reclaim calling an upper filesystem's shrinker is not seen",
         impls: &[
             full(Fentry, &[p("fe_super_cache_scan", BtfFn(&["super_cache_scan"]))]),
-            full(Tracepoint, &[p("tp_shrink_slab_start", Tp(&[("vmscan", "mm_shrink_slab_start")]))]),
             full(Kprobe, &[p("kp_super_cache_scan", Ksym(&["super_cache_scan"]))]),
+            Impl {
+                family: Tracepoint,
+                progs: &[p("tp_shrink_slab_start", Tp(&[("vmscan", "mm_shrink_slab_start")]))],
+                lacks: Some(
+                    "fires when do_shrink_slab() considers a shrinker, also when it then scans nothing: \
+                     the upper filesystem's shrinker was invoked, not necessarily run",
+                ),
+            },
         ],
     },
     Hook {

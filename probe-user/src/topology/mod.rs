@@ -20,6 +20,7 @@ mod servicer;
 mod snapshot;
 mod source;
 mod stack;
+mod tcmu;
 
 pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;

@@ -70,13 +70,28 @@ pub(crate) fn discover(
         holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
     let all = connections(src);
     let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
-    // A process that stores data: it holds a regular file open read-write.
-    let stores_data = |pid: u32| procs::open_files(src, pid).iter().any(|f| f.read_write);
+    // The data a process stores: the regular files it holds read-write.
+    let data = |pid: u32| -> BTreeSet<(u32, u64)> {
+        procs::open_files(src, pid).into_iter().filter(|f| f.read_write).map(|f| (f.mnt_id, f.ino)).collect()
+    };
+    // Its family holding the same data: qemu-nbd -c forks, and the
+    // process the kernel names only runs the ioctl while the other serves
+    // the export over a socket pair.
+    let family = |pid: u32, files: &BTreeSet<(u32, u64)>| -> Vec<u32> {
+        let mut out = vec![pid];
+        let kin = procs::parent(src, pid)
+            .into_iter()
+            .chain(procs::pids(src).into_iter().filter(|&p| procs::parent(src, p) == Some(pid)));
+        out.extend(kin.filter(|&p| p > 1 && !data(p).is_disjoint(files)));
+        out
+    };
 
     let mut out = Vec::new();
     let mut orphans = Vec::new();
     for d in &nbds {
-        let pid = d.nbd_pid.expect("filtered above");
+        let recorded = d.nbd_pid.expect("filtered above");
+        // The kernel records the thread that ran NBD_DO_IT.
+        let pid = procs::tgid_of(src, recorded).unwrap_or(recorded);
         let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
         let servers = peers_of(&own, &all, &owner);
         if !servers.is_empty() {
@@ -85,13 +100,18 @@ pub(crate) fn discover(
                 let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
                 out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why));
             }
-        } else if own.is_empty() && stores_data(pid) {
-            // No socket of its own, but the data: it serves the device
-            // itself (qemu-nbd -c).
-            let why = Confidence::Certain {
-                why: format!("/sys/block/{}/pid, holding the data and no socket to a server", d.name),
-            };
-            out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, pid, d.dev, d.label(), why));
+        } else if let Some(files) = Some(data(pid)).filter(|f| own.is_empty() && !f.is_empty()) {
+            // No TCP socket of its own, but the data: it serves the device
+            // itself (qemu-nbd -c), with the kin that share that data.
+            for p in family(pid, &files) {
+                let why = Confidence::Certain {
+                    why: format!(
+                        "/sys/block/{}/pid {pid}, or its kin, holding the data and no socket to a server",
+                        d.name
+                    ),
+                };
+                out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, p, d.dev, d.label(), why));
+            }
         } else {
             // Gone (nbd-client hands its socket to the kernel over netlink
             // and exits), or a client with nothing of its own.

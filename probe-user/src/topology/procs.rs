@@ -72,6 +72,20 @@ pub(crate) fn comm(src: &Source, pid: u32) -> Option<String> {
     src.read_line(&format!("/proc/{pid}/comm"))
 }
 
+/// The process a task id belongs to (`Tgid:` of /proc/TID/status): the
+/// kernel records some pids per thread (/sys/block/nbdN/pid is the thread
+/// that ran NBD_DO_IT).
+pub(crate) fn tgid_of(src: &Source, tid: u32) -> Option<u32> {
+    let status = src.read(&format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// A process's parent (field 4 of /proc/PID/stat).
+pub(crate) fn parent(src: &Source, pid: u32) -> Option<u32> {
+    let raw = src.read_bytes(&format!("/proc/{pid}/stat")).ok()?;
+    procfs::process::Stat::from_read(raw.as_slice()).ok().map(|s| s.ppid as u32)
+}
+
 /// Every thread with its task flags (field 9 of /proc/PID/task/TID/stat).
 pub(crate) fn threads(src: &Source, pid: u32) -> Vec<ServicerThread> {
     let mut threads = Vec::new();

@@ -325,12 +325,12 @@ pub(crate) fn discover_block(
         }
     }
     out.extend(super::nbd::discover(src, mounts, devices, holders, warnings));
-    out.extend(tcmu(src, mounts, devices, holders, warnings));
+    out.extend(super::tcmu::discover(src, mounts, devices, holders, warnings));
     out
 }
 
 /// One servicer per process holding `node` open.
-fn holder_servicers(
+pub(crate) fn holder_servicers(
     src: &Source,
     mounts: &[Mount],
     holders: &Holders,
@@ -348,48 +348,6 @@ fn holder_servicers(
     pids.iter()
         .filter_map(|&pid| Servicer::process(src, mounts, kind, pid, serves, serves_name.clone(), why(pids.len())))
         .collect()
-}
-
-/// tcmu: a LIO backstore handled in userspace shows up as a uio device
-/// named "tcm-user/<hba>/<device>/<config>"; its handler holds /dev/uioN.
-/// The SCSI disk it serves (through a loopback or iSCSI fabric) carries the
-/// backstore's unit serial in VPD page 0x80, which configfs also shows.
-fn tcmu(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &[BlockDevice],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
-    let mut out = Vec::new();
-    for uio in src.read_dir("/sys/class/uio").unwrap_or_default() {
-        let Some(name) = src.read_line(&format!("/sys/class/uio/{uio}/name")) else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix("tcm-user/") else {
-            continue;
-        };
-        let mut parts = rest.splitn(3, '/');
-        let (Some(hba), Some(backstore)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let serial = src
-            .read_line(&format!("/sys/kernel/config/target/core/user_{hba}/{backstore}/wwn/vpd_unit_serial"))
-            .and_then(|l| l.rsplit(':').next().map(|s| s.trim().to_string()));
-        let disk = serial.as_ref().and_then(|s| devices.iter().find(|d| d.unit_serial.as_ref() == Some(s)));
-        let (serves, serves_name) = match disk {
-            Some(d) => (d.dev, format!("{} via {name}", d.label())),
-            None => (Dev::NONE, format!("{name} (no SCSI disk on this host carries its serial)")),
-        };
-        let node = format!("/dev/{uio}");
-        let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Tcmu, serves, serves_name);
-        if found.is_empty() {
-            warnings
-                .push(format!("{name}: no process holds {node} open (tcmu handler gone, or not visible without root)"));
-        }
-        out.extend(found);
-    }
-    out
 }
 
 #[cfg(test)]

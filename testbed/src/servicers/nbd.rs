@@ -111,9 +111,16 @@ pub(crate) fn start_qemu_nbd(stack: &mut Stack, mb: u64) -> Result<Bottom> {
         || stack.check_alive("qemu-nbd", pid),
         || connected(&dev),
     )?;
-    // qemu-nbd forks the process that serves the device; the kernel names it.
+    // qemu-nbd forks the process that serves the device; the kernel names
+    // the thread of it that runs NBD_DO_IT.
     let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let server: u32 = fs::read_to_string(format!("/sys/block/{name}/pid"))?.trim().parse().context("nbd pid")?;
+    let tid: u32 = fs::read_to_string(format!("/sys/block/{name}/pid"))?.trim().parse().context("nbd pid")?;
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).context("the nbd thread's status")?;
+    let server: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Tgid in the nbd thread's status")?;
     if server != pid {
         stack.record_process(server, "qemu-nbd server")?;
     }

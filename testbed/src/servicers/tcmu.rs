@@ -31,9 +31,13 @@ fn targetcli(stack: &Stack, args: &str) -> Result<String> {
 /// tcmu-runner registers its handlers on the system bus; a guest has none
 /// running, so one is started for the stack (and stopped with it).
 fn ensure_system_bus(stack: &mut Stack) -> Result<()> {
-    if Path::new("/run/dbus/system_bus_socket").exists() {
+    let socket = Path::new("/run/dbus/system_bus_socket");
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Ok(());
     }
+    // A bus an earlier stack started and stopped leaves its socket and pid files.
+    let _ = fs::remove_file(socket);
+    let _ = fs::remove_file("/run/dbus/pid");
     fs::create_dir_all("/run/dbus")?;
     let out = run(Command::new("dbus-daemon").args(["--system", "--fork", "--print-pid"]), CMD_TIMEOUT)?;
     let pid: u32 = out.trim().parse().context("dbus-daemon printed no pid")?;
@@ -44,17 +48,6 @@ fn ensure_system_bus(stack: &mut Stack) -> Result<()> {
 fn backstore_dir(name: &str) -> Option<PathBuf> {
     fs::read_dir(CONFIGFS).ok()?.flatten().map(|e| e.path().join(name)).find(|p| {
         p.is_dir() && p.parent().and_then(|h| h.file_name()).is_some_and(|h| h.to_string_lossy().starts_with("user_"))
-    })
-}
-
-/// The SCSI disk whose VPD unit serial is the backstore's.
-fn disk_with_serial(serial: &str) -> Option<PathBuf> {
-    fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let page = fs::read(e.path().join("device/vpd_pg80")).ok()?;
-        // Page 0x80: 4 header bytes, then the serial.
-        let got = String::from_utf8_lossy(page.get(4..)?).trim_matches(char::from(0)).trim().to_owned();
-        (got == serial).then(|| PathBuf::from("/dev").join(name))
     })
 }
 
@@ -97,15 +90,23 @@ pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
     stack.ledger.add(Item::Tcmu { backstore: name.clone(), loopback_wwn: Some(wwn.clone()) })?;
     targetcli(stack, &format!("/loopback/{wwn}/luns create /backstores/user:zbc/{name}"))?;
 
-    let serial = fs::read_to_string(dir.join("wwn/vpd_unit_serial"))?;
-    let serial = serial.rsplit(':').next().unwrap_or_default().trim().to_owned();
+    // The disk sits at the SCSI address tcm_loop reports for the target, LUN 0.
+    let address = fs::read_to_string(format!("/sys/kernel/config/target/loopback/{wwn}/tpgt_1/address"))
+        .context("the loopback target's SCSI address")?;
+    let block = PathBuf::from(format!("/sys/bus/scsi/devices/{}:0/block", address.trim()));
     let mut disk = None;
+    // sd probes a zoned disk with REPORT ZONES, each answered in userspace:
+    // slow under emulation.
     wait_until(
         "the tcmu SCSI disk did not appear",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || Ok(()),
         || {
-            disk = disk_with_serial(&serial);
+            disk = fs::read_dir(&block)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| PathBuf::from("/dev").join(e.file_name()));
             disk.is_some()
         },
     )?;
