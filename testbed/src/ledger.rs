@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 const FILE: &str = "ledger";
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+const DM_REMOVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A process blocked in an uninterruptible wait dies on SIGKILL only once
 /// that wait ends (a FUSE abort or a device failure ends it); under
 /// emulation that takes a while.
@@ -145,11 +146,40 @@ impl Ledger {
     pub fn undo_all(&mut self) -> Vec<anyhow::Error> {
         let mut errs = Vec::new();
         while let Some(item) = self.items.pop() {
-            if let Err(e) = undo(&item) {
+            let mut r = undo(&item);
+            // An unmount (or a dm removal, which flushes) that cannot finish
+            // waits on I/O the servicer will never complete (it is dead or
+            // deadlocked): fail that I/O at the device below, and retry.
+            if r.is_err() && matches!(item, Item::Mount(_) | Item::Dm(_)) {
+                for below in &self.items {
+                    if let Err(e) = fail_pending_io(below) {
+                        errs.push(e.context(format!("failing the I/O of `{}`", below.encode())));
+                    }
+                }
+                r = undo(&item);
+            }
+            if let Err(e) = r {
                 errs.push(e.context(format!("undoing `{}`", item.encode())));
             }
         }
         errs
+    }
+}
+
+/// Makes the I/O waiting on a servicer fail now: a tcmu backstore's ring is
+/// reset with a hard error for every command in it, an nbd device is
+/// disconnected. Other items have nothing pending of their own.
+fn fail_pending_io(item: &Item) -> Result<()> {
+    match item {
+        Item::Tcmu { backstore, loopback_wwn: None } => crate::servicers::tcmu::fail_pending(backstore),
+        Item::Nbd(dev) => {
+            let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if Path::new(&format!("/sys/block/{name}/pid")).exists() {
+                run(Command::new("nbd-client").arg("-d").arg(dev), CMD_TIMEOUT)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -189,7 +219,10 @@ fn undo(item: &Item) -> Result<()> {
         Item::Dm(name) => {
             // Asked of the kernel: without udev the /dev/mapper node may be missing.
             if run(Command::new("dmsetup").args(["info", name]), CMD_TIMEOUT).is_ok() {
-                run(Command::new("dmsetup").args(["remove", "--force", "--retry", name]), CMD_TIMEOUT)?;
+                // Removal flushes (dm-zoned writes its metadata), and once the
+                // servicer is gone each of those writes fails only when its
+                // command times out: allow for a few.
+                run(Command::new("dmsetup").args(["remove", "--force", "--retry", name]), DM_REMOVE_TIMEOUT)?;
             }
             // Without udev the node stays; mknodes drops a node whose device is gone.
             run(Command::new("dmsetup").args(["mknodes", name]), CMD_TIMEOUT).map(drop)

@@ -125,10 +125,24 @@ fn zoned(stack: &mut Stack, disk: &Path) -> Result<PathBuf> {
     }
     let name = format!("dmz-{short}");
     let dmzadm = super::tool("dm-zoned-tools/usr/sbin/dmzadm")?;
-    run(Command::new(&dmzadm).args(["--format", "--force"]).arg(disk), Duration::from_secs(120))?;
+    // dmzadm wants the device right after the operation, options after it.
+    // Few sequential zones are kept for reclaim: the disks here are small.
+    run(Command::new(&dmzadm).arg("--format").arg(disk).args(["--force", "--seq=2"]), Duration::from_secs(120))?;
     stack.ledger.add(Item::Dm(name.clone()))?;
     run(Command::new(&dmzadm).arg("--start").arg(disk), Duration::from_secs(60))?;
     super::dm::mknodes(&name)
+}
+
+/// Fails every command waiting in the backstore's ring (level 2: a hard
+/// CHECK CONDITION), which is what frees a stack whose handler died.
+pub(crate) fn fail_pending(backstore: &str) -> Result<()> {
+    if let Some(dir) = backstore_dir(backstore) {
+        fs::write(dir.join("action/reset_ring"), "2").context("resetting the tcmu ring")?;
+        // Commands that come later (a flush on removal) then time out at
+        // once; a kernel that refuses the change keeps its 10 s.
+        let _ = fs::write(dir.join("attrib/cmd_time_out"), "1");
+    }
+    Ok(())
 }
 
 /// Deletes the loopback target and the backstore (tcmu-runner is stopped
