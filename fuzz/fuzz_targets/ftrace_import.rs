@@ -6,7 +6,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use probe_common::events::{EventKind, ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent};
+use probe_common::events::{
+    DirtyThrottleEvent, EventKind, OomVictimEvent, ReclaimEvent, ReclaimWriteEvent, ShrinkerEvent, WritebackWaitEvent,
+};
 use reclaimscope::flags::GfpNames;
 use reclaimscope::postmortem::ftrace::import;
 
@@ -21,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
             EventKind::Shrinker => size_of::<ShrinkerEvent>(),
             EventKind::WritebackWait => size_of::<WritebackWaitEvent>(),
             EventKind::ReclaimWrite => size_of::<ReclaimWriteEvent>(),
+            EventKind::OomVictim => size_of::<OomVictimEvent>(),
+            EventKind::DirtyThrottle => size_of::<DirtyThrottleEvent>(),
         };
         assert_eq!(bytes.len(), size);
     }

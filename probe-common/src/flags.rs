@@ -9,6 +9,8 @@ pub const GFP_IO: u32 = 0x40;
 pub const GFP_FS: u32 = 0x80;
 pub const GFP_DIRECT_RECLAIM: u32 = 0x400;
 
+/// An io_uring io-wq worker (PF_IO_WORKER, 5.12+), named `iou-wrk-<creator>`.
+pub const PF_IO_WORKER: u32 = 0x0000_0010;
 pub const PF_MEMALLOC: u32 = 0x0000_0800;
 pub const PF_KSWAPD: u32 = 0x0002_0000;
 pub const PF_MEMALLOC_NOFS: u32 = 0x0004_0000;

@@ -170,6 +170,15 @@ fn synthetic_tcmu_and_ublk() {
 
     let server = t.servicer_by_tgid(1000).expect("ublk server holds /dev/ublkc0");
     assert_eq!((server.kind, server.serves, server.protection), (ServicerKind::Ublk, ublk, Protection::IoFlusher));
+    // Judged by the queue thread (waiting on its io_uring) and its io-wq
+    // worker; the main thread and the control ring's worker are bare.
+    assert_eq!(server.threads.len(), 4);
+    assert_eq!(server.serving_tids, vec![1001, 1002]);
+    assert!(
+        server.note.as_deref().is_some_and(|n| n.contains("judged by threads 1001, 1002 (queue")),
+        "{:?}",
+        server.note
+    );
     assert!(t.servicer_by_tgid(1100).is_none(), "a non-tcmu uio user is no servicer");
 
     let p = t.path_of(sdb1).unwrap();

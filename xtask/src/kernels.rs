@@ -31,7 +31,7 @@ fn read_lines(path: &Path) -> Vec<Value> {
 fn host_report(obj: &Path) -> Result<()> {
     let dir = report_dir(HOST);
     fs::create_dir_all(&dir)?;
-    let bin = root().join("target/debug/reclaimscope");
+    let bin = root().join("target/release/reclaimscope");
     let probes = std::process::Command::new(&bin).args(["probes", "--json"]).output()?;
     fs::write(dir.join("probes.json"), probes.stdout)?;
     let costs = std::process::Command::new(&bin)
@@ -44,7 +44,7 @@ fn host_report(obj: &Path) -> Result<()> {
     let _ = fs::remove_file(&results);
     exec(
         cargo()
-            .args(["test", "-p", "probe-user", "--test", "detection", "--", "--test-threads=1"])
+            .args(["test", "--release", "-p", "probe-user", "--test", "detection", "--", "--test-threads=1"])
             .env("RECLAIMSCOPE_BPF_OBJ", obj)
             .env("RECLAIMSCOPE_RESULTS", &results),
     )
@@ -204,7 +204,7 @@ fn render(cols: &[Column]) -> String {
 
 pub fn run(kernels: &[&str], measure_host: bool) -> Result<()> {
     run_setup()?;
-    run_build(false)?;
+    run_build(true)?;
     let obj = ebpf_object();
     exec(cargo().args(["build", "-p", "xtask"]))?;
     if measure_host {
@@ -214,7 +214,7 @@ pub fn run(kernels: &[&str], measure_host: bool) -> Result<()> {
         Ok(())
     } else {
         let _lock = testbed::lock()?;
-        vm_suite(kernels, &obj, &SuiteOptions { measure: true })
+        vm_suite(kernels, &obj, &SuiteOptions { measure: true, full: true })
     };
     let mut cols = vec![column(HOST)];
     cols.extend(crate::test::ALL_KERNELS.iter().map(|k| column(k)));

@@ -104,6 +104,12 @@ pub(crate) fn threads(src: &Source, pid: u32) -> Vec<ServicerThread> {
     threads
 }
 
+/// A thread's kernel stack, one function per line (/proc/PID/task/TID/stack:
+/// root only, and printed by the kernel without touching the task's memory).
+pub(crate) fn kernel_stack(src: &Source, pid: u32, tid: u32) -> Option<String> {
+    src.read(&format!("/proc/{pid}/task/{tid}/stack")).ok()
+}
+
 /// A regular file a process holds open.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenFile {

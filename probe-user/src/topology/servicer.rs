@@ -14,7 +14,7 @@ use super::known;
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
 use super::source::Source;
-use probe_common::flags::{PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
+use probe_common::flags::{PF_IO_WORKER, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -167,9 +167,12 @@ pub struct Servicer {
     pub serves_name: String,
     /// Every thread (empty for kernel workers, see `protection`).
     pub threads: Vec<ServicerThread>,
-    /// What all threads have: unprotected when any one is. For kernel loop
-    /// workers, what the driver guarantees per work item (an idle kworker's
-    /// flags say nothing).
+    /// The threads that complete the device's I/O, when only some do (a
+    /// ublk server's queue threads); empty when every thread counts.
+    pub serving_tids: Vec<u32>,
+    /// What all serving threads have: unprotected when any one is. For
+    /// kernel loop workers, what the driver guarantees per work item (an
+    /// idle kworker's flags say nothing).
     pub protection: Protection,
     /// The servicer is a kernel thread (PF_KTHREAD).
     pub kernel: bool,
@@ -202,6 +205,7 @@ impl Servicer {
             serves: d.dev,
             serves_name: d.label(),
             threads: Vec::new(),
+            serving_tids: Vec::new(),
             protection: Protection::NoIo,
             kernel: true,
             confidence: Confidence::Certain { why: "the loop driver completes this device's I/O in its workqueue".into() },
@@ -227,8 +231,14 @@ impl Servicer {
         let main = threads.iter().find(|t| t.tid == pid).or(threads.first())?;
         let kernel = main.flags & PF_KTHREAD != 0;
         let comm = procs::comm(src, pid).unwrap_or_else(|| main.comm.clone());
+        let serving_tids = match kind {
+            ServicerKind::Ublk => ublk_queue_threads(src, pid, &threads),
+            _ => Vec::new(),
+        };
+        let serving: Vec<ServicerThread> =
+            threads.iter().filter(|t| serving_tids.is_empty() || serving_tids.contains(&t.tid)).cloned().collect();
         let protection =
-            threads.iter().map(|t| t.protection).min_by_key(|p| p.strength()).unwrap_or(Protection::Unprotected);
+            serving.iter().map(|t| t.protection).min_by_key(|p| p.strength()).unwrap_or(Protection::Unprotected);
         let data_files = procs::open_files(src, pid)
             .into_iter()
             .filter(|f| f.read_write)
@@ -253,8 +263,20 @@ impl Servicer {
         let recognised = program.as_deref().and_then(known::lookup);
         let remedy = match recognised {
             Some(k) if !protection.is_protected() && !kernel => k.remedy.to_owned(),
-            _ => remedy(kernel, protection, &threads),
+            _ => remedy(kernel, protection, &serving),
         };
+        let mut note = recognised.map(|k| known::note(k, protection));
+        if !serving_tids.is_empty() {
+            let judged = format!(
+                "judged by threads {} (queue threads waiting on their io_uring, and their io-wq workers); \
+                 the other threads complete no I/O",
+                serving_tids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            );
+            note = Some(match note {
+                Some(n) => format!("{n}; {judged}"),
+                None => judged,
+            });
+        }
         Some(Servicer {
             kind,
             tgid: Some(pid),
@@ -263,6 +285,7 @@ impl Servicer {
             serves,
             serves_name,
             threads,
+            serving_tids,
             protection,
             kernel,
             confidence,
@@ -270,9 +293,33 @@ impl Servicer {
             under_mounts: Vec::new(),
             supports: Vec::new(),
             remedy,
-            note: recognised.map(|k| known::note(k, protection)),
+            note,
         })
     }
+}
+
+/// A ublk server's queue threads, which complete the device's I/O: each
+/// waits on its own io_uring for the driver's commands (libublk, ublksrv),
+/// and hands blocking file I/O to io-wq workers the kernel names
+/// `iou-wrk-<creator's tid>` and which inherit the creator's flags. The
+/// main thread and the control ring's worker serve none: libublk sets
+/// PR_SET_IO_FLUSHER in its queue threads only (`init_queue_thread`).
+/// Empty when the stacks cannot be read (not root) or show no waiter: then
+/// every thread counts.
+fn ublk_queue_threads(src: &Source, pid: u32, threads: &[ServicerThread]) -> Vec<u32> {
+    let queues: Vec<u32> = threads
+        .iter()
+        .filter(|t| t.flags & PF_IO_WORKER == 0)
+        .filter(|t| procs::kernel_stack(src, pid, t.tid).is_some_and(|s| s.contains("io_cqring_wait")))
+        .map(|t| t.tid)
+        .collect();
+    let workers = threads.iter().filter(|t| {
+        t.flags & PF_IO_WORKER != 0
+            && t.comm.strip_prefix("iou-wrk-").and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| queues.contains(&c))
+    });
+    let mut tids: Vec<u32> = queues.iter().copied().chain(workers.map(|t| t.tid)).collect();
+    tids.sort_unstable();
+    tids
 }
 
 /// What to change so that reclaim in this servicer cannot recurse.

@@ -119,7 +119,9 @@ fn launch(kernel: &kernels::Kernel, out: &Path, memory: &str, cpus: u32, kvm: bo
     c.arg("--verbose").arg("--exec").arg(exec_line);
     // The console is kept for when the guest fails before running the command.
     let console = File::create(out.join("console"))?;
-    c.current_dir(root()).env("PATH", path_env()).stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
+    // vng runs its sibling virtme-run through PATH.
+    let path = format!("{}:{}", venv().join("bin").display(), path_env());
+    c.current_dir(root()).env("PATH", path).stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
     c.spawn().context("cannot start virtme-ng")
 }
 
