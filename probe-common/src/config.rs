@@ -87,7 +87,14 @@ pub struct TracepointOffsets {
     pub bdp_limit: u32,
     pub bdp_pause: u32,
     pub bdp_cgroup_ino: u32,
-    pub _pad: u32,
+    /// xfs:xfs_ilock / xfs_iunlock
+    pub xfs_lock_dev: u32,
+    pub xfs_lock_ino: u32,
+    pub xfs_lock_flags: u32,
+    /// xfs:xfs_trans_alloc / xfs_trans_dup / xfs_trans_free
+    pub xfs_trans_dev: u32,
+    /// jbd2:jbd2_handle_start / jbd2_handle_stats
+    pub jbd2_dev: u32,
 }
 
 #[repr(C)]
@@ -114,5 +121,5 @@ impl Config {
 user_pod!(Config, TracepointOffsets);
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 48);

@@ -10,12 +10,18 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const STACKS: &str = "STACKS";
 pub const EVENTS: &str = "EVENTS";
 pub const TP_OFFSETS: &str = "TP_OFFSETS";
+pub const UPPER_FS: &str = "UPPER_FS";
+pub const HOLDERS: &str = "HOLDERS";
 
 pub const MAX_SERVICERS: u32 = 4096;
 pub const MAX_BACKING_FILES: u32 = 1024;
 pub const MAX_DEVS: u32 = 1024;
 pub const MAX_TASKS: u32 = 16384;
 pub const MAX_STACKS: u32 = 4096;
+/// Filesystems mounted on stacked devices (UPPER_FS).
+pub const MAX_UPPER_FS: u32 = 1024;
+/// Threads holding something in one of them at once (HOLDERS).
+pub const MAX_HOLDERS: u32 = 4096;
 pub const RING_BYTES: u32 = 1 << 20;
 /// Depth of the per-task filesystem frame stack.
 pub const FS_STACK_DEPTH: usize = 4;
@@ -56,6 +62,33 @@ pub struct DevState {
     pub inflight: i64,
 }
 
+/// HOLDERS value, keyed by tid: what a thread holds now in a filesystem
+/// mounted on a stacked device (UPPER_FS), the other half of a reclaim
+/// cycle: a servicer whose reclaim enters that filesystem waits for these.
+/// The entry exists only while something is held.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolderState {
+    /// The filesystem (s_dev, kernel encoding).
+    pub s_dev: u32,
+    pub tgid: u32,
+    /// XFS inode locks held (xfs_lock_two_inodes() takes two of a kind).
+    pub ilock_excl: u32,
+    pub ilock_shared: u32,
+    /// XFS IOLOCK or MMAPLOCK, either mode.
+    pub iolock: u32,
+    /// XFS transactions allocated and not yet freed.
+    pub trans: u32,
+    /// Open jbd2 handles (nested handles are one).
+    pub handles: u32,
+    pub _pad: u32,
+    /// The inode last locked.
+    pub ino: u64,
+    /// When the thread first held something (bpf_ktime_get_ns).
+    pub since_ns: u64,
+    pub comm: [u8; 16],
+}
+
 /// Indices into the per-CPU COUNTERS array.
 pub mod counter {
     pub const EVENTS_SENT: u32 = 0;
@@ -82,10 +115,13 @@ pub mod counter {
     pub const OOM_KILLS: u32 = 11;
     /// Pauses in balance_dirty_pages(), every task.
     pub const DIRTY_THROTTLES: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// HOLDERS had no room for a new lock holder: that holder is not named.
+    pub const HOLDERS_FULL: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
-user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState);
+user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState, HolderState);
 
 const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DevState>() == 8);
+const _: () = assert!(core::mem::size_of::<HolderState>() == 64);

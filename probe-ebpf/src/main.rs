@@ -8,6 +8,7 @@ mod alloc;
 mod context;
 mod emit;
 mod fs_write;
+mod holders;
 mod maps;
 mod reclaim;
 mod shrinker;

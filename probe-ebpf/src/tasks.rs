@@ -11,13 +11,15 @@ use probe_common::{
 use crate::{
     context::{current, task_ctx},
     emit::emit,
-    maps::{count, tp_offsets, TASKS},
+    maps::{count, tp_offsets, HOLDERS, TASKS},
 };
 
 // TP: sched:sched_process_exit, in the context of the exiting thread.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn tp_sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let _ = TASKS.remove(&current().tid);
+    let tid = current().tid;
+    let _ = TASKS.remove(&tid);
+    let _ = HOLDERS.remove(&tid);
     0
 }
 

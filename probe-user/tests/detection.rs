@@ -49,6 +49,19 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     assert_ne!(h["gfp_raw"].as_u64().unwrap() & 0x80, 0, "__GFP_FS not in {}", h["gfp"]);
     assert!(h["remedy"].as_str().unwrap().contains("PR_SET_IO_FLUSHER"));
     assert!(!h["stack"].as_array().unwrap().is_empty(), "no kernel stack");
+    assert_eq!(h["servicer"]["name"], "qemu-storage-daemon", "the full program name, not the 15-byte comm");
+    // One finding per (rule, process, upper fs): every qsd thread is in it,
+    // counted live; and while the XFS above was busy, someone held its locks.
+    let live: Vec<&Value> = common::final_findings(&lines)
+        .into_iter()
+        .filter(|f| rule(f) == "RS001" && f["servicer"]["tgid"] == qsd)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:#?}");
+    let threads = live[0]["threads"].as_array().unwrap();
+    let sightings: u64 = threads.iter().map(|t| t["count"].as_u64().unwrap()).sum();
+    assert_eq!(sightings + live[0]["threads_folded"].as_u64().unwrap(), live[0]["count"].as_u64().unwrap());
+    let holders = live[0]["holders"].as_array().unwrap();
+    assert!(!holders.is_empty(), "no holder of the upper XFS's locks named: {:#}", live[0]);
     let hooks = common::chosen_families();
     common::record_result(
         "hazard (qsd FUSE, servicer in a 256 MiB memcg)",
@@ -76,7 +89,7 @@ fn real_deadlock_is_flagged_as_it_forms() {
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();
     let start = Instant::now();
-    stack.spawn_writer("data", 512).unwrap();
+    let writer = stack.spawn_writer("data", 512).unwrap();
     let grave = agent.wait_for(Duration::from_secs(90), |v| v["type"] == "finding" && rule(v) == "RS201");
     // Under cgroup v1, memcg reclaim waits on the upper XFS's writeback
     // itself (RS102). Under v2 it never does (writeback_throttling_sane()):
@@ -96,6 +109,12 @@ fn real_deadlock_is_flagged_as_it_forms() {
     assert!(rec["detail"].as_str().unwrap().contains(waited_in), "{}", rec["detail"]);
     let (t_dead, dead) = grave.expect("deadlock not reported within 60 s");
     assert!(!dead["chain"].as_array().unwrap().is_empty(), "no waiting chain");
+    // The other half of the cycle: the writer, holding the upper XFS's
+    // IOLOCK through its write while it waits.
+    let holders = dead["holders"].as_array().unwrap();
+    let w =
+        holders.iter().find(|h| h["tgid"] == writer).unwrap_or_else(|| panic!("writer {writer} not among {dead:#}"));
+    assert!(w["iolock"].as_u64().unwrap() + w["ilock_excl"].as_u64().unwrap() + w["trans"].as_u64().unwrap() > 0);
     println!(
         "hazard at {:.1} s, recursion at {:.1} s, deadlock at {:.1} s after the writer started; hazard lead time {:.1} s",
         (t_hazard - start).as_secs_f64(),

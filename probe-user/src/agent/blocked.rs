@@ -37,7 +37,7 @@ fn stat_of(tid: u32) -> Option<(char, u32)> {
     Some((state, flags))
 }
 
-fn state_of(tid: u32) -> Option<char> {
+pub fn state_of(tid: u32) -> Option<char> {
     stat_of(tid).map(|(s, _)| s)
 }
 

@@ -1,5 +1,6 @@
 //! Mirrors the topology into the kernel's filter maps: servicer tgids,
-//! backing-file inodes and the stacked devices whose I/O is counted. Only
+//! backing-file inodes, the stacked devices whose I/O is counted and the
+//! filesystems mounted on them, whose lock holders are followed. Only
 //! differences are written, so a refresh costs nothing when nothing changed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,9 +15,11 @@ pub struct MapsSync {
     servicers: HashMap<MapData, u32, ServicerInfo>,
     backing: HashMap<MapData, BackingKey, BackingInfo>,
     devs: PerCpuHashMap<MapData, u32, DevState>,
+    upper_fs: HashMap<MapData, u32, u32>,
     cur_servicers: BTreeMap<u32, u32>,
     cur_backing: BTreeMap<(u32, u64), u32>,
     cur_devs: BTreeSet<u32>,
+    cur_upper_fs: BTreeMap<u32, u32>,
 }
 
 /// What a sync changed, for the log.
@@ -25,6 +28,7 @@ pub struct Changes {
     pub servicers: usize,
     pub backing_files: usize,
     pub devices: usize,
+    pub upper_filesystems: usize,
 }
 
 impl Changes {
@@ -60,14 +64,17 @@ impl MapsSync {
         servicers: HashMap<MapData, u32, ServicerInfo>,
         backing: HashMap<MapData, BackingKey, BackingInfo>,
         devs: PerCpuHashMap<MapData, u32, DevState>,
+        upper_fs: HashMap<MapData, u32, u32>,
     ) -> MapsSync {
         MapsSync {
             servicers,
             backing,
             devs,
+            upper_fs,
             cur_servicers: BTreeMap::new(),
             cur_backing: BTreeMap::new(),
             cur_devs: BTreeSet::new(),
+            cur_upper_fs: BTreeMap::new(),
         }
     }
 
@@ -108,7 +115,19 @@ impl MapsSync {
             d += 1;
         }
         self.cur_devs = want_d;
-        Ok(Changes { servicers: s, backing_files: b, devices: d })
+        // A filesystem's s_dev is the device it is mounted from.
+        let want_u: BTreeMap<u32, u32> = self
+            .cur_devs
+            .iter()
+            .filter(|&&dev| topo.mounts.iter().any(|m| m.dev.to_kernel() == dev))
+            .map(|&dev| (dev, dev))
+            .collect();
+        let upper_fs = &mut self.upper_fs;
+        let u = diff(&mut self.cur_upper_fs, want_u, |k, v| match v {
+            Some(v) => upper_fs.insert(k, v, 0).context("UPPER_FS update"),
+            None => upper_fs.remove(&k).context("UPPER_FS remove"),
+        })?;
+        Ok(Changes { servicers: s, backing_files: b, devices: d, upper_filesystems: u })
     }
 
     /// Requests in flight on a stacked device: the sum over CPUs (a request

@@ -2,6 +2,7 @@
 //! of the storage stack current, and runs events through the engine.
 
 pub mod blocked;
+pub mod holders;
 pub mod maps_sync;
 pub mod refresh;
 pub mod run;

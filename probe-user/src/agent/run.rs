@@ -54,7 +54,13 @@ pub struct Summary {
     pub stale_reclaim: u64,
     pub slowpath_entries: u64,
     pub oom_kills: u64,
+    /// Lock holders the kernel could not record (HOLDERS full).
+    pub holders_full: u64,
     pub findings: usize,
+    /// Sightings of findings, repeats included: the live count.
+    pub sightings: u64,
+    /// Distinct findings not kept because the engine holds its maximum.
+    pub findings_folded: u64,
     pub servicers: usize,
     /// The event loop's worst lag since the previous summary (the final
     /// summary: since the start), in ms: how late a 100 ms timer fired,
@@ -69,13 +75,41 @@ pub struct Summary {
     pub discovery_max_ms: f64,
     /// Seconds since the topology in force was discovered (None: not yet).
     pub topology_age_s: Option<f64>,
+    /// Something other than the clocks changed since the previous summary:
+    /// periodic output without news is not printed.
+    pub news: bool,
+}
+
+/// What a periodic summary reports that can be news: everything but the
+/// clocks (elapsed time, loop lag, discovery times, topology age).
+fn news(s: &Summary) -> [u64; 16] {
+    [
+        s.events,
+        s.decode_errors,
+        s.reclaim_direct,
+        s.reclaim_memcg,
+        s.shrinker_calls,
+        s.writeback_waits,
+        s.dropped,
+        s.task_state_full,
+        s.stacks_lost,
+        s.stale_reclaim,
+        s.oom_kills,
+        s.holders_full,
+        s.sightings,
+        s.findings_folded,
+        s.servicers as u64,
+        s.topology_errors,
+    ]
 }
 
 /// Where the loop's output goes.
 pub trait Sink {
     fn event(&mut self, raw: &[u8], ev: &Event, obs: &Observed, stack: &[(u64, String)]) -> Result<()>;
     fn finding(&mut self, f: &Finding) -> Result<()>;
-    fn summary(&mut self, s: &Summary, last: bool) -> Result<()>;
+    /// A summary (every `--summary-every`, and at the end), with every
+    /// finding so far at its live count.
+    fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()>;
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()>;
     /// Called after each batch: the events of one ring-buffer wakeup, or
     /// one round of D-state checks, and the findings they made.
@@ -188,7 +222,8 @@ impl<'a> Loop<'a> {
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kv.kallsyms).to_vec();
         let inflight =
             (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
-        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight };
+        let holders = if ctx.serving_dev != 0 { self.session.holders.current(now_ns()) } else { Default::default() };
+        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, holders };
         self.sink.event(raw, &ev, &obs, &stack)?;
         for f in self.engine.on_event(&ev, &obs) {
             self.sink.finding(&f)?;
@@ -209,6 +244,7 @@ impl<'a> Loop<'a> {
                 now_ns: now_ns(),
                 stack: blocked::kernel_stack(&format!("/proc/{tid}")),
                 chain: blocked::waiting_chain(tid, 12),
+                holders: self.session.holders.current(now_ns()),
             };
             if let Some(f) = self.engine.on_blocked(&b) {
                 self.sink.finding(&f)?;
@@ -232,7 +268,10 @@ impl<'a> Loop<'a> {
         s.stale_reclaim = c.get(counter::STALE_RECLAIM);
         s.slowpath_entries = c.get(counter::SLOWPATH_ENTRIES);
         s.oom_kills = c.get(counter::OOM_KILLS);
+        s.holders_full = c.get(counter::HOLDERS_FULL);
         s.findings = self.engine.findings().len();
+        s.sightings = self.engine.findings().iter().map(|f| f.count).sum();
+        s.findings_folded = self.engine.folded();
         let p = self.refresher.current();
         s.topology_refreshes = p.stats.refreshes;
         s.topology_errors = p.stats.errors;
@@ -263,6 +302,7 @@ impl<'a> Loop<'a> {
             None => None,
         };
         let mut last_summary = Instant::now();
+        let mut last_news = news(&self.summary);
         let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
         let sleep = tokio::time::sleep_until(
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
@@ -301,7 +341,10 @@ impl<'a> Loop<'a> {
                         last_summary = Instant::now();
                         self.refresh_summary();
                         self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
-                        self.sink.summary(&self.summary, false)?;
+                        let now = news(&self.summary);
+                        self.summary.news = now != last_news;
+                        last_news = now;
+                        self.sink.summary(&self.summary, self.engine.findings(), false)?;
                     }
                 }
                 _ = &mut sleep, if deadline.is_some() => break,
@@ -319,6 +362,7 @@ impl<'a> Loop<'a> {
         self.sink.end_batch()?;
         self.refresh_summary();
         self.summary.loop_lag_max_ms = self.lag.overall.as_secs_f64() * 1e3;
-        self.sink.summary(&self.summary, true)
+        self.summary.news = true;
+        self.sink.summary(&self.summary, self.engine.findings(), true)
     }
 }

@@ -9,7 +9,7 @@ use aya::{
 };
 use probe_common::{config::TracepointOffsets, maps as names};
 
-use super::{maps_sync::MapsSync, stacks::Stacks};
+use super::{holders::Holders, maps_sync::MapsSync, stacks::Stacks};
 use crate::{
     attach::{
         config::{self, Built, KernelView},
@@ -74,6 +74,7 @@ pub struct Session {
     pub every: Vec<loader::Attached>,
     pub events: EventStream,
     pub maps: MapsSync,
+    pub holders: Holders,
     pub stacks: Stacks,
     pub counters: Counters,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -141,7 +142,9 @@ impl Session {
             take::<HashMap<_, _, _>>(&mut ebpf, names::SERVICERS)?,
             take::<HashMap<_, _, _>>(&mut ebpf, names::BACKING_FILES)?,
             take::<PerCpuHashMap<_, _, _>>(&mut ebpf, names::DEV_STATE)?,
+            take::<HashMap<_, _, _>>(&mut ebpf, names::UPPER_FS)?,
         );
+        let holders = Holders::new(take::<HashMap<_, _, _>>(&mut ebpf, names::HOLDERS)?);
         let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
         let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
         Ok(Session {
@@ -152,6 +155,7 @@ impl Session {
             every,
             events,
             maps,
+            holders,
             stacks,
             counters,
             logger,

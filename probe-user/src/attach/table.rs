@@ -267,6 +267,40 @@ pub static HOOKS: &[Hook] = &[
         impls: &[full(Tracepoint, &[p("tp_balance_dirty_pages", Tp(&[("writeback", "balance_dirty_pages")]))])],
     },
     Hook {
+        name: "xfs_locks",
+        required: false,
+        degrades: "cycle: findings cannot name the tasks holding XFS inode locks above a servicer",
+        impls: &[full(
+            Tracepoint,
+            &[p("tp_xfs_ilock", Tp(&[("xfs", "xfs_ilock")])), p("tp_xfs_iunlock", Tp(&[("xfs", "xfs_iunlock")]))],
+        )],
+    },
+    Hook {
+        name: "xfs_trans",
+        required: false,
+        degrades: "cycle: findings cannot name the tasks inside XFS transactions above a servicer",
+        impls: &[full(
+            Tracepoint,
+            &[
+                p("tp_xfs_trans_alloc", Tp(&[("xfs", "xfs_trans_alloc")])),
+                p("tp_xfs_trans_dup", Tp(&[("xfs", "xfs_trans_dup")])),
+                p("tp_xfs_trans_free", Tp(&[("xfs", "xfs_trans_free")])),
+            ],
+        )],
+    },
+    Hook {
+        name: "jbd2_handles",
+        required: false,
+        degrades: "cycle: findings cannot name the tasks holding ext4 journal handles above a servicer",
+        impls: &[full(
+            Tracepoint,
+            &[
+                p("tp_jbd2_handle_start", Tp(&[("jbd2", "jbd2_handle_start")])),
+                p("tp_jbd2_handle_stats", Tp(&[("jbd2", "jbd2_handle_stats")])),
+            ],
+        )],
+    },
+    Hook {
         name: "oom_victim",
         required: false,
         degrades: "loss: a servicer killed by the OOM killer is not reported",

@@ -53,12 +53,15 @@ impl Sink for MonitorSink {
         line("finding", f)
     }
 
-    fn summary(&mut self, s: &Summary, last: bool) -> Result<()> {
+    fn summary(&mut self, s: &Summary, _findings: &[Finding], last: bool) -> Result<()> {
         self.metrics.set_reclaim_events("direct", s.reclaim_direct);
         self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
         self.metrics.set_dropped_events(s.dropped);
         self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
-        line(if last { "final_summary" } else { "summary" }, s)
+        if s.news {
+            line(if last { "final_summary" } else { "summary" }, s)?;
+        }
+        Ok(())
     }
 
     fn findings_now(&mut self, findings: &[Finding], now_ns: u64) -> Result<()> {

@@ -108,7 +108,7 @@ impl Sink for Discard {
     fn finding(&mut self, _: &Finding) -> Result<()> {
         Ok(())
     }
-    fn summary(&mut self, _: &Summary, _: bool) -> Result<()> {
+    fn summary(&mut self, _: &Summary, _: &[Finding], _: bool) -> Result<()> {
         Ok(())
     }
     fn topology(&mut self, _: &Topology, _: &StackIndex) -> Result<()> {

@@ -55,7 +55,6 @@ pub struct RecordArgs {
 struct RecordSink {
     writer: TraceWriter,
     kallsyms: Kallsyms,
-    findings: Vec<Finding>,
     /// Findings written since the last fdatasync.
     unsynced_findings: bool,
 }
@@ -87,19 +86,18 @@ impl Sink for RecordSink {
             "[{}] {} {} (pid {} tid {}): {}",
             f.severity.name().to_uppercase(),
             f.rule,
-            f.servicer.comm,
+            f.servicer.name,
             f.servicer.tgid,
             f.servicer.tid,
             f.detail
         );
-        self.findings.push(f.clone());
         Ok(())
     }
 
-    fn summary(&mut self, s: &Summary, last: bool) -> Result<()> {
+    fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()> {
         self.writer.flush()?;
         if last {
-            eprintln!("{}", summary_table(s, &self.findings));
+            eprintln!("{}", summary_table(s, findings));
         }
         Ok(())
     }
@@ -144,8 +142,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
-    let mut sink =
-        RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), findings: Vec::new(), unsynced_findings: false };
+    let mut sink = RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), unsynced_findings: false };
     let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     sink.writer.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)
@@ -249,8 +246,7 @@ mod tests {
             eprintln!("skipped: the root filesystem is not ext4");
             return;
         }
-        let mut sink =
-            RecordSink { writer, kallsyms: Kallsyms::parse(""), findings: Vec::new(), unsynced_findings: false };
+        let mut sink = RecordSink { writer, kallsyms: Kallsyms::parse(""), unsynced_findings: false };
         let trace = SyncTrace::start(ino);
         let (raw, ev) = event();
         for _ in 0..100 {

@@ -42,12 +42,11 @@ pub struct WatchSink {
     gfp: GfpNames,
     t0: Option<u64>,
     memcgs: HashMap<u32, Option<String>>,
-    findings: Vec<Finding>,
 }
 
 impl WatchSink {
     pub fn new(json: bool, all: bool, gfp: GfpNames) -> WatchSink {
-        WatchSink { json, all, gfp, t0: None, memcgs: HashMap::new(), findings: Vec::new() }
+        WatchSink { json, all, gfp, t0: None, memcgs: HashMap::new() }
     }
 }
 
@@ -79,17 +78,23 @@ impl Sink for WatchSink {
         } else {
             stdout::line(finding_block(f))?;
         }
-        self.findings.push(f.clone());
         Ok(())
     }
 
-    fn summary(&mut self, s: &Summary, last: bool) -> Result<()> {
+    fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()> {
+        if !s.news {
+            return Ok(());
+        }
         if self.json {
             let mut v = serde_json::to_value(s)?;
             v["type"] = json!(if last { "final_summary" } else { "summary" });
+            if last {
+                // Every finding at its live count, with all its threads and stacks.
+                v["findings"] = serde_json::to_value(findings)?;
+            }
             stdout::line(v)?;
         } else {
-            stdout::line(summary_table(s, &self.findings))?;
+            stdout::line(summary_table(s, findings))?;
             if s.dropped > 0 {
                 eprintln!("warning: {} events were dropped (ring buffer full)", s.dropped);
             }

@@ -3,16 +3,17 @@
 use std::{
     collections::{hash_map::DefaultHasher, HashMap},
     hash::{Hash, Hasher},
+    sync::Arc,
     time::Duration,
 };
 
 use probe_common::{
     events::{ReclaimKind, TaskCtx},
-    flags::{effective_gfp, GFP_FS, GFP_IO, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC},
+    flags::{effective_gfp, GFP_FS, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC},
 };
 
 use super::{
-    finding::{Finding, FsDesc, ServicerDesc},
+    finding::{Finding, FsDesc, Holder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
     index::{MountRef, StackIndex},
     rules::{self, Rule},
 };
@@ -30,6 +31,9 @@ pub struct Observed {
     /// Requests in flight on the served device (None: not known, as in a
     /// replayed trace or without the upper_io hook).
     pub inflight: Option<i64>,
+    /// Who holds what in each followed filesystem now, by its device
+    /// (empty: not known, as in a replayed trace).
+    pub holders: Arc<[(Dev, Holder)]>,
 }
 
 /// What a pending servicer thread is stuck in.
@@ -67,14 +71,25 @@ pub struct Blocked {
     pub stack: Vec<String>,
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
+    /// Who holds what in the followed filesystems now.
+    pub holders: Arc<[(Dev, Holder)]>,
 }
+
+/// Distinct findings kept; beyond, new ones are counted in `folded`.
+const MAX_FINDINGS: usize = 512;
+
+/// What makes a finding distinct: the rule, the servicer process (0 for
+/// kernel threads, which serve as one), and the filesystem above.
+type Key = (&'static str, u32, Dev);
 
 pub struct Engine {
     index: StackIndex,
     gfp: GfpNames,
     deadlock_after: Duration,
     findings: Vec<Finding>,
-    seen: HashMap<(&'static str, u32, u64), usize>,
+    seen: HashMap<Key, usize>,
+    /// Findings not kept because `MAX_FINDINGS` were.
+    folded: u64,
     pending: HashMap<u32, Pending>,
 }
 
@@ -93,7 +108,15 @@ fn stack_hash(stack: &[String]) -> u64 {
 
 impl Engine {
     pub fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Engine {
-        Engine { index, gfp, deadlock_after, findings: Vec::new(), seen: HashMap::new(), pending: HashMap::new() }
+        Engine {
+            index,
+            gfp,
+            deadlock_after,
+            findings: Vec::new(),
+            seen: HashMap::new(),
+            folded: 0,
+            pending: HashMap::new(),
+        }
     }
 
     /// The topology changed (new loop device, mount, servicer).
@@ -105,8 +128,14 @@ impl Engine {
         &self.index
     }
 
+    /// Every finding so far, with live counts.
     pub fn findings(&self) -> &[Finding] {
         &self.findings
+    }
+
+    /// Distinct findings dropped because the engine kept its maximum.
+    pub fn folded(&self) -> u64 {
+        self.folded
     }
 
     /// Servicer threads inside reclaim or dirty throttling now, with when
@@ -152,12 +181,16 @@ impl Engine {
                     self.pending.insert(ctx.tid, p);
                 }
                 let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
-                let busy = obs.inflight.is_none_or(|n| n > 0);
-                if gfp & (GFP_FS | GFP_IO) != 0 && busy && self.upper_mount(serving).is_some() {
+                let busy = obs.inflight.is_none_or(|n| n > 0) || !self.holders_of(serving, obs).is_empty();
+                // Without __GFP_FS reclaim neither runs filesystem
+                // shrinkers (super_cache_scan) nor waits on file writeback
+                // (may_enter_fs): only swap I/O is left, which reaches the
+                // stack only when swap lives on it.
+                if gfp & GFP_FS != 0 && busy && self.upper_mount(serving).is_some() {
                     let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
                     let detail =
                         format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
-                    out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, serving, gfp, obs, detail, vec![]));
+                    out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, (serving, None), gfp, obs, detail, vec![]));
                 }
             }
             Event::ReclaimEnd(_) => {
@@ -171,7 +204,15 @@ impl Engine {
                 let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
                 if e.data.sb_dev != 0 && can_recurse && self.is_upper(serving, sb) {
                     let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
-                    out.extend(self.report(&rules::SHRINKER_UPPER, &ctx, serving, e.data.gfp, obs, detail, vec![]));
+                    out.extend(self.report(
+                        &rules::SHRINKER_UPPER,
+                        &ctx,
+                        (serving, Some(sb)),
+                        e.data.gfp,
+                        obs,
+                        detail,
+                        vec![],
+                    ));
                 }
             }
             Event::WritebackWait(e) => {
@@ -190,14 +231,30 @@ impl Engine {
                     "folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim",
                     e.data.ino, e.data.index
                 );
-                out.extend(self.report(&rules::WAIT_UPPER_WRITEBACK, &ctx, serving, gfp, obs, detail, vec![]));
+                out.extend(self.report(
+                    &rules::WAIT_UPPER_WRITEBACK,
+                    &ctx,
+                    (serving, Some(dev)),
+                    gfp,
+                    obs,
+                    detail,
+                    vec![],
+                ));
             }
             Event::ReclaimWrite(e) => {
                 let dev = Dev::from_kernel(e.data.dev);
                 if self.is_upper(serving, dev) {
                     let gfp = self.pending.get(&ctx.tid).map(|p| p.gfp).unwrap_or(0);
                     let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
-                    out.extend(self.report(&rules::WRITE_UPPER_FOLIO, &ctx, serving, gfp, obs, detail, vec![]));
+                    out.extend(self.report(
+                        &rules::WRITE_UPPER_FOLIO,
+                        &ctx,
+                        (serving, Some(dev)),
+                        gfp,
+                        obs,
+                        detail,
+                        vec![],
+                    ));
                 }
             }
             Event::DirtyThrottle(e) => {
@@ -215,7 +272,15 @@ impl Engine {
                         e.data.dirty,
                         e.data.limit
                     );
-                    out.extend(self.report(&rules::HAZARD_DIRTY_THROTTLE, &ctx, serving, 0, obs, detail, vec![]));
+                    out.extend(self.report(
+                        &rules::HAZARD_DIRTY_THROTTLE,
+                        &ctx,
+                        (serving, None),
+                        0,
+                        obs,
+                        detail,
+                        vec![],
+                    ));
                 }
                 // A thread already inside reclaim stays pending as such.
                 let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
@@ -253,7 +318,7 @@ impl Engine {
         };
         self.pending.retain(|_, p| p.ctx.tgid != pid);
         let detail = format!("the OOM killer chose {} (pid {pid}), which completes the I/O of {}", s.comm, s.serves);
-        self.report(&rules::SERVICER_OOM_KILLED, &ctx, s.serves, 0, &Observed::default(), detail, vec![])
+        self.report(&rules::SERVICER_OOM_KILLED, &ctx, (s.serves, None), 0, &Observed::default(), detail, vec![])
     }
 
     /// A thread in D state: a deadlock when it is a servicer inside reclaim,
@@ -287,48 +352,77 @@ impl Engine {
             }
         };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
-        let obs = Observed { stack, inflight: None };
+        let obs = Observed { stack, inflight: None, holders: Arc::clone(&b.holders) };
         let mut ctx = p.ctx;
         ctx.ts_ns = b.now_ns;
-        self.report(&rules::BLOCKED_IN_RECLAIM, &ctx, serving, p.gfp, &obs, detail, b.chain.clone())
+        self.report(&rules::BLOCKED_IN_RECLAIM, &ctx, (serving, None), p.gfp, &obs, detail, b.chain.clone())
     }
 
+    /// The holders in the filesystem above `serving`.
+    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<Holder> {
+        let Some(upper) = self.upper_mount(serving) else { return Vec::new() };
+        obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
+    }
+
+    /// Adds one sighting to the finding of (rule, process, upper fs):
+    /// `serving` is the device the servicer serves, `about` the one the
+    /// event names, if any.
+    /// returns it when it is new, None when an existing one was updated or
+    /// the engine is full (counted in `folded`).
     #[allow(clippy::too_many_arguments)]
     fn report(
         &mut self,
         rule: &'static Rule,
         ctx: &TaskCtx,
-        serving: Dev,
+        (serving, about): (Dev, Option<Dev>),
         gfp: u32,
         obs: &Observed,
         detail: String,
         chain: Vec<String>,
     ) -> Option<Finding> {
-        let key = (rule.id, ctx.tid, stack_hash(&obs.stack));
+        // The filesystem the sighting is about: the one whose shrinker,
+        // writeback or folio the event names, else the one right above.
+        let upper = about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
+        let kernel = ctx.task_flags & PF_KTHREAD != 0;
+        let key = (rule.id, if kernel { 0 } else { ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
+        let holders: Vec<Holder> = obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
             f.last_ns = ctx.ts_ns;
+            see_thread(f, ctx);
+            see_stack(f, &obs.stack);
+            if !holders.is_empty() {
+                f.holders = holders;
+            }
+            if !chain.is_empty() {
+                f.chain = chain;
+            }
             return None;
         }
-        let name = comm(ctx);
+        if self.findings.len() >= MAX_FINDINGS {
+            self.folded += 1;
+            return None;
+        }
+        let comm = comm(ctx);
+        let name = self.index.servicer(ctx.tgid).and_then(|s| s.program.clone()).unwrap_or_else(|| comm.clone());
         // Name the block device the upper filesystem sits on: a FUSE
         // daemon serves a FUSE file (0:N) that backs the loop device.
-        let upper = self.upper_mount(serving);
-        let device = upper.map(|m| m.dev).unwrap_or(serving);
+        let device = upper.as_ref().map(|m| m.dev).unwrap_or(serving);
         let backing = self.index.backing_of(device);
-        let f = Finding {
+        let mut f = Finding {
             rule: rule.id.to_owned(),
             severity: rule.severity,
             title: rule.title.to_owned(),
             servicer: ServicerDesc {
-                comm: name.clone(),
+                name: name.clone(),
+                comm,
                 tgid: ctx.tgid,
                 tid: ctx.tid,
                 flags: flags::task_flags(ctx.task_flags),
                 protection: format!("{:?}", protection_of(ctx.task_flags)),
             },
-            upper_fs: upper.map(fs_desc),
+            upper_fs: upper.as_ref().map(fs_desc),
             device: device.to_string(),
             backing_file: backing.map(|b| b.path.clone()),
             lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
@@ -338,15 +432,50 @@ impl Engine {
             upper_inflight: obs.inflight,
             detail,
             stack: obs.stack.clone(),
+            threads: Vec::new(),
+            threads_folded: 0,
+            stacks: Vec::new(),
+            stacks_folded: 0,
+            holders,
             chain,
-            remedy: rules::remedy(&name, ctx.tgid, ctx.task_flags & PF_KTHREAD != 0),
+            remedy: rules::remedy(&name, ctx.tgid, kernel),
             first_ns: ctx.ts_ns,
             last_ns: ctx.ts_ns,
             count: 1,
         };
+        see_thread(&mut f, ctx);
+        see_stack(&mut f, &obs.stack);
         self.seen.insert(key, self.findings.len());
         self.findings.push(f.clone());
         Some(f)
+    }
+}
+
+/// Counts a sighting by `ctx`'s thread, keeping at most `MAX_THREADS`.
+fn see_thread(f: &mut Finding, ctx: &TaskCtx) {
+    if let Some(t) = f.threads.iter_mut().find(|t| t.tid == ctx.tid) {
+        t.count += 1;
+        t.flags_raw = ctx.task_flags;
+    } else if f.threads.len() < MAX_THREADS {
+        f.threads.push(ThreadSeen { tid: ctx.tid, comm: comm(ctx), flags_raw: ctx.task_flags, count: 1 });
+    } else {
+        f.threads_folded += 1;
+    }
+}
+
+/// Counts a sighting of `stack` (by its functions), keeping at most
+/// `MAX_STACKS` distinct ones.
+fn see_stack(f: &mut Finding, stack: &[String]) {
+    if stack.is_empty() {
+        return;
+    }
+    let h = stack_hash(stack);
+    if let Some(s) = f.stacks.iter_mut().find(|s| stack_hash(&s.frames) == h) {
+        s.count += 1;
+    } else if f.stacks.len() < MAX_STACKS {
+        f.stacks.push(StackSeen { frames: stack.to_vec(), count: 1 });
+    } else {
+        f.stacks_folded += 1;
     }
 }
 
@@ -386,7 +515,12 @@ mod tests {
                 BackingEdge { file_dev: Dev { major: 0, minor: 55 }, path: "/srv/fuse.img".into(), backs: LOOP0 },
                 BackingEdge { file_dev: LOOP0, path: "/mnt/upper/img".into(), backs: LOOP1 },
             ],
-            servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), serves: LOOP0 }],
+            servicers: vec![ServicerRef {
+                tgid: 100,
+                comm: "qemu-storage-d".into(),
+                program: Some("qemu-storage-daemon".into()),
+                serves: LOOP0,
+            }],
             below: vec![],
         }
     }
@@ -447,6 +581,7 @@ mod tests {
         Observed {
             stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()],
             inflight: Some(4),
+            holders: Default::default(),
         }
     }
 
@@ -488,15 +623,69 @@ mod tests {
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
+    /// A writer holding the upper XFS's ILOCK and waiting on its buffer's I/O.
+    fn writer() -> Holder {
+        Holder {
+            tid: 200,
+            tgid: 200,
+            comm: "dd".into(),
+            ilock_excl: 1,
+            ilock_shared: 0,
+            iolock: 1,
+            ino: 131,
+            trans: 1,
+            handles: 0,
+            held_ms: 40,
+            blocked_in: Some("xfs_buf_iowait".into()),
+        }
+    }
+
     #[test]
-    fn repeats_are_counted_not_reported_again() {
+    fn one_finding_per_rule_process_and_upper_fs_with_threads_and_stacks() {
         let mut e = engine();
         let ev = begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg);
-        assert_eq!(e.on_event(&ev, &obs()).len(), 1);
+        let f = e.on_event(&ev, &obs());
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].servicer.name.as_str(), f[0].servicer.comm.as_str()),
+            ("qemu-storage-daemon", "qemu-storage-d")
+        );
         assert!(e.on_event(&ev, &obs()).is_empty());
-        assert_eq!(e.findings()[0].count, 2);
-        // Another thread of the same daemon is its own finding.
-        assert_eq!(e.on_event(&begin(102, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).len(), 1);
+        // Another thread of the same daemon, another stack: the same finding.
+        let other = Observed { stack: vec!["shrink_node+0x1".into()], ..obs() };
+        assert!(e.on_event(&begin(102, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &other).is_empty());
+        let f = &e.findings()[0];
+        assert_eq!(f.count, 3);
+        assert_eq!(f.threads.iter().map(|t| (t.tid, t.count)).collect::<Vec<_>>(), vec![(101, 2), (102, 1)]);
+        assert_eq!(f.stacks.iter().map(|s| s.count).collect::<Vec<_>>(), vec![2, 1]);
+        // Thread churn and stack variety are bounded, and counted.
+        for tid in 0..100 {
+            let s = Observed { stack: vec![format!("f{tid}+0x1")], ..obs() };
+            e.on_event(&begin(1000 + tid, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &s);
+        }
+        let f = &e.findings()[0];
+        assert_eq!((f.threads.len(), f.threads_folded), (MAX_THREADS, 102 - MAX_THREADS as u64));
+        assert_eq!((f.stacks.len(), f.stacks_folded), (MAX_STACKS, 102 - MAX_STACKS as u64));
+        assert_eq!(e.findings().len(), 1);
+    }
+
+    #[test]
+    fn gfp_nofs_reclaim_is_not_a_hazard() {
+        // GFP_NOFS|__GFP_HIGHMEM|__GFP_MOVABLE|__GFP_NOFAIL|__GFP_HARDWALL, seen in the demo.
+        let mut e = engine();
+        assert!(e.on_event(&begin(101, 0, 0x108c4a, ReclaimKind::Memcg), &obs()).is_empty());
+        assert_eq!(e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).len(), 1);
+    }
+
+    #[test]
+    fn a_hazard_names_who_holds_what_in_the_upper_fs() {
+        let mut e = engine();
+        let unrelated = Holder { tid: 300, ..writer() };
+        let holders: Arc<[(Dev, Holder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
+        // No request in flight, but a writer holds the upper XFS's locks: busy.
+        let o = Observed { inflight: Some(0), holders, ..obs() };
+        let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &o);
+        assert_eq!(f[0].holders, vec![writer()], "only the XFS on loop0, which the servicer serves");
     }
 
     #[test]
@@ -545,11 +734,13 @@ mod tests {
             now_ns: 9_000,
             stack: vec!["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()],
             chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
+            holders: Arc::from(vec![(LOOP0, writer())]),
         };
         assert!(e.on_blocked(&blocked(3)).is_none());
         let f = e.on_blocked(&blocked(6)).unwrap();
         assert_eq!((f.rule.as_str(), f.severity), ("RS201", Severity::Deadlock));
         assert_eq!(f.chain.len(), 1);
+        assert_eq!(f.holders, vec![writer()]);
         assert!(f.detail.contains("7:0"));
         // Once the thread leaves reclaim it is no longer a candidate.
         e.on_event(&end(101), &obs());
@@ -588,6 +779,7 @@ mod tests {
             now_ns: 9_000,
             stack: vec![format!("{top}+0x5"), "vfs_write+0x9".into()],
             chain: vec![],
+            holders: Default::default(),
         }
     }
 

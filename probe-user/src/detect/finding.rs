@@ -1,5 +1,6 @@
-//! What the agent reports: one finding per (rule, servicer thread, stack),
-//! counted on repeat.
+//! What the agent reports: one finding per (rule, servicer process, upper
+//! filesystem), counted on repeat, with the threads and distinct kernel
+//! stacks that made it. Findings hold raw values; `output/` renders them.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +27,60 @@ impl Severity {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicerDesc {
+    /// The program's full name (/proc/PID/exe), where the topology knows
+    /// it; else the comm.
+    #[serde(default)]
+    pub name: String,
     pub comm: String,
     pub tgid: u32,
+    /// The first thread seen (all of them: `Finding::threads`).
     pub tid: u32,
     /// task_struct.flags as decoded PF_* names.
     pub flags: String,
     pub protection: String,
+}
+
+/// One servicer thread that made the finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSeen {
+    pub tid: u32,
+    pub comm: String,
+    /// task_struct.flags when last seen.
+    pub flags_raw: u32,
+    pub count: u64,
+}
+
+/// One distinct kernel stack (by function names) and how often it was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSeen {
+    pub frames: Vec<String>,
+    pub count: u64,
+}
+
+/// A task holding something in the upper filesystem when the finding was
+/// last seen: what the servicer's reclaim would wait for inside that
+/// filesystem, and, when it is blocked itself, what it waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    /// XFS inode locks held, by kind.
+    pub ilock_excl: u32,
+    pub ilock_shared: u32,
+    /// XFS IOLOCK or MMAPLOCK, either mode.
+    pub iolock: u32,
+    /// The inode it locked last (0: none).
+    pub ino: u64,
+    /// XFS transactions open.
+    pub trans: u32,
+    /// jbd2 handles open.
+    pub handles: u32,
+    /// How long it has held something, in ms.
+    pub held_ms: u64,
+    /// Where it is blocked (D state) now: the innermost storage function
+    /// on its kernel stack. None: running or sleeping elsewhere.
+    pub blocked_in: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +107,23 @@ pub struct Finding {
     /// Requests in flight on the device when seen (None: not known).
     pub upper_inflight: Option<i64>,
     pub detail: String,
+    /// The first kernel stack seen (all distinct ones: `stacks`).
     pub stack: Vec<String>,
+    /// Every servicer thread that made it, at most `MAX_THREADS`.
+    #[serde(default)]
+    pub threads: Vec<ThreadSeen>,
+    /// Sightings by threads beyond `MAX_THREADS`.
+    #[serde(default)]
+    pub threads_folded: u64,
+    /// Distinct kernel stacks, at most `MAX_STACKS`.
+    #[serde(default)]
+    pub stacks: Vec<StackSeen>,
+    /// Sightings whose stack was new beyond `MAX_STACKS`.
+    #[serde(default)]
+    pub stacks_folded: u64,
+    /// Who holds what in the upper filesystem, when last seen.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
     /// Deadlock: the tasks waiting on the servicer, up the stack.
     pub chain: Vec<String>,
     pub remedy: String,
@@ -66,3 +131,8 @@ pub struct Finding {
     pub last_ns: u64,
     pub count: u64,
 }
+
+/// Bounds on what one finding keeps: a daemon's thread churn (qemu and
+/// libfuse start and stop workers) must not grow it without end.
+pub const MAX_THREADS: usize = 32;
+pub const MAX_STACKS: usize = 8;

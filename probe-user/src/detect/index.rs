@@ -29,6 +29,9 @@ pub struct BackingEdge {
 pub struct ServicerRef {
     pub tgid: u32,
     pub comm: String,
+    /// The executable's full name (comm is cut at 15 bytes).
+    #[serde(default)]
+    pub program: Option<String>,
     pub serves: Dev,
 }
 
@@ -68,6 +71,7 @@ impl StackIndex {
                 .map(|(tgid, serves)| ServicerRef {
                     tgid,
                     comm: t.servicer_by_tgid(tgid).map(|s| s.comm.clone()).unwrap_or_default(),
+                    program: t.servicer_by_tgid(tgid).and_then(|s| s.program.clone()),
                     serves,
                 })
                 .collect(),
@@ -151,7 +155,7 @@ mod tests {
                 BackingEdge { file_dev: d(0, 50), path: "/t/fuse.img".into(), backs: d(7, 0) },
                 BackingEdge { file_dev: d(7, 0), path: "/t/l0/img".into(), backs: d(7, 1) },
             ],
-            servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), serves: d(7, 0) }],
+            servicers: vec![ServicerRef { tgid: 100, comm: "qemu-storage-d".into(), program: None, serves: d(7, 0) }],
             below: vec![],
         }
     }

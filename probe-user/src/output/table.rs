@@ -4,7 +4,10 @@
 use prettytable::{format, row, Table};
 
 use super::view::EventView;
-use crate::{agent::run::Summary, detect::finding::Finding};
+use crate::{
+    agent::run::Summary,
+    detect::finding::{Finding, Holder},
+};
 
 pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
 
@@ -24,9 +27,10 @@ pub fn finding_block(f: &Finding) -> String {
         d.as_ref().map(|d| format!("{} on {} ({})", d.fs_type, d.mount_point, d.dev)).unwrap_or_else(|| "-".into())
     };
     let s = &f.servicer;
+    let threads = f.threads.iter().map(|t| t.tid.to_string()).collect::<Vec<_>>().join(", ");
     t.add_row(row![
         "servicer",
-        format!("{} pid {} tid {} flags {} ({})", s.comm, s.tgid, s.tid, s.flags, s.protection)
+        format!("{} pid {} threads {threads} flags {} ({})", s.name, s.tgid, s.flags, s.protection)
     ]);
     t.add_row(row!["upper fs", fs(&f.upper_fs)]);
     t.add_row(row!["device", &f.device]);
@@ -43,11 +47,37 @@ pub fn finding_block(f: &Finding) -> String {
     if !f.stack.is_empty() {
         t.add_row(row!["stack", f.stack.iter().take(16).cloned().collect::<Vec<_>>().join("\n")]);
     }
+    if !f.holders.is_empty() {
+        t.add_row(row!["holders", f.holders.iter().take(8).map(holder_line).collect::<Vec<_>>().join("\n")]);
+    }
     if !f.chain.is_empty() {
         t.add_row(row!["waiting", f.chain.join("\n")]);
     }
     t.add_row(row!["remedy", &f.remedy]);
-    format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.comm, f.title, t)
+    format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.name, f.title, t)
+}
+
+/// "dd[812] ILOCK_EXCL on inode 131, 1 XFS transaction, for 40 ms; blocked in xfs_buf_iowait"
+pub fn holder_line(h: &Holder) -> String {
+    let mut what = Vec::new();
+    let on = if h.ino != 0 { format!(" on inode {}", h.ino) } else { String::new() };
+    if h.ilock_excl > 0 {
+        what.push(format!("ILOCK_EXCL{on}"));
+    }
+    if h.ilock_shared > 0 {
+        what.push(format!("ILOCK_SHARED{on}"));
+    }
+    if h.iolock > 0 {
+        what.push(format!("IOLOCK/MMAPLOCK{on}"));
+    }
+    if h.trans > 0 {
+        what.push(format!("{} XFS transaction(s)", h.trans));
+    }
+    if h.handles > 0 {
+        what.push("a jbd2 handle".into());
+    }
+    let blocked = h.blocked_in.as_ref().map(|b| format!("; blocked in {b}")).unwrap_or_default();
+    format!("{}[{}] {}, for {} ms{blocked}", h.comm, h.tid, what.join(", "), h.held_ms)
 }
 
 pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
@@ -68,10 +98,21 @@ pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
     if !findings.is_empty() {
         let mut f = Table::new();
         f.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-        f.set_titles(row!["severity", "rule", "servicer", "pid", "tid", "count", "upper fs"]);
+        f.set_titles(row!["severity", "rule", "servicer", "pid", "threads", "stacks", "count", "upper fs", "holders"]);
         for x in findings {
             let up = x.upper_fs.as_ref().map(|u| format!("{} {}", u.fs_type, u.mount_point)).unwrap_or_default();
-            f.add_row(row![x.severity.name(), x.rule, x.servicer.comm, x.servicer.tgid, x.servicer.tid, x.count, up]);
+            let threads = x.threads.len() as u64 + x.threads_folded.min(1);
+            f.add_row(row![
+                x.severity.name(),
+                x.rule,
+                x.servicer.name,
+                x.servicer.tgid,
+                threads,
+                x.stacks.len(),
+                x.count,
+                up,
+                x.holders.len()
+            ]);
         }
         out.push_str(&f.to_string());
     }

@@ -83,7 +83,7 @@ impl Replay {
     fn event(&mut self, bytes: &[u8]) {
         let Ok(ev) = Event::parse(bytes) else { return };
         let stack = self.stacks.get(&ev.ctx().stack_id).cloned().unwrap_or_default();
-        self.engine.on_event(&ev, &Observed { stack: stack.clone(), inflight: None });
+        self.engine.on_event(&ev, &Observed { stack: stack.clone(), ..Default::default() });
         self.events.push((ev, stack));
     }
 
@@ -132,7 +132,7 @@ impl Replay {
                     })
                     .take(20)
                     .map(|(ev, stack)| {
-                        let obs = Observed { stack: stack.clone(), inflight: None };
+                        let obs = Observed { stack: stack.clone(), ..Default::default() };
                         let t = (ev.ctx().ts_ns as f64 - f.first_ns as f64) / 1e9;
                         (t, EventView::new(ev, &obs, &self.gfp, None))
                     })
@@ -271,6 +271,7 @@ pub fn ftrace_bytes(
             now_ns: until,
             stack: vec![],
             chain: vec![],
+            holders: Default::default(),
         });
     }
     let mut limits = import.limits.clone();

@@ -131,6 +131,16 @@ pub fn findings(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|v| v["type"] == "finding").collect()
 }
 
+/// The findings of `watch --json`'s final summary: each at its live count,
+/// with every thread, stack and the latest holders.
+pub fn final_findings(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "final_summary")
+        .flat_map(|v| v["findings"].as_array().into_iter().flatten())
+        .collect()
+}
+
 /// The hazard scenario: XFS on a loop device on qemu-storage-daemon's FUSE
 /// export on ext4, the daemon in a memory cgroup small enough that it
 /// reclaims. The writer stays outside the cgroup, so the daemon's reclaim
