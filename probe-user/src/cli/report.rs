@@ -35,6 +35,7 @@ fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
 /// Examples:
 ///   reclaimscope report reclaim.trace
 ///   reclaimscope report --json reclaim.trace.1
+///   reclaimscope report -p 4242 reclaim.trace
 ///   reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -42,6 +43,9 @@ pub struct ReportArgs {
     pub file: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Only the findings, servicer and timelines of this process.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pid: Option<u32>,
     #[arg(long, value_enum, default_value = "auto")]
     pub format: InputFormat,
     /// For text captures: PID (or TID) serves the stacked device MAJOR:MINOR (repeatable).
@@ -118,6 +122,10 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
             Err(e) => return Err(e),
         },
     };
+    let mut report = report;
+    if let Some(pid) = args.pid {
+        report.keep_process(pid);
+    }
     if args.json {
         stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {

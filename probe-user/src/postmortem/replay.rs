@@ -62,6 +62,20 @@ pub struct Report {
     pub limits: Vec<String>,
 }
 
+impl Report {
+    /// Keeps what concerns process `pid` only (`report -p`). The counts of
+    /// records and events stay those of the whole input.
+    pub fn keep_process(&mut self, pid: u32) {
+        self.findings.retain(|f| f.servicer.tgid == pid);
+        let of_pid = |f: &Value| f["servicer"]["tgid"].as_u64() == Some(pid as u64);
+        self.recorded.retain(of_pid);
+        self.recorded_only.retain(of_pid);
+        self.servicers.retain(|s| s.tgid == pid);
+        let tids: Vec<u32> = self.findings.iter().flat_map(|f| f.threads.iter().map(|t| t.tid)).collect();
+        self.timelines.retain(|t| tids.contains(&t.tid));
+    }
+}
+
 /// Event stream plus what the engine needs, whatever the input format.
 struct Replay {
     engine: Engine,
