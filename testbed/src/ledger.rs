@@ -146,16 +146,21 @@ impl Ledger {
     pub fn undo_all(&mut self) -> Vec<anyhow::Error> {
         let mut errs = Vec::new();
         while let Some(item) = self.items.pop() {
+            let flushes = matches!(item, Item::Mount(_) | Item::Dm(_));
+            // A dm removal flushes (dm-zoned writes its metadata): when a
+            // servicer below is already dead (killed to break a deadlock),
+            // nothing will ever complete that I/O, and a removal waiting on
+            // it sits in D state until every command's timeout and the SCSI
+            // layer's retries run out. Fail the I/O first.
+            if flushes && self.items.iter().any(is_dead_process) {
+                self.fail_pending_below(&mut errs);
+            }
             let mut r = undo(&item);
-            // An unmount (or a dm removal, which flushes) that cannot finish
-            // waits on I/O the servicer will never complete (it is dead or
-            // deadlocked): fail that I/O at the device below, and retry.
-            if r.is_err() && matches!(item, Item::Mount(_) | Item::Dm(_)) {
-                for below in &self.items {
-                    if let Err(e) = fail_pending_io(below) {
-                        errs.push(e.context(format!("failing the I/O of `{}`", below.encode())));
-                    }
-                }
+            // An unmount or dm removal that cannot finish waits on I/O the
+            // servicer will never complete (it is deadlocked): fail that I/O
+            // at the device below, and retry.
+            if r.is_err() && flushes {
+                self.fail_pending_below(&mut errs);
                 r = undo(&item);
             }
             if let Err(e) = r {
@@ -164,6 +169,20 @@ impl Ledger {
         }
         errs
     }
+
+    /// Fails the pending I/O of every item not yet undone.
+    fn fail_pending_below(&self, errs: &mut Vec<anyhow::Error>) {
+        for below in &self.items {
+            if let Err(e) = fail_pending_io(below) {
+                errs.push(e.context(format!("failing the I/O of `{}`", below.encode())));
+            }
+        }
+    }
+}
+
+/// A process the stack started that is no longer running.
+fn is_dead_process(item: &Item) -> bool {
+    matches!(item, Item::Process { pid, start, .. } if !(start_time(*pid) == Some(*start) && pid_running(*pid)))
 }
 
 /// Makes the I/O waiting on a servicer fail now: a tcmu backstore's ring is
