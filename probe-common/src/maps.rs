@@ -62,10 +62,14 @@ pub struct DevState {
     pub inflight: i64,
 }
 
-/// HOLDERS value, keyed by tid: what a thread holds now in a filesystem
-/// mounted on a stacked device (UPPER_FS), the other half of a reclaim
-/// cycle: a servicer whose reclaim enters that filesystem waits for these.
-/// The entry exists only while something is held.
+/// HOLDERS value, keyed by tid: what a thread holds in a filesystem mounted
+/// on a stacked device (UPPER_FS), the other half of a reclaim cycle: a
+/// servicer whose reclaim enters that filesystem waits for these. When the
+/// thread lets go of everything the entry stays, marked `released_ns`, so
+/// a busy filesystem's lock holders are seen even between snapshots (and
+/// the hot path updates in place instead of inserting and deleting); the
+/// agent deletes entries released long ago, and the kernel those of threads
+/// that exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HolderState {
@@ -81,12 +85,24 @@ pub struct HolderState {
     pub trans: u32,
     /// Open jbd2 handles (nested handles are one).
     pub handles: u32,
-    pub _pad: u32,
+    /// What it held since `since_ns` (`held::*` bits): kept when released.
+    pub kinds: u32,
     /// The inode last locked.
     pub ino: u64,
-    /// When the thread first held something (bpf_ktime_get_ns).
+    /// When the thread started holding something (bpf_ktime_get_ns).
     pub since_ns: u64,
+    /// When it last let go of everything (0: it holds something now).
+    pub released_ns: u64,
     pub comm: [u8; 16],
+}
+
+/// Bits of `HolderState::kinds`.
+pub mod held {
+    pub const ILOCK_EXCL: u32 = 1 << 0;
+    pub const ILOCK_SHARED: u32 = 1 << 1;
+    pub const IOLOCK: u32 = 1 << 2;
+    pub const TRANS: u32 = 1 << 3;
+    pub const HANDLE: u32 = 1 << 4;
 }
 
 /// Indices into the per-CPU COUNTERS array.
@@ -124,4 +140,4 @@ user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState, HolderState);
 
 const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DevState>() == 8);
-const _: () = assert!(core::mem::size_of::<HolderState>() == 64);
+const _: () = assert!(core::mem::size_of::<HolderState>() == 72);

@@ -4,14 +4,15 @@
 //! holder waiting on I/O to the stacked device waits for the servicer: the
 //! two halves of the cycle. State only, no events: the agent reads HOLDERS
 //! when it reports a finding. For any other filesystem a call costs one
-//! UPPER_FS lookup.
+//! UPPER_FS lookup; in a followed one, an update in place of the thread's
+//! entry (inserted once per thread).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use probe_common::maps::{counter, HolderState};
+use probe_common::maps::{counter, held, HolderState};
 
 use crate::{
     context::current,
@@ -39,9 +40,16 @@ fn followed_fs(ctx: &TracePointContext, dev_off: u32) -> Option<u32> {
 fn acquire(s_dev: u32, ino: u64, add: impl FnOnce(&mut HolderState)) {
     let cur = current();
     if let Some(h) = HOLDERS.get_ptr_mut(&cur.tid) {
-        // SAFETY: this thread's own entry; only this thread writes it.
+        // SAFETY: this thread's own entry; only this thread writes it (the
+        // agent only deletes entries released long ago).
         let h = unsafe { &mut *h };
+        if h.released_ns != 0 {
+            h.released_ns = 0;
+            h.kinds = 0;
+            h.since_ns = unsafe { bpf_ktime_get_ns() };
+        }
         add(h);
+        h.kinds |= kinds_held(h);
         h.s_dev = s_dev;
         if ino != 0 {
             h.ino = ino;
@@ -57,21 +65,39 @@ fn acquire(s_dev: u32, ino: u64, add: impl FnOnce(&mut HolderState)) {
         ..Default::default()
     };
     add(&mut h);
+    h.kinds = kinds_held(&h);
     if HOLDERS.insert(&cur.tid, &h, 0).is_err() {
         count(counter::HOLDERS_FULL);
     }
 }
 
-/// Takes from what the current thread holds; its entry goes when nothing is left.
+/// The `held::*` bits of what `h` holds now.
+#[inline(always)]
+fn kinds_held(h: &HolderState) -> u32 {
+    let bit = |n: u32, b: u32| if n > 0 { b } else { 0 };
+    bit(h.ilock_excl, held::ILOCK_EXCL)
+        | bit(h.ilock_shared, held::ILOCK_SHARED)
+        | bit(h.iolock, held::IOLOCK)
+        | bit(h.trans, held::TRANS)
+        | bit(h.handles, held::HANDLE)
+}
+
+/// Takes from what the current thread holds; when nothing is left the
+/// entry is marked released.
 #[inline(always)]
 fn release(sub: impl FnOnce(&mut HolderState)) {
-    let tid = current().tid;
-    let Some(h) = HOLDERS.get_ptr_mut(&tid) else { return };
+    let Some(h) = HOLDERS.get_ptr_mut(&current().tid) else { return };
     // SAFETY: this thread's own entry; only this thread writes it.
     let h = unsafe { &mut *h };
     sub(h);
-    if h.ilock_excl == 0 && h.ilock_shared == 0 && h.iolock == 0 && h.trans == 0 && h.handles == 0 {
-        let _ = HOLDERS.remove(&tid);
+    if h.released_ns == 0
+        && h.ilock_excl == 0
+        && h.ilock_shared == 0
+        && h.iolock == 0
+        && h.trans == 0
+        && h.handles == 0
+    {
+        h.released_ns = unsafe { bpf_ktime_get_ns() };
     }
 }
 

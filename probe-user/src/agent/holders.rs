@@ -9,12 +9,17 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use probe_common::maps::HolderState;
+use probe_common::maps::{held, HolderState};
 
 use super::blocked;
 use crate::{detect::finding::Holder, events::decode::cstr, topology::Dev};
 
 const REREAD: Duration = Duration::from_millis(100);
+
+/// Holders that let go longer ago than this are no longer named, and their
+/// entries are deleted (a thread's entry is otherwise kept between its
+/// lock holds).
+const RECENT_NS: u64 = 2_000_000_000;
 
 /// Kernel functions that say what a blocked holder waits on, innermost
 /// first in its stack (a lock, a buffer's I/O, writeback, the journal).
@@ -32,27 +37,44 @@ impl Holders {
         Holders { map, snapshot: Arc::from(Vec::new()), read_at: None }
     }
 
-    /// Who holds what now, by filesystem device; `now_ns` is the kernel's
-    /// monotonic clock.
+    /// Who holds (or just held) what, by filesystem device; `now_ns` is the
+    /// kernel's monotonic clock. Also deletes entries released long ago.
     pub fn current(&mut self, now_ns: u64) -> Arc<[(Dev, Holder)]> {
         if self.read_at.is_none_or(|t| t.elapsed() >= REREAD) {
             self.read_at = Some(Instant::now());
-            let mut all: Vec<(Dev, Holder)> = self
-                .map
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(tid, h)| (Dev::from_kernel(h.s_dev), holder(tid, &h, now_ns)))
-                .collect();
-            // Blocked holders first, then the longest held: the likeliest
-            // other half of a cycle.
-            all.sort_by_key(|(_, h)| (h.blocked_in.is_none(), std::cmp::Reverse(h.held_ms)));
+            let mut all = Vec::new();
+            let mut stale = Vec::new();
+            for (tid, h) in self.map.iter().filter_map(Result::ok) {
+                if h.released_ns != 0 && now_ns.saturating_sub(h.released_ns) > RECENT_NS {
+                    stale.push(tid);
+                } else {
+                    all.push((Dev::from_kernel(h.s_dev), holder(tid, &h, now_ns)));
+                }
+            }
+            for tid in stale {
+                // The thread may have taken a lock again meanwhile: it then
+                // gets a new entry at its next lock.
+                let _ = self.map.remove(&tid);
+            }
+            // Holding now and blocked first, then holding, then the most
+            // recent: the likeliest other half of a cycle.
+            all.sort_by_key(|(_, h)| (h.blocked_in.is_none(), h.released_ms_ago.is_some(), h.released_ms_ago));
             self.snapshot = Arc::from(all);
         }
         Arc::clone(&self.snapshot)
     }
 }
 
+const HELD_NAMES: &[(u32, &str)] = &[
+    (held::ILOCK_EXCL, "ILOCK_EXCL"),
+    (held::ILOCK_SHARED, "ILOCK_SHARED"),
+    (held::IOLOCK, "IOLOCK"),
+    (held::TRANS, "XFS_TRANS"),
+    (held::HANDLE, "JBD2_HANDLE"),
+];
+
 fn holder(tid: u32, h: &HolderState, now_ns: u64) -> Holder {
+    let held_until = if h.released_ns != 0 { h.released_ns } else { now_ns };
     Holder {
         tid,
         tgid: h.tgid,
@@ -63,8 +85,11 @@ fn holder(tid: u32, h: &HolderState, now_ns: u64) -> Holder {
         ino: h.ino,
         trans: h.trans,
         handles: h.handles,
-        held_ms: now_ns.saturating_sub(h.since_ns) / 1_000_000,
-        blocked_in: blocked_in(tid),
+        held: HELD_NAMES.iter().filter(|(b, _)| h.kinds & b != 0).map(|(_, n)| (*n).to_owned()).collect(),
+        held_ms: held_until.saturating_sub(h.since_ns) / 1_000_000,
+        released_ms_ago: (h.released_ns != 0).then(|| now_ns.saturating_sub(h.released_ns) / 1_000_000),
+        // Only a thread holding something now can block the cycle.
+        blocked_in: if h.released_ns == 0 { blocked_in(tid) } else { None },
     }
 }
 

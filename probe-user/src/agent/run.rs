@@ -302,7 +302,8 @@ impl<'a> Loop<'a> {
             None => None,
         };
         let mut last_summary = Instant::now();
-        let mut last_news = news(&self.summary);
+        // The first periodic summary always comes: it says the loop runs.
+        let mut last_news = None;
         let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
         let sleep = tokio::time::sleep_until(
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
@@ -335,13 +336,15 @@ impl<'a> Loop<'a> {
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
                     self.check_blocked()?;
+                    // Also retires holders that let go long ago.
+                    self.session.holders.current(now_ns());
                     self.sink.end_batch()?;
                     self.sink.findings_now(self.engine.findings(), now_ns())?;
                     if last_summary.elapsed() >= opts.summary_every {
                         last_summary = Instant::now();
                         self.refresh_summary();
                         self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
-                        let now = news(&self.summary);
+                        let now = Some(news(&self.summary));
                         self.summary.news = now != last_news;
                         last_news = now;
                         self.sink.summary(&self.summary, self.engine.findings(), false)?;

@@ -635,7 +635,9 @@ mod tests {
             ino: 131,
             trans: 1,
             handles: 0,
+            held: vec!["ILOCK_EXCL".into(), "IOLOCK".into(), "XFS_TRANS".into()],
             held_ms: 40,
+            released_ms_ago: None,
             blocked_in: Some("xfs_buf_iowait".into()),
         }
     }

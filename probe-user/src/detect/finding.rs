@@ -58,8 +58,9 @@ pub struct StackSeen {
 }
 
 /// A task holding something in the upper filesystem when the finding was
-/// last seen: what the servicer's reclaim would wait for inside that
-/// filesystem, and, when it is blocked itself, what it waits on.
+/// last seen, or that let go of it within the last seconds: what the
+/// servicer's reclaim would wait for inside that filesystem, and, when it
+/// is blocked itself, what it waits on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub tid: u32,
@@ -76,8 +77,15 @@ pub struct Holder {
     pub trans: u32,
     /// jbd2 handles open.
     pub handles: u32,
-    /// How long it has held something, in ms.
+    /// What it held since it started holding: ILOCK_EXCL, ILOCK_SHARED,
+    /// IOLOCK (or MMAPLOCK), XFS_TRANS, JBD2_HANDLE.
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// How long it has held something (or held it, when released), in ms.
     pub held_ms: u64,
+    /// It let go of everything this many ms ago (None: it holds it now).
+    #[serde(default)]
+    pub released_ms_ago: Option<u64>,
     /// Where it is blocked (D state) now: the innermost storage function
     /// on its kernel stack. None: running or sleeping elsewhere.
     pub blocked_in: Option<String>,

@@ -57,27 +57,15 @@ pub fn finding_block(f: &Finding) -> String {
     format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.name, f.title, t)
 }
 
-/// "dd[812] ILOCK_EXCL on inode 131, 1 XFS transaction, for 40 ms; blocked in xfs_buf_iowait"
+/// "dd[812] IOLOCK, ILOCK_EXCL on inode 131, holding for 40 ms; blocked in xfs_buf_iowait"
 pub fn holder_line(h: &Holder) -> String {
-    let mut what = Vec::new();
     let on = if h.ino != 0 { format!(" on inode {}", h.ino) } else { String::new() };
-    if h.ilock_excl > 0 {
-        what.push(format!("ILOCK_EXCL{on}"));
-    }
-    if h.ilock_shared > 0 {
-        what.push(format!("ILOCK_SHARED{on}"));
-    }
-    if h.iolock > 0 {
-        what.push(format!("IOLOCK/MMAPLOCK{on}"));
-    }
-    if h.trans > 0 {
-        what.push(format!("{} XFS transaction(s)", h.trans));
-    }
-    if h.handles > 0 {
-        what.push("a jbd2 handle".into());
-    }
+    let when = match h.released_ms_ago {
+        Some(ago) => format!("held {} ms, let go {ago} ms ago", h.held_ms),
+        None => format!("holding for {} ms", h.held_ms),
+    };
     let blocked = h.blocked_in.as_ref().map(|b| format!("; blocked in {b}")).unwrap_or_default();
-    format!("{}[{}] {}, for {} ms{blocked}", h.comm, h.tid, what.join(", "), h.held_ms)
+    format!("{}[{}] {}{on}, {when}{blocked}", h.comm, h.tid, h.held.join(", "))
 }
 
 pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
