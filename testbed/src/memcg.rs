@@ -113,6 +113,17 @@ impl Memcg {
         Ok(())
     }
 
+    /// Removes the limit: what an operator does to break a deadlock that
+    /// the limit made (reclaim and dirty throttling in it then end).
+    pub fn lift(&self) -> Result<()> {
+        let (file, value) = match self.hierarchy {
+            Hierarchy::V2 => ("memory.max", "max"),
+            Hierarchy::V1 => ("memory.limit_in_bytes", "-1"),
+        };
+        let limit = self.path.join(file);
+        fs::write(&limit, value).with_context(|| format!("writing {}", limit.display()))
+    }
+
     /// What the kernel says the limit did, for tests to prove that pressure
     /// really happened.
     pub fn pressure(&self) -> Pressure {
