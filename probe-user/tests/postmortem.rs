@@ -25,9 +25,7 @@ fn key_set(findings: &Value) -> BTreeSet<(String, u64)> {
 
 #[test]
 fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
-    if !testbed::require_root("recorded_hazard_replays_to_the_live_findings_and_survives_damage") {
-        return;
-    }
+    testbed::require_root("recorded_hazard_replays_to_the_live_findings_and_survives_damage");
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("hazard.trace");
     let (_lock, mut stack) = common::hazard_stack("record");
@@ -80,9 +78,7 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
 
 #[test]
 fn rotation_bounds_disk_use() {
-    if !testbed::require_root("rotation_bounds_disk_use") {
-        return;
-    }
+    testbed::require_root("rotation_bounds_disk_use");
     let _lock = testbed::lock().unwrap();
     let memcg = testbed::Memcg::create("rotate", 64).unwrap();
     // On a disk filesystem: the writer's page cache must be reclaimable
