@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use reclaimscope::events::decode::Event;
-use reclaimscope::flags::GfpNames;
+use reclaimscope::names::GfpNames;
 use reclaimscope::postmortem::ftrace::import;
 
 static GFP: OnceLock<GfpNames> = OnceLock::new();

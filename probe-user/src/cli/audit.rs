@@ -3,7 +3,7 @@
 //! the filesystem above it. Needs no BPF; works without root as far as
 //! /proc lets it.
 
-use crate::flags::task_flags;
+use crate::names::task_flags;
 use crate::output::stdout;
 use crate::topology::{capture, Dev, Extra, Servicer, StackPath, Topology};
 use anyhow::Result;

@@ -20,8 +20,8 @@ use crate::{
     },
     detect::{engine::Engine, engine::Observed, finding::Finding, index::StackIndex},
     events::decode::Event,
-    flags::GfpNames,
     kernel::preflight,
+    names::GfpNames,
     output::stdout,
     topology::{Extra, Topology},
 };

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     events::decode::{comm, cstr, wait_dev, Event},
-    flags::{self, GfpNames},
+    names::{self, GfpNames},
     topology::{protection_of, Dev},
 };
 
@@ -325,7 +325,7 @@ impl Engine {
                 comm: name.clone(),
                 tgid: ctx.tgid,
                 tid: ctx.tid,
-                flags: flags::task_flags(ctx.task_flags),
+                flags: names::task_flags(ctx.task_flags),
                 protection: format!("{:?}", protection_of(ctx.task_flags)),
             },
             upper_fs: upper.map(fs_desc),

@@ -18,7 +18,7 @@ use probe_common::events::{
 };
 
 use crate::events::decode::Event;
-use crate::flags::GfpNames;
+use crate::names::GfpNames;
 use crate::trace::SymbolRecord;
 
 /// What a capture gave.

@@ -15,7 +15,7 @@ use crate::{
         index::{MountRef, StackIndex},
     },
     events::decode::Event,
-    flags::GfpNames,
+    names::GfpNames,
     output::view::EventView,
     topology::Dev,
     trace::{Record, TraceReader},

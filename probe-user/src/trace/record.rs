@@ -27,7 +27,7 @@ pub struct TraceHeader {
     pub attach: Value,
     /// The recording kernel's GFP name table as it printed it: its
     /// `events/vmscan/mm_vmscan_direct_reclaim_begin/format` file (or just
-    /// that file's `print fmt:` line), which `flags::GfpNames::parse_format`
+    /// that file's `print fmt:` line), which `names::GfpNames::parse_format`
     /// reads. With it a report on another kernel names gfp masks as the
     /// recording kernel did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
