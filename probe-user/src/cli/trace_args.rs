@@ -9,7 +9,7 @@ use super::secs;
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{Loop, RunOptions, Sink},
+        run::{EventLoop, RunOptions, Sink},
         session::{KernelPaths, Session, SessionOptions},
     },
     attach::table::Family,
@@ -155,7 +155,7 @@ impl TraceArgs {
     ) -> Result<crate::agent::run::Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
         let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
-        let mut l = Loop::new(session, engine, sink, refresher);
+        let mut l = EventLoop::new(session, engine, sink, refresher);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,

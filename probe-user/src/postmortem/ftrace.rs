@@ -3,10 +3,11 @@
 //! output of `trace-cmd report`.
 //!
 //! The reclaim, shrinker and writeback lines become the same typed events the
-//! kernel programs' bytes decode to, so the report replays them through the same decoder and rules as a recorded
-//! trace. What such a capture cannot hold is listed in [`Import::limits`].
+//! kernel programs' bytes decode to, so the report replays them through the
+//! same rules as a recorded trace. What such a capture cannot hold is listed
+//! in [`Import::limits`].
 //! `sched_switch` lines whose previous task went to sleep in D state become
-//! [`Blocked`] intervals: they are not kernel events, so they get no fake
+//! [`DStateInterval`]s: they are not kernel events, so they get no fake
 //! event kind.
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,7 +28,7 @@ pub struct Import {
     /// In capture order; `ts_ns` is the capture's trace clock.
     pub events: Vec<Event>,
     /// Times a task went to sleep in D state (uninterruptible).
-    pub blocked: Vec<Blocked>,
+    pub blocked: Vec<DStateInterval>,
     /// Names for the `scan_fn` values of shrinker events. The capture prints
     /// the callback's name, not its address, so each name gets a small
     /// capture-local number instead: resolve `scan_fn` through this table,
@@ -45,7 +46,7 @@ pub struct Import {
 
 /// A task switched out in D state, and when it next ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
+pub struct DStateInterval {
     pub ts_ns: u64,
     pub tid: u32,
     /// The capture's TGID column; the thread id when it has none.
@@ -415,7 +416,7 @@ impl<'g> Importer<'g> {
         if state.split('|').any(|s| s == "D") {
             let tgid = if pid == l.tid { l.tgid.unwrap_or(pid) } else { pid };
             self.blocked.insert(pid, self.out.blocked.len());
-            self.out.blocked.push(Blocked { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
+            self.out.blocked.push(DStateInterval { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
         }
         Some(())
     }
