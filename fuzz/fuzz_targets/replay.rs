@@ -16,7 +16,7 @@ use std::{sync::OnceLock, time::Duration};
 use libfuzzer_sys::fuzz_target;
 use reclaimscope::{
     cli::report::render,
-    flags::GfpNames,
+    names::GfpNames,
     postmortem::replay::{self, Report},
     topology::Dev,
     trace::{FORMAT_VERSION, MAGIC},

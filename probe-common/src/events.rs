@@ -1,8 +1,10 @@
 //! Ring-buffer records. Every record is `Event<T>`: a fixed `EventKind` tag,
 //! the task context, then the kind's payload. Kind numbers are part of the
 //! trace-file format: never renumber, never reuse a removed id.
-
-use crate::user_pod;
+//!
+//! The agent reads and writes these bytes only through `bytemuck` (feature
+//! `user`): the derives check that no struct has implicit padding, so every
+//! byte of an event is a field and the cast is safe both ways.
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +60,7 @@ pub const TASK_COMM_LEN: usize = 16;
 /// Who the event happened to, and what stacked I/O that task was doing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TaskCtx {
     pub ts_ns: u64,
     pub tgid: u32,
@@ -76,6 +79,7 @@ pub struct TaskCtx {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Zeroable))]
 pub struct Event<T> {
     pub kind: u32,
     pub _pad: u32,
@@ -85,6 +89,7 @@ pub struct Event<T> {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ReclaimData {
     /// `ReclaimKind`.
     pub reclaim_kind: u32,
@@ -99,6 +104,7 @@ pub struct ReclaimData {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ShrinkerData {
     pub shrinker: u64,
     /// The shrinker's scan_objects callback, symbolized by the agent.
@@ -112,6 +118,7 @@ pub struct ShrinkerData {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct WritebackWaitData {
     /// The bdi's name, e.g. "7:0".
     pub bdi: [u8; 32],
@@ -126,6 +133,7 @@ pub struct WritebackWaitData {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ReclaimWriteData {
     pub dev: u32,
     pub _pad: u32,
@@ -136,6 +144,7 @@ pub struct ReclaimWriteData {
 /// the task whose allocation ran the OOM killer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct OomVictimData {
     pub pid: u32,
     pub _pad: u32,
@@ -146,6 +155,7 @@ pub struct OomVictimData {
 /// machine's, or its memory cgroup's under v2).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct DirtyThrottleData {
     /// The bdi the task writes to, e.g. "254:0".
     pub bdi: [u8; 32],
@@ -165,7 +175,29 @@ pub type ReclaimWriteEvent = Event<ReclaimWriteData>;
 pub type OomVictimEvent = Event<OomVictimData>;
 pub type DirtyThrottleEvent = Event<DirtyThrottleData>;
 
-user_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent, OomVictimEvent, DirtyThrottleEvent);
+/// bytemuck cannot derive `Pod` for a generic struct, because it cannot check
+/// the padding of every `T`; it is implemented for each event here, and the
+/// size assertions below are that check: each size is the sum of the fields'.
+macro_rules! event_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C), Copy and 'static; `kind`, `_pad` and `ctx`
+            // fill the first 56 bytes, the payload is itself `Pod` (so has no
+            // inner padding) and 8-aligned, and the asserted size leaves no
+            // tail padding.
+            unsafe impl bytemuck::Pod for $t {}
+        )*
+    };
+}
+
+event_pod!(ReclaimEvent, ShrinkerEvent, WritebackWaitEvent, ReclaimWriteEvent, OomVictimEvent, DirtyThrottleEvent);
+
+impl<T> Event<T> {
+    pub const fn new(kind: EventKind, ctx: TaskCtx, data: T) -> Event<T> {
+        Event { kind: kind as u32, _pad: 0, ctx, data }
+    }
+}
 
 const _: () = assert!(core::mem::size_of::<TaskCtx>() == 48);
 const _: () = assert!(core::mem::size_of::<ReclaimEvent>() == 8 + 48 + 32);

@@ -372,18 +372,16 @@ fn fuse_daemon_not_visible_gives_no_all_clear() {
 
 use testbed::{Servicer, Stack, StackSpec};
 
-/// Builds a stack; None (test skipped) when not root. A failing assertion
+/// Builds a stack (the test fails when not root). A failing assertion
 /// drops the stack, which tears it down; the explicit teardown at the end of
 /// each test reports teardown errors.
-fn build(name: &str, servicer: Servicer, levels: usize) -> Option<(testbed::TestbedLock, Stack)> {
-    if !testbed::require_root(name) {
-        return None;
-    }
+fn build(name: &str, servicer: Servicer, levels: usize) -> (testbed::TestbedLock, Stack) {
+    testbed::require_root(name);
     let lock = testbed::lock().expect("testbed lock");
     let image_mb = if levels > 1 { 1536 } else { 512 };
     let stack = Stack::build(name, &StackSpec { servicer, levels, image_mb, memcg_limit_mb: None, dm: None })
         .expect("building the stack");
-    Some((lock, stack))
+    (lock, stack)
 }
 
 /// The captured snapshot reads back into the very topology discovery saw.
@@ -396,9 +394,7 @@ fn assert_snapshot_round_trips(extra: &Extra) {
 
 #[test]
 fn kernel_loop_worker_is_protected() {
-    let Some((_lock, stack)) = build("audit-kloop", Servicer::KernelLoop, 1) else {
-        return;
-    };
+    let (_lock, stack) = build("audit-kloop", Servicer::KernelLoop, 1);
     let level = &stack.levels[0];
     let dev = Dev::new(level.devt.0, level.devt.1);
     let t = Topology::discover(&Extra::default()).expect("discover");
@@ -433,9 +429,7 @@ fn kernel_loop_worker_is_protected() {
 
 #[test]
 fn qsd_fuse_daemon_is_unprotected() {
-    let Some((_lock, stack)) = build("audit-qsd", Servicer::QsdFuse, 1) else {
-        return;
-    };
+    let (_lock, stack) = build("audit-qsd", Servicer::QsdFuse, 1);
     let pid = stack.daemon_pid.expect("qsd pid");
     let tasks = || -> BTreeSet<u32> {
         fs::read_dir(format!("/proc/{pid}/task"))
@@ -483,9 +477,7 @@ fn qsd_fuse_daemon_is_unprotected() {
 
 #[test]
 fn three_levels_followed_to_the_bottom() {
-    let Some((_lock, stack)) = build("audit-deep", Servicer::QsdFuse, 3) else {
-        return;
-    };
+    let (_lock, stack) = build("audit-deep", Servicer::QsdFuse, 3);
     let t = Topology::discover(&Extra::default()).expect("discover");
     let devs: Vec<Dev> = stack.levels.iter().rev().map(|l| Dev::new(l.devt.0, l.devt.1)).collect();
     let p = t.path_of(devs[0]).expect("top loop is stacked");
@@ -515,9 +507,7 @@ fn audit_answers_while_the_daemon_is_deadlocked() {
     use probe_common::flags::{PF_MEMALLOC, PF_MEMALLOC_NOIO};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
-    if !testbed::require_root("audit_answers_while_the_daemon_is_deadlocked") {
-        return;
-    }
+    testbed::require_root("audit_answers_while_the_daemon_is_deadlocked");
     let _lock = testbed::lock().expect("testbed lock");
     let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
     let mut stack = Stack::build("audit-deadlock", &spec).expect("building the stack");

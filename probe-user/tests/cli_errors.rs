@@ -15,9 +15,7 @@ fn one_line_error(out: &std::process::Output, needle: &str) {
 
 #[test]
 fn not_root_is_refused_with_one_line() {
-    if !testbed::require_root("not_root_is_refused_with_one_line") {
-        return;
-    }
+    testbed::require_root("not_root_is_refused_with_one_line");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", common::bin(), "watch"])
         .output()
@@ -27,9 +25,7 @@ fn not_root_is_refused_with_one_line() {
 
 #[test]
 fn missing_tracefs_is_one_line() {
-    if !testbed::require_root("missing_tracefs_is_one_line") {
-        return;
-    }
+    testbed::require_root("missing_tracefs_is_one_line");
     one_line_error(
         &common::run(&["watch", "--tracefs", "/nonexistent/tracing"]),
         "tracefs not found at /nonexistent/tracing",
@@ -38,9 +34,7 @@ fn missing_tracefs_is_one_line() {
 
 #[test]
 fn missing_btf_is_one_line() {
-    if !testbed::require_root("missing_btf_is_one_line") {
-        return;
-    }
+    testbed::require_root("missing_btf_is_one_line");
     one_line_error(&common::run(&["watch", "--btf", "/nonexistent/vmlinux"]), "no kernel BTF");
 }
 
@@ -52,9 +46,7 @@ fn bad_pid_is_one_line() {
 
 #[test]
 fn missing_hook_family_is_one_line() {
-    if !testbed::require_root("missing_hook_family_is_one_line") {
-        return;
-    }
+    testbed::require_root("missing_hook_family_is_one_line");
     let out = common::run(&["watch", "--attach=kprobe", "--duration", "1"]);
     one_line_error(&out, "no kprobe support");
 }
@@ -136,9 +128,7 @@ fn a_closed_stdout_ends_report_and_audit_quietly() {
 
 #[test]
 fn watch_json_into_head_exits_quietly_and_detaches() {
-    if !testbed::require_root("watch_json_into_head_exits_quietly_and_detaches") {
-        return;
-    }
+    testbed::require_root("watch_json_into_head_exits_quietly_and_detaches");
     use std::io::BufRead;
     let mut child = Command::new(common::bin())
         .args(["watch", "--json", "--summary-every", "1", "--duration", "60"])

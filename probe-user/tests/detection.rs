@@ -21,9 +21,7 @@ fn rule(v: &Value) -> &str {
 
 #[test]
 fn hazard_is_flagged_for_qemu_storage_daemon() {
-    if !testbed::require_root("hazard_is_flagged_for_qemu_storage_daemon") {
-        return;
-    }
+    testbed::require_root("hazard_is_flagged_for_qemu_storage_daemon");
     let (_lock, mut stack) = common::hazard_stack("hazard");
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();
@@ -74,9 +72,7 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
 
 #[test]
 fn real_deadlock_is_flagged_as_it_forms() {
-    if !testbed::require_root("real_deadlock_is_flagged_as_it_forms") {
-        return;
-    }
+    testbed::require_root("real_deadlock_is_flagged_as_it_forms");
     let _lock = testbed::lock().unwrap();
     let spec = testbed::StackSpec {
         servicer: testbed::Servicer::QsdFuse,
@@ -186,9 +182,7 @@ fn assert_pressure_and_no_findings(lines: &[Value], what: &str) {
 
 #[test]
 fn control_plain_loop_is_quiet() {
-    if !testbed::require_root("control_plain_loop_is_quiet") {
-        return;
-    }
+    testbed::require_root("control_plain_loop_is_quiet");
     let _lock = testbed::lock().unwrap();
     let spec = testbed::StackSpec {
         servicer: testbed::Servicer::KernelLoop,
@@ -205,9 +199,7 @@ fn control_plain_loop_is_quiet() {
 
 #[test]
 fn control_plain_ext4_is_quiet() {
-    if !testbed::require_root("control_plain_ext4_is_quiet") {
-        return;
-    }
+    testbed::require_root("control_plain_ext4_is_quiet");
     let _lock = testbed::lock().unwrap();
     let memcg = testbed::Memcg::create("control-ext4", 128).unwrap();
     let lines = quiet_run(None, Some(&memcg));

@@ -161,9 +161,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[test]
 fn metrics_move_with_the_hazard_and_sigterm_detaches() {
-    if !testbed::require_root("metrics_move_with_the_hazard_and_sigterm_detaches") {
-        return;
-    }
+    testbed::require_root("metrics_move_with_the_hazard_and_sigterm_detaches");
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let (_lock, mut stack) = common::hazard_stack("monitor");

@@ -6,6 +6,7 @@ mod common;
 
 use std::{collections::BTreeSet, fs};
 
+use reclaimscope::trace::TraceReader;
 use serde_json::Value;
 
 fn report_json(path: &std::path::Path) -> Value {
@@ -23,11 +24,21 @@ fn key_set(findings: &Value) -> BTreeSet<(String, u64)> {
         .collect()
 }
 
+/// Where each whole record of a trace file ends, the header's first: a copy
+/// cut at `at` holds exactly the records that end at or before `at`.
+fn record_ends(path: &std::path::Path) -> Vec<u64> {
+    let mut r = TraceReader::open(path).unwrap();
+    let mut ends = vec![r.bytes_read()];
+    while r.next().is_some() {
+        ends.push(r.bytes_read());
+    }
+    assert!(r.damage().is_none(), "the whole file is damaged: {:?}", r.damage());
+    ends
+}
+
 #[test]
 fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
-    if !testbed::require_root("recorded_hazard_replays_to_the_live_findings_and_survives_damage") {
-        return;
-    }
+    testbed::require_root("recorded_hazard_replays_to_the_live_findings_and_survives_damage");
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("hazard.trace");
     let (_lock, mut stack) = common::hazard_stack("record");
@@ -54,6 +65,8 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
     // Damage: truncations and a flipped byte are read up to the last whole record.
     let bytes = fs::read(&trace).unwrap();
     let n = bytes.len();
+    let ends = record_ends(&trace);
+    assert_eq!(ends.len() as u64, r["records"].as_u64().unwrap());
     let cut = dir.path().join("cut.trace");
     for at in [n / 5, n / 3, n / 2, n - 7, n - 1] {
         fs::write(&cut, &bytes[..at]).unwrap();
@@ -61,7 +74,10 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
         assert_ne!(out.status.code(), Some(101), "panic at cut {at}");
         assert!(out.status.success(), "cut at {at}: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(v["records"].as_u64().unwrap() < r["records"].as_u64().unwrap() || v["damage"].is_null());
+        let whole = ends.iter().filter(|end| **end <= at as u64).count() as u64;
+        assert_eq!(v["records"].as_u64(), Some(whole), "records read up to the cut at {at}");
+        let on_a_boundary = ends.contains(&(at as u64));
+        assert_eq!(v["damage"].is_null(), on_a_boundary, "cut at {at}, damage: {}", v["damage"]);
     }
     fs::write(&cut, &bytes[..n - 3]).unwrap();
     let v = report_json(&cut);
@@ -80,9 +96,7 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
 
 #[test]
 fn rotation_bounds_disk_use() {
-    if !testbed::require_root("rotation_bounds_disk_use") {
-        return;
-    }
+    testbed::require_root("rotation_bounds_disk_use");
     let _lock = testbed::lock().unwrap();
     let memcg = testbed::Memcg::create("rotate", 64).unwrap();
     // On a disk filesystem: the writer's page cache must be reclaimable

@@ -46,9 +46,7 @@ impl Kernel {
 
 #[test]
 fn every_program_the_kernel_accepts_passes_the_verifier() {
-    if !testbed::require_root("every_program_the_kernel_accepts_passes_the_verifier") {
-        return;
-    }
+    testbed::require_root("every_program_the_kernel_accepts_passes_the_verifier");
     let k = Kernel::read();
     assert!(k.verified.len() >= 30, "only {} programs", k.verified.len());
     let fentry: Vec<(&String, &(bool, String))> =
@@ -81,9 +79,7 @@ fn every_program_the_kernel_accepts_passes_the_verifier() {
 
 #[test]
 fn each_hook_uses_the_best_implementation_the_kernel_allows() {
-    if !testbed::require_root("each_hook_uses_the_best_implementation_the_kernel_allows") {
-        return;
-    }
+    testbed::require_root("each_hook_uses_the_best_implementation_the_kernel_allows");
     let k = Kernel::read();
     let v = json(&["probes", "--json"]);
     let hooks = v["hooks"].as_array().unwrap();
@@ -138,9 +134,7 @@ fn each_hook_uses_the_best_implementation_the_kernel_allows() {
 
 #[test]
 fn forcing_kprobes_works_exactly_where_the_kernel_has_them() {
-    if !testbed::require_root("forcing_kprobes_works_exactly_where_the_kernel_has_them") {
-        return;
-    }
+    testbed::require_root("forcing_kprobes_works_exactly_where_the_kernel_has_them");
     let out = common::run(&["probes", "--attach=kprobe", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {

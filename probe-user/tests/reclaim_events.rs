@@ -7,9 +7,7 @@ use std::{process::Command, time::Duration};
 
 #[test]
 fn memcg_reclaim_of_a_writer_is_reported() {
-    if !testbed::require_root("memcg_reclaim_of_a_writer_is_reported") {
-        return;
-    }
+    testbed::require_root("memcg_reclaim_of_a_writer_is_reported");
     let _lock = testbed::lock().unwrap();
     let memcg = testbed::Memcg::create("events", 64).unwrap();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();

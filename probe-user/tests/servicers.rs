@@ -64,9 +64,7 @@ fn served(stack: &Stack, t: &Topology) -> Dev {
 /// Builds the stack (servicer in a 256 MiB memcg), audits it, watches a
 /// write through it, and returns the agent's lines; the stack is torn down.
 fn scenario(name: &str, servicer: Servicer, dm: Option<Dm>, expect: Expect) -> Option<Vec<Value>> {
-    if !testbed::require_root(name) {
-        return None;
-    }
+    testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
     let spec = StackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm };
     if let Some(m) = missing_module(servicer, dm) {
@@ -197,9 +195,7 @@ fn charge_upper_xfs_objects(stack: &Stack, files: u32) {
 /// full of the upper XFS's inodes and its own page cache) calls the upper
 /// XFS's super_cache_scan, in the task that must complete that XFS's I/O.
 fn shrinker_recursion(name: &str, servicer: Servicer) {
-    if !testbed::require_root(name) {
-        return;
-    }
+    testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
     let spec = StackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(128), dm: None };
     if let Some(m) = missing_module(servicer, None) {
@@ -262,9 +258,7 @@ fn reclaim_in_qemu_storage_daemon_calls_the_upper_xfs_shrinker() {
 #[test]
 fn seed_deadlock_is_flagged_and_broken() {
     let name = "seed_tcmu_deadlock";
-    if !testbed::require_root(name) {
-        return;
-    }
+    testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
     let spec = StackSpec { servicer: Servicer::TcmuZbc, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
     if let Some(m) = missing_module(Servicer::TcmuZbc, None) {

@@ -5,6 +5,7 @@
 
 use crate::cmd::run;
 use anyhow::{Context, Result};
+use procfs::process::MountInfo;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,20 +22,19 @@ pub struct MountEntry {
     pub fstype: String,
 }
 
-/// Mounts at or below `dir`, in mount order (parents before children).
+/// Mounts at or below `dir`, in mount order (parents before children); none
+/// when /proc/self/mountinfo cannot be read.
 pub fn mounts_under(dir: &Path) -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(parse_mountinfo_line).filter(|m| m.mountpoint.starts_with(dir)).collect()
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map(|m| m.0).unwrap_or_default();
+    mounts.iter().filter_map(entry).filter(|m| m.mountpoint.starts_with(dir)).collect()
 }
 
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let dev_minor = fields.get(2)?.split_once(':')?.1.parse().ok()?;
-    let sep = fields.iter().position(|f| *f == "-")?;
+fn entry(m: &MountInfo) -> Option<MountEntry> {
     Some(MountEntry {
-        dev_minor,
-        mountpoint: PathBuf::from(unescape(fields.get(4)?)),
-        fstype: fields.get(sep + 1)?.to_string(),
+        dev_minor: m.majmin.split_once(':')?.1.parse().ok()?,
+        // procfs keeps the kernel's escapes in the mount point.
+        mountpoint: PathBuf::from(unescape(m.mount_point.to_str()?)),
+        fstype: m.fs_type.clone(),
     })
 }
 
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn parses_mountinfo_with_escapes() {
         let line = "36 35 0:52 / /tmp/a\\040b rw,relatime shared:1 - fuse /dev/fuse rw";
-        let m = parse_mountinfo_line(line).unwrap();
+        let m = entry(&MountInfo::from_line(line).unwrap()).unwrap();
         assert_eq!(m.dev_minor, 52);
         assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
         assert_eq!(m.fstype, "fuse");

@@ -85,11 +85,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// For tests: returns false and prints `skipping <name>: needs root` when not root.
-pub fn require_root(test_name: &str) -> bool {
-    let root = is_root();
-    if !root {
-        eprintln!("skipping {test_name}: needs root");
-    }
-    root
+/// For root-only tests: fails the test when not root. A test that returned
+/// early instead would pass without testing anything, and a suite run
+/// without root would look green.
+pub fn require_root(test_name: &str) {
+    assert!(is_root(), "{test_name} needs root: run the root-only tests as root (cargo xtask test)");
 }

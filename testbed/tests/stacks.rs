@@ -134,9 +134,7 @@ fn kernel_has(servicer: Servicer, dm: Option<Dm>) -> Result<(), &'static str> {
 /// On a kernel without the servicer's module, the build must fail with
 /// a clear error and leave nothing behind.
 fn round_trip(name: &str, spec: StackSpec, write_mb: u64) {
-    if !testbed::require_root(name) {
-        return;
-    }
+    testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
     if let Err(module) = kernel_has(spec.servicer, spec.dm) {
         let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
@@ -218,9 +216,7 @@ fn ublk_both_rublks() {
 /// the memcg and the loop device exist: all of them must be gone again.
 #[test]
 fn failed_build_tears_down() {
-    if !testbed::require_root("failed_build_tears_down") {
-        return;
-    }
+    testbed::require_root("failed_build_tears_down");
     let _lock = testbed::lock().unwrap();
     let spec = StackSpec { image_mb: 64, memcg_limit_mb: Some(64), ..StackSpec::default() };
     let err = Stack::build("failed_build", &spec).unwrap_err();
@@ -242,9 +238,7 @@ fn failed_build_tears_down() {
 /// must leave nothing behind within 90 s.
 #[test]
 fn deadlock_breaks_cleanly() {
-    if !testbed::require_root("deadlock_breaks_cleanly") {
-        return;
-    }
+    testbed::require_root("deadlock_breaks_cleanly");
     let _lock = testbed::lock().unwrap();
     let spec = StackSpec { memcg_limit_mb: Some(96), ..StackSpec::default() };
     let mut stack = Stack::build("deadlock", &spec).unwrap();
@@ -316,9 +310,7 @@ fn stale_owner_child() {
 #[test]
 fn sweep_cleans_up_after_a_killed_owner() {
     use std::io::BufRead;
-    if !testbed::require_root("sweep_cleans_up_after_a_killed_owner") {
-        return;
-    }
+    testbed::require_root("sweep_cleans_up_after_a_killed_owner");
     let _lock = testbed::lock().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "stale_owner_child", "--nocapture", "--test-threads=1"])
@@ -355,9 +347,7 @@ fn sweep_cleans_up_after_a_killed_owner() {
 /// (what older teardowns left): the sweep still finds and detaches it.
 #[test]
 fn sweep_detaches_loops_of_a_vanished_workdir() {
-    if !testbed::require_root("sweep_detaches_loops_of_a_vanished_workdir") {
-        return;
-    }
+    testbed::require_root("sweep_detaches_loops_of_a_vanished_workdir");
     let _lock = testbed::lock().unwrap();
     // A dead owner's name: a pid that is not running.
     let dead = (400_000..).find(|p| !pid_alive(*p)).unwrap();

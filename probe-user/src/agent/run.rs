@@ -149,7 +149,9 @@ impl Lag {
     }
 }
 
-pub struct Loop<'a> {
+/// The agent's event loop: ring-buffer events through the engine to the
+/// sink, with topology refreshes and blocked-task scans between reads.
+pub struct EventLoop<'a> {
     pub session: &'a mut Session,
     pub engine: Engine,
     pub sink: &'a mut dyn Sink,
@@ -163,12 +165,17 @@ pub struct Loop<'a> {
     lag: Lag,
 }
 
-impl<'a> Loop<'a> {
+impl<'a> EventLoop<'a> {
     /// Starts with whatever topology the refresher has (none while its first
     /// discovery runs: the kernel filter then lets nothing through, and the
     /// loop applies the topology when it arrives).
-    pub fn new(session: &'a mut Session, engine: Engine, sink: &'a mut dyn Sink, refresher: &'a Refresher) -> Loop<'a> {
-        Loop {
+    pub fn new(
+        session: &'a mut Session,
+        engine: Engine,
+        sink: &'a mut dyn Sink,
+        refresher: &'a Refresher,
+    ) -> EventLoop<'a> {
+        EventLoop {
             session,
             engine,
             sink,

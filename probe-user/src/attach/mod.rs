@@ -4,3 +4,5 @@ pub mod config;
 pub mod loader;
 pub mod measure;
 pub mod table;
+#[cfg(test)]
+mod table_check;

@@ -10,7 +10,7 @@ use super::trace_args::KernelArgs;
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{Loop, RunOptions, Sink, Summary},
+        run::{EventLoop, RunOptions, Sink, Summary},
         session::{load_object, Session, SessionOptions},
     },
     attach::{
@@ -20,8 +20,8 @@ use crate::{
     },
     detect::{engine::Engine, engine::Observed, finding::Finding, index::StackIndex},
     events::decode::Event,
-    flags::GfpNames,
     kernel::preflight,
+    names::GfpNames,
     output::stdout,
     topology::{Extra, Topology},
 };
@@ -157,7 +157,7 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;
-    let mut l = Loop::new(&mut session, engine, &mut sink, &refresher);
+    let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher);
     l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;
     match rx.try_recv() {
         Ok(Ok(s)) if s.success() => {}

@@ -8,7 +8,7 @@ use prettytable::{format, row, Table};
 
 use super::secs;
 use crate::{
-    flags::GfpNames,
+    names::GfpNames,
     output::{
         stdout,
         table::{event_row, finding_block},

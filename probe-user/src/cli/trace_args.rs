@@ -9,12 +9,12 @@ use super::secs;
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{Loop, RunOptions, Sink},
+        run::{EventLoop, RunOptions, Sink},
         session::{KernelPaths, Session, SessionOptions},
     },
     attach::table::Family,
     detect::{engine::Engine, index::StackIndex},
-    flags::{self, GfpNames, GfpSource},
+    names::{self, GfpNames, GfpSource},
     topology::{Dev, Extra},
 };
 
@@ -132,7 +132,7 @@ impl TraceArgs {
             force: self.kernel.attach.family(),
             every_impl: false,
         })?;
-        let (gfp, source) = flags::load(session.kv.tracefs.root());
+        let (gfp, source) = names::load(session.kv.tracefs.root());
         if let GfpSource::Builtin { reason } = source {
             log::warn!("GFP names from the built-in 6.18 table: {reason}");
         }
@@ -155,7 +155,7 @@ impl TraceArgs {
     ) -> Result<crate::agent::run::Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
         let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
-        let mut l = Loop::new(session, engine, sink, refresher);
+        let mut l = EventLoop::new(session, engine, sink, refresher);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,

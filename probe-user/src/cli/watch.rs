@@ -11,7 +11,7 @@ use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex},
     events::decode::Event,
-    flags::GfpNames,
+    names::GfpNames,
     output::{
         stdout,
         table::{event_row, finding_block, summary_table, EVENT_HEADER},

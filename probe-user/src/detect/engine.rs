@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     events::decode::{comm, cstr, wait_dev, Event},
-    flags::{self, GfpNames},
+    names::{self, GfpNames},
     topology::{protection_of, Dev},
 };
 
@@ -419,7 +419,7 @@ impl Engine {
                 comm,
                 tgid: ctx.tgid,
                 tid: ctx.tid,
-                flags: flags::task_flags(ctx.task_flags),
+                flags: names::task_flags(ctx.task_flags),
                 protection: format!("{:?}", protection_of(ctx.task_flags)),
             },
             upper_fs: upper.as_ref().map(fs_desc),

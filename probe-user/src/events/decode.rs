@@ -3,6 +3,7 @@
 //! error rather than a read past the end.
 
 use anyhow::{bail, Result};
+use bytemuck::{bytes_of, Pod};
 use probe_common::events::{
     DirtyThrottleEvent, EventKind, OomVictimEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent,
     TaskCtx, WritebackWaitEvent,
@@ -21,13 +22,13 @@ pub enum Event {
     DirtyThrottle(DirtyThrottleEvent),
 }
 
-fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
-    if bytes.len() < std::mem::size_of::<T>() {
-        bail!("event record of {} bytes is shorter than {}", bytes.len(), std::mem::size_of::<T>());
-    }
-    // SAFETY: length checked; every bit pattern is valid for these plain
-    // integer structs; read_unaligned copes with any alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+/// The leading `T` of a record; ring-buffer and trace-file bytes carry no
+/// alignment promise, so it is copied out rather than borrowed.
+fn read<T: Pod>(bytes: &[u8]) -> Result<T> {
+    let Some(head) = bytes.get(..size_of::<T>()) else {
+        bail!("event record of {} bytes is shorter than {}", bytes.len(), size_of::<T>());
+    };
+    Ok(bytemuck::pod_read_unaligned(head))
 }
 
 impl Event {
@@ -47,18 +48,15 @@ impl Event {
 
     /// The record's bytes as the kernel wrote them (trace files store these).
     pub fn to_bytes(&self) -> Vec<u8> {
-        fn bytes<T: Copy>(v: &T) -> Vec<u8> {
-            // SAFETY: plain repr(C) data with explicit padding.
-            unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
-        }
         match self {
-            Event::ReclaimBegin(e) | Event::ReclaimEnd(e) => bytes(e),
-            Event::Shrinker(e) => bytes(e),
-            Event::WritebackWait(e) => bytes(e),
-            Event::ReclaimWrite(e) => bytes(e),
-            Event::OomVictim(e) => bytes(e),
-            Event::DirtyThrottle(e) => bytes(e),
+            Event::ReclaimBegin(e) | Event::ReclaimEnd(e) => bytes_of(e),
+            Event::Shrinker(e) => bytes_of(e),
+            Event::WritebackWait(e) => bytes_of(e),
+            Event::ReclaimWrite(e) => bytes_of(e),
+            Event::OomVictim(e) => bytes_of(e),
+            Event::DirtyThrottle(e) => bytes_of(e),
         }
+        .to_vec()
     }
 
     pub fn ctx(&self) -> &TaskCtx {
@@ -69,6 +67,19 @@ impl Event {
             Event::ReclaimWrite(e) => &e.ctx,
             Event::OomVictim(e) => &e.ctx,
             Event::DirtyThrottle(e) => &e.ctx,
+        }
+    }
+
+    /// For what an importer knows beyond the capture, e.g. which device a
+    /// task serves.
+    pub fn ctx_mut(&mut self) -> &mut TaskCtx {
+        match self {
+            Event::ReclaimBegin(e) | Event::ReclaimEnd(e) => &mut e.ctx,
+            Event::Shrinker(e) => &mut e.ctx,
+            Event::WritebackWait(e) => &mut e.ctx,
+            Event::ReclaimWrite(e) => &mut e.ctx,
+            Event::OomVictim(e) => &mut e.ctx,
+            Event::DirtyThrottle(e) => &mut e.ctx,
         }
     }
 
@@ -127,12 +138,11 @@ mod tests {
 
     #[test]
     fn round_trips_a_reclaim_event() {
-        let e = ReclaimEvent {
-            kind: EventKind::ReclaimBegin as u32,
-            _pad: 0,
-            ctx: ctx(),
-            data: ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, ..Default::default() },
-        };
+        let e = ReclaimEvent::new(
+            EventKind::ReclaimBegin,
+            ctx(),
+            ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, ..Default::default() },
+        );
         let bytes = Event::ReclaimBegin(e).to_bytes();
         match Event::parse(&bytes).unwrap() {
             Event::ReclaimBegin(got) => {
@@ -155,12 +165,8 @@ mod tests {
     fn writeback_wait_device_from_bdi_name() {
         let mut bdi = [0u8; 32];
         bdi[..3].copy_from_slice(b"7:0");
-        let e = WritebackWaitEvent {
-            kind: EventKind::WritebackWait as u32,
-            _pad: 0,
-            ctx: ctx(),
-            data: WritebackWaitData { bdi, ..Default::default() },
-        };
+        let e =
+            WritebackWaitEvent::new(EventKind::WritebackWait, ctx(), WritebackWaitData { bdi, ..Default::default() });
         assert_eq!(wait_dev(&e), Some(Dev { major: 7, minor: 0 }));
     }
 }

@@ -1,5 +1,6 @@
 //! Presentation: tables, JSON lines and metrics, separate from data gathering.
 
+pub mod audit;
 pub mod http;
 pub mod metrics;
 pub mod stdout;

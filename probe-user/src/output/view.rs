@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::{
     detect::engine::Observed,
     events::decode::{cstr, reclaim_kind_name, wait_dev, Event},
-    flags::{self, GfpNames},
+    names::{self, GfpNames},
     topology::Dev,
 };
 
@@ -60,7 +60,7 @@ impl EventView {
             gfp: None,
             gfp_raw: None,
             order: None,
-            task_flags: flags::task_flags(c.task_flags),
+            task_flags: names::task_flags(c.task_flags),
             latency_us: None,
             nr_reclaimed: None,
             memcg,

@@ -2,33 +2,33 @@
 //! the agent could not run: the `/sys/kernel/tracing/trace` file, or the
 //! output of `trace-cmd report`.
 //!
-//! The reclaim, shrinker and writeback lines become the same
-//! `probe_common::events::Event<T>` bytes the kernel programs write, so the
-//! report replays them through the same decoder and rules as a recorded
-//! trace. What such a capture cannot hold is listed in [`Import::limits`].
+//! The reclaim, shrinker and writeback lines become the same typed events the
+//! kernel programs' bytes decode to, so the report replays them through the
+//! same rules as a recorded trace. What such a capture cannot hold is listed
+//! in [`Import::limits`].
 //! `sched_switch` lines whose previous task went to sleep in D state become
-//! [`Blocked`] intervals: they are not kernel events, so they get no fake
+//! [`DStateInterval`]s: they are not kernel events, so they get no fake
 //! event kind.
 
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use probe_common::events::{
-    Event, EventKind, ReclaimData, ReclaimKind, ReclaimWriteData, ShrinkerData, TaskCtx, WritebackWaitData,
+    self as kernel, EventKind, ReclaimData, ReclaimKind, ReclaimWriteData, ShrinkerData, TaskCtx, WritebackWaitData,
     TASK_COMM_LEN,
 };
 
-use crate::flags::GfpNames;
+use crate::events::decode::Event;
+use crate::names::GfpNames;
 use crate::trace::SymbolRecord;
 
 /// What a capture gave.
 #[derive(Debug, Default)]
 pub struct Import {
-    /// (timestamp in ns of the capture's trace clock, raw `Event<T>` bytes),
-    /// in capture order.
-    pub events: Vec<(u64, Vec<u8>)>,
+    /// In capture order; `ts_ns` is the capture's trace clock.
+    pub events: Vec<Event>,
     /// Times a task went to sleep in D state (uninterruptible).
-    pub blocked: Vec<Blocked>,
+    pub blocked: Vec<DStateInterval>,
     /// Names for the `scan_fn` values of shrinker events. The capture prints
     /// the callback's name, not its address, so each name gets a small
     /// capture-local number instead: resolve `scan_fn` through this table,
@@ -46,7 +46,7 @@ pub struct Import {
 
 /// A task switched out in D state, and when it next ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
+pub struct DStateInterval {
     pub ts_ns: u64,
     pub tid: u32,
     /// The capture's TGID column; the thread id when it has none.
@@ -280,15 +280,10 @@ impl<'g> Importer<'g> {
         }
     }
 
-    fn emit<T: Copy>(&mut self, l: &Line, kind: EventKind, data: T)
-    where
-        Event<T>: aya::Pod,
-    {
-        let e = Event { kind: kind as u32, _pad: 0, ctx: self.ctx(l, l.comm), data };
-        // SAFETY: aya::Pod types are plain repr(C) data without implicit
-        // padding, so all of their bytes are initialised.
-        let bytes = unsafe { std::slice::from_raw_parts((&e as *const Event<T>).cast::<u8>(), size_of::<Event<T>>()) };
-        self.out.events.push((l.ts_ns, bytes.to_vec()));
+    /// `typed` is the decoder's variant for `kind` (begin and end share a payload).
+    fn emit<T>(&mut self, l: &Line, kind: EventKind, data: T, typed: fn(kernel::Event<T>) -> Event) {
+        let e = kernel::Event::new(kind, self.ctx(l, l.comm), data);
+        self.out.events.push(typed(e));
     }
 
     /// Bits of a printed GFP mask; unknown names are remembered for the limits.
@@ -306,7 +301,7 @@ impl<'g> Importer<'g> {
         let gfp = self.gfp(field(l.body, "gfp_flags")?)?;
         self.reclaim.insert(l.tid, Begin { ts_ns: l.ts_ns, kind, gfp, order });
         let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
-        self.emit(l, EventKind::ReclaimBegin, data);
+        self.emit(l, EventKind::ReclaimBegin, data, Event::ReclaimBegin);
         Some(())
     }
 
@@ -326,7 +321,7 @@ impl<'g> Importer<'g> {
             duration_ns: l.ts_ns.saturating_sub(b.ts_ns),
             nr_reclaimed,
         };
-        self.emit(l, EventKind::ReclaimEnd, data);
+        self.emit(l, EventKind::ReclaimEnd, data, Event::ReclaimEnd);
         Some(())
     }
 
@@ -349,7 +344,7 @@ impl<'g> Importer<'g> {
             gfp,
             ..Default::default()
         };
-        self.emit(l, EventKind::Shrinker, data);
+        self.emit(l, EventKind::Shrinker, data, Event::Shrinker);
         Some(())
     }
 
@@ -380,7 +375,7 @@ impl<'g> Importer<'g> {
         };
         let n = bdi.len().min(data.bdi.len() - 1);
         data.bdi[..n].copy_from_slice(&bdi.as_bytes()[..n]);
-        self.emit(l, EventKind::WritebackWait, data);
+        self.emit(l, EventKind::WritebackWait, data, Event::WritebackWait);
         Some(())
     }
 
@@ -389,7 +384,7 @@ impl<'g> Importer<'g> {
     fn write_folio(&mut self, l: &Line) -> Option<()> {
         field(l.body, "pfn")?;
         self.write_folios += 1;
-        self.emit(l, EventKind::ReclaimWrite, ReclaimWriteData::default());
+        self.emit(l, EventKind::ReclaimWrite, ReclaimWriteData::default(), Event::ReclaimWrite);
         Some(())
     }
 
@@ -421,7 +416,7 @@ impl<'g> Importer<'g> {
         if state.split('|').any(|s| s == "D") {
             let tgid = if pid == l.tid { l.tgid.unwrap_or(pid) } else { pid };
             self.blocked.insert(pid, self.out.blocked.len());
-            self.out.blocked.push(Blocked { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
+            self.out.blocked.push(DStateInterval { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
         }
         Some(())
     }
@@ -480,12 +475,6 @@ mod tests {
 
     const GFP_HIGHUSER_MOVABLE: u32 = 0x100cca;
 
-    fn read<T: Copy>(bytes: &[u8]) -> T {
-        assert_eq!(bytes.len(), size_of::<T>());
-        // SAFETY: length checked; the structs are plain integers.
-        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
-    }
-
     /// The imported events, sorted by kind, decoded back.
     #[derive(Default)]
     struct Kinds {
@@ -498,18 +487,18 @@ mod tests {
 
     fn kinds(im: &Import) -> Kinds {
         let mut k = Kinds::default();
-        for (ts, b) in &im.events {
-            let kind = u32::from_ne_bytes(b[..4].try_into().unwrap());
-            match EventKind::from_u32(kind).unwrap() {
-                EventKind::ReclaimBegin => k.begins.push(read(b)),
-                EventKind::ReclaimEnd => k.ends.push(read(b)),
-                EventKind::Shrinker => k.shrinks.push(read(b)),
-                EventKind::WritebackWait => k.waits.push(read(b)),
-                EventKind::ReclaimWrite => k.writes.push(read(b)),
-                EventKind::OomVictim | EventKind::DirtyThrottle => panic!("the captures hold no such line"),
+        for ev in &im.events {
+            // Through the bytes and back, as a replay of a stored trace reads them.
+            let ev = Event::parse(&ev.to_bytes()).unwrap();
+            match ev {
+                Event::ReclaimBegin(e) => k.begins.push(e),
+                Event::ReclaimEnd(e) => k.ends.push(e),
+                Event::Shrinker(e) => k.shrinks.push(e),
+                Event::WritebackWait(e) => k.waits.push(e),
+                Event::ReclaimWrite(e) => k.writes.push(e),
+                Event::OomVictim(_) | Event::DirtyThrottle(_) => panic!("the captures hold no such line"),
             }
-            let ctx: TaskCtx = read(&b[8..8 + size_of::<TaskCtx>()]);
-            assert_eq!(ctx.ts_ns, *ts);
+            let ctx = ev.ctx();
             assert_eq!((ctx.stack_id, ctx.task_flags, ctx.serving_dev), (-1, 0, 0));
         }
         k

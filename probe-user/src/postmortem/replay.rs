@@ -15,7 +15,7 @@ use crate::{
         index::{MountRef, StackIndex},
     },
     events::decode::Event,
-    flags::GfpNames,
+    names::GfpNames,
     output::view::EventView,
     topology::Dev,
     trace::{Record, TraceReader},
@@ -94,8 +94,7 @@ impl Replay {
         }
     }
 
-    fn event(&mut self, bytes: &[u8]) {
-        let Ok(ev) = Event::parse(bytes) else { return };
+    fn event(&mut self, ev: Event) {
         let stack = self.stacks.get(&ev.ctx().stack_id).cloned().unwrap_or_default();
         self.engine.on_event(&ev, &Observed { stack: stack.clone(), ..Default::default() });
         self.events.push((ev, stack));
@@ -196,7 +195,11 @@ fn replay_trace<R: Read>(mut reader: TraceReader<R>, source: String, deadlock_af
             Record::Stack(s) => {
                 r.stacks.insert(s.id, s.frames.into_iter().map(|f| f.symbol).collect());
             }
-            Record::Event(e) => r.event(&e.data),
+            Record::Event(e) => {
+                if let Ok(ev) = Event::parse(&e.data) {
+                    r.event(ev);
+                }
+            }
             Record::Finding(f) => recorded.push(f),
             Record::Topology(t) => r.engine.set_index(index_from(&t)),
             Record::Symbol(_) => {}
@@ -260,20 +263,14 @@ pub fn ftrace_bytes(
         ..Default::default()
     };
     let mut r = Replay::new(index, gfp, deadlock_after);
-    for (_, bytes) in &import.events {
-        let mut bytes = bytes.clone();
-        if let Ok(ev) = Event::parse(&bytes) {
-            let c = ev.ctx();
-            if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
-                // serving_dev sits at a fixed place in every Event<T>.
-                let at = std::mem::offset_of!(probe_common::events::ReclaimEvent, ctx)
-                    + std::mem::offset_of!(probe_common::events::TaskCtx, serving_dev);
-                bytes[at..at + 4].copy_from_slice(&dev.to_kernel().to_ne_bytes());
-            }
+    for mut ev in import.events.iter().copied() {
+        let c = ev.ctx_mut();
+        if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
+            c.serving_dev = dev.to_kernel();
         }
-        r.event(&bytes);
+        r.event(ev);
     }
-    let end = import.events.last().map(|(t, _)| *t).unwrap_or(0);
+    let end = import.events.last().map(|ev| ev.ctx().ts_ns).unwrap_or(0);
     for b in &import.blocked {
         let until = b.until_ns.unwrap_or(end);
         r.engine.on_blocked(&Blocked {

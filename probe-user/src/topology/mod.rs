@@ -21,6 +21,7 @@ mod snapshot;
 mod source;
 mod stack;
 mod tcmu;
+mod ublk;
 
 pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;

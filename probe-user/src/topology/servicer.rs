@@ -14,7 +14,7 @@ use super::known;
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
 use super::source::Source;
-use probe_common::flags::{PF_IO_WORKER, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
+use probe_common::flags::{PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -232,7 +232,7 @@ impl Servicer {
         let kernel = main.flags & PF_KTHREAD != 0;
         let comm = procs::comm(src, pid).unwrap_or_else(|| main.comm.clone());
         let serving_tids = match kind {
-            ServicerKind::Ublk => ublk_queue_threads(src, pid, &threads),
+            ServicerKind::Ublk => super::ublk::queue_threads(src, pid, &threads),
             _ => Vec::new(),
         };
         let serving: Vec<ServicerThread> =
@@ -298,30 +298,6 @@ impl Servicer {
     }
 }
 
-/// A ublk server's queue threads, which complete the device's I/O: each
-/// waits on its own io_uring for the driver's commands (libublk, ublksrv),
-/// and hands blocking file I/O to io-wq workers the kernel names
-/// `iou-wrk-<creator's tid>` and which inherit the creator's flags. The
-/// main thread and the control ring's worker serve none: libublk sets
-/// PR_SET_IO_FLUSHER in its queue threads only (`init_queue_thread`).
-/// Empty when the stacks cannot be read (not root) or show no waiter: then
-/// every thread counts.
-fn ublk_queue_threads(src: &Source, pid: u32, threads: &[ServicerThread]) -> Vec<u32> {
-    let queues: Vec<u32> = threads
-        .iter()
-        .filter(|t| t.flags & PF_IO_WORKER == 0)
-        .filter(|t| procs::kernel_stack(src, pid, t.tid).is_some_and(|s| s.contains("io_cqring_wait")))
-        .map(|t| t.tid)
-        .collect();
-    let workers = threads.iter().filter(|t| {
-        t.flags & PF_IO_WORKER != 0
-            && t.comm.strip_prefix("iou-wrk-").and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| queues.contains(&c))
-    });
-    let mut tids: Vec<u32> = queues.iter().copied().chain(workers.map(|t| t.tid)).collect();
-    tids.sort_unstable();
-    tids
-}
-
 /// What to change so that reclaim in this servicer cannot recurse.
 fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> String {
     if protection.is_protected() {
@@ -357,17 +333,7 @@ pub(crate) fn discover_block(
     for d in devices {
         match d.kind {
             DeviceKind::Loop if d.backing_file.is_some() => out.push(Servicer::kernel_loop(d)),
-            DeviceKind::Ublk => {
-                let node = format!("/dev/ublkc{}", d.name.trim_start_matches("ublkb"));
-                let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Ublk, d.dev, d.label());
-                if found.is_empty() {
-                    warnings.push(format!(
-                        "{}: no process holds {node} open (ublk server gone, or not visible without root)",
-                        d.label()
-                    ));
-                }
-                out.extend(found);
-            }
+            DeviceKind::Ublk => out.extend(super::ublk::servers(src, mounts, holders, d, warnings)),
             _ => {}
         }
     }

@@ -1,14 +1,12 @@
 //! What a trace file holds, and each record's payload encoding: JSON for
 //! everything but events, which keep the kernel's bytes.
 
-use std::mem::offset_of;
-
 use anyhow::{Context, Result};
-use probe_common::events::{EventKind, ReclaimEvent, ShrinkerData, ShrinkerEvent, TaskCtx};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::frame::RecordType;
+use crate::events::decode::Event;
 
 /// The first record of every file: what was recorded, where, and how. A
 /// rotated file repeats its recording's header unchanged.
@@ -29,7 +27,7 @@ pub struct TraceHeader {
     pub attach: Value,
     /// The recording kernel's GFP name table as it printed it: its
     /// `events/vmscan/mm_vmscan_direct_reclaim_begin/format` file (or just
-    /// that file's `print fmt:` line), which `flags::GfpNames::parse_format`
+    /// that file's `print fmt:` line), which `names::GfpNames::parse_format`
     /// reads. With it a report on another kernel names gfp masks as the
     /// recording kernel did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,29 +44,23 @@ pub struct EventRecord {
     pub data: Vec<u8>,
 }
 
-/// The offsets below are of probe-common's own repr(C) types, not of any
-/// kernel structure; `Event<T>` puts `ctx` at the same place for every `T`.
-const KIND_AT: usize = offset_of!(ReclaimEvent, kind);
-const STACK_ID_AT: usize = offset_of!(ReclaimEvent, ctx) + offset_of!(TaskCtx, stack_id);
-const SCAN_FN_AT: usize = offset_of!(ShrinkerEvent, data) + offset_of!(ShrinkerData, scan_fn);
-
 impl EventRecord {
-    fn bytes<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
-        self.data.get(at..at.checked_add(N)?)?.try_into().ok()
+    /// The event, if its bytes decode (every kind the agent's programs write does).
+    pub fn event(&self) -> Option<Event> {
+        Event::parse(&self.data).ok()
     }
 
     /// The kernel stack the event refers to, if any.
     pub fn stack_id(&self) -> Option<i32> {
-        self.bytes(STACK_ID_AT).map(i32::from_ne_bytes).filter(|id| *id >= 0)
+        self.event().map(|e| e.ctx().stack_id).filter(|id| *id >= 0)
     }
 
     /// The shrinker callback a shrinker event refers to.
     pub fn scan_fn(&self) -> Option<u64> {
-        let kind = self.bytes(KIND_AT).map(u32::from_ne_bytes)?;
-        if kind != EventKind::Shrinker as u32 {
-            return None;
+        match self.event()? {
+            Event::Shrinker(e) => Some(e.data.scan_fn).filter(|a| *a != 0),
+            _ => None,
         }
-        self.bytes(SCAN_FN_AT).map(u64::from_ne_bytes).filter(|a| *a != 0)
     }
 }
 

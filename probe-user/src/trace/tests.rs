@@ -3,15 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use bytemuck::bytes_of;
 use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, ShrinkerData, ShrinkerEvent, TaskCtx};
 use serde_json::json;
 
 use super::*;
-
-fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
-    // SAFETY: aya::Pod types are plain repr(C) data without implicit padding.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
-}
 
 fn ctx(ts_ns: u64, stack_id: i32) -> TaskCtx {
     TaskCtx {
@@ -27,21 +23,19 @@ fn ctx(ts_ns: u64, stack_id: i32) -> TaskCtx {
 }
 
 pub(super) fn reclaim(i: u64, stack_id: i32) -> Record {
-    let e = ReclaimEvent {
-        kind: EventKind::ReclaimBegin as u32,
-        _pad: 0,
-        ctx: ctx(1_000 + i, stack_id),
-        data: ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, ..Default::default() },
-    };
-    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e) })
+    let e = ReclaimEvent::new(
+        EventKind::ReclaimBegin,
+        ctx(1_000 + i, stack_id),
+        ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, ..Default::default() },
+    );
+    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e).to_vec() })
 }
 
 fn shrink(i: u64, scan_fn: u64) -> Record {
-    let e = ShrinkerEvent {
-        kind: EventKind::Shrinker as u32,
-        _pad: 0,
-        ctx: ctx(1_000 + i, -1),
-        data: ShrinkerData {
+    let e = ShrinkerEvent::new(
+        EventKind::Shrinker,
+        ctx(1_000 + i, -1),
+        ShrinkerData {
             shrinker: 0xffff_8881_0000_0000,
             scan_fn,
             nr_to_scan: 128,
@@ -49,8 +43,8 @@ fn shrink(i: u64, scan_fn: u64) -> Record {
             sb_dev: 7 << 20,
             fs_type: *b"xfs\0\0\0\0\0\0\0\0\0\0\0\0\0",
         },
-    };
-    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e) })
+    );
+    Record::Event(EventRecord { unix_ns: 1_764_000_000_000_000_000 + i, data: bytes_of(&e).to_vec() })
 }
 
 fn stack(id: i32) -> Record {

@@ -101,11 +101,8 @@ fn only_regular_files_of_ours_are_written() {
 
 #[test]
 fn a_file_of_another_user_is_refused() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to make a file owned by another user");
-        return;
-    }
+    // Root makes a file owned by another user.
+    testbed::require_root("a_file_of_another_user_is_refused");
     let dir = tempfile::tempdir().unwrap();
     let theirs = dir.path().join("theirs.trace");
     fs::write(&theirs, b"theirs").unwrap();
