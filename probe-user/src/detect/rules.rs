@@ -12,7 +12,7 @@ pub struct Rule {
 pub const HAZARD_FS_IO: Rule = Rule {
     id: "RS001",
     severity: Severity::Hazard,
-    title: "servicer of a stacked device allocates with __GFP_FS/__GFP_IO under memory pressure",
+    title: "servicer of a stacked device reclaims with __GFP_FS while the filesystem above is busy",
 };
 pub const HAZARD_DIRTY_THROTTLE: Rule = Rule {
     id: "RS002",
