@@ -90,12 +90,7 @@ fn release(sub: impl FnOnce(&mut HolderState)) {
     // SAFETY: this thread's own entry; only this thread writes it.
     let h = unsafe { &mut *h };
     sub(h);
-    if h.released_ns == 0
-        && h.ilock_excl == 0
-        && h.ilock_shared == 0
-        && h.iolock == 0
-        && h.trans == 0
-        && h.handles == 0
+    if h.released_ns == 0 && h.ilock_excl == 0 && h.ilock_shared == 0 && h.iolock == 0 && h.trans == 0 && h.handles == 0
     {
         h.released_ns = unsafe { bpf_ktime_get_ns() };
     }
