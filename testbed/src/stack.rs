@@ -69,6 +69,15 @@ pub struct StorageStackSpec {
     pub dm: Option<Dm>,
 }
 
+impl StorageStackSpec {
+    /// The seed hazard the demo, soak and workload build: XFS over a 1 GiB
+    /// qemu-storage-daemon FUSE export whose daemon is in a memory cgroup
+    /// of `memcg_limit_mb`.
+    pub fn qsd_in_memcg(memcg_limit_mb: u64) -> StorageStackSpec {
+        StorageStackSpec { image_mb: 1024, memcg_limit_mb: Some(memcg_limit_mb), ..Default::default() }
+    }
+}
+
 impl Default for StorageStackSpec {
     fn default() -> Self {
         StorageStackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None, dm: None }

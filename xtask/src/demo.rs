@@ -8,7 +8,7 @@
 use std::{process::Command, thread::sleep, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use testbed::{Servicer, StorageStack, StorageStackSpec};
+use testbed::{StorageStack, StorageStackSpec};
 
 use crate::{
     build::run_build,
@@ -59,13 +59,7 @@ pub fn run(deadlock: bool) -> Result<()> {
         bail!("the demo builds loop devices, mounts and memory cgroups: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StorageStackSpec {
-        servicer: Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(if deadlock { 96 } else { 256 }),
-        dm: None,
-    };
+    let spec = StorageStackSpec::qsd_in_memcg(if deadlock { 96 } else { 256 });
     let mut stack = StorageStack::build("demo", &spec)?;
     let result = scenario(&mut stack, &bin, deadlock);
     let torn = stack.teardown();

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use testbed::{Servicer, StorageStack, StorageStackSpec};
+use testbed::{StorageStack, StorageStackSpec};
 
 use crate::{
     build::run_build,
@@ -271,13 +271,7 @@ pub fn run(minutes: u64, interval_s: u64) -> Result<()> {
         bail!("the soak builds loop devices, mounts and a memory cgroup: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StorageStackSpec {
-        servicer: Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(256),
-        dm: None,
-    };
+    let spec = StorageStackSpec::qsd_in_memcg(256);
     let mut stack = StorageStack::build("soak", &spec)?;
     println!(
         "soak: {minutes} min of monitor over XFS on {} <- qemu-storage-daemon (pid {}) in a 256 MiB memcg",
