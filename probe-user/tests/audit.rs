@@ -370,17 +370,18 @@ fn fuse_daemon_not_visible_gives_no_all_clear() {
 
 // ------------------------------------------------------- kernel tests (root)
 
-use testbed::{Servicer, Stack, StackSpec};
+use testbed::{Servicer, StorageStack, StorageStackSpec};
 
 /// Builds a stack (the test fails when not root). A failing assertion
 /// drops the stack, which tears it down; the explicit teardown at the end of
 /// each test reports teardown errors.
-fn build(name: &str, servicer: Servicer, levels: usize) -> (testbed::TestbedLock, Stack) {
+fn build(name: &str, servicer: Servicer, levels: usize) -> (testbed::TestbedLock, StorageStack) {
     testbed::require_root(name);
     let lock = testbed::lock().expect("testbed lock");
     let image_mb = if levels > 1 { 1536 } else { 512 };
-    let stack = Stack::build(name, &StackSpec { servicer, levels, image_mb, memcg_limit_mb: None, dm: None })
-        .expect("building the stack");
+    let stack =
+        StorageStack::build(name, &StorageStackSpec { servicer, levels, image_mb, memcg_limit_mb: None, dm: None })
+            .expect("building the stack");
     (lock, stack)
 }
 
@@ -509,8 +510,9 @@ fn audit_answers_while_the_daemon_is_deadlocked() {
     use std::time::{Duration, Instant};
     testbed::require_root("audit_answers_while_the_daemon_is_deadlocked");
     let _lock = testbed::lock().expect("testbed lock");
-    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
-    let mut stack = Stack::build("audit-deadlock", &spec).expect("building the stack");
+    let spec =
+        StorageStackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
+    let mut stack = StorageStack::build("audit-deadlock", &spec).expect("building the stack");
     let qsd = stack.daemon_pid.expect("qsd pid");
     stack.spawn_writer("data", 512).expect("writer");
 

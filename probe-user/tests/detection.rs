@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-fn dev_of(stack: &testbed::Stack) -> String {
+fn dev_of(stack: &testbed::StorageStack) -> String {
     let (ma, mi) = stack.top().devt;
     format!("{ma}:{mi}")
 }
@@ -74,14 +74,14 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
 fn real_deadlock_is_flagged_as_it_forms() {
     testbed::require_root("real_deadlock_is_flagged_as_it_forms");
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StackSpec {
+    let spec = testbed::StorageStackSpec {
         servicer: testbed::Servicer::QsdFuse,
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(96),
         dm: None,
     };
-    let mut stack = testbed::Stack::build("deadlock", &spec).unwrap();
+    let mut stack = testbed::StorageStack::build("deadlock", &spec).unwrap();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();
     let start = Instant::now();
@@ -135,7 +135,7 @@ fn real_deadlock_is_flagged_as_it_forms() {
 }
 
 /// Runs a writer under the same memory pressure and returns the agent's lines.
-fn quiet_run(stack: Option<&mut testbed::Stack>, memcg: Option<&testbed::Memcg>) -> Vec<Value> {
+fn quiet_run(stack: Option<&mut testbed::StorageStack>, memcg: Option<&testbed::Memcg>) -> Vec<Value> {
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();
     match (stack, memcg) {
@@ -184,14 +184,14 @@ fn assert_pressure_and_no_findings(lines: &[Value], what: &str) {
 fn control_plain_loop_is_quiet() {
     testbed::require_root("control_plain_loop_is_quiet");
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StackSpec {
+    let spec = testbed::StorageStackSpec {
         servicer: testbed::Servicer::KernelLoop,
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(256),
         dm: None,
     };
-    let mut stack = testbed::Stack::build("control-loop", &spec).unwrap();
+    let mut stack = testbed::StorageStack::build("control-loop", &spec).unwrap();
     let lines = quiet_run(Some(&mut stack), None);
     stack.teardown().unwrap();
     assert_pressure_and_no_findings(&lines, "XFS on a plain loop device");

@@ -20,7 +20,7 @@ use std::{
 use reclaimscope::cli::audit::audit;
 use reclaimscope::topology::{Dev, Extra, Protection, ServicerKind, Topology};
 use serde_json::{json, Value};
-use testbed::{Dm, Servicer, Stack, StackSpec};
+use testbed::{Dm, Servicer, StorageStack, StorageStackSpec};
 
 fn module(m: &str) -> bool {
     Path::new("/sys/module").join(m).exists()
@@ -48,7 +48,7 @@ struct Expect {
 
 /// The device whose I/O the servicer completes: the one under dm (if any)
 /// for block servicers, the bottom loop device's FUSE file for FUSE daemons.
-fn served(stack: &Stack, t: &Topology) -> Dev {
+fn served(stack: &StorageStack, t: &Topology) -> Dev {
     match &stack.served_device {
         Some(d) => {
             let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(d).unwrap());
@@ -66,15 +66,15 @@ fn served(stack: &Stack, t: &Topology) -> Dev {
 fn scenario(name: &str, servicer: Servicer, dm: Option<Dm>, expect: Expect) -> Option<Vec<Value>> {
     testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm };
+    let spec = StorageStackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm };
     if let Some(m) = missing_module(servicer, dm) {
-        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        let err = format!("{:#}", StorageStack::build(name, &spec).unwrap_err());
         println!("{name}: this kernel has no {m}: {err}");
         assert!(err.contains("this kernel"), "unclear error: {err}");
         common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
         return None;
     }
-    let mut stack = Stack::build(name, &spec).expect("building the stack");
+    let mut stack = StorageStack::build(name, &spec).expect("building the stack");
     let pid = stack.daemon_pid.expect("a userspace servicer");
     let top = stack.top().clone();
 
@@ -182,7 +182,7 @@ fn ublk_server_that_clears_io_flusher_is_unprotected() {
 /// files created by a task inside the memcg, so that their inodes and
 /// dentries are charged there and memcg reclaim must shrink the upper
 /// XFS's caches (super_cache_scan) to make room.
-fn charge_upper_xfs_objects(stack: &Stack, files: u32) {
+fn charge_upper_xfs_objects(stack: &StorageStack, files: u32) {
     let dir = stack.top().mountpoint.join("tree");
     std::fs::create_dir(&dir).unwrap();
     let mut sh = std::process::Command::new("sh");
@@ -197,14 +197,14 @@ fn charge_upper_xfs_objects(stack: &Stack, files: u32) {
 fn shrinker_recursion(name: &str, servicer: Servicer) {
     testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(128), dm: None };
+    let spec = StorageStackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: Some(128), dm: None };
     if let Some(m) = missing_module(servicer, None) {
-        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        let err = format!("{:#}", StorageStack::build(name, &spec).unwrap_err());
         assert!(err.contains("this kernel"), "unclear error: {err}");
         common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
         return;
     }
-    let mut stack = Stack::build(name, &spec).expect("building the stack");
+    let mut stack = StorageStack::build(name, &spec).expect("building the stack");
     let pid = stack.daemon_pid.unwrap();
     let top = stack.top().mountpoint.display().to_string();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
@@ -260,14 +260,15 @@ fn seed_deadlock_is_flagged_and_broken() {
     let name = "seed_tcmu_deadlock";
     testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec { servicer: Servicer::TcmuZbc, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
+    let spec =
+        StorageStackSpec { servicer: Servicer::TcmuZbc, levels: 1, image_mb: 1024, memcg_limit_mb: Some(96), dm: None };
     if let Some(m) = missing_module(Servicer::TcmuZbc, None) {
-        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        let err = format!("{:#}", StorageStack::build(name, &spec).unwrap_err());
         assert!(err.contains("this kernel"), "unclear error: {err}");
         common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
         return;
     }
-    let mut stack = Stack::build(name, &spec).expect("building the stack");
+    let mut stack = StorageStack::build(name, &spec).expect("building the stack");
     let pid = stack.daemon_pid.unwrap();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();

@@ -24,7 +24,7 @@ pub use inspect::{
     blocked_threads, loops_backed_under, mounts_under, pid_alive, pid_running, where_blocked, MountEntry,
 };
 pub use memcg::{Hierarchy, Memcg, Pressure};
-pub use stack::{Dm, Level, Servicer, Stack, StackSpec, WORK_ROOT};
+pub use stack::{Dm, Level, Servicer, StorageStack, StorageStackSpec, WORK_ROOT};
 pub use sweep::sweep_stale;
 
 use anyhow::{Context, Result};

@@ -55,9 +55,9 @@ pub enum Dm {
     Crypt,
 }
 
-/// What to build; see [`Stack::build`].
+/// What to build; see [`StorageStack::build`].
 #[derive(Debug, Clone)]
-pub struct StackSpec {
+pub struct StorageStackSpec {
     pub servicer: Servicer,
     /// XFS levels: 1 = XFS on the bottom device; 2 = XFS on a loop device
     /// over a file in that XFS, and so on.
@@ -69,9 +69,18 @@ pub struct StackSpec {
     pub dm: Option<Dm>,
 }
 
-impl Default for StackSpec {
+impl StorageStackSpec {
+    /// The seed hazard the demo, soak and workload build: XFS over a 1 GiB
+    /// qemu-storage-daemon FUSE export whose daemon is in a memory cgroup
+    /// of `memcg_limit_mb`.
+    pub fn qsd_in_memcg(memcg_limit_mb: u64) -> StorageStackSpec {
+        StorageStackSpec { image_mb: 1024, memcg_limit_mb: Some(memcg_limit_mb), ..Default::default() }
+    }
+}
+
+impl Default for StorageStackSpec {
     fn default() -> Self {
-        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None, dm: None }
+        StorageStackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 512, memcg_limit_mb: None, dm: None }
     }
 }
 
@@ -96,7 +105,7 @@ pub(crate) enum Bottom {
 
 /// A built storage stack. Dropping it tears it down (best effort, never panics).
 #[derive(Debug)]
-pub struct Stack {
+pub struct StorageStack {
     pub name: String,
     /// `/tmp/reclaimscope-testbed/<name>-<pid>` (on the lower filesystem).
     pub workdir: PathBuf,
@@ -119,9 +128,9 @@ pub struct Stack {
     torn_down: bool,
 }
 
-impl Stack {
+impl StorageStack {
     /// Build the stack; on any failure, tears down what was built so far.
-    pub fn build(name: &str, spec: &StackSpec) -> Result<Stack> {
+    pub fn build(name: &str, spec: &StorageStackSpec) -> Result<StorageStack> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             bail!("stack name {name:?} must be non-empty ASCII letters, digits, '_' or '-'");
         }
@@ -131,7 +140,7 @@ impl Stack {
         let workdir = PathBuf::from(WORK_ROOT).join(format!("{name}-{}", std::process::id()));
         fs::create_dir_all(WORK_ROOT).with_context(|| format!("creating {WORK_ROOT}"))?;
         fs::create_dir(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
-        let mut stack = Stack {
+        let mut stack = StorageStack {
             name: name.to_string(),
             ledger: Ledger::create(&workdir),
             data_file: workdir.join("lower.img"),
@@ -157,7 +166,7 @@ impl Stack {
         }
     }
 
-    fn assemble(&mut self, spec: &StackSpec) -> Result<()> {
+    fn assemble(&mut self, spec: &StorageStackSpec) -> Result<()> {
         if let Some(mb) = spec.memcg_limit_mb {
             self.memcg = Some(Memcg::create(&self.name, mb)?);
         }
@@ -276,12 +285,12 @@ impl Stack {
         self.spawn_writer_with(file, mb, &["conv=fsync"])
     }
 
-    /// Like [`Stack::spawn_writer`] with other dd flags (e.g. `oflag=direct`).
+    /// Like [`StorageStack::spawn_writer`] with other dd flags (e.g. `oflag=direct`).
     pub fn spawn_writer_with(&mut self, file: &str, mb: u64, dd_flags: &[&str]) -> Result<u32> {
         self.spawn_dd(file, mb, dd_flags, true)
     }
 
-    /// Like [`Stack::spawn_writer`], but the writer stays outside the memcg:
+    /// Like [`StorageStack::spawn_writer`], but the writer stays outside the memcg:
     /// only the servicer is under pressure, and reclaim in it finds the
     /// lower file's page cache rather than the upper XFS's dirty folios, so
     /// the hazard shows without the deadlock forming.
@@ -390,7 +399,7 @@ struct Writer {
     log: PathBuf,
 }
 
-impl Drop for Stack {
+impl Drop for StorageStack {
     fn drop(&mut self) {
         for e in self.teardown_inner() {
             eprintln!("testbed: teardown of stack {}: {e:#}", self.name);

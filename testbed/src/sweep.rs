@@ -72,7 +72,7 @@ fn orphan_loops() -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// FUSE aborted first (it frees whatever waits on a dead daemon), then the
-/// ledger undone newest first, as `Stack::teardown` does.
+/// ledger undone newest first, as `StorageStack::teardown` does.
 fn sweep_workdir(dir: &Path) -> Vec<anyhow::Error> {
     eprintln!("testbed: sweeping stale {}", dir.display());
     let mut errs = Vec::new();

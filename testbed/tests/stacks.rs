@@ -10,11 +10,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use testbed::{
-    blocked_threads, loops_backed_under, mounts_under, pid_alive, pid_running, Dm, Hierarchy, Servicer, Stack,
-    StackSpec,
+    blocked_threads, loops_backed_under, mounts_under, pid_alive, pid_running, Dm, Hierarchy, Servicer, StorageStack,
+    StorageStackSpec,
 };
 
-/// What must be gone after teardown, captured before the Stack is consumed.
+/// What must be gone after teardown, captured before the StorageStack is consumed.
 struct Footprint {
     workdir: PathBuf,
     loops: Vec<PathBuf>,
@@ -41,7 +41,7 @@ fn sys_block(dev: &Path) -> PathBuf {
 }
 
 /// Check the built stack against the kernel and return its footprint.
-fn check_built(stack: &Stack, spec: &StackSpec) -> Footprint {
+fn check_built(stack: &StorageStack, spec: &StorageStackSpec) -> Footprint {
     assert_eq!(stack.levels.len(), spec.levels);
     let mounts = mounts_under(&stack.workdir);
     let mut loops: Vec<PathBuf> =
@@ -133,18 +133,18 @@ fn kernel_has(servicer: Servicer, dm: Option<Dm>) -> Result<(), &'static str> {
 /// Build, check, write `write_mb` through the top XFS, tear down, check.
 /// On a kernel without the servicer's module, the build must fail with
 /// a clear error and leave nothing behind.
-fn round_trip(name: &str, spec: StackSpec, write_mb: u64) {
+fn round_trip(name: &str, spec: StorageStackSpec, write_mb: u64) {
     testbed::require_root(name);
     let _lock = testbed::lock().unwrap();
     if let Err(module) = kernel_has(spec.servicer, spec.dm) {
-        let err = format!("{:#}", Stack::build(name, &spec).unwrap_err());
+        let err = format!("{:#}", StorageStack::build(name, &spec).unwrap_err());
         println!("{name}: this kernel has no {module}; the build fails with: {err}");
         assert!(err.contains("this kernel"), "unclear error: {err}");
         let workdir = PathBuf::from(format!("{}/{name}-{}", testbed::WORK_ROOT, std::process::id()));
         assert!(!workdir.exists(), "{} left after a failed build", workdir.display());
         return;
     }
-    let mut stack = Stack::build(name, &spec).unwrap();
+    let mut stack = StorageStack::build(name, &spec).unwrap();
     let fp = check_built(&stack, &spec);
     let started = Instant::now();
     // Only the servicer is under the limit: under cgroup v2 a writer in the
@@ -159,8 +159,8 @@ fn round_trip(name: &str, spec: StackSpec, write_mb: u64) {
     assert_gone(&fp);
 }
 
-fn spec(servicer: Servicer) -> StackSpec {
-    StackSpec { servicer, ..StackSpec::default() }
+fn spec(servicer: Servicer) -> StorageStackSpec {
+    StorageStackSpec { servicer, ..StorageStackSpec::default() }
 }
 
 #[test]
@@ -170,38 +170,42 @@ fn kernel_loop_one_level() {
 
 #[test]
 fn qsd_fuse_one_level_in_memcg() {
-    round_trip("qsd_fuse_one_level_in_memcg", StackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::QsdFuse) }, 64);
+    round_trip(
+        "qsd_fuse_one_level_in_memcg",
+        StorageStackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::QsdFuse) },
+        64,
+    );
 }
 
 #[test]
 fn qsd_fuse_two_levels() {
-    round_trip("qsd_fuse_two_levels", StackSpec { levels: 2, ..spec(Servicer::QsdFuse) }, 32);
+    round_trip("qsd_fuse_two_levels", StorageStackSpec { levels: 2, ..spec(Servicer::QsdFuse) }, 32);
 }
 
 #[test]
 fn bindfs_in_memcg() {
-    round_trip("bindfs_in_memcg", StackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::BindFs) }, 64);
+    round_trip("bindfs_in_memcg", StorageStackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::BindFs) }, 64);
 }
 
 #[test]
 fn nbd_server_in_memcg() {
-    round_trip("nbd_server_in_memcg", StackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::NbdServer) }, 64);
+    round_trip("nbd_server_in_memcg", StorageStackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::NbdServer) }, 64);
 }
 
 #[test]
 fn qemu_nbd_under_dm_linear() {
-    round_trip("qemu_nbd_under_dm_linear", StackSpec { dm: Some(Dm::Linear), ..spec(Servicer::QemuNbd) }, 32);
+    round_trip("qemu_nbd_under_dm_linear", StorageStackSpec { dm: Some(Dm::Linear), ..spec(Servicer::QemuNbd) }, 32);
 }
 
 #[test]
 fn qsd_fuse_under_dm_crypt() {
-    round_trip("qsd_fuse_under_dm_crypt", StackSpec { dm: Some(Dm::Crypt), ..spec(Servicer::QsdFuse) }, 32);
+    round_trip("qsd_fuse_under_dm_crypt", StorageStackSpec { dm: Some(Dm::Crypt), ..spec(Servicer::QsdFuse) }, 32);
 }
 
 #[test]
 fn tcmu_zbc_under_dm_zoned() {
     // dm-zoned needs more zones than 512 MiB of 32 MiB zones leave it.
-    let spec = StackSpec { memcg_limit_mb: Some(256), image_mb: 1024, ..spec(Servicer::TcmuZbc) };
+    let spec = StorageStackSpec { memcg_limit_mb: Some(256), image_mb: 1024, ..spec(Servicer::TcmuZbc) };
     round_trip("tcmu_zbc_under_dm_zoned", spec, 64);
 }
 
@@ -218,8 +222,8 @@ fn ublk_both_rublks() {
 fn failed_build_tears_down() {
     testbed::require_root("failed_build_tears_down");
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec { image_mb: 64, memcg_limit_mb: Some(64), ..StackSpec::default() };
-    let err = Stack::build("failed_build", &spec).unwrap_err();
+    let spec = StorageStackSpec { image_mb: 64, memcg_limit_mb: Some(64), ..StorageStackSpec::default() };
+    let err = StorageStack::build("failed_build", &spec).unwrap_err();
     println!("build failed as expected: {err:#}");
     assert!(format!("{err:#}").contains("mkfs.xfs"));
     let pid = std::process::id();
@@ -240,8 +244,8 @@ fn failed_build_tears_down() {
 fn deadlock_breaks_cleanly() {
     testbed::require_root("deadlock_breaks_cleanly");
     let _lock = testbed::lock().unwrap();
-    let spec = StackSpec { memcg_limit_mb: Some(96), ..StackSpec::default() };
-    let mut stack = Stack::build("deadlock", &spec).unwrap();
+    let spec = StorageStackSpec { memcg_limit_mb: Some(96), ..StorageStackSpec::default() };
+    let mut stack = StorageStack::build("deadlock", &spec).unwrap();
     let fp = check_built(&stack, &spec);
     let qsd = stack.daemon_pid.unwrap();
     let writer = stack.spawn_writer("big", 512).unwrap();
@@ -298,8 +302,8 @@ fn stale_owner_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let spec = StackSpec { memcg_limit_mb: Some(96), ..StackSpec::default() };
-    let mut stack = Stack::build("stale", &spec).unwrap();
+    let spec = StorageStackSpec { memcg_limit_mb: Some(96), ..StorageStackSpec::default() };
+    let mut stack = StorageStack::build("stale", &spec).unwrap();
     stack.spawn_writer("big", 512).unwrap();
     println!("READY {} {}", stack.workdir.display(), stack.daemon_pid.unwrap());
     std::thread::sleep(Duration::from_secs(300));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use testbed::{Servicer, Stack, StackSpec};
+use testbed::{Servicer, StorageStack, StorageStackSpec};
 
 use crate::{
     build::run_build,
@@ -52,7 +52,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(stack: &Stack, bin: &std::path::Path, runs: u32, seconds: u32) -> Result<(Vec<f64>, Vec<f64>)> {
+fn measure(stack: &StorageStack, bin: &std::path::Path, runs: u32, seconds: u32) -> Result<(Vec<f64>, Vec<f64>)> {
     let dir = &stack.top().mountpoint;
     let (mut base, mut traced) = (Vec::new(), Vec::new());
     for i in 0..runs {
@@ -84,8 +84,9 @@ pub fn run(runs: u32, seconds: u32) -> Result<()> {
         bail!("the bench builds loop devices and mounts: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: None, dm: None };
-    let stack = Stack::build("bench", &spec)?;
+    let spec =
+        StorageStackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: None, dm: None };
+    let stack = StorageStack::build("bench", &spec)?;
     let result = measure(&stack, &bin, runs.max(1), seconds.max(1));
     stack.teardown()?;
     let (base, traced) = result?;

@@ -8,7 +8,7 @@
 use std::{process::Command, thread::sleep, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use testbed::{Servicer, Stack, StackSpec};
+use testbed::{StorageStack, StorageStackSpec};
 
 use crate::{
     build::run_build,
@@ -16,7 +16,7 @@ use crate::{
     util::{interrupt, is_root},
 };
 
-fn scenario(stack: &mut Stack, bin: &std::path::Path, deadlock: bool) -> Result<()> {
+fn scenario(stack: &mut StorageStack, bin: &std::path::Path, deadlock: bool) -> Result<()> {
     let top = stack.top();
     println!(
         "demo: XFS at {} on {} ({}:{}) <- {} <- qemu-storage-daemon (pid {}) <- ext4; memory cgroup {} MiB",
@@ -59,14 +59,8 @@ pub fn run(deadlock: bool) -> Result<()> {
         bail!("the demo builds loop devices, mounts and memory cgroups: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec = StackSpec {
-        servicer: Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(if deadlock { 96 } else { 256 }),
-        dm: None,
-    };
-    let mut stack = Stack::build("demo", &spec)?;
+    let spec = StorageStackSpec::qsd_in_memcg(if deadlock { 96 } else { 256 });
+    let mut stack = StorageStack::build("demo", &spec)?;
     let result = scenario(&mut stack, &bin, deadlock);
     let torn = stack.teardown();
     println!("demo: storage stack torn down");

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use testbed::{Servicer, Stack, StackSpec};
+use testbed::{StorageStack, StorageStackSpec};
 
 use crate::{
     build::run_build,
@@ -108,7 +108,7 @@ struct Outcome {
     threads: u64,
 }
 
-fn soak(stack: &mut Stack, bin: &Path, minutes: u64, interval: Duration) -> Result<Outcome> {
+fn soak(stack: &mut StorageStack, bin: &Path, minutes: u64, interval: Duration) -> Result<Outcome> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
     let summary_every = interval.as_secs().max(1).to_string();
@@ -271,9 +271,8 @@ pub fn run(minutes: u64, interval_s: u64) -> Result<()> {
         bail!("the soak builds loop devices, mounts and a memory cgroup: run it as root");
     }
     let _lock = testbed::lock()?;
-    let spec =
-        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm: None };
-    let mut stack = Stack::build("soak", &spec)?;
+    let spec = StorageStackSpec::qsd_in_memcg(256);
+    let mut stack = StorageStack::build("soak", &spec)?;
     println!(
         "soak: {minutes} min of monitor over XFS on {} <- qemu-storage-daemon (pid {}) in a 256 MiB memcg",
         stack.top().device.display(),

@@ -8,13 +8,12 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use testbed::{Memcg, Servicer, Stack, StackSpec};
+use testbed::{Memcg, StorageStack, StorageStackSpec};
 
 pub fn run(mb: u64) -> Result<()> {
     let _lock = testbed::lock()?;
-    let spec =
-        StackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: Some(256), dm: None };
-    let mut stack = Stack::build("workload", &spec)?;
+    let spec = StorageStackSpec::qsd_in_memcg(256);
+    let mut stack = StorageStack::build("workload", &spec)?;
     let writer = stack.spawn_writer_outside_memcg("data", mb);
     let served = writer.and_then(|pid| stack.wait_writer(pid, Duration::from_secs(900)));
     let torn = stack.teardown();

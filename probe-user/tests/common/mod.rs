@@ -145,21 +145,21 @@ pub fn final_findings(lines: &[Value]) -> Vec<&Value> {
 /// export on ext4, the daemon in a memory cgroup small enough that it
 /// reclaims. The writer stays outside the cgroup, so the daemon's reclaim
 /// finds only its own lower-file page cache and nothing hangs.
-pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::Stack) {
+pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::StorageStack) {
     let lock = testbed::lock().expect("testbed lock");
-    let spec = testbed::StackSpec {
+    let spec = testbed::StorageStackSpec {
         servicer: testbed::Servicer::QsdFuse,
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(256),
         dm: None,
     };
-    (lock, testbed::Stack::build(name, &spec).expect("build hazard stack"))
+    (lock, testbed::StorageStack::build(name, &spec).expect("build hazard stack"))
 }
 
 /// Writes through the upper XFS from outside the memcg and waits for the
 /// writer (fsync included).
-pub fn write_through(stack: &mut testbed::Stack, mb: u64) {
+pub fn write_through(stack: &mut testbed::StorageStack, mb: u64) {
     let pid = stack.spawn_writer_outside_memcg("data", mb).expect("writer");
     stack.wait_writer(pid, Duration::from_secs(240)).expect("writer finishes");
 }

@@ -6,13 +6,13 @@
 use super::wait_until;
 use crate::inspect::mounts_under;
 use crate::ledger::Item;
-use crate::stack::{sparse_file, Bottom, Stack};
+use crate::stack::{sparse_file, Bottom, StorageStack};
 use anyhow::{Context, Result};
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+pub(crate) fn start(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     let src = stack.workdir.join("bindsrc");
     let mnt = stack.workdir.join("bindmnt");
     fs::create_dir(&src).and_then(|()| fs::create_dir(&mnt)).context("creating bindfs directories")?;

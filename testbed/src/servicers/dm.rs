@@ -4,12 +4,12 @@
 
 use crate::cmd::run;
 use crate::ledger::Item;
-use crate::stack::{Dm, Stack, CMD_TIMEOUT};
+use crate::stack::{Dm, StorageStack, CMD_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub(crate) fn create(stack: &mut Stack, under: &Path, kind: Dm) -> Result<PathBuf> {
+pub(crate) fn create(stack: &mut StorageStack, under: &Path, kind: Dm) -> Result<PathBuf> {
     if !Path::new("/dev/mapper/control").exists() {
         bail!("no /dev/mapper/control: this kernel has no device-mapper (dm_mod)");
     }

@@ -5,7 +5,7 @@
 use super::wait_until;
 use crate::cmd::run;
 use crate::ledger::Item;
-use crate::stack::{sparse_file, Bottom, Stack, CMD_TIMEOUT};
+use crate::stack::{sparse_file, Bottom, StorageStack, CMD_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -50,7 +50,7 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-pub(crate) fn start_nbd_server(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+pub(crate) fn start_nbd_server(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     let lower = stack.data_file.clone();
     sparse_file(&lower, mb << 20)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -96,7 +96,7 @@ pub(crate) fn start_nbd_server(stack: &mut Stack, mb: u64) -> Result<Bottom> {
     Ok(Bottom::Device(dev))
 }
 
-pub(crate) fn start_qemu_nbd(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+pub(crate) fn start_qemu_nbd(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     let lower = stack.data_file.clone();
     sparse_file(&lower, mb << 20)?;
     let dev = free_device()?;

@@ -4,13 +4,13 @@
 use super::wait_until;
 use crate::inspect::mounts_under;
 use crate::ledger::Item;
-use crate::stack::{sparse_file, Bottom, Stack};
+use crate::stack::{sparse_file, Bottom, StorageStack};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::process::Command;
 use std::time::Duration;
 
-pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+pub(crate) fn start(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     let lower = stack.data_file.clone();
     sparse_file(&lower, mb << 20)?;
     let fuse = stack.workdir.join("fuse.img");

@@ -7,7 +7,7 @@
 use super::wait_until;
 use crate::cmd::run;
 use crate::ledger::Item;
-use crate::stack::{Bottom, Stack, CMD_TIMEOUT};
+use crate::stack::{Bottom, StorageStack, CMD_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ const ZBC_MODEL: &str = "model-HA/zsize-32/conv-8";
 const CMD_TIME_OUT_S: u32 = 10;
 
 /// targetcli with a private home (it insists on writing its preferences).
-fn targetcli(stack: &Stack, args: &str) -> Result<String> {
+fn targetcli(stack: &StorageStack, args: &str) -> Result<String> {
     let home = stack.workdir.join("targetcli");
     fs::create_dir_all(&home)?;
     run(Command::new("targetcli").arg(args).env("TARGETCLI_HOME", &home), CMD_TIMEOUT)
@@ -30,7 +30,7 @@ fn targetcli(stack: &Stack, args: &str) -> Result<String> {
 
 /// tcmu-runner registers its handlers on the system bus; a guest has none
 /// running, so one is started for the stack (and stopped with it).
-fn ensure_system_bus(stack: &mut Stack) -> Result<()> {
+fn ensure_system_bus(stack: &mut StorageStack) -> Result<()> {
     let socket = Path::new("/run/dbus/system_bus_socket");
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Ok(());
@@ -51,7 +51,7 @@ fn backstore_dir(name: &str) -> Option<PathBuf> {
     })
 }
 
-pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
+pub(crate) fn start(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     if !Path::new(CONFIGFS).is_dir() || !Path::new("/sys/module/tcm_loop").exists() {
         bail!("no LIO target core with tcm_loop in configfs: this kernel lacks the tcmu modules (target_core_user, tcm_loop)");
     }
@@ -117,7 +117,7 @@ pub(crate) fn start(stack: &mut Stack, mb: u64) -> Result<Bottom> {
 
 /// dm-zoned over the host-aware disk: XFS cannot write its sequential
 /// zones directly (mkfs fails with Remote I/O error).
-fn zoned(stack: &mut Stack, disk: &Path) -> Result<PathBuf> {
+fn zoned(stack: &mut StorageStack, disk: &Path) -> Result<PathBuf> {
     let short = disk.file_name().and_then(|n| n.to_str()).context("disk name")?;
     let zoned = fs::read_to_string(format!("/sys/block/{short}/queue/zoned")).unwrap_or_default();
     if zoned.trim() != "host-aware" && zoned.trim() != "host-managed" {

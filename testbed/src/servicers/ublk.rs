@@ -5,7 +5,7 @@
 
 use super::wait_until;
 use crate::ledger::Item;
-use crate::stack::{sparse_file, Bottom, Stack};
+use crate::stack::{sparse_file, Bottom, StorageStack};
 use anyhow::{bail, Result};
 use std::fs;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ fn devices() -> Vec<u32> {
         .collect()
 }
 
-pub(crate) fn start(stack: &mut Stack, mb: u64, io_flusher: bool) -> Result<Bottom> {
+pub(crate) fn start(stack: &mut StorageStack, mb: u64, io_flusher: bool) -> Result<Bottom> {
     if !std::path::Path::new("/dev/ublk-control").exists() {
         bail!("no /dev/ublk-control: this kernel has no ublk_drv module");
     }
