@@ -76,7 +76,7 @@ pub struct Summary {
     /// Seconds since the topology in force was discovered (None: not yet).
     pub topology_age_s: Option<f64>,
     /// Something other than the clocks changed since the previous summary:
-    /// periodic output without news is not printed.
+    /// `watch` prints periodic ones only then (`monitor` prints every one).
     pub news: bool,
 }
 

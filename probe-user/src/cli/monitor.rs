@@ -58,10 +58,9 @@ impl Sink for MonitorSink {
         self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
         self.metrics.set_dropped_events(s.dropped);
         self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
-        if s.news {
-            line(if last { "final_summary" } else { "summary" }, s)?;
-        }
-        Ok(())
+        // Every summary, news or not: a service's log and its supervisor
+        // see it alive (watch prints only the ones with news).
+        line(if last { "final_summary" } else { "summary" }, s)
     }
 
     fn findings_now(&mut self, findings: &[Finding], now_ns: u64) -> Result<()> {
