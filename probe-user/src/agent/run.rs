@@ -185,7 +185,7 @@ impl<'a> Loop<'a> {
             }
         };
         let ctx = *ev.ctx();
-        let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kv.kallsyms).to_vec();
+        let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
         let inflight =
             (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
         let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight };
