@@ -17,10 +17,11 @@ use probe_common::{
 
 use crate::maps::{config, count, SERVICERS, STACKS, TASKS};
 
-/// Per-thread state kept in TASKS while the thread is inside a filesystem
-/// write frame or inside reclaim, and deleted as soon as it is in neither,
-/// so the map holds only threads doing something we follow. Kernel-only,
-/// so it lives here rather than in probe-common.
+/// Per-thread state kept in TASKS while the thread is inside reclaim (deleted
+/// when it is in nothing else), and for a thread that wrote a backing file
+/// until it exits (fs_write.rs says why), so the map holds only threads
+/// doing something we follow. Kernel-only, so it lives here rather than in
+/// probe-common.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct TaskState {
