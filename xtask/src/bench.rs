@@ -243,21 +243,21 @@ impl Tool {
                 }
             })
         };
-        let tool = Tool { child, lines, reader };
+        let mut tool = Tool { child, lines, reader };
         tool.wait_attached(mode)?;
         Ok(tool)
     }
 
     /// Until the tool's program count stops growing for a second (bpftrace:
     /// after its BEGIN printed "ready").
-    fn wait_attached(&self, mode: Mode) -> Result<()> {
+    fn wait_attached(&mut self, mode: Mode) -> Result<()> {
         let pid = self.child.id();
         let t0 = Instant::now();
         let (mut last, mut since) = (0, Instant::now());
         while t0.elapsed() < Duration::from_secs(60) {
             sleep(Duration::from_millis(200));
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                bail!("{} exited at start", mode.name());
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited at start: {status}", mode.name());
             }
             let ready = mode != Mode::Bpftrace
                 || self.lines.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l == "ready");
