@@ -399,6 +399,10 @@ impl Drop for BpfStats {
 
 fn measure(stack: &Stack, bin: &Path, runs: u32, seconds: u32, idle: u32) -> Result<Vec<Run>> {
     let f = filter(stack)?;
+    // The first run on a fresh stack allocates the XFS and the backing file
+    // and is much slower than the rest: it is run once and not counted.
+    let warm = fio(&stack.top().mountpoint, seconds)?;
+    println!("bench: warm-up run (not counted): {:.0} IOPS", warm.iops);
     let mut all = Vec::new();
     for round in 0..runs as usize {
         let mut line = Vec::new();
@@ -480,7 +484,8 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
     let mut o = String::new();
     o += &format!(
         "Measured {date}, kernel {kernel}, {} CPUs: {runs} rounds x {seconds} s of fio per mode, the modes' \
-         order rotating every round; each tool idled {idle} s before its fio run.\n\n",
+         order rotating every round, after one uncounted warm-up run; each tool idled {idle} s before its fio \
+         run.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     o += "| mode | median IOPS | IOPS ratio | BPF ns per write | vs bpftrace | events | events/s | CPU idle | CPU under fio | RSS (max) | VmHWM (max) |\n";
