@@ -116,14 +116,14 @@ pub mod counter {
     pub const TASK_STATE_FULL: u32 = 4;
     pub const SHRINKER_CALLS: u32 = 5;
     pub const WRITEBACK_WAITS: u32 = 6;
-    /// Writeback waits of servicers outside reclaim (an fsync's own wait):
+    /// Writeback waits outside reclaim (an fsync's own wait), every task:
     /// counted, never sent, since no rule needs them.
     pub const WAITS_OUTSIDE_RECLAIM: u32 = 7;
     /// bpf_get_stackid() failed (map full or hash collision): the event went
     /// out without its stack.
     pub const STACKS_LOST: u32 = 8;
     /// A thread's recorded reclaim start had no end (a missed return probe
-    /// or a dropped tracepoint): its state was cleared.
+    /// or a dropped tracepoint): the next start replaced it.
     pub const STALE_RECLAIM: u32 = 9;
     /// Allocator slowpath entries, every task.
     pub const SLOWPATH_ENTRIES: u32 = 10;

@@ -11,16 +11,16 @@ use aya_ebpf::{
 };
 use probe_common::{
     events::TaskCtx,
-    flags::PF_MEMALLOC,
     maps::{counter, FS_STACK_DEPTH},
 };
 
 use crate::maps::{config, count, SERVICERS, STACKS, TASKS};
 
-/// Per-thread state kept in TASKS while the thread is inside a filesystem
-/// write frame or inside reclaim, and deleted as soon as it is in neither,
-/// so the map holds only threads doing something we follow. Kernel-only,
-/// so it lives here rather than in probe-common.
+/// Per-thread state kept in TASKS while the thread is inside reclaim (deleted
+/// when it is in nothing else), and for a thread that wrote a backing file
+/// until it exits (fs_write.rs says why), so the map holds only threads
+/// doing something we follow. Kernel-only, so it lives here rather than in
+/// probe-common.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct TaskState {
@@ -150,23 +150,6 @@ pub fn task_flags() -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: bpf_probe_read_kernel checks the address.
     unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
-}
-
-/// Whether the current thread is inside reclaim right now, by the kernel's
-/// own mark: direct and memcg reclaim run under memalloc_noreclaim_save().
-/// A recorded reclaim start without it means the end was lost: the state is
-/// stale, counted, and cleared, so it cannot make later waits look like
-/// waits inside reclaim.
-#[inline(always)]
-pub fn in_reclaim(cur: &Current) -> bool {
-    let flagged = task_flags() & PF_MEMALLOC != 0;
-    let recorded = cur.with_state(|s| s.in_reclaim != 0).unwrap_or(false);
-    if recorded && !flagged {
-        cur.with_state(|s| s.in_reclaim = 0);
-        count(counter::STALE_RECLAIM);
-        cur.release_if_idle();
-    }
-    recorded && flagged
 }
 
 /// Reads a kernel pointer-sized field at `base + off`.

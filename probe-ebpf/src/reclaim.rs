@@ -43,6 +43,11 @@ pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32
     }
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let recorded = cur.with_state_or_insert(|s| {
+        // Reclaim does not nest (PF_MEMALLOC keeps it from recursing): a
+        // start still recorded is one whose end was lost.
+        if s.in_reclaim != 0 {
+            count(counter::STALE_RECLAIM);
+        }
         s.reclaim_begin_ns = now;
         s.reclaim_gfp = gfp;
         s.reclaim_order = order;

@@ -1,8 +1,8 @@
 //! Writeback waits and folios written by reclaim, for tasks doing stacked
 //! I/O. A servicer that waits on writeback of the device it serves, from
 //! inside reclaim, is the deadlock of the stacked-filesystem case. Waits
-//! outside reclaim (a servicer's own fsync) are counted and dropped here:
-//! no rule needs them, and they are the bulk of all waits.
+//! outside reclaim (an fsync's own wait) are counted and dropped here, before
+//! anything else: no rule needs them, and they are the bulk of all waits.
 //!
 //! Before 5.16 the same wait and write are on pages: wait_on_page_writeback()
 //! and the writeback:wait_on_page_writeback / vmscan:mm_vmscan_writepage
@@ -16,11 +16,12 @@ use aya_ebpf::{
 use probe_common::{
     config::found,
     events::{EventKind, ReclaimWriteData, WritebackWaitData},
+    flags::PF_MEMALLOC,
     maps::counter,
 };
 
 use crate::{
-    context::{in_reclaim, read_ptr, read_u32, servicer, task_ctx},
+    context::{read_ptr, read_u32, servicer, task_ctx, task_flags},
     emit::emit,
     maps::{config, count, tp_offsets},
 };
@@ -43,12 +44,20 @@ pub fn folio_inode(folio: u64) -> Option<(u32, u64)> {
     Some((read_u32(sb, k.sb_s_dev)?, read_ptr(host, k.inode_i_ino)?))
 }
 
+/// Reclaim first, servicer second: direct and memcg reclaim run under
+/// PF_MEMALLOC (memalloc_noreclaim_save()), and reading the task's flags
+/// costs less than the servicer check's lookups, so a wait outside reclaim,
+/// which is nearly every wait, costs no map lookup at all. A flagged thread
+/// whose reclaim start we did not record is in no reclaim a rule follows.
 #[inline(always)]
 fn wait<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut WritebackWaitData)) {
     count(counter::WRITEBACK_WAITS);
-    let Some((cur, serving)) = servicer() else { return };
-    if !in_reclaim(&cur) {
+    if task_flags() & PF_MEMALLOC == 0 {
         count(counter::WAITS_OUTSIDE_RECLAIM);
+        return;
+    }
+    let Some((cur, serving)) = servicer() else { return };
+    if cur.with_state(|s| s.in_reclaim) != Some(1) {
         return;
     }
     let mut data = WritebackWaitData { in_reclaim: 1, ..Default::default() };

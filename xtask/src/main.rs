@@ -94,12 +94,18 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         mb: u64,
     },
-    /// Measure fio throughput through the stacked device with and without tracing.
+    /// Measure fio through the stacked device without tracing, under watch,
+    /// monitor and a bpftrace script; writes docs/performance.md's table.
     Bench {
-        #[arg(long, default_value_t = 5)]
+        /// Rounds; each runs fio once per mode (the IOPS ratio is a median over them).
+        #[arg(long, default_value_t = 9)]
         runs: u32,
-        #[arg(long, default_value_t = 20)]
+        /// Seconds of fio per run.
+        #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Seconds each tool idles before its fio run (its idle CPU).
+        #[arg(long, default_value_t = 5)]
+        idle: u32,
     },
 }
 
@@ -126,7 +132,7 @@ fn main() -> Result<()> {
             test::run_tests(&test::Parts { host: !vm_only, fuzz_seconds, kernels: &list })
         }
         Cmd::Demo { deadlock } => demo::run(deadlock),
-        Cmd::Bench { runs, seconds } => bench::run(runs, seconds),
+        Cmd::Bench { runs, seconds, idle } => bench::run(runs, seconds, idle),
         Cmd::Vm { kernel, memory, cpus, timeout_minutes, cmd } => {
             let _lock = testbed::lock()?;
             let opts =

@@ -23,6 +23,8 @@ const APT: &[&str] = &[
     "qemu-utils",
     "fio",
     "bpftool",
+    // The yardstick `cargo xtask bench` measures the agent against.
+    "bpftrace",
     // `cargo xtask vm`: Debian's kernels boot under qemu through virtme-ng.
     "qemu-system-x86",
     "busybox-static",

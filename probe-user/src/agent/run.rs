@@ -46,11 +46,11 @@ pub struct Summary {
     pub writeback_waits: u64,
     pub dropped: u64,
     pub task_state_full: u64,
-    /// Servicer waits on writeback outside reclaim: counted in the kernel, not sent.
+    /// Waits on writeback outside reclaim, every task: counted in the kernel, not sent.
     pub waits_outside_reclaim: u64,
     /// Events that went out without their kernel stack (stack map full or collision).
     pub stacks_lost: u64,
-    /// Reclaim starts whose end never came (missed return probe): cleared in the kernel.
+    /// Reclaim starts whose end never came (missed return probe): replaced by the next start.
     pub stale_reclaim: u64,
     pub slowpath_entries: u64,
     pub oom_kills: u64,
@@ -226,7 +226,7 @@ impl<'a> EventLoop<'a> {
             }
         };
         let ctx = *ev.ctx();
-        let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kv.kallsyms).to_vec();
+        let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
         let inflight =
             (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
         let holders = if ctx.serving_dev != 0 { self.session.holders.current(now_ns()) } else { Default::default() };

@@ -67,7 +67,12 @@ impl Counters {
 pub struct Session {
     /// Owns every program and link: dropping it detaches them all.
     pub ebpf: Ebpf,
-    pub kv: KernelView,
+    /// What is left of the kernel view after attaching: the symbols that
+    /// name stack frames and tracefs. The parsed BTF and ftrace's function
+    /// list (most of the agent's memory at start) are dropped, and re-read
+    /// only when a module load brings something to attach.
+    pub kallsyms: Kallsyms,
+    pub tracefs: Tracefs,
     pub built: Built,
     pub attach: AttachReport,
     /// With `every_impl`: every implementation and whether it attached.
@@ -147,9 +152,12 @@ impl Session {
         let holders = Holders::new(take::<HashMap<_, _, _>>(&mut ebpf, names::HOLDERS)?);
         let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
         let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
+        let KernelView { kallsyms, tracefs, .. } = kv;
+        trim_heap();
         Ok(Session {
             ebpf,
-            kv,
+            kallsyms,
+            tracefs,
             built,
             attach,
             every,
@@ -176,9 +184,22 @@ impl Session {
             return Ok(Vec::new());
         }
         self.modules = now;
-        self.kv = self.paths.view()?;
-        self.built.tp = config::tracepoint_offsets(&self.kv.tracefs);
+        let kv = self.paths.view()?;
+        self.built.tp = config::tracepoint_offsets(&kv.tracefs);
         self.tp_offsets.set(0, self.built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
-        Ok(self.attach.retry_missing(&mut self.ebpf, &self.kv, &self.built))
+        let attached = self.attach.retry_missing(&mut self.ebpf, &kv, &self.built);
+        let KernelView { kallsyms, tracefs, .. } = kv;
+        (self.kallsyms, self.tracefs) = (kallsyms, tracefs);
+        trim_heap();
+        Ok(attached)
     }
+}
+
+/// Gives the heap that start-up freed (vmlinux BTF parsed twice, by aya and
+/// by us; the object's sections; ftrace's function list) back to the kernel:
+/// glibc keeps freed memory in its arenas otherwise, and it would stay in the
+/// agent's RSS for its whole life.
+fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }

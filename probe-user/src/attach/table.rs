@@ -309,7 +309,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "task_exit",
         required: false,
-        degrades: "state of threads that exit inside a write frame is kept until the map is full (counted)",
+        degrades: "state of exited threads that wrote a backing file is kept until the map is full (counted)",
         impls: &[full(Tracepoint, &[p("tp_sched_process_exit", Tp(&[("sched", "sched_process_exit")]))])],
     },
 ];

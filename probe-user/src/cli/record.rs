@@ -126,7 +126,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         log::warn!("the trace header has no topology ({e}); it is recorded when discovery succeeds");
     }
     let (mut session, gfp) = args.trace.start("record", args.all)?;
-    let tracefs = session.kv.tracefs.root().to_owned();
+    let tracefs = session.tracefs.root().to_owned();
     let gfp_format = std::fs::read_to_string(tracefs.join("events/vmscan/mm_vmscan_direct_reclaim_begin/format")).ok();
     let topo = first.topology.unwrap_or_else(|| std::sync::Arc::new(Topology::empty()));
     let header = TraceHeader {
@@ -142,7 +142,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
-    let mut sink = RecordSink { writer, kallsyms: session.kv.kallsyms.clone(), unsynced_findings: false };
+    let mut sink = RecordSink { writer, kallsyms: session.kallsyms.clone(), unsynced_findings: false };
     let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
     sink.writer.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)

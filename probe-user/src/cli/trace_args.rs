@@ -132,7 +132,7 @@ impl TraceArgs {
             force: self.kernel.attach.family(),
             every_impl: false,
         })?;
-        let (gfp, source) = names::load(session.kv.tracefs.root());
+        let (gfp, source) = names::load(session.tracefs.root());
         if let GfpSource::Builtin { reason } = source {
             log::warn!("GFP names from the built-in 6.18 table: {reason}");
         }
