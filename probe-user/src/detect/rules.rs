@@ -65,6 +65,10 @@ pub const WAIT_FUNCTIONS: &[&str] = &[
     "io_schedule",
     "balance_dirty_pages",
     "wait_on_page_writeback",
+    // 5.16+: reclaim that finds folios under writeback sleeps here until
+    // writeback progresses (VMSCAN_THROTTLE_WRITEBACK), which under v2 is
+    // how memcg reclaim waits on the upper filesystem's I/O.
+    "reclaim_throttle",
 ];
 
 pub fn remedy(comm: &str, tgid: u32, kernel_thread: bool) -> String {
