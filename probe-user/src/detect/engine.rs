@@ -470,10 +470,10 @@ fn see_stack(f: &mut Finding, stack: &[String]) {
         return;
     }
     let h = stack_hash(stack);
-    if let Some(s) = f.stacks.iter_mut().find(|s| stack_hash(&s.frames) == h) {
+    if let Some(s) = f.stacks.iter_mut().find(|s| s.hash == h) {
         s.count += 1;
     } else if f.stacks.len() < MAX_STACKS {
-        f.stacks.push(StackSeen { frames: stack.to_vec(), count: 1 });
+        f.stacks.push(StackSeen { frames: stack.to_vec(), count: 1, hash: h });
     } else {
         f.stacks_folded += 1;
     }

@@ -55,6 +55,10 @@ pub struct ThreadSeen {
 pub struct StackSeen {
     pub frames: Vec<String>,
     pub count: u64,
+    /// The hash of its function names, computed once: every sighting is
+    /// matched against the kept stacks.
+    #[serde(skip)]
+    pub hash: u64,
 }
 
 /// A task holding something in the upper filesystem when the finding was
