@@ -77,8 +77,6 @@ pub struct TracepointOffsets {
     /// ext4:ext4_{da_,}write_{begin,end} and ext4_writepages{,_result}
     pub ext4_dev: u32,
     pub ext4_ino: u32,
-    /// block:block_rq_issue / block_rq_complete
-    pub rq_dev: u32,
     /// oom:mark_victim
     pub oom_pid: u32,
     /// writeback:balance_dirty_pages
@@ -121,5 +119,5 @@ impl Config {
 user_pod!(Config, TracepointOffsets);
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 92);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 48);

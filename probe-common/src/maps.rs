@@ -5,17 +5,16 @@ use crate::user_pod;
 
 pub const SERVICERS: &str = "SERVICERS";
 pub const BACKING_FILES: &str = "BACKING_FILES";
-pub const DEV_STATE: &str = "DEV_STATE";
 pub const COUNTERS: &str = "COUNTERS";
 pub const STACKS: &str = "STACKS";
 pub const EVENTS: &str = "EVENTS";
 pub const TP_OFFSETS: &str = "TP_OFFSETS";
 pub const UPPER_FS: &str = "UPPER_FS";
 pub const HOLDERS: &str = "HOLDERS";
+pub const TASKS: &str = "TASKS";
 
 pub const MAX_SERVICERS: u32 = 4096;
 pub const MAX_BACKING_FILES: u32 = 1024;
-pub const MAX_DEVS: u32 = 1024;
 pub const MAX_TASKS: u32 = 16384;
 pub const MAX_STACKS: u32 = 4096;
 /// Filesystems mounted on stacked devices (UPPER_FS).
@@ -52,14 +51,58 @@ pub struct BackingInfo {
     pub _pad: u32,
 }
 
-/// DEV_STATE value (per CPU), keyed by a stacked device's dev_t. A request
-/// may be issued on one CPU and completed on another, so only the sum over
-/// CPUs means anything: that keeps the block path free of atomics.
+/// TASKS value, keyed by tid: per-thread state kept while the thread is
+/// inside reclaim (deleted when it is in nothing else), and for a thread
+/// that wrote a backing file until it exits (probe-ebpf's fs_write.rs says
+/// why), so the map holds only threads doing something followed. The agent
+/// writes it only to forget frames when it detaches the write hooks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DevState {
-    /// Requests issued minus completed since the agent started watching.
-    pub inflight: i64,
+pub struct TaskState {
+    pub reclaim_begin_ns: u64,
+    pub slowpath_begin_ns: u64,
+    /// When the last slowpath event was sent: slowpath entries repeat in a
+    /// retry loop, and one event per thread per interval is enough.
+    pub slowpath_emitted_ns: u64,
+    pub reclaim_gfp: u32,
+    pub reclaim_order: i32,
+    pub reclaim_kind: u32,
+    pub in_reclaim: u32,
+    pub slowpath_gfp: u32,
+    pub slowpath_order: i32,
+    /// Open filesystem write/writeback frames.
+    pub depth: u32,
+    /// For each open frame, the stacked device whose backing file it writes (0: none).
+    pub frames: [u32; FS_STACK_DEPTH],
+    pub _pad: u32,
+}
+
+impl TaskState {
+    /// The innermost frame that writes a backing file.
+    #[inline(always)]
+    pub fn frame_dev(&self) -> u32 {
+        let mut dev = 0;
+        let mut i = 0;
+        while i < FS_STACK_DEPTH {
+            if (i as u32) < self.depth && self.frames[i] != 0 {
+                dev = self.frames[i];
+            }
+            i += 1;
+        }
+        dev
+    }
+
+    /// Nothing left to follow: the entry can go.
+    #[inline(always)]
+    pub fn idle(&self) -> bool {
+        self.depth == 0 && self.in_reclaim == 0 && self.slowpath_begin_ns == 0
+    }
+
+    /// Closes every frame: their ends are no longer traced.
+    pub fn forget_frames(&mut self) {
+        self.depth = 0;
+        self.frames = [0; FS_STACK_DEPTH];
+    }
 }
 
 /// HOLDERS value, keyed by tid: what a thread holds in a filesystem mounted
@@ -115,7 +158,9 @@ pub mod counter {
     /// TASKS (LRU) had no room for a new task state.
     pub const TASK_STATE_FULL: u32 = 4;
     pub const SHRINKER_CALLS: u32 = 5;
-    pub const WRITEBACK_WAITS: u32 = 6;
+    /// Writeback waits inside reclaim (PF_MEMALLOC), every task. Each wait
+    /// bumps one counter, this or the next: the total is their sum.
+    pub const WAITS_IN_RECLAIM: u32 = 6;
     /// Writeback waits outside reclaim (an fsync's own wait), every task:
     /// counted, never sent, since no rule needs them.
     pub const WAITS_OUTSIDE_RECLAIM: u32 = 7;
@@ -136,8 +181,8 @@ pub mod counter {
     pub const COUNT: u32 = 14;
 }
 
-user_pod!(ServicerInfo, BackingKey, BackingInfo, DevState, HolderState);
+user_pod!(ServicerInfo, BackingKey, BackingInfo, TaskState, HolderState);
 
 const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
-const _: () = assert!(core::mem::size_of::<DevState>() == 8);
 const _: () = assert!(core::mem::size_of::<HolderState>() == 72);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 72);

@@ -11,58 +11,10 @@ use aya_ebpf::{
 };
 use probe_common::{
     events::TaskCtx,
-    maps::{counter, FS_STACK_DEPTH},
+    maps::{counter, TaskState},
 };
 
 use crate::maps::{config, count, SERVICERS, STACKS, TASKS};
-
-/// Per-thread state kept in TASKS while the thread is inside reclaim (deleted
-/// when it is in nothing else), and for a thread that wrote a backing file
-/// until it exits (fs_write.rs says why), so the map holds only threads
-/// doing something we follow. Kernel-only, so it lives here rather than in
-/// probe-common.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct TaskState {
-    pub reclaim_begin_ns: u64,
-    pub slowpath_begin_ns: u64,
-    /// When the last slowpath event was sent: slowpath entries repeat in a
-    /// retry loop, and one event per thread per interval is enough.
-    pub slowpath_emitted_ns: u64,
-    pub reclaim_gfp: u32,
-    pub reclaim_order: i32,
-    pub reclaim_kind: u32,
-    pub in_reclaim: u32,
-    pub slowpath_gfp: u32,
-    pub slowpath_order: i32,
-    /// Open filesystem write/writeback frames.
-    pub depth: u32,
-    /// For each open frame, the stacked device whose backing file it writes (0: none).
-    pub frames: [u32; FS_STACK_DEPTH],
-    pub _pad: u32,
-}
-
-impl TaskState {
-    /// The innermost frame that writes a backing file.
-    #[inline(always)]
-    fn frame_dev(&self) -> u32 {
-        let mut dev = 0;
-        let mut i = 0;
-        while i < FS_STACK_DEPTH {
-            if (i as u32) < self.depth && self.frames[i] != 0 {
-                dev = self.frames[i];
-            }
-            i += 1;
-        }
-        dev
-    }
-
-    /// Nothing left to follow: the entry can go.
-    #[inline(always)]
-    pub fn idle(&self) -> bool {
-        self.depth == 0 && self.in_reclaim == 0 && self.slowpath_begin_ns == 0
-    }
-}
 
 #[derive(Clone, Copy)]
 pub struct Current {
@@ -99,11 +51,18 @@ impl Current {
     /// (a full map is counted, and the caller sees None).
     #[inline(always)]
     pub fn with_state_or_insert<R>(&self, f: impl FnOnce(&mut TaskState) -> R) -> Option<R> {
-        if TASKS.get_ptr_mut(&self.tid).is_none() && TASKS.insert(&self.tid, &TaskState::default(), 0).is_err() {
-            count(counter::TASK_STATE_FULL);
-            return None;
-        }
-        self.with_state(f)
+        let p = match TASKS.get_ptr_mut(&self.tid) {
+            Some(p) => p,
+            None => {
+                if TASKS.insert(&self.tid, &TaskState::default(), 0).is_err() {
+                    count(counter::TASK_STATE_FULL);
+                    return None;
+                }
+                TASKS.get_ptr_mut(&self.tid)?
+            }
+        };
+        // SAFETY: see with_state.
+        Some(f(unsafe { &mut *p }))
     }
 
     /// Drops this thread's state once it follows nothing any more.

@@ -14,10 +14,10 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use probe_common::maps::{BackingKey, FS_STACK_DEPTH};
+use probe_common::maps::{BackingKey, TaskState, FS_STACK_DEPTH};
 
 use crate::{
-    context::{current, read_ptr, read_u32, TaskState},
+    context::{current, read_ptr, read_u32},
     maps::{config, tp_offsets, BACKING_FILES},
 };
 

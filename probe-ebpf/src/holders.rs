@@ -3,16 +3,27 @@
 //! filesystem (its shrinker, its writeback) waits for these holders, and a
 //! holder waiting on I/O to the stacked device waits for the servicer: the
 //! two halves of the cycle. State only, no events: the agent reads HOLDERS
-//! when it reports a finding. For any other filesystem a call costs one
-//! UPPER_FS lookup; in a followed one, an update in place of the thread's
-//! entry (inserted once per thread).
+//! when it reports a finding.
+//!
+//! The agent attaches these programs only while the machine is under
+//! memory pressure (agent/pressure.rs): an inode lock is taken and dropped
+//! twice per buffered write, so following locks on a healthy server would
+//! cost more than everything else together, for state only a servicer in
+//! reclaim makes anyone read. A lock taken before they attach and still
+//! held is not seen; one taken after is.
+//!
+//! For any other filesystem a call costs one UPPER_FS lookup; in a followed
+//! one, an update in place of the thread's entry (inserted once per thread).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use probe_common::maps::{counter, held, HolderState};
+use probe_common::{
+    config::TracepointOffsets,
+    maps::{counter, held, HolderState},
+};
 
 use crate::{
     context::current,
@@ -27,12 +38,17 @@ const XFS_ILOCK_SHARED: i32 = 1 << 3;
 const XFS_MMAPLOCK_EXCL: i32 = 1 << 4;
 const XFS_MMAPLOCK_SHARED: i32 = 1 << 5;
 
-/// The filesystem a tracepoint names, when it is one the agent follows.
+/// The filesystem a tracepoint names (its dev field at `dev_off` of the
+/// offsets), when it is one the agent follows.
 #[inline(always)]
-fn followed_fs(ctx: &TracePointContext, dev_off: u32) -> Option<u32> {
-    let dev = unsafe { ctx.read_at::<u32>(dev_off as usize) }.ok()?;
+fn followed_fs(
+    ctx: &TracePointContext,
+    dev_off: impl FnOnce(&TracepointOffsets) -> u32,
+) -> Option<(&'static TracepointOffsets, u32)> {
+    let tp = tp_offsets()?;
+    let dev = unsafe { ctx.read_at::<u32>(dev_off(tp) as usize) }.ok()?;
     UPPER_FS.get_ptr(&dev)?;
-    Some(dev)
+    Some((tp, dev))
 }
 
 /// Adds to what the current thread holds in `s_dev`, creating its entry.
@@ -108,8 +124,7 @@ fn lock_kinds(flags: i32) -> (u32, u32, u32) {
 
 #[inline(always)]
 fn xfs_lock(ctx: &TracePointContext, lock: bool) {
-    let Some(tp) = tp_offsets() else { return };
-    let Some(dev) = followed_fs(ctx, tp.xfs_lock_dev) else { return };
+    let Some((tp, dev)) = followed_fs(ctx, |tp| tp.xfs_lock_dev) else { return };
     let flags = unsafe { ctx.read_at::<i32>(tp.xfs_lock_flags as usize) }.unwrap_or(0);
     let (excl, shared, io) = lock_kinds(flags);
     if lock {
@@ -146,8 +161,7 @@ pub fn tp_xfs_iunlock(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn xfs_trans(ctx: &TracePointContext, begin: bool) {
-    let Some(tp) = tp_offsets() else { return };
-    let Some(dev) = followed_fs(ctx, tp.xfs_trans_dev) else { return };
+    let Some((_, dev)) = followed_fs(ctx, |tp| tp.xfs_trans_dev) else { return };
     if begin {
         acquire(dev, 0, |h| h.trans += 1);
     } else {
@@ -180,8 +194,7 @@ pub fn tp_xfs_trans_free(ctx: TracePointContext) -> u32 {
 // TP: jbd2:jbd2_handle_start, an outermost handle (nested ones are not traced).
 #[tracepoint(category = "jbd2", name = "jbd2_handle_start")]
 pub fn tp_jbd2_handle_start(ctx: TracePointContext) -> u32 {
-    let Some(tp) = tp_offsets() else { return 0 };
-    let Some(dev) = followed_fs(&ctx, tp.jbd2_dev) else { return 0 };
+    let Some((_, dev)) = followed_fs(&ctx, |tp| tp.jbd2_dev) else { return 0 };
     acquire(dev, 0, |h| h.handles = 1);
     0
 }
@@ -189,8 +202,7 @@ pub fn tp_jbd2_handle_start(ctx: TracePointContext) -> u32 {
 // TP: jbd2:jbd2_handle_stats, when the outermost handle stops.
 #[tracepoint(category = "jbd2", name = "jbd2_handle_stats")]
 pub fn tp_jbd2_handle_stats(ctx: TracePointContext) -> u32 {
-    let Some(tp) = tp_offsets() else { return 0 };
-    if followed_fs(&ctx, tp.jbd2_dev).is_none() {
+    if followed_fs(&ctx, |tp| tp.jbd2_dev).is_none() {
         return 0;
     }
     release(|h| h.handles = 0);

@@ -14,7 +14,6 @@ mod reclaim;
 mod shrinker;
 mod tasks;
 mod throttle;
-mod upper_io;
 mod writeback;
 
 #[cfg(not(test))]

@@ -2,17 +2,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use probe_common::{
     config::{Config, TracepointOffsets},
     maps::{
-        counter, BackingInfo, BackingKey, DevState, HolderState, ServicerInfo, MAX_BACKING_FILES, MAX_DEVS,
-        MAX_HOLDERS, MAX_SERVICERS, MAX_STACKS, MAX_TASKS, MAX_UPPER_FS, RING_BYTES,
+        counter, BackingInfo, BackingKey, HolderState, ServicerInfo, TaskState, MAX_BACKING_FILES, MAX_HOLDERS,
+        MAX_SERVICERS, MAX_STACKS, MAX_TASKS, MAX_UPPER_FS, RING_BYTES,
     },
 };
-
-use crate::context::TaskState;
 
 /// Filled in by the agent before load (aya `set_global`); read-only after.
 #[no_mangle]
@@ -42,9 +40,6 @@ pub static SERVICERS: HashMap<u32, ServicerInfo> = HashMap::with_max_entries(MAX
 
 #[map]
 pub static BACKING_FILES: HashMap<BackingKey, BackingInfo> = HashMap::with_max_entries(MAX_BACKING_FILES, 0);
-
-#[map]
-pub static DEV_STATE: PerCpuHashMap<u32, DevState> = PerCpuHashMap::with_max_entries(MAX_DEVS, 0);
 
 /// Per-thread state of threads inside a write frame or reclaim. A plain
 /// hash, not an LRU: an entry is deleted when its thread stops being

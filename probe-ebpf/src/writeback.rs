@@ -51,11 +51,11 @@ pub fn folio_inode(folio: u64) -> Option<(u32, u64)> {
 /// whose reclaim start we did not record is in no reclaim a rule follows.
 #[inline(always)]
 fn wait<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut WritebackWaitData)) {
-    count(counter::WRITEBACK_WAITS);
     if task_flags() & PF_MEMALLOC == 0 {
         count(counter::WAITS_OUTSIDE_RECLAIM);
         return;
     }
+    count(counter::WAITS_IN_RECLAIM);
     let Some((cur, serving)) = servicer() else { return };
     if cur.with_state(|s| s.in_reclaim) != Some(1) {
         return;
@@ -90,6 +90,18 @@ fn fn_wait<C: StackIdContext>(ctx: &C, folio: u64) {
             d.ino = ino;
         }
     });
+}
+
+/// TP_PROTO(struct folio *folio, struct address_space *mapping), struct page
+/// before 5.16. Like the classic tracepoint it fires only when the folio is
+/// under writeback (the function probes fire on every call, nearly all of
+/// which wait for nothing), and unlike the classic one's bdi name, its
+/// folio names the inode's device on every filesystem.
+#[btf_tracepoint(function = "folio_wait_writeback")]
+pub fn tpbtf_folio_wait_writeback(ctx: BtfTracePointContext) -> u32 {
+    let folio: u64 = ctx.arg(0);
+    fn_wait(&ctx, folio);
+    0
 }
 
 // void folio_wait_writeback(struct folio *folio);

@@ -70,6 +70,44 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     );
 }
 
+/// The lock-holder (and write-frame) hooks are attached only under memory
+/// pressure: not while the stack idles, at once when its servicer reclaims
+/// (the finding then names the XFS's lock holders), and no longer once
+/// `--context-linger` passed without pressure. Asserted on the kernel's own
+/// list of attached tracepoints.
+#[test]
+fn context_hooks_follow_memory_pressure() {
+    testbed::require_root("context_hooks_follow_memory_pressure");
+    let (_lock, mut stack) = common::hazard_stack("linger");
+    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1", "--context-linger", "3"]);
+    agent.wait_started();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = common::attached_prog_names();
+    assert!(idle.iter().any(|t| t.contains("reclaim")), "the reclaim hooks stay attached: {idle:?}");
+    assert!(!idle.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock attached with no pressure: {idle:?}");
+    common::write_through(&mut stack, 384);
+    let attached = agent.wait_for(Duration::from_secs(1), |v| v["type"] == "summary" && v["context_hooks"] == true);
+    let after = Instant::now();
+    let detached = agent.wait_for(Duration::from_secs(30), |v| {
+        v["type"] == "summary" && v["context_hooks"] == false && v["reclaim_memcg"].as_u64().unwrap_or(0) > 0
+    });
+    let later = common::attached_prog_names();
+    let (code, lines) = agent.stop(libc::SIGINT);
+    let qsd = stack.daemon_pid.unwrap();
+    stack.teardown().unwrap();
+    assert_eq!(code, Some(0));
+    assert!(attached.is_some(), "no summary said the hooks were attached under pressure");
+    assert!(detached.is_some(), "still attached 30 s after the writer ended");
+    assert!(!later.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock still attached after the linger: {later:?}");
+    eprintln!("detached {:.1} s after the writer ended", after.elapsed().as_secs_f64());
+    let live: Vec<&Value> = common::final_findings(&lines)
+        .into_iter()
+        .filter(|f| rule(f) == "RS001" && f["servicer"]["tgid"] == qsd)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:#?}");
+    assert!(!live[0]["holders"].as_array().unwrap().is_empty(), "no holder named: {:#}", live[0]);
+}
+
 #[test]
 fn real_deadlock_is_flagged_as_it_forms() {
     testbed::require_root("real_deadlock_is_flagged_as_it_forms");

@@ -2,6 +2,10 @@
 //! transactions and jbd2 handles in the filesystems above servicers, into
 //! the `Holder`s a finding names. Re-read at most every `REREAD`: a burst of
 //! reclaim events must not turn into a burst of map dumps.
+//!
+//! The holder programs are attached only under memory pressure
+//! (agent/pressure.rs); when they are detached HOLDERS is emptied, since
+//! nothing would release what it says is held.
 
 use std::{
     sync::Arc,
@@ -30,16 +34,44 @@ pub struct Holders {
     map: HashMap<MapData, u32, HolderState>,
     snapshot: Arc<[(Dev, Holder)]>,
     read_at: Option<Instant>,
+    /// When a finding last asked for the holders.
+    wanted_at: Option<Instant>,
 }
 
 impl Holders {
     pub fn new(map: HashMap<MapData, u32, HolderState>) -> Holders {
-        Holders { map, snapshot: Arc::from(Vec::new()), read_at: None }
+        Holders { map, snapshot: Arc::from(Vec::new()), read_at: None, wanted_at: None }
     }
 
     /// Who holds (or just held) what, by filesystem device; `now_ns` is the
-    /// kernel's monotonic clock. Also deletes entries released long ago.
+    /// kernel's monotonic clock.
     pub fn current(&mut self, now_ns: u64) -> Arc<[(Dev, Holder)]> {
+        self.wanted_at = Some(Instant::now());
+        self.reread(now_ns);
+        Arc::clone(&self.snapshot)
+    }
+
+    /// Deletes the entries of holders that let go long ago (the tick's job:
+    /// a busy filesystem's threads come and go).
+    pub fn retire(&mut self, now_ns: u64) {
+        self.reread(now_ns);
+    }
+
+    /// Whether a finding asked for the holders within `d`.
+    pub fn wanted_within(&self, d: Duration) -> bool {
+        self.wanted_at.is_some_and(|t| t.elapsed() < d)
+    }
+
+    /// Forgets everything (the holder programs were detached).
+    pub fn clear(&mut self) {
+        for tid in self.map.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = self.map.remove(&tid);
+        }
+        self.snapshot = Arc::from(Vec::new());
+        self.read_at = None;
+    }
+
+    fn reread(&mut self, now_ns: u64) {
         if self.read_at.is_none_or(|t| t.elapsed() >= REREAD) {
             self.read_at = Some(Instant::now());
             let mut all = Vec::new();
@@ -61,7 +93,6 @@ impl Holders {
             all.sort_by_key(|(_, h)| (h.blocked_in.is_none(), h.released_ms_ago.is_some(), h.released_ms_ago));
             self.snapshot = Arc::from(all);
         }
-        Arc::clone(&self.snapshot)
     }
 }
 

@@ -1,24 +1,22 @@
 //! Mirrors the topology into the kernel's filter maps: servicer tgids,
-//! backing-file inodes, the stacked devices whose I/O is counted and the
-//! filesystems mounted on them, whose lock holders are followed. Only
-//! differences are written, so a refresh costs nothing when nothing changed.
+//! backing-file inodes and the filesystems mounted on stacked devices,
+//! whose lock holders are followed. Only differences are written, so a
+//! refresh costs nothing when nothing changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
-use probe_common::maps::{BackingInfo, BackingKey, DevState, ServicerInfo};
+use aya::maps::{HashMap, MapData};
+use probe_common::maps::{BackingInfo, BackingKey, ServicerInfo};
 
-use crate::topology::{Dev, Topology};
+use crate::topology::Topology;
 
 pub struct MapsSync {
     servicers: HashMap<MapData, u32, ServicerInfo>,
     backing: HashMap<MapData, BackingKey, BackingInfo>,
-    devs: PerCpuHashMap<MapData, u32, DevState>,
     upper_fs: HashMap<MapData, u32, u32>,
     cur_servicers: BTreeMap<u32, u32>,
     cur_backing: BTreeMap<(u32, u64), u32>,
-    cur_devs: BTreeSet<u32>,
     cur_upper_fs: BTreeMap<u32, u32>,
 }
 
@@ -27,7 +25,6 @@ pub struct MapsSync {
 pub struct Changes {
     pub servicers: usize,
     pub backing_files: usize,
-    pub devices: usize,
     pub upper_filesystems: usize,
 }
 
@@ -63,17 +60,14 @@ impl MapsSync {
     pub fn new(
         servicers: HashMap<MapData, u32, ServicerInfo>,
         backing: HashMap<MapData, BackingKey, BackingInfo>,
-        devs: PerCpuHashMap<MapData, u32, DevState>,
         upper_fs: HashMap<MapData, u32, u32>,
     ) -> MapsSync {
         MapsSync {
             servicers,
             backing,
-            devs,
             upper_fs,
             cur_servicers: BTreeMap::new(),
             cur_backing: BTreeMap::new(),
-            cur_devs: BTreeSet::new(),
             cur_upper_fs: BTreeMap::new(),
         }
     }
@@ -102,38 +96,18 @@ impl MapsSync {
             }
         })?;
 
-        let want_d: BTreeSet<u32> = topo.stacked_devices().into_iter().map(Dev::to_kernel).collect();
-        let mut d = 0;
-        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e).context("cannot count CPUs")?;
-        for dev in want_d.difference(&self.cur_devs) {
-            let zero = PerCpuValues::try_from(vec![DevState::default(); ncpu]).context("per-CPU values")?;
-            self.devs.insert(dev, zero, 0).context("DEV_STATE update")?;
-            d += 1;
-        }
-        for dev in self.cur_devs.difference(&want_d) {
-            let _ = self.devs.remove(dev);
-            d += 1;
-        }
-        self.cur_devs = want_d;
         // A filesystem's s_dev is the device it is mounted from.
-        let want_u: BTreeMap<u32, u32> = self
-            .cur_devs
-            .iter()
-            .filter(|&&dev| topo.mounts.iter().any(|m| m.dev.to_kernel() == dev))
-            .map(|&dev| (dev, dev))
+        let want_u: BTreeMap<u32, u32> = topo
+            .stacked_devices()
+            .into_iter()
+            .filter(|&dev| topo.mounts.iter().any(|m| m.dev == dev))
+            .map(|dev| (dev.to_kernel(), dev.to_kernel()))
             .collect();
         let upper_fs = &mut self.upper_fs;
         let u = diff(&mut self.cur_upper_fs, want_u, |k, v| match v {
             Some(v) => upper_fs.insert(k, v, 0).context("UPPER_FS update"),
             None => upper_fs.remove(&k).context("UPPER_FS remove"),
         })?;
-        Ok(Changes { servicers: s, backing_files: b, devices: d, upper_filesystems: u })
-    }
-
-    /// Requests in flight on a stacked device: the sum over CPUs (a request
-    /// may complete on another CPU than it was issued on).
-    pub fn inflight(&self, dev: Dev) -> Option<i64> {
-        let vals = self.devs.get(&dev.to_kernel(), 0).ok()?;
-        Some(vals.iter().map(|v| v.inflight).sum::<i64>().max(0))
+        Ok(Changes { servicers: s, backing_files: b, upper_filesystems: u })
     }
 }

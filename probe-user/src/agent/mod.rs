@@ -3,7 +3,9 @@
 
 pub mod blocked;
 pub mod holders;
+pub mod inflight;
 pub mod maps_sync;
+pub mod pressure;
 pub mod refresh;
 pub mod run;
 pub mod session;

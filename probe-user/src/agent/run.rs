@@ -18,6 +18,8 @@ use tokio::{
 
 use super::{
     blocked,
+    inflight::Inflight,
+    pressure::{self, Pressure},
     refresh::{Published, Refresher},
     session::Session,
 };
@@ -56,6 +58,9 @@ pub struct Summary {
     pub oom_kills: u64,
     /// Lock holders the kernel could not record (HOLDERS full).
     pub holders_full: u64,
+    /// The on-demand hooks (write frames, lock holders) are attached now:
+    /// the machine was under memory pressure within the last minute.
+    pub context_hooks: bool,
     pub findings: usize,
     /// Sightings of findings, repeats included: the live count.
     pub sightings: u64,
@@ -82,7 +87,7 @@ pub struct Summary {
 
 /// What a periodic summary reports that can be news: everything but the
 /// clocks (elapsed time, loop lag, discovery times, topology age).
-fn news(s: &Summary) -> [u64; 16] {
+fn news(s: &Summary) -> [u64; 17] {
     [
         s.events,
         s.decode_errors,
@@ -96,6 +101,7 @@ fn news(s: &Summary) -> [u64; 16] {
         s.stale_reclaim,
         s.oom_kills,
         s.holders_full,
+        s.context_hooks as u64,
         s.sightings,
         s.findings_folded,
         s.servicers as u64,
@@ -126,6 +132,10 @@ pub trait Sink {
 pub struct RunOptions {
     pub duration: Option<Duration>,
     pub summary_every: Duration,
+    /// How long the on-demand hooks stay after the last sign of pressure.
+    pub context_linger: Duration,
+    /// Attach them at start and keep them.
+    pub context_always: bool,
 }
 
 fn now_ns() -> u64 {
@@ -162,6 +172,8 @@ pub struct EventLoop<'a> {
     generation: u64,
     started: Instant,
     blocked: blocked::BlockedTracker,
+    inflight: Inflight,
+    pressure: Pressure,
     lag: Lag,
 }
 
@@ -185,6 +197,8 @@ impl<'a> EventLoop<'a> {
             generation: 0,
             started: Instant::now(),
             blocked: Default::default(),
+            inflight: Default::default(),
+            pressure: Default::default(),
             lag: Lag::default(),
         }
     }
@@ -226,9 +240,12 @@ impl<'a> EventLoop<'a> {
             }
         };
         let ctx = *ev.ctx();
+        if ctx.serving_dev != 0 && !self.session.context_hooks_attached() {
+            self.pressure.saw(Instant::now());
+            self.follow_pressure();
+        }
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
-        let inflight =
-            (ctx.serving_dev != 0).then(|| self.session.maps.inflight(Dev::from_kernel(ctx.serving_dev))).flatten();
+        let inflight = (ctx.serving_dev != 0).then(|| self.inflight.of(Dev::from_kernel(ctx.serving_dev))).flatten();
         let holders = if ctx.serving_dev != 0 { self.session.holders.current(now_ns()) } else { Default::default() };
         let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, holders };
         self.sink.event(raw, &ev, &obs, &stack)?;
@@ -236,6 +253,25 @@ impl<'a> EventLoop<'a> {
             self.sink.finding(&f)?;
         }
         Ok(())
+    }
+
+    /// Attaches the on-demand hooks under memory pressure, detaches them
+    /// after a quiet period (agent/pressure.rs).
+    fn follow_pressure(&mut self) {
+        let needed = self.session.holders.wanted_within(self.pressure.linger());
+        let want = self.pressure.want(self.session.counters.pressure(), needed, Instant::now());
+        if want == self.session.context_hooks_attached() {
+            return;
+        }
+        match self.session.context_hooks(want) {
+            Ok(()) if want => log::info!("memory pressure: attached the write-frame and lock-holder hooks"),
+            Ok(()) => log::info!(
+                "no memory pressure for {:?}: detached the write-frame and lock-holder hooks",
+                self.pressure.linger()
+            ),
+            Err(e) => log::warn!("cannot attach the write-frame and lock-holder hooks: {e:#}"),
+        }
+        self.summary.context_hooks = self.session.context_hooks_attached();
     }
 
     fn check_blocked(&mut self) -> Result<()> {
@@ -267,7 +303,7 @@ impl<'a> EventLoop<'a> {
         s.reclaim_direct = c.get(counter::RECLAIM_DIRECT);
         s.reclaim_memcg = c.get(counter::RECLAIM_MEMCG);
         s.shrinker_calls = c.get(counter::SHRINKER_CALLS);
-        s.writeback_waits = c.get(counter::WRITEBACK_WAITS);
+        s.writeback_waits = c.get(counter::WAITS_IN_RECLAIM) + c.get(counter::WAITS_OUTSIDE_RECLAIM);
         s.dropped = c.get(counter::EVENTS_DROPPED);
         s.task_state_full = c.get(counter::TASK_STATE_FULL);
         s.waits_outside_reclaim = c.get(counter::WAITS_OUTSIDE_RECLAIM);
@@ -295,6 +331,8 @@ impl<'a> EventLoop<'a> {
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut lag_probe = tokio::time::interval(LAG_PROBE);
+        let mut pressure_poll = tokio::time::interval(pressure::POLL);
+        self.pressure = Pressure::new(opts.context_linger, opts.context_always);
         // A late probe counts once, as the lag it saw, not as a burst.
         lag_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut topology = self.refresher.subscribe();
@@ -336,6 +374,7 @@ impl<'a> EventLoop<'a> {
                     }
                 }
                 due = lag_probe.tick() => self.lag.observe(due.elapsed()),
+                _ = pressure_poll.tick() => self.follow_pressure(),
                 _ = tick.tick() => {
                     match self.session.refresh_modules() {
                         Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
@@ -343,8 +382,7 @@ impl<'a> EventLoop<'a> {
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
                     self.check_blocked()?;
-                    // Also retires holders that let go long ago.
-                    self.session.holders.current(now_ns());
+                    self.session.holders.retire(now_ns());
                     self.sink.end_batch()?;
                     self.sink.findings_now(self.engine.findings(), now_ns())?;
                     if last_summary.elapsed() >= opts.summary_every {

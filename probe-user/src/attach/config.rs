@@ -109,8 +109,6 @@ pub fn tracepoint_offsets(tf: &Tracefs) -> TpOffsets {
         &mut bad,
     );
     (tp.ext4_dev, tp.ext4_ino) = (o[0], o[1]);
-    let o = group_offsets(tf, &[("block", "block_rq_issue"), ("block", "block_rq_complete")], &["dev"], &mut bad);
-    tp.rq_dev = o[0];
     let o = group_offsets(tf, &[("oom", "mark_victim")], &["pid"], &mut bad);
     tp.oom_pid = o[0];
     let o = group_offsets(

@@ -71,6 +71,11 @@ pub struct Hook {
     pub name: &'static str,
     /// The agent cannot run without it.
     pub required: bool,
+    /// Attached only while the machine is under memory pressure: it gives
+    /// findings their context (whose writes a task serves, who holds locks
+    /// above it), which only a task in reclaim makes anyone read, and it
+    /// runs on every buffered write (agent/pressure.rs).
+    pub on_demand: bool,
     /// What the rules lose when no implementation attaches.
     pub degrades: &'static str,
     /// Best first: by what each sees, then, where they see the same, by the
@@ -97,6 +102,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "reclaim",
         required: true,
+        on_demand: false,
         degrades: "no reclaim events at all",
         impls: &[
             full(
@@ -131,6 +137,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "alloc_slowpath",
         required: false,
+        on_demand: false,
         degrades: "hazard: slowpath allocations that do not reach direct/memcg reclaim are not seen",
         impls: &[
             full(
@@ -162,6 +169,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrink_node",
         required: false,
+        on_demand: false,
         degrades: "hazard: node reclaim entered outside direct/memcg reclaim is not seen",
         impls: &[
             full(Fentry, &[p("fe_shrink_node", BtfFn(&["shrink_node"]))]),
@@ -171,6 +179,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrinker",
         required: false,
+        on_demand: false,
         degrades: "recursion: reclaim calling an upper filesystem's shrinker is not seen",
         impls: &[
             full(Fentry, &[p("fe_super_cache_scan", BtfFn(&["super_cache_scan"]))]),
@@ -188,22 +197,33 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_wait",
         required: false,
+        on_demand: false,
         degrades: "recursion/deadlock: reclaim waiting on the upper filesystem's writeback is not seen",
         impls: &[
+            full(TpBtf, &[p("tpbtf_folio_wait_writeback", BtfTp(WAIT_FN))]),
             full(Fentry, &[p("fe_folio_wait_writeback", BtfFn(WAIT_FN))]),
-            full(Tracepoint, &[p("tp_folio_wait_writeback", Tp(WAIT_TP))]),
             full(Kprobe, &[p("kp_folio_wait_writeback", Ksym(WAIT_FN))]),
+            Impl {
+                family: Tracepoint,
+                progs: &[p("tp_folio_wait_writeback", Tp(WAIT_TP))],
+                lacks: Some(
+                    "names the waited-on folio's device by its bdi, which is the device only for filesystems \
+                     on a block device (not btrfs)",
+                ),
+            },
         ],
     },
     Hook {
         name: "reclaim_write",
         required: false,
+        on_demand: false,
         degrades: "recursion: reclaim writing the upper filesystem's folios is not seen",
         impls: &[full(TpBtf, &[p("tpbtf_vmscan_write_folio", BtfTp(WRITE_FOLIO))])],
     },
     Hook {
         name: "fs_write",
         required: false,
+        on_demand: true,
         degrades: "hazard: kernel writers into backing files (loop workers) are not recognised as servicers",
         impls: &[
             full(
@@ -228,6 +248,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_entry",
         required: false,
+        on_demand: true,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
             full(
@@ -249,26 +270,16 @@ pub static HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        name: "upper_io",
-        required: false,
-        degrades: "hazard: I/O in flight on the stacked device is not known",
-        impls: &[full(
-            Tracepoint,
-            &[
-                p("tp_block_rq_issue", Tp(&[("block", "block_rq_issue")])),
-                p("tp_block_rq_complete", Tp(&[("block", "block_rq_complete")])),
-            ],
-        )],
-    },
-    Hook {
         name: "dirty_throttle",
         required: false,
+        on_demand: false,
         degrades: "hazard/deadlock: a servicer throttled on dirty memory it must clean itself is not seen",
         impls: &[full(Tracepoint, &[p("tp_balance_dirty_pages", Tp(&[("writeback", "balance_dirty_pages")]))])],
     },
     Hook {
         name: "xfs_locks",
         required: false,
+        on_demand: true,
         degrades: "cycle: findings cannot name the tasks holding XFS inode locks above a servicer",
         impls: &[full(
             Tracepoint,
@@ -278,6 +289,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "xfs_trans",
         required: false,
+        on_demand: true,
         degrades: "cycle: findings cannot name the tasks inside XFS transactions above a servicer",
         impls: &[full(
             Tracepoint,
@@ -291,6 +303,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "jbd2_handles",
         required: false,
+        on_demand: true,
         degrades: "cycle: findings cannot name the tasks holding ext4 journal handles above a servicer",
         impls: &[full(
             Tracepoint,
@@ -303,12 +316,14 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "oom_victim",
         required: false,
+        on_demand: false,
         degrades: "loss: a servicer killed by the OOM killer is not reported",
         impls: &[full(Tracepoint, &[p("tp_oom_mark_victim", Tp(&[("oom", "mark_victim")]))])],
     },
     Hook {
         name: "task_exit",
         required: false,
+        on_demand: false,
         degrades: "state of exited threads that wrote a backing file is kept until the map is full (counted)",
         impls: &[full(Tracepoint, &[p("tp_sched_process_exit", Tp(&[("sched", "sched_process_exit")]))])],
     },

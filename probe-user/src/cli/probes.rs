@@ -68,6 +68,10 @@ fn print_report(r: &AttachReport) -> Result<()> {
     for (hook, lost) in r.weakened() {
         stdout::line(format!("weakened: {hook} missing, {lost}"))?;
     }
+    let on_demand: Vec<&str> = r.hooks.iter().filter(|c| c.on_demand && c.family.is_some()).map(|c| c.hook).collect();
+    if !on_demand.is_empty() {
+        stdout::line(format!("on demand: {} (attached only under memory pressure)", on_demand.join(", ")))?;
+    }
     Ok(())
 }
 
@@ -158,7 +162,13 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;
     let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher);
-    l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;
+    l.run(&RunOptions {
+        duration: None,
+        summary_every: Duration::from_secs(3600),
+        context_linger: crate::agent::pressure::LINGER,
+        context_always: true,
+    })
+    .await?;
     match rx.try_recv() {
         Ok(Ok(s)) if s.success() => {}
         Ok(Ok(s)) => bail!("the workload failed: {s}"),
@@ -181,7 +191,7 @@ pub fn run(args: &ProbesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let report = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
+    let (report, _detached) = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
     if args.json {
         stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {

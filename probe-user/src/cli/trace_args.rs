@@ -88,6 +88,15 @@ pub struct TraceArgs {
     /// change and on SIGHUP). Discovery runs beside the event loop.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub refresh_every: f64,
+    /// Seconds the write-frame and lock-holder hooks stay attached after the
+    /// last sign of memory pressure (they run on every buffered write, and
+    /// only a task in reclaim needs what they follow).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub context_linger: f64,
+    /// Keep the write-frame and lock-holder hooks attached from the start,
+    /// so locks taken before any pressure are seen too, at their cost.
+    #[arg(long)]
+    pub context_always: bool,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -118,6 +127,7 @@ impl TraceArgs {
         }
         secs::whole("--summary-every", self.summary_every)?;
         secs::positive("--refresh-every", self.refresh_every)?;
+        secs::positive("--context-linger", self.context_linger)?;
         Ok(())
     }
 
@@ -159,6 +169,8 @@ impl TraceArgs {
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,
+            context_linger: secs::positive("--context-linger", self.context_linger)?,
+            context_always: self.context_always,
         };
         l.run(&opts).await?;
         Ok(l.summary.clone())

@@ -120,10 +120,29 @@ pub fn loaded_prog_names() -> Vec<String> {
     v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
+/// Names of the BPF programs attached now, by the kernel's list of links
+/// (`bpftool link show`), 15 characters as the kernel keeps them.
+pub fn attached_prog_names() -> Vec<String> {
+    let json = |args: &[&str]| -> Value {
+        let out = Command::new("bpftool").args(args).output().expect("bpftool");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let links = json(&["link", "show", "--json"]);
+    let ids: Vec<u64> = links.as_array().into_iter().flatten().filter_map(|l| l["prog_id"].as_u64()).collect();
+    let progs = json(&["prog", "show", "--json"]);
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// True when one of our programs is still loaded.
 pub fn any_of_ours_loaded() -> bool {
     const OURS: &[&str] =
-        &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_block_rq_issue"];
+        &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_sched_process_exit"];
     loaded_prog_names().iter().any(|n| OURS.iter().any(|o| o.starts_with(n.as_str()) && n.len() >= 8))
 }
 
