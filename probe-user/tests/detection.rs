@@ -86,8 +86,8 @@ fn context_hooks_follow_memory_pressure() {
     assert!(idle.iter().any(|t| t.contains("reclaim")), "the reclaim hooks stay attached: {idle:?}");
     assert!(!idle.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock attached with no pressure: {idle:?}");
     common::write_through(&mut stack, 384);
-    let attached = agent.wait_for(Duration::from_secs(1), |v| v["type"] == "summary" && v["context_hooks"] == true);
     let after = Instant::now();
+    let attached = agent.wait_for(Duration::from_secs(5), |v| v["type"] == "summary" && v["context_hooks"] == true);
     let detached = agent.wait_for(Duration::from_secs(30), |v| {
         v["type"] == "summary" && v["context_hooks"] == false && v["reclaim_memcg"].as_u64().unwrap_or(0) > 0
     });
@@ -96,7 +96,12 @@ fn context_hooks_follow_memory_pressure() {
     let qsd = stack.daemon_pid.unwrap();
     stack.teardown().unwrap();
     assert_eq!(code, Some(0));
-    assert!(attached.is_some(), "no summary said the hooks were attached under pressure");
+    let summaries: Vec<String> = lines
+        .iter()
+        .filter(|v| v["type"] == "summary")
+        .map(|v| format!("{}s memcg {} hooks {}", v["elapsed_s"], v["reclaim_memcg"], v["context_hooks"]))
+        .collect();
+    assert!(attached.is_some(), "no summary said the hooks were attached under pressure: {summaries:#?}");
     assert!(detached.is_some(), "still attached 30 s after the writer ended");
     assert!(!later.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock still attached after the linger: {later:?}");
     eprintln!("detached {:.1} s after the writer ended", after.elapsed().as_secs_f64());

@@ -1,9 +1,12 @@
 //! `cargo xtask bench`: fio 4 KiB buffered random writes (fsync every 64)
 //! through XFS on a loop device on qemu-storage-daemon's FUSE export on
 //! ext4, no memory limit, so no reclaim. Each round runs fio once per mode:
-//! no tracing, `reclaimscope watch`, `reclaimscope monitor`, and the
-//! bpftrace script `bench/reclaimscope.bt` on the same tracepoints; the
-//! order rotates every round so drift (page cache, XFS log) hits every mode.
+//! no tracing, `reclaimscope watch`, `reclaimscope monitor`,
+//! `reclaimscope watch --context-always` (the hooks it attaches only under
+//! memory pressure, attached throughout: what it costs under pressure), and
+//! the bpftrace script `bench/reclaimscope.bt` on the tracepoints a kernel
+//! without kprobes offers for the job; the order rotates every round so
+//! drift (page cache, XFS log) hits every mode.
 //!
 //! Measured per traced run: kernel time in the tool's BPF programs (bpf_stats
 //! deltas from `bpftool prog show`) per fio write and per program call, the
@@ -38,10 +41,13 @@ enum Mode {
     Off,
     Watch,
     Monitor,
+    /// `watch --context-always`: the write-frame and lock-holder hooks
+    /// attached as they are under memory pressure, for their cost.
+    WatchAlways,
     Bpftrace,
 }
 
-const MODES: [Mode; 4] = [Mode::Off, Mode::Watch, Mode::Monitor, Mode::Bpftrace];
+const MODES: [Mode; 5] = [Mode::Off, Mode::Watch, Mode::Monitor, Mode::WatchAlways, Mode::Bpftrace];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -49,12 +55,13 @@ impl Mode {
             Mode::Off => "no tracing",
             Mode::Watch => "reclaimscope watch",
             Mode::Monitor => "reclaimscope monitor",
+            Mode::WatchAlways => "reclaimscope watch --context-always",
             Mode::Bpftrace => "bpftrace bench/reclaimscope.bt",
         }
     }
 
     fn is_agent(self) -> bool {
-        matches!(self, Mode::Watch | Mode::Monitor)
+        matches!(self, Mode::Watch | Mode::Monitor | Mode::WatchAlways)
     }
 }
 
@@ -209,9 +216,12 @@ fn filter(stack: &StorageStack) -> Result<Filter> {
 impl Tool {
     fn start(mode: Mode, bin: &Path, f: &Filter) -> Result<Tool> {
         let mut cmd = match mode {
-            Mode::Watch => {
+            Mode::Watch | Mode::WatchAlways => {
                 let mut c = Command::new(bin);
                 c.args(["watch", "--json", "--summary-every", "3600"]);
+                if mode == Mode::WatchAlways {
+                    c.arg("--context-always");
+                }
                 c
             }
             Mode::Monitor => {
@@ -299,6 +309,8 @@ struct Run {
     events: u64,
     /// Seconds the events were counted over.
     events_over_s: f64,
+    /// The agent's on-demand hooks were attached when it stopped.
+    context_hooks: bool,
     /// % of one core: before fio (idle) and during it.
     cpu_idle: f64,
     cpu_busy: f64,
@@ -306,10 +318,12 @@ struct Run {
     hwm_kib: u64,
 }
 
-/// The events the tool reported: the agent's final summary, the script's "ev " lines.
-fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64)> {
+/// The events the tool reported (the agent's final summary, the script's
+/// "ev " lines), the seconds they were counted over, and whether the
+/// agent's on-demand hooks were attached at the end.
+fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64, bool)> {
     if mode == Mode::Bpftrace {
-        return Ok((lines.iter().filter(|l| l.starts_with("ev ")).count() as u64, 0.0));
+        return Ok((lines.iter().filter(|l| l.starts_with("ev ")).count() as u64, 0.0, false));
     }
     let fin = lines
         .iter()
@@ -319,7 +333,11 @@ fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64)> {
     if fin["dropped"].as_u64() != Some(0) {
         bail!("the agent dropped events: {}", fin["dropped"]);
     }
-    Ok((fin["events"].as_u64().unwrap_or(0), fin["elapsed_s"].as_f64().unwrap_or(0.0)))
+    Ok((
+        fin["events"].as_u64().unwrap_or(0),
+        fin["elapsed_s"].as_f64().unwrap_or(0.0),
+        fin["context_hooks"].as_bool().unwrap_or(false),
+    ))
 }
 
 fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u32, idle: u32) -> Result<Run> {
@@ -332,6 +350,7 @@ fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u3
             progs: BTreeMap::new(),
             events: 0,
             events_over_s: 0.0,
+            context_hooks: false,
             cpu_idle: 0.0,
             cpu_busy: 0.0,
             rss_kib: 0,
@@ -351,7 +370,7 @@ fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u3
     let (b1, t_b1) = (proc_sample(pid)?, Instant::now());
     let lines = tool.stop(mode)?;
     let (fio, after) = (fio?, after?);
-    let (events, agent_s) = events_of(mode, &lines)?;
+    let (events, agent_s, context_hooks) = events_of(mode, &lines)?;
     let pct = |a: &Proc, b: &Proc, s: f64| (b.ticks - a.ticks) as f64 / tck / s * 100.0;
     Ok(Run {
         mode,
@@ -359,6 +378,7 @@ fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u3
         progs: delta(&before, &after),
         events,
         events_over_s: if mode.is_agent() { agent_s } else { started.elapsed().as_secs_f64() },
+        context_hooks,
         cpu_idle: pct(&i0, &i1, (t_i1 - t_i0).as_secs_f64()),
         cpu_busy: pct(&i1, &b1, (t_b1 - t_i1).as_secs_f64()),
         rss_kib: b1.rss_kib,
@@ -431,6 +451,9 @@ struct ModeSummary {
     ns_per_write: f64,
     events: u64,
     events_per_s: f64,
+    /// Runs that ended with the on-demand hooks attached, of `runs`.
+    context_hooks: usize,
+    runs: usize,
     cpu_idle: f64,
     cpu_busy: f64,
     rss_max_kib: u64,
@@ -460,6 +483,8 @@ fn summarize(runs: &[Run], mode: Mode) -> ModeSummary {
         ns_per_write: if writes > 0 { ns as f64 / writes as f64 } else { 0.0 },
         events,
         events_per_s: if over > 0.0 { events as f64 / over } else { 0.0 },
+        context_hooks: rs.iter().filter(|r| r.context_hooks).count(),
+        runs: rs.len(),
         cpu_idle: rs.iter().map(|r| r.cpu_idle).sum::<f64>() / n,
         cpu_busy: rs.iter().map(|r| r.cpu_busy).sum::<f64>() / n,
         rss_max_kib: rs.iter().map(|r| r.rss_kib).max().unwrap_or(0),
@@ -488,13 +513,13 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
          run.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    o += "| mode | median IOPS | IOPS ratio | BPF ns per write | vs bpftrace | events | events/s | CPU idle | CPU under fio | RSS (max) | VmHWM (max) |\n";
-    o += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    o += "| mode | median IOPS | IOPS ratio | BPF ns per write | vs bpftrace | events | events/s | on-demand hooks at the end | CPU idle | CPU under fio | RSS (max) | VmHWM (max) |\n";
+    o += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for m in s {
         let traced = m.mode != Mode::Off;
         let dash = || "-".to_string();
         o += &format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             m.mode.name(),
             m.iops,
             if traced && base > 0.0 { format!("{:.3}", m.iops / base) } else { dash() },
@@ -502,6 +527,7 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
             if traced && bt > 0.0 { format!("{:.2}", m.ns_per_write / bt) } else { dash() },
             if traced { m.events.to_string() } else { dash() },
             if traced { format!("{:.2}", m.events_per_s) } else { dash() },
+            if m.mode.is_agent() { format!("attached in {} of {} runs", m.context_hooks, m.runs) } else { dash() },
             if traced { format!("{:.2} %", m.cpu_idle) } else { dash() },
             if traced { format!("{:.2} %", m.cpu_busy) } else { dash() },
             if traced { format!("{} MiB", mib(m.rss_max_kib)) } else { dash() },

@@ -114,6 +114,49 @@ fn skipped_reasons(c: &Column) -> Vec<String> {
     out
 }
 
+/// For each hook with two or more implementations that see the same thing
+/// and ran under the workload: their total kernel time (calls times cost:
+/// a probe that fires on every call of a function costs more in all than
+/// a tracepoint that fires only when something happens, even when each
+/// call is cheaper), against the one the table put first and this kernel
+/// attached.
+fn decisions(c: &Column) -> Vec<String> {
+    let costs = c.costs.as_ref().and_then(|v| v.as_array().cloned()).unwrap_or_default();
+    let chosen = |hook: &str| -> Option<String> {
+        let hooks = c.probes.as_ref()?["hooks"].as_array()?.clone();
+        hooks.iter().find(|h| h["hook"] == hook)?["family"].as_str().map(str::to_owned)
+    };
+    let mut by_hook: BTreeMap<String, Vec<(String, f64, u64)>> = BTreeMap::new();
+    for imp in &costs {
+        if !imp["error"].is_null() || !imp["lacks"].is_null() {
+            continue;
+        }
+        let total: u64 =
+            imp["programs"].as_array().into_iter().flatten().filter_map(|p| p["run_time_ns"].as_u64()).sum();
+        let calls = imp["calls"].as_u64().unwrap_or(0);
+        if calls == 0 {
+            continue;
+        }
+        by_hook.entry(imp["hook"].as_str().unwrap_or("?").to_owned()).or_default().push((
+            imp["family"].as_str().unwrap_or("?").to_owned(),
+            total as f64 / 1e6,
+            calls,
+        ));
+    }
+    let mut out = Vec::new();
+    for (hook, mut imps) in by_hook.into_iter().filter(|(_, v)| v.len() > 1) {
+        imps.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let list: Vec<String> = imps.iter().map(|(f, ms, n)| format!("{f} {ms:.2} ms ({n} calls)")).collect();
+        let verdict = match chosen(&hook) {
+            Some(f) if f == imps[0].0 => format!("attached: {f}, the cheapest"),
+            Some(f) => format!("attached: {f}; **{} cost less here**", imps[0].0),
+            None => "none attached".to_owned(),
+        };
+        out.push(format!("- `{hook}`: {}; {verdict}", list.join(", ")));
+    }
+    out
+}
+
 fn render(cols: &[Column]) -> String {
     let mut md = String::new();
     md.push_str("# Kernel matrix\n\n");
@@ -180,6 +223,24 @@ fn render(cols: &[Column]) -> String {
     for ((hook, family, target), cells) in &rows {
         let target = if target.is_empty() { String::new() } else { format!(" `{target}`") };
         let _ = writeln!(md, "| {hook} | {family}{target} | {} |", cells.join(" | "));
+    }
+
+    md.push_str(
+        "\n### What the costs decided\n\nTotal kernel time of each implementation that sees everything the hook needs, \
+         over the same workload, cheapest first, and the one attached (the first in the hook table that the kernel \
+         takes). Only hooks with two or more such implementations that ran are listed.\n\n",
+    );
+    for c in cols.iter().filter(|c| c.costs.is_some()) {
+        let d = decisions(c);
+        if d.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "**{} ({})**\n", c.name, c.release);
+        for line in d {
+            md.push_str(&line);
+            md.push('\n');
+        }
+        md.push('\n');
     }
 
     md.push_str("\n## Scenarios\n\nWhat each scenario test saw (only scenarios that ran are listed).\n\n");
