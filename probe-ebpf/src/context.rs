@@ -111,6 +111,21 @@ pub fn task_flags() -> u32 {
     unsafe { bpf_probe_read_kernel(task.add(off) as *const u32) }.unwrap_or(0)
 }
 
+/// The same flags without a helper read, for programs with BTF context
+/// (tp_btf, fentry: 5.11+): the task is a BTF pointer, and the verifier
+/// knows the offset, read from the frozen CONFIG, as a constant, so the
+/// field is one checked load. The hot writeback-wait filter uses it.
+#[inline(always)]
+pub fn task_flags_btf() -> u32 {
+    let off = config().kernel.task_flags as usize;
+    if off == 0 {
+        return 0;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: a verifier-checked load of task_struct.flags.
+    unsafe { core::ptr::read_volatile(task.add(off) as *const u32) }
+}
+
 /// Reads a kernel pointer-sized field at `base + off`.
 #[inline(always)]
 pub fn read_ptr(base: u64, off: u32) -> Option<u64> {

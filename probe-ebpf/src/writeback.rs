@@ -21,7 +21,7 @@ use probe_common::{
 };
 
 use crate::{
-    context::{read_ptr, read_u32, servicer, task_ctx, task_flags},
+    context::{read_ptr, read_u32, servicer, task_ctx, task_flags, task_flags_btf},
     emit::emit,
     maps::{config, count, tp_offsets},
 };
@@ -50,8 +50,8 @@ pub fn folio_inode(folio: u64) -> Option<(u32, u64)> {
 /// which is nearly every wait, costs no map lookup at all. A flagged thread
 /// whose reclaim start we did not record is in no reclaim a rule follows.
 #[inline(always)]
-fn wait<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut WritebackWaitData)) {
-    if task_flags() & PF_MEMALLOC == 0 {
+fn wait<C: StackIdContext>(ctx: &C, flags: u32, fill: impl FnOnce(&mut WritebackWaitData)) {
+    if flags & PF_MEMALLOC == 0 {
         count(counter::WAITS_OUTSIDE_RECLAIM);
         return;
     }
@@ -68,7 +68,7 @@ fn wait<C: StackIdContext>(ctx: &C, fill: impl FnOnce(&mut WritebackWaitData)) {
 #[inline(always)]
 fn tp_wait(ctx: &TracePointContext) -> u32 {
     let Some(tp) = tp_offsets() else { return 0 };
-    wait(ctx, |d| {
+    wait(ctx, task_flags(), |d| {
         d.bdi = unsafe { ctx.read_at::<[u8; 32]>(tp.fww_name as usize) }.unwrap_or([0; 32]);
         d.ino = unsafe { ctx.read_at::<u64>(tp.fww_ino as usize) }.unwrap_or(0);
         d.index = unsafe { ctx.read_at::<u64>(tp.fww_index as usize) }.unwrap_or(0);
@@ -82,9 +82,10 @@ pub fn tp_folio_wait_writeback(ctx: TracePointContext) -> u32 {
     tp_wait(&ctx)
 }
 
+/// `flags`: the current task's, read the cheapest way the program type allows.
 #[inline(always)]
-fn fn_wait<C: StackIdContext>(ctx: &C, folio: u64) {
-    wait(ctx, |d| {
+fn fn_wait<C: StackIdContext>(ctx: &C, folio: u64, flags: u32) {
+    wait(ctx, flags, |d| {
         if let Some((dev, ino)) = folio_inode(folio) {
             d.dev = dev;
             d.ino = ino;
@@ -100,7 +101,7 @@ fn fn_wait<C: StackIdContext>(ctx: &C, folio: u64) {
 #[btf_tracepoint(function = "folio_wait_writeback")]
 pub fn tpbtf_folio_wait_writeback(ctx: BtfTracePointContext) -> u32 {
     let folio: u64 = ctx.arg(0);
-    fn_wait(&ctx, folio);
+    fn_wait(&ctx, folio, task_flags_btf());
     0
 }
 
@@ -108,13 +109,13 @@ pub fn tpbtf_folio_wait_writeback(ctx: BtfTracePointContext) -> u32 {
 // void wait_on_page_writeback(struct page *page);   (before 5.16)
 #[kprobe]
 pub fn kp_folio_wait_writeback(ctx: ProbeContext) -> u32 {
-    fn_wait(&ctx, ctx.arg::<u64>(0).unwrap_or(0));
+    fn_wait(&ctx, ctx.arg::<u64>(0).unwrap_or(0), task_flags());
     0
 }
 
 #[fentry(function = "folio_wait_writeback")]
 pub fn fe_folio_wait_writeback(ctx: FEntryContext) -> u32 {
-    fn_wait(&ctx, ctx.arg::<u64>(0));
+    fn_wait(&ctx, ctx.arg::<u64>(0), task_flags_btf());
     0
 }
 

@@ -112,7 +112,12 @@ fn each_hook_uses_the_best_implementation_the_kernel_allows() {
     };
     assert_eq!(family("shrink_node"), best(&["fe_shrink_node"]));
     assert_eq!(family("alloc_slowpath"), best(&["fe_wakeup_kswapd"]).or(best(&["fe_alloc_pages_slowpath"])));
-    if fentry(&["fe_folio_wait_writeback"]) {
+    // Writeback waits: the BTF raw tracepoint where it loads. It sees what
+    // the trampoline sees but fires only when a folio is under writeback,
+    // not on every call (docs/kernels.md, "What the costs decided").
+    if k.loads(&["tpbtf_folio_wait_writeback"]) {
+        assert_eq!(family("writeback_wait").as_deref(), Some("tp_btf"));
+    } else if fentry(&["fe_folio_wait_writeback"]) {
         assert_eq!(family("writeback_wait").as_deref(), Some("fentry"));
     }
     if fentry(&["fe_super_cache_scan"]) {
