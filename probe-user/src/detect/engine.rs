@@ -29,7 +29,7 @@ pub struct Observed {
     /// Symbolized kernel stack of the event.
     pub stack: Vec<String>,
     /// Requests in flight on the served device (None: not known, as in a
-    /// replayed trace or without the upper_io hook).
+    /// replayed trace, or a device without a sysfs inflight count).
     pub inflight: Option<i64>,
     /// Who holds what in each followed filesystem now, by its device
     /// (empty: not known, as in a replayed trace).
