@@ -237,8 +237,9 @@ impl Session {
     }
 }
 
-/// Gives the heap that start-up freed (vmlinux BTF parsed twice, by aya and
-/// by us; the object's sections; ftrace's function list) back to the kernel:
+/// Gives the heap that start-up freed (vmlinux BTF parsed twice by aya, for
+/// the loader and for the BTF programs; the object's sections; ftrace's
+/// function list) back to the kernel:
 /// glibc keeps freed memory in its arenas otherwise, and it would stay in the
 /// agent's RSS for its whole life.
 fn trim_heap() {

@@ -216,11 +216,14 @@ struct Attacher<'a> {
 }
 
 impl Attacher<'_> {
-    fn btf(&mut self) -> Result<&Btf> {
+    /// Parses vmlinux BTF the first time a program needs it. Parsed once and
+    /// borrowed by every load: a parse is tens of MiB, and start-up's peak
+    /// RSS is what an operator's memory limit has to allow for.
+    fn parse_btf(&mut self) -> Result<()> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().context("cannot read kernel BTF for fentry/tp_btf")?);
         }
-        Ok(self.btf.as_ref().expect("set above"))
+        Ok(())
     }
 
     /// A kallsyms symbol the kernel lets a kprobe attach to: `name` or a
@@ -291,15 +294,15 @@ impl Attacher<'_> {
     }
 
     fn load(&mut self, prog: &Prog, resolved: &str) -> Result<()> {
-        let btf = match prog.target {
-            Target::BtfFn(_) | Target::BtfTp(_) => Some(self.btf()?.clone()),
-            _ => None,
-        };
+        if matches!(prog.target, Target::BtfFn(_) | Target::BtfTp(_)) {
+            self.parse_btf()?;
+        }
+        let btf = self.btf.as_ref();
         let program = self
             .ebpf
             .program_mut(prog.program)
             .with_context(|| format!("program {} not in the object", prog.program))?;
-        let btf = || btf.as_ref().context("no BTF");
+        let btf = || btf.context("no BTF");
         match program {
             Program::KProbe(p) => p.load()?,
             Program::TracePoint(p) => p.load()?,
