@@ -42,6 +42,11 @@ pub mod found {
     pub const INODE_I_INO: u32 = 1 << 8;
     pub const SCAN_CONTROL_GFP: u32 = 1 << 9;
     pub const SB_S_SHRINK_EMBEDDED: u32 = 1 << 10;
+    /// The kernel has bpf_get_current_task_btf() (5.11+; its `enum
+    /// bpf_func_id` in BTF names it). The verifier refuses a call to a helper
+    /// it does not know but never visits a branch the frozen CONFIG rules
+    /// out, so the BTF programs read the flags with a helper on 5.10.
+    pub const CURRENT_TASK_BTF: u32 = 1 << 11;
     /// What naming the filesystem behind a super-block shrinker needs, besides
     /// one way from the shrinker to its super_block (private_data, or the
     /// embedded s_shrink).

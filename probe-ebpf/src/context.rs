@@ -10,6 +10,7 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use probe_common::{
+    config::found,
     events::TaskCtx,
     maps::{counter, TaskState},
 };
@@ -117,7 +118,11 @@ pub fn task_flags() -> u32 {
 /// field is one checked load. The hot writeback-wait filter uses it.
 #[inline(always)]
 pub fn task_flags_btf() -> u32 {
-    let off = config().kernel.task_flags as usize;
+    let k = &config().kernel;
+    if k.found & found::CURRENT_TASK_BTF == 0 {
+        return task_flags();
+    }
+    let off = k.task_flags as usize;
     if off == 0 {
         return 0;
     }

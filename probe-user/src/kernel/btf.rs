@@ -157,6 +157,16 @@ impl KernelBtf {
         self.btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
     }
 
+    /// Whether `enum name` has a value called `value`: how this kernel says
+    /// which BPF helpers it has.
+    fn has_enum_value(&self, name: &str, value: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else { return false };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value)),
+            _ => false,
+        })
+    }
+
     /// Whether the kernel has a BTF-enabled tracepoint by this name (its
     /// `btf_trace_<name>` typedef).
     pub fn has_btf_tracepoint(&self, name: &str) -> bool {
@@ -204,6 +214,9 @@ impl KernelBtf {
             *slot = off;
             k.found |= f.bit;
         }
+        if self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf") {
+            k.found |= found::CURRENT_TASK_BTF;
+        }
         if k.found & (found::SHRINKER_PRIVATE_DATA | found::SB_S_SHRINK_EMBEDDED) == 0 {
             missing.push(MissingField {
                 field: "shrinker.private_data or an embedded super_block.s_shrink".into(),
@@ -246,6 +259,10 @@ mod tests {
         assert!(btf.has_function("try_to_free_pages"));
         assert!(!btf.has_function("no_such_function_here"));
         assert!(btf.member_offset("task_struct", "no_such_member").is_none());
+        // Every kernel with BTF has the first helper; this one (6.x) the 5.11 one.
+        assert!(btf.has_enum_value("bpf_func_id", "BPF_FUNC_map_lookup_elem"));
+        assert!(!btf.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        assert_ne!(k.found & found::CURRENT_TASK_BTF, 0);
     }
 
     #[test]
