@@ -29,12 +29,6 @@ pub struct Pressure {
     always: bool,
 }
 
-impl Default for Pressure {
-    fn default() -> Pressure {
-        Pressure::new(LINGER, false)
-    }
-}
-
 impl Pressure {
     pub fn new(linger: Duration, always: bool) -> Pressure {
         Pressure { total: 0, last_seen: None, linger, always }
@@ -67,7 +61,7 @@ mod tests {
     #[test]
     fn attached_from_the_first_reclaim_until_a_quiet_period() {
         let t0 = Instant::now();
-        let mut p = Pressure::default();
+        let mut p = Pressure::new(LINGER, false);
         assert!(!p.want(0, false, t0), "no reclaim yet");
         assert!(p.want(3, false, t0 + POLL), "reclaim since start");
         assert!(p.want(3, false, t0 + LINGER), "within the quiet period");

@@ -132,10 +132,6 @@ pub trait Sink {
 pub struct RunOptions {
     pub duration: Option<Duration>,
     pub summary_every: Duration,
-    /// How long the on-demand hooks stay after the last sign of pressure.
-    pub context_linger: Duration,
-    /// Attach them at start and keep them.
-    pub context_always: bool,
 }
 
 fn now_ns() -> u64 {
@@ -186,6 +182,7 @@ impl<'a> EventLoop<'a> {
         engine: Engine,
         sink: &'a mut dyn Sink,
         refresher: &'a Refresher,
+        pressure: Pressure,
     ) -> EventLoop<'a> {
         EventLoop {
             session,
@@ -198,7 +195,7 @@ impl<'a> EventLoop<'a> {
             started: Instant::now(),
             blocked: Default::default(),
             inflight: Default::default(),
-            pressure: Default::default(),
+            pressure,
             lag: Lag::default(),
         }
     }
@@ -332,7 +329,6 @@ impl<'a> EventLoop<'a> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut lag_probe = tokio::time::interval(LAG_PROBE);
         let mut pressure_poll = tokio::time::interval(pressure::POLL);
-        self.pressure = Pressure::new(opts.context_linger, opts.context_always);
         // A late probe counts once, as the lag it saw, not as a burst.
         lag_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut topology = self.refresher.subscribe();

@@ -9,6 +9,7 @@ use prettytable::{format, row, Table};
 use super::trace_args::KernelArgs;
 use crate::{
     agent::{
+        pressure::{Pressure, LINGER},
         refresh::Refresher,
         run::{EventLoop, RunOptions, Sink, Summary},
         session::{load_object, Session, SessionOptions},
@@ -161,14 +162,10 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;
-    let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher);
-    l.run(&RunOptions {
-        duration: None,
-        summary_every: Duration::from_secs(3600),
-        context_linger: crate::agent::pressure::LINGER,
-        context_always: true,
-    })
-    .await?;
+    // Every implementation stays attached: the costs are per call under load.
+    let pressure = Pressure::new(LINGER, true);
+    let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher, pressure);
+    l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;
     match rx.try_recv() {
         Ok(Ok(s)) if s.success() => {}
         Ok(Ok(s)) => bail!("the workload failed: {s}"),

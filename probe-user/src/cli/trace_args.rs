@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use super::secs;
 use crate::{
     agent::{
+        pressure::Pressure,
         refresh::Refresher,
         run::{EventLoop, RunOptions, Sink},
         session::{KernelPaths, Session, SessionOptions},
@@ -165,12 +166,11 @@ impl TraceArgs {
     ) -> Result<crate::agent::run::Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
         let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
-        let mut l = EventLoop::new(session, engine, sink, refresher);
+        let pressure = Pressure::new(secs::positive("--context-linger", self.context_linger)?, self.context_always);
+        let mut l = EventLoop::new(session, engine, sink, refresher, pressure);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,
-            context_linger: secs::positive("--context-linger", self.context_linger)?,
-            context_always: self.context_always,
         };
         l.run(&opts).await?;
         Ok(l.summary.clone())

@@ -130,23 +130,24 @@ impl Drop for Agent {
     }
 }
 
+/// What `bpftool ARGS --json` prints (Null when it fails).
+fn bpftool_json(args: &[&str]) -> Value {
+    let out = Command::new("bpftool").args(args).arg("--json").output().expect("bpftool");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
 /// Names of the loaded BPF programs (bpftool truncates to 15 characters).
 pub fn loaded_prog_names() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    let progs = bpftool_json(&["prog", "show"]);
+    progs.as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()
 }
 
 /// Names of the BPF programs attached now, by the kernel's list of links
 /// (`bpftool link show`), 15 characters as the kernel keeps them.
 pub fn attached_prog_names() -> Vec<String> {
-    let json = |args: &[&str]| -> Value {
-        let out = Command::new("bpftool").args(args).output().expect("bpftool");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    };
-    let links = json(&["link", "show", "--json"]);
+    let links = bpftool_json(&["link", "show"]);
     let ids: Vec<u64> = links.as_array().into_iter().flatten().filter_map(|l| l["prog_id"].as_u64()).collect();
-    let progs = json(&["prog", "show", "--json"]);
+    let progs = bpftool_json(&["prog", "show"]);
     progs
         .as_array()
         .into_iter()
