@@ -171,6 +171,10 @@ pub static HOOKS: &[Hook] = &[
         required: false,
         on_demand: false,
         degrades: "hazard: node reclaim entered outside direct/memcg reclaim is not seen",
+        // The trampoline first: the same program, and per call the two
+        // differ by less than their run-to-run spread at a few thousand
+        // calls (docs/kernels.md), while a kprobe's dispatch, which BPF stats
+        // do not count, costs more than a trampoline's.
         impls: &[
             full(Fentry, &[p("fe_shrink_node", BtfFn(&["shrink_node"]))]),
             full(Kprobe, &[p("kp_shrink_node", Ksym(&["shrink_node"]))]),
@@ -251,6 +255,8 @@ pub static HOOKS: &[Hook] = &[
         on_demand: true,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
+            // The trampoline first, as for shrink_node; the kretprobe's
+            // return hook costs more again.
             full(
                 Fentry,
                 &[p("fe_do_writepages", BtfFn(&["do_writepages"])), p("fx_do_writepages", BtfFn(&["do_writepages"]))],
