@@ -59,14 +59,16 @@ fn every_program_the_kernel_accepts_passes_the_verifier() {
             // A BTF tracepoint loads where the kernel has it.
             "tpbtf" => *loaded || err.contains("no BTF tracepoint"),
             // A trampoline program loads unless the kernel refuses
-            // trampolines altogether, lacks the function, or lacks a helper.
+            // trampolines altogether, lacks the function, or lacks the
+            // helper an exit program needs for the return value (5.17+).
+            // 5.10's verifier logs "arg#0 type is not a struct" for every
+            // Rust program: a log line, never a reason to accept a failure.
             "fe" | "fx" => {
                 *loaded
                     || err.contains("Operation not permitted")
                     || err.contains("not in kernel BTF")
                     || err.contains("notrace")
                     || (name.starts_with("fx_") && err.contains("invalid func unknown#"))
-                    || err.contains("arg#0 type is not a struct")
             }
             other => panic!("{name}: unknown program family {other}"),
         };
