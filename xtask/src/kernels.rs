@@ -155,12 +155,18 @@ fn decisions(c: &Column) -> Vec<String> {
         imps.sort_by(|a, b| a.1.total_cmp(&b.1));
         let list: Vec<String> = imps.iter().map(|(f, ms, n)| format!("{f} {ms:.2} ms ({n} calls)")).collect();
         let busiest = imps.iter().map(|i| i.2).max().unwrap_or(0);
-        let verdict = match chosen(&hook).and_then(|f| imps.iter().find(|i| i.0 == f).map(|i| (f, i.1))) {
+        let attached = chosen(&hook).map(|f| {
+            let ms = imps.iter().find(|i| i.0 == f).map(|i| i.1);
+            (f, ms)
+        });
+        let verdict = match attached {
             Some((f, _)) if f == imps[0].0 => format!("attached: {f}, the cheapest"),
-            Some((f, ms)) if busiest >= DECISIVE_CALLS && imps[0].1 < ms * DECISIVE_RATIO => {
+            // Attached, but it lacks something or did not run: no cost to compare.
+            Some((f, None)) => format!("attached: {f}, not among these"),
+            Some((f, Some(ms))) if busiest >= DECISIVE_CALLS && imps[0].1 < ms * DECISIVE_RATIO => {
                 format!("attached: {f}; **{} cost less here**", imps[0].0)
             }
-            Some((f, ms)) => format!(
+            Some((f, Some(ms))) => format!(
                 "attached: {f}; {} {:.0} % cheaper, within the spread at {busiest} calls",
                 imps[0].0,
                 100.0 * (1.0 - imps[0].1 / ms)
