@@ -13,7 +13,7 @@ use probe_common::{
 };
 
 use super::{
-    finding::{Finding, FsDesc, Holder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
+    finding::{Finding, FsDesc, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
     index::{MountRef, StackIndex},
     rules::{self, Rule},
 };
@@ -31,9 +31,9 @@ pub struct Observed {
     /// Requests in flight on the served device (None: not known, as in a
     /// replayed trace, or a device without a sysfs inflight count).
     pub inflight: Option<i64>,
-    /// Who holds what in each followed filesystem now, by its device
-    /// (empty: not known, as in a replayed trace).
-    pub holders: Arc<[(Dev, Holder)]>,
+    /// Who holds what in each filesystem now, by its device (empty: not
+    /// known, as in a replayed trace).
+    pub holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// What a pending servicer thread is stuck in.
@@ -71,8 +71,8 @@ pub struct Blocked {
     pub stack: Vec<String>,
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
-    /// Who holds what in the followed filesystems now.
-    pub holders: Arc<[(Dev, Holder)]>,
+    /// Who holds what in each filesystem now.
+    pub holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// Distinct findings kept; beyond, new ones are counted in `folded`.
@@ -359,7 +359,7 @@ impl Engine {
     }
 
     /// The holders in the filesystem above `serving`.
-    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<Holder> {
+    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
         let Some(upper) = self.upper_mount(serving) else { return Vec::new() };
         obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
     }
@@ -385,7 +385,8 @@ impl Engine {
         let upper = about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
         let kernel = ctx.task_flags & PF_KTHREAD != 0;
         let key = (rule.id, if kernel { 0 } else { ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
-        let holders: Vec<Holder> = obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
+        let holders: Vec<LockHolder> =
+            obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
@@ -623,22 +624,15 @@ mod tests {
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
-    /// A writer holding the upper XFS's ILOCK and waiting on its buffer's I/O.
-    fn writer() -> Holder {
-        Holder {
+    /// A writer holding the upper XFS's IOLOCK, dirty-throttled.
+    fn writer() -> LockHolder {
+        LockHolder {
             tid: 200,
             tgid: 200,
             comm: "dd".into(),
-            ilock_excl: 1,
-            ilock_shared: 0,
-            iolock: 1,
+            held: vec![crate::detect::holds::Held::IolockExcl],
             ino: 131,
-            trans: 1,
-            handles: 0,
-            held: vec!["ILOCK_EXCL".into(), "IOLOCK".into(), "XFS_TRANS".into()],
-            held_ms: 40,
-            released_ms_ago: None,
-            blocked_in: Some("xfs_buf_iowait".into()),
+            blocked_in: Some("balance_dirty_pages".into()),
         }
     }
 
@@ -682,8 +676,8 @@ mod tests {
     #[test]
     fn a_hazard_names_who_holds_what_in_the_upper_fs() {
         let mut e = engine();
-        let unrelated = Holder { tid: 300, ..writer() };
-        let holders: Arc<[(Dev, Holder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
+        let unrelated = LockHolder { tid: 300, ..writer() };
+        let holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
         // No request in flight, but a writer holds the upper XFS's locks: busy.
         let o = Observed { inflight: Some(0), holders, ..obs() };
         let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &o);

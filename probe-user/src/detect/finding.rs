@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::holds::Held;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -61,37 +63,19 @@ pub struct StackSeen {
     pub hash: u64,
 }
 
-/// A task holding something in the upper filesystem when the finding was
-/// last seen, or that let go of it within the last seconds: what the
-/// servicer's reclaim would wait for inside that filesystem, and, when it
-/// is blocked itself, what it waits on.
+/// A task blocked while it holds something in the upper filesystem: what
+/// the servicer's reclaim would wait for inside that filesystem, the other
+/// half of the cycle (agent/lock_holders.rs says how it is found).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
+pub struct LockHolder {
     pub tid: u32,
     pub tgid: u32,
     pub comm: String,
-    /// XFS inode locks held, by kind.
-    pub ilock_excl: u32,
-    pub ilock_shared: u32,
-    /// XFS IOLOCK or MMAPLOCK, either mode.
-    pub iolock: u32,
-    /// The inode it locked last (0: none).
+    /// What it holds, from the functions on its kernel stack.
+    pub held: Vec<Held>,
+    /// The inode of the file its system call works on.
     pub ino: u64,
-    /// XFS transactions open.
-    pub trans: u32,
-    /// jbd2 handles open.
-    pub handles: u32,
-    /// What it held since it started holding: ILOCK_EXCL, ILOCK_SHARED,
-    /// IOLOCK (or MMAPLOCK), XFS_TRANS, JBD2_HANDLE.
-    #[serde(default)]
-    pub held: Vec<String>,
-    /// How long it has held something (or held it, when released), in ms.
-    pub held_ms: u64,
-    /// It let go of everything this many ms ago (None: it holds it now).
-    #[serde(default)]
-    pub released_ms_ago: Option<u64>,
-    /// Where it is blocked (D state) now: the innermost storage function
-    /// on its kernel stack. None: running or sleeping elsewhere.
+    /// The innermost function on its stack: where it is blocked.
     pub blocked_in: Option<String>,
 }
 
@@ -133,9 +117,9 @@ pub struct Finding {
     /// Sightings whose stack was new beyond `MAX_STACKS`.
     #[serde(default)]
     pub stacks_folded: u64,
-    /// Who holds what in the upper filesystem, when last seen.
+    /// Who holds what in the upper filesystem while blocked, when last seen.
     #[serde(default)]
-    pub holders: Vec<Holder>,
+    pub holders: Vec<LockHolder>,
     /// Deadlock: the tasks waiting on the servicer, up the stack.
     pub chain: Vec<String>,
     pub remedy: String,

@@ -32,26 +32,9 @@ pub struct Agent {
     reader: Option<thread::JoinHandle<()>>,
 }
 
-/// Set by `cargo xtask test` in its emulated (qemu TCG) guests. There, a
-/// static key or ftrace site patched while another vCPU runs the function
-/// has crashed the guest ("Oops: int3" in ext4_da_write_begin, 6.12), and
-/// the on-demand hooks attach exactly when the write path is busiest. So in
-/// those guests the agents attach them once, at start (`--context-always`),
-/// as on every kernel before they were on demand; the host, whose kernel
-/// patches its text the way real hardware does, tests attaching on demand.
-pub const EMULATED: &str = "RECLAIMSCOPE_EMULATED_GUEST";
-
-pub fn emulated_guest() -> bool {
-    std::env::var_os(EMULATED).is_some()
-}
-
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
-        let mut args: Vec<&str> = args.to_vec();
-        if emulated_guest() && matches!(args.first(), Some(&("watch" | "monitor" | "record"))) {
-            args.push("--context-always");
-        }
-        let mut child = Command::new(bin()).args(&args).stdout(Stdio::piped()).spawn().expect("start reclaimscope");
+        let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).spawn().expect("start reclaimscope");
         let out = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
