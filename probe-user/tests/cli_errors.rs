@@ -163,3 +163,28 @@ fn a_crafted_gfp_table_is_a_limit_not_a_crash() {
     let limit = limit.unwrap_or_else(|| panic!("no limit line in:\n{stdout}"));
     assert!(limit.contains("nested deeper than 64 levels") && limit.len() < 300, "{limit}");
 }
+
+/// clap's own refusal: its first line names the option, the exit status is
+/// 2, and it comes at once (before any probe is loaded).
+fn refused_by_clap(args: &[&str], needle: &str) {
+    let t = std::time::Instant::now();
+    let out = common::run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error:") && first.contains(needle), "{args:?}: {stderr}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{args:?} took {:?}", t.elapsed());
+}
+
+/// The kernel's dev_t has 12 bits of major and 20 of minor: a larger
+/// number would be folded onto another device.
+#[test]
+fn a_device_number_the_kernel_cannot_hold_is_refused() {
+    for dev in ["4294967295:4294967295", "4096:0", "0:1048576"] {
+        let arg = format!("/var/tmp/disk.img={dev}");
+        refused_by_clap(&["watch", "--backing-file", &arg, "--duration", "1"], "MAJOR below 4096");
+        refused_by_clap(&["audit", "--backing-file", &arg], "MAJOR below 4096");
+        let arg = format!("42={dev}");
+        refused_by_clap(&["report", "--format", "ftrace", "--servicer", &arg, "/dev/null"], "MAJOR below 4096");
+    }
+}

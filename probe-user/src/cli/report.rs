@@ -28,7 +28,7 @@ pub enum InputFormat {
 fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
     let (pid, dev) = s.split_once('=').ok_or("expected PID=MAJOR:MINOR")?;
     let pid = pid.parse().map_err(|_| format!("bad pid `{pid}`"))?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device `{dev}` (expected MAJOR:MINOR)"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device `{dev}` (expected {})", Dev::FORMAT))?;
     Ok((pid, dev))
 }
 
