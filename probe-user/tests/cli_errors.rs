@@ -90,7 +90,7 @@ fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::P
         attach: serde_json::json!({}),
         gfp_format,
     };
-    let mut w = TraceWriter::create(&path, header, None, 1).unwrap();
+    let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
         .unwrap();
     w.finish().unwrap();
@@ -187,4 +187,41 @@ fn a_device_number_the_kernel_cannot_hold_is_refused() {
         let arg = format!("42={dev}");
         refused_by_clap(&["report", "--format", "ftrace", "--servicer", &arg, "/dev/null"], "MAJOR below 4096");
     }
+}
+
+/// `--max-files 18446744073709551615` made every rotation try that many
+/// renames, in the event loop, deaf to SIGTERM and --duration.
+#[test]
+fn an_absurd_max_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.trace");
+    let out = out.to_str().unwrap();
+    for n in ["18446744073709551615", "1001", "0"] {
+        refused_by_clap(&["record", "-o", out, "--max-size", "4K", "--max-files", n, "--duration", "2"], "--max-files");
+    }
+    assert!(!dir.path().join("x.trace").exists());
+}
+
+/// `record -o /etc/fstab` used to load the probes for 1.8 s and then
+/// replace the file with a trace. Whoever runs it, and before any probe is
+/// loaded, a file that is not a trace is refused, and so is a symlink.
+#[test]
+fn record_refuses_to_replace_what_is_not_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let fstab = dir.path().join("fstab");
+    let precious = b"UUID=0123 / ext4 defaults 0 1\n";
+    std::fs::write(&fstab, precious).unwrap();
+    let link = dir.path().join("link.trace");
+    std::os::unix::fs::symlink(&fstab, &link).unwrap();
+    for (path, needle) in [(&fstab, "is not a reclaimscope trace"), (&link, "is a symbolic link")] {
+        let t = std::time::Instant::now();
+        let out = common::run(&["record", "-o", path.to_str().unwrap(), "--duration", "1"]);
+        let took = t.elapsed();
+        one_line_error(&out, needle);
+        eprintln!("record -o {} refused in {:.0} ms", path.display(), took.as_secs_f64() * 1e3);
+        assert!(took < std::time::Duration::from_millis(500), "refused only after {took:?}");
+        assert_eq!(std::fs::read(&fstab).unwrap(), precious);
+    }
+    let msg = String::from_utf8_lossy(&common::run(&["record", "-o", fstab.to_str().unwrap()]).stderr).into_owned();
+    assert!(msg.contains("--force"), "the refusal says how to insist: {msg}");
 }

@@ -27,7 +27,7 @@ mod tests_files;
 pub use frame::{Damage, DamageReason, MAX_PAYLOAD};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
 pub use record::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader};
-pub use writer::TraceWriter;
+pub use writer::{TraceWriter, MAX_FILES};
 
 /// The first eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"RCLMSCP\0";
