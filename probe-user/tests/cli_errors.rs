@@ -176,19 +176,6 @@ fn refused_by_clap(args: &[&str], needle: &str) {
     assert!(t.elapsed() < std::time::Duration::from_secs(5), "{args:?} took {:?}", t.elapsed());
 }
 
-/// The kernel's dev_t has 12 bits of major and 20 of minor: a larger
-/// number would be folded onto another device.
-#[test]
-fn a_device_number_the_kernel_cannot_hold_is_refused() {
-    for dev in ["4294967295:4294967295", "4096:0", "0:1048576"] {
-        let arg = format!("/var/tmp/disk.img={dev}");
-        refused_by_clap(&["watch", "--backing-file", &arg, "--duration", "1"], "MAJOR below 4096");
-        refused_by_clap(&["audit", "--backing-file", &arg], "MAJOR below 4096");
-        let arg = format!("42={dev}");
-        refused_by_clap(&["report", "--format", "ftrace", "--servicer", &arg, "/dev/null"], "MAJOR below 4096");
-    }
-}
-
 /// `--max-files 18446744073709551615` made every rotation try that many
 /// renames, in the event loop, deaf to SIGTERM and --duration.
 #[test]
@@ -200,6 +187,19 @@ fn an_absurd_max_files_is_refused() {
         refused_by_clap(&["record", "-o", out, "--max-size", "4K", "--max-files", n, "--duration", "2"], "--max-files");
     }
     assert!(!dir.path().join("x.trace").exists());
+}
+
+/// The kernel's dev_t has 12 bits of major and 20 of minor: a larger
+/// number would be folded onto another device.
+#[test]
+fn a_device_number_the_kernel_cannot_hold_is_refused() {
+    for dev in ["4294967295:4294967295", "4096:0", "0:1048576"] {
+        let arg = format!("/var/tmp/disk.img={dev}");
+        refused_by_clap(&["watch", "--backing-file", &arg, "--duration", "1"], "MAJOR below 4096");
+        refused_by_clap(&["audit", "--backing-file", &arg], "MAJOR below 4096");
+        let arg = format!("42={dev}");
+        refused_by_clap(&["report", "--format", "ftrace", "--servicer", &arg, "/dev/null"], "MAJOR below 4096");
+    }
 }
 
 /// `record -o /etc/fstab` used to load the probes for 1.8 s and then
@@ -224,4 +224,66 @@ fn record_refuses_to_replace_what_is_not_a_trace() {
     }
     let msg = String::from_utf8_lossy(&common::run(&["record", "-o", fstab.to_str().unwrap()]).stderr).into_owned();
     assert!(msg.contains("--force"), "the refusal says how to insist: {msg}");
+}
+
+/// A trace's header and findings come from whoever made the file: printed
+/// raw, their escape sequences retitled the terminal and cleared it.
+#[test]
+fn report_prints_no_terminal_escape_from_the_file() {
+    use reclaimscope::trace::{Record, TraceHeader, TraceWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("escapes.trace");
+    let hostile = "6.18\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}1m\r";
+    let header = TraceHeader {
+        agent_version: hostile.into(),
+        kernel_release: hostile.into(),
+        hostname: hostile.into(),
+        started_unix_ns: 0,
+        command: hostile.into(),
+        topology: serde_json::json!({}),
+        attach: serde_json::json!({}),
+        gfp_format: Some(hostile.into()),
+    };
+    let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
+    let finding = serde_json::json!({"rule": hostile, "severity": hostile, "detail": hostile, "servicer": {"comm": hostile, "tid": 1}});
+    w.write(&Record::Finding(finding)).unwrap();
+    w.finish().unwrap();
+    for json in [false, true] {
+        let mut args = vec!["report", path.to_str().unwrap()];
+        if json {
+            args.insert(1, "--json");
+        }
+        let out = common::run(&args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let control = stdout.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t');
+        assert_eq!(control, None, "{args:?} printed a control character:\n{stdout}");
+        assert!(stdout.contains("owned"), "{stdout}");
+    }
+}
+
+/// Opening a FIFO for reading waits for a writer: report hung forever.
+#[test]
+fn report_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.trace");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in [fifo.as_path(), dir.path(), std::path::Path::new("/dev/zero")] {
+        let mut child = Command::new(common::bin())
+            .args(["report", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > std::time::Duration::from_secs(5) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("report {} still runs after 5 s", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        one_line_error(&child.wait_with_output().unwrap(), "not a regular file");
+    }
 }

@@ -282,7 +282,7 @@ impl<'a> EventLoop<'a> {
                 flags,
                 blocked_for,
                 now_ns: now_ns(),
-                stack: blocked::kernel_stack(&format!("/proc/{tid}")),
+                stack: blocked::kernel_stack(&format!("/proc/{tid}")).into(),
                 chain: blocked::waiting_chain(tid, 12),
                 holders: self.session.holders.current(now_ns()),
             };
