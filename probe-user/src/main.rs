@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use reclaimscope::{
     cli::{audit, monitor, probes, record, report, watch},
-    output::stdout,
+    output::{stdout, terminal},
 };
 
 /// Finds servicers of stacked block devices (loop workers, FUSE daemons,
@@ -107,7 +107,8 @@ fn main() -> ExitCode {
         // `| head -1` read what it wanted: not an error worth a message.
         Err(e) if stdout::is_closed(&e) => ExitCode::from(stdout::EXIT_STDOUT_CLOSED),
         Err(e) => {
-            eprintln!("reclaimscope: {e:#}");
+            // One line, whatever a file or a kernel put into the message.
+            eprintln!("reclaimscope: {}", terminal::line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -57,3 +57,16 @@ fn the_deployment_guide_points_to_the_files_instead_of_copies() {
         assert!(!doc.contains(copied), "docs/deployment.md still carries a copy (`{copied}`)");
     }
 }
+
+/// SIGHUP only starts a topology discovery (agent/run.rs): the agent has no
+/// configuration file, so no line about SIGHUP or a reload may promise that
+/// one is re-read.
+#[test]
+fn the_deployment_guide_says_what_sighup_does() {
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/deployment.md")).unwrap();
+    let about_hup: Vec<&str> = doc.lines().filter(|l| l.contains("HUP") || l.contains("reload")).collect();
+    assert!(about_hup.iter().any(|l| l.starts_with("| `SIGHUP` |") && l.contains("discovery")), "{about_hup:#?}");
+    for l in about_hup {
+        assert!(!l.contains("config") || l.contains("There is no configuration file"), "promises a config: {l}");
+    }
+}

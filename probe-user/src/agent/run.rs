@@ -255,7 +255,7 @@ impl<'a> EventLoop<'a> {
                 flags,
                 blocked_for,
                 now_ns: now_ns(),
-                stack: blocked::kernel_stack(&format!("/proc/{tid}")),
+                stack: blocked::kernel_stack(&format!("/proc/{tid}")).into(),
                 chain: blocked::waiting_chain(all, tid, 12),
                 holders: self.lock_holders.update(all),
             };

@@ -60,7 +60,7 @@ impl KernelArgs {
 
 fn parse_backing(s: &str) -> Result<(PathBuf, Dev), String> {
     let (path, dev) = s.rsplit_once('=').ok_or("expected PATH=MAJOR:MINOR")?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected MAJOR:MINOR)"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected {})", Dev::FORMAT))?;
     Ok((PathBuf::from(path), dev))
 }
 

@@ -26,8 +26,9 @@ use crate::{
 /// What the agent knows about an event beyond its bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// Symbolized kernel stack of the event.
-    pub stack: Vec<String>,
+    /// Symbolized kernel stack of the event, shared: a replay interns each
+    /// stack once and every event, pending thread and finding points to it.
+    pub stack: Arc<[String]>,
     /// Requests in flight on the served device (None: not known, as in a
     /// replayed trace, or a device without a sysfs inflight count).
     pub inflight: Option<i64>,
@@ -53,7 +54,7 @@ struct Pending {
     stuck: Stuck,
     gfp: u32,
     waited_on: Option<Dev>,
-    stack: Vec<String>,
+    stack: Arc<[String]>,
 }
 
 /// A dirty-throttled thread whose last pause is older than this has
@@ -68,7 +69,7 @@ pub struct Blocked {
     pub flags: u32,
     pub blocked_for: Duration,
     pub now_ns: u64,
-    pub stack: Vec<String>,
+    pub stack: Arc<[String]>,
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
     /// Who holds what in each filesystem now.
@@ -77,6 +78,11 @@ pub struct Blocked {
 
 /// Distinct findings kept; beyond, new ones are counted in `folded`.
 const MAX_FINDINGS: usize = 512;
+
+/// Threads followed inside reclaim at once; beyond, new ones are counted in
+/// `untracked`. A host has far fewer servicer threads; a crafted trace
+/// could name every tid there is, each one an entry.
+pub const MAX_PENDING: usize = 1 << 16;
 
 /// What makes a finding distinct: the rule, the servicer process (0 for
 /// kernel threads, which serve as one), and the filesystem above.
@@ -91,6 +97,8 @@ pub struct Engine {
     /// Findings not kept because `MAX_FINDINGS` were.
     folded: u64,
     pending: HashMap<u32, Pending>,
+    /// Threads not followed because `MAX_PENDING` were.
+    untracked: u64,
 }
 
 fn fs_desc(m: &MountRef) -> FsDesc {
@@ -116,6 +124,7 @@ impl Engine {
             seen: HashMap::new(),
             folded: 0,
             pending: HashMap::new(),
+            untracked: 0,
         }
     }
 
@@ -136,6 +145,19 @@ impl Engine {
     /// Distinct findings dropped because the engine kept its maximum.
     pub fn folded(&self) -> u64 {
         self.folded
+    }
+
+    /// Threads entering reclaim that were not followed because
+    /// [`MAX_PENDING`] were.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
+    }
+
+    /// Whether `tid` may get a pending entry; counts it when it may not.
+    fn may_follow(&mut self, tid: u32) -> bool {
+        let ok = self.pending.len() < MAX_PENDING || self.pending.contains_key(&tid);
+        self.untracked += u64::from(!ok);
+        ok
     }
 
     /// Servicer threads inside reclaim or dirty throttling now, with when
@@ -170,7 +192,7 @@ impl Engine {
         match ev {
             Event::ReclaimBegin(e) => {
                 let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
-                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) {
+                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
                     let p = Pending {
                         ctx,
                         stuck: Stuck::Reclaim,
@@ -283,15 +305,17 @@ impl Engine {
                     ));
                 }
                 // A thread already inside reclaim stays pending as such.
-                let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
-                    ctx,
-                    stuck: Stuck::DirtyThrottle,
-                    gfp: 0,
-                    waited_on: None,
-                    stack: obs.stack.clone(),
-                });
-                if entry.stuck == Stuck::DirtyThrottle {
-                    entry.ctx = ctx;
+                if self.may_follow(ctx.tid) {
+                    let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
+                        ctx,
+                        stuck: Stuck::DirtyThrottle,
+                        gfp: 0,
+                        waited_on: None,
+                        stack: obs.stack.clone(),
+                    });
+                    if entry.stuck == Stuck::DirtyThrottle {
+                        entry.ctx = ctx;
+                    }
                 }
             }
             Event::OomVictim(_) => {}
@@ -466,7 +490,7 @@ fn see_thread(f: &mut Finding, ctx: &TaskCtx) {
 
 /// Counts a sighting of `stack` (by its functions), keeping at most
 /// `MAX_STACKS` distinct ones.
-fn see_stack(f: &mut Finding, stack: &[String]) {
+fn see_stack(f: &mut Finding, stack: &Arc<[String]>) {
     if stack.is_empty() {
         return;
     }
@@ -474,7 +498,7 @@ fn see_stack(f: &mut Finding, stack: &[String]) {
     if let Some(s) = f.stacks.iter_mut().find(|s| s.hash == h) {
         s.count += 1;
     } else if f.stacks.len() < MAX_STACKS {
-        f.stacks.push(StackSeen { frames: stack.to_vec(), count: 1, hash: h });
+        f.stacks.push(StackSeen { frames: Arc::clone(stack), count: 1, hash: h });
     } else {
         f.stacks_folded += 1;
     }
@@ -580,7 +604,7 @@ mod tests {
 
     fn obs() -> Observed {
         Observed {
-            stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()],
+            stack: ["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()].into(),
             inflight: Some(4),
             holders: Default::default(),
         }
@@ -648,7 +672,7 @@ mod tests {
         );
         assert!(e.on_event(&ev, &obs()).is_empty());
         // Another thread of the same daemon, another stack: the same finding.
-        let other = Observed { stack: vec!["shrink_node+0x1".into()], ..obs() };
+        let other = Observed { stack: ["shrink_node+0x1".into()].into(), ..obs() };
         assert!(e.on_event(&begin(102, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &other).is_empty());
         let f = &e.findings()[0];
         assert_eq!(f.count, 3);
@@ -656,7 +680,7 @@ mod tests {
         assert_eq!(f.stacks.iter().map(|s| s.count).collect::<Vec<_>>(), vec![2, 1]);
         // Thread churn and stack variety are bounded, and counted.
         for tid in 0..100 {
-            let s = Observed { stack: vec![format!("f{tid}+0x1")], ..obs() };
+            let s = Observed { stack: [format!("f{tid}+0x1")].into(), ..obs() };
             e.on_event(&begin(1000 + tid, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &s);
         }
         let f = &e.findings()[0];
@@ -692,9 +716,9 @@ mod tests {
         assert_eq!(f[0].rule, "RS102");
         assert_eq!(f[0].gfp, "GFP_HIGHUSER_MOVABLE");
         // Two levels up (XFS on loop1 whose file lives on loop0's XFS).
-        assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: vec!["x".into()], ..obs() })[0].rule, "RS102");
+        assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: ["x".into()].into(), ..obs() })[0].rule, "RS102");
         // An unrelated device is not.
-        assert!(e.on_event(&wait(101, "8:0"), &Observed { stack: vec!["y".into()], ..obs() }).is_empty());
+        assert!(e.on_event(&wait(101, "8:0"), &Observed { stack: ["y".into()].into(), ..obs() }).is_empty());
     }
 
     #[test]
@@ -728,7 +752,7 @@ mod tests {
             flags: PF_MEMALLOC,
             blocked_for: Duration::from_secs(secs),
             now_ns: 9_000,
-            stack: vec!["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()],
+            stack: ["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()].into(),
             chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
             holders: Arc::from(vec![(LOOP0, writer())]),
         };
@@ -773,7 +797,7 @@ mod tests {
             flags,
             blocked_for: Duration::from_secs(9),
             now_ns: 9_000,
-            stack: vec![format!("{top}+0x5"), "vfs_write+0x9".into()],
+            stack: [format!("{top}+0x5"), "vfs_write+0x9".into()].into(),
             chain: vec![],
             holders: Default::default(),
         }

@@ -2,6 +2,8 @@
 //! filesystem), counted on repeat, with the threads and distinct kernel
 //! stacks that made it. Findings hold raw values; `output/` renders them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::holds::Held;
@@ -55,7 +57,7 @@ pub struct ThreadSeen {
 /// One distinct kernel stack (by function names) and how often it was seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackSeen {
-    pub frames: Vec<String>,
+    pub frames: Arc<[String]>,
     pub count: u64,
     /// The hash of its function names, computed once: every sighting is
     /// matched against the kept stacks.
@@ -104,7 +106,7 @@ pub struct Finding {
     pub upper_inflight: Option<i64>,
     pub detail: String,
     /// The first kernel stack seen (all distinct ones: `stacks`).
-    pub stack: Vec<String>,
+    pub stack: Arc<[String]>,
     /// Every servicer thread that made it, at most `MAX_THREADS`.
     #[serde(default)]
     pub threads: Vec<ThreadSeen>,

@@ -5,4 +5,5 @@ pub mod http;
 pub mod metrics;
 pub mod stdout;
 pub mod table;
+pub mod terminal;
 pub mod view;

@@ -1,4 +1,5 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
 pub mod ftrace;
+pub mod input;
 pub mod replay;
