@@ -12,6 +12,7 @@ use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
+    kernel::preflight,
     output::{http, metrics::Metrics, stdout},
     topology::Topology,
 };
@@ -91,7 +92,10 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some());
     }
     let server = match args.metrics_addr {
-        Some(addr) => Some(http::serve(addr, metrics.clone(), http::Limits::default()).await?),
+        Some(addr) => {
+            let limits = http::Limits::within(preflight::descriptor_limit());
+            Some(http::serve(addr, metrics.clone(), limits).await?)
+        }
         None => None,
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;

@@ -321,12 +321,8 @@ fn label(value: &str) -> String {
 }
 
 impl super::http::Render for Metrics {
-    fn content_type(&self) -> &'static str {
-        CONTENT_TYPE
-    }
-
-    fn render(&self) -> String {
-        Metrics::render(self)
+    fn render(&self, _accept: Option<&str>) -> super::http::Rendered {
+        super::http::Rendered { content_type: CONTENT_TYPE, body: Metrics::render(self) }
     }
 }
 
