@@ -1,7 +1,20 @@
 //! The deployment files in deploy/ are what docs/deployment.md points to,
 //! and the tools that read them accept them.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use reclaimscope::{
+    attach::table::HOOKS,
+    detect::rules,
+    output::{
+        exposition::Format,
+        metrics::{Losses, Metrics},
+    },
+};
 
 fn deploy(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
@@ -25,6 +38,41 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every series the agent exports, in the text format a scraper gets
+/// without asking for OpenMetrics, passes `promtool check metrics`: HELP
+/// and TYPE on each, and the naming conventions.
+#[test]
+fn the_metrics_pass_promtool_check_metrics() {
+    let Some(promtool) = tool("promtool") else {
+        eprintln!("skipped: promtool is not installed (Debian package prometheus; cargo xtask setup installs it)");
+        return;
+    };
+    let m = Metrics::new();
+    for r in rules::ALL {
+        m.declare_finding(r.id, r.severity.name());
+    }
+    for h in HOOKS {
+        m.set_probe(h.name, "none", false, h.required);
+    }
+    m.finding("RS001", "hazard");
+    m.reclaim_event("memcg");
+    m.set_servicers("unprotected", 1);
+    m.set_losses(&Losses { dropped_events: 1, task_state_full: 2, stacks_lost: 3, stale_reclaim: 4, decode_errors: 5 });
+    m.set_agent_health(1, Some(2.0), 0.001);
+    let text = m.render(Format::Text);
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\non:\n{text}");
 }
 
 /// `systemd-analyze verify` checks that ExecStart names an executable, so
