@@ -70,12 +70,19 @@ fn annotations(alert: &str, l: &BTreeMap<String, String>) -> String {
         "StorageServicerReclaimRecursion" => {
             format!("{instance}: servicer {servicer} re-entered the filesystem it serves from reclaim ({rule})")
         }
+        "StorageServicerOOMKilled" => {
+            format!("{instance}: storage servicer {servicer} was OOM-killed ({rule}); the filesystems above it fail")
+        }
         _ => format!("{instance}: storage servicer {servicer} deadlocked in memory reclaim ({rule})"),
     };
     let mut out = format!("              summary: \"{summary}\"\n");
     if alert == "StorageServicerReclaimDeadlock" {
         out.push_str("              description: \"See the finding's 'remedy' field in the journal (journalctl -u reclaimscope). Aborting the FUSE connection (fusectl) breaks the cycle.\"\n");
     }
+    out.push_str(&format!(
+        "              runbook_url: \"file:///usr/local/share/doc/reclaimscope/runbook.md#{}\"\n",
+        alert.to_lowercase()
+    ));
     out
 }
 
@@ -107,6 +114,7 @@ fn promtool_on(scrapes: &[BTreeMap<String, f64>]) {
         let (alert, severity, for_minutes) = match l["severity"].as_str() {
             "hazard" => ("UnprotectedStorageServicer", "warning", 5),
             "recursion" => ("StorageServicerReclaimRecursion", "warning", 0),
+            "failure" => ("StorageServicerOOMKilled", "critical", 0),
             _ => ("StorageServicerReclaimDeadlock", "critical", 0),
         };
         let fires = since.is_some_and(|t| last - t >= for_minutes)
@@ -125,7 +133,8 @@ fn promtool_on(scrapes: &[BTreeMap<String, f64>]) {
         "UnprotectedStorageServicer",
         "StorageServicerReclaimRecursion",
         "StorageServicerReclaimDeadlock",
-        "ReclaimscopeDroppedEvents",
+        "StorageServicerOOMKilled",
+        "ReclaimscopeDetectionLost",
         "ReclaimscopeTopologyStale",
     ] {
         tests.push_str(&format!("      - eval_time: {last}m\n        alertname: {alert}\n        exp_alerts:"));
@@ -176,7 +185,8 @@ fn metrics_move_with_the_hazard_and_sigterm_detaches() {
     let probes: serde_json::Value = serde_json::from_slice(&common::run(&["probes", "--json"]).stdout).unwrap();
     let reclaim =
         probes["hooks"].as_array().unwrap().iter().find(|h| h["hook"] == "reclaim").unwrap()["family"].clone();
-    let attached = format!("reclaimscope_probe_attached{{hook=\"reclaim\",implementation={reclaim}}}");
+    let attached =
+        format!("reclaimscope_probe_attached{{hook=\"reclaim\",implementation={reclaim},required=\"true\"}}");
     assert_eq!(sample(&before, &attached), 1.0);
     let mut scrapes = vec![samples(&before)];
 
