@@ -138,13 +138,17 @@ fn watch_json_into_head_exits_quietly_and_detaches() {
         .unwrap();
     // `| head -1`: one line, then the reader goes away.
     let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
     assert!(first.contains("\"type\""), "{first}");
+    let ours = common::prog_ids_of(child.id());
+    drop(reader);
     let t = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(t.elapsed() < std::time::Duration::from_secs(15), "watch kept running after its reader left");
     quiet_sigpipe_exit(&out, "watch --json | head -1");
-    assert!(!common::any_of_ours_loaded(), "programs left loaded after EPIPE");
+    assert!(!ours.is_empty(), "watch held no BPF program");
+    assert_eq!(common::still_loaded(&ours), Vec::<u64>::new(), "programs left loaded after EPIPE");
 }
 
 #[test]

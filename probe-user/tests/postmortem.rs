@@ -45,11 +45,13 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
     let agent = common::Agent::start(&["record", "-o", trace.to_str().unwrap(), "--summary-every", "1"]);
     common::wait_for_file(&trace);
     common::write_through(&mut stack, 384);
+    let ours = common::prog_ids_of(agent.pid());
     // SIGTERM, as a service manager stops it.
     let (code, _) = agent.stop(libc::SIGTERM);
     stack.teardown().unwrap();
     assert_eq!(code, Some(0));
-    assert!(!common::any_of_ours_loaded(), "programs left loaded after SIGTERM");
+    assert!(!ours.is_empty(), "the agent held no BPF program");
+    assert_eq!(common::still_loaded(&ours), Vec::<u64>::new(), "programs left loaded after SIGTERM");
 
     let r = report_json(&trace);
     assert!(r["damage"].is_null(), "a cleanly stopped recording is damaged: {}", r["damage"]);

@@ -1,6 +1,7 @@
 //! Presentation: tables, JSON lines and metrics, separate from data gathering.
 
 pub mod audit;
+pub mod exposition;
 pub mod http;
 pub mod metrics;
 pub mod stdout;
