@@ -170,8 +170,7 @@ pub fn vm_suite(kernels: &[&str], obj: &std::path::Path, opts: &SuiteOptions) ->
             })
             .collect();
         format!(
-            // The guests run under software emulation (probe-user/tests/common: EMULATED).
-            "export RECLAIMSCOPE_RESULTS=\"$RECLAIMSCOPE_VM_OUT/results.jsonl\" RECLAIMSCOPE_EMULATED_GUEST=1; \
+            "export RECLAIMSCOPE_RESULTS=\"$RECLAIMSCOPE_VM_OUT/results.jsonl\"; \
              {probes}; fail=; {}; \
              [ -z \"$fail\" ] || {{ echo \"failed:$fail\"; exit 1; }}",
             runs.join("; ")

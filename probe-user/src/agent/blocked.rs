@@ -77,6 +77,8 @@ pub struct BlockedTask {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// task_struct.flags (field 9 of its stat).
+    pub flags: u32,
     /// Innermost first, as /proc prints them ("xfs_ilock+0x3a/0x90").
     pub frames: Vec<String>,
 }
@@ -85,18 +87,20 @@ pub struct BlockedTask {
 /// waiting chain and the lock holders of a check: the state is read for
 /// every thread, the stack only for blocked ones.
 pub fn blocked_tasks() -> Vec<BlockedTask> {
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    blocked_in(procs.flatten().filter_map(|p| p.file_name().to_str().and_then(|s| s.parse::<u32>().ok())))
+}
+
+/// The threads of the processes `pids` that are in D state now.
+pub fn blocked_in(pids: impl IntoIterator<Item = u32>) -> Vec<BlockedTask> {
     let mut out = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return out };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+    for pid in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for t in tasks.flatten() {
             let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            if state_of(tid) != Some('D') {
-                continue;
-            }
+            let Some(('D', flags)) = stat_of(tid) else { continue };
             let path = format!("/proc/{pid}/task/{tid}");
-            out.push(BlockedTask { pid, tid, comm: comm_of(&path), frames: kernel_stack(&path) });
+            out.push(BlockedTask { pid, tid, comm: comm_of(&path), flags, frames: kernel_stack(&path) });
         }
     }
     out

@@ -241,6 +241,12 @@ impl<'a> EventLoop<'a> {
     }
 
     fn check_blocked(&mut self) -> Result<()> {
+        // Servicer threads already stuck when the agent started (or whose
+        // event was lost) send no event: found by their own stacks.
+        let servicers = self.topo.servicer_processes().into_iter().map(|(tgid, _)| tgid);
+        for t in blocked::blocked_in(servicers) {
+            self.engine.adopt(t.pid, t.tid, &t.comm, t.flags, &t.frames, now_ns());
+        }
         let pending = self.engine.pending(now_ns());
         let tids: Vec<u32> = pending.iter().map(|p| p.0).collect();
         self.blocked.forget_others(&tids);

@@ -57,6 +57,14 @@ struct Pending {
     stack: Arc<[String]>,
 }
 
+/// A task's comm as the kernel keeps it: at most 15 bytes and a NUL.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = comm.len().min(15);
+    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    out
+}
+
 /// A dirty-throttled thread whose last pause is older than this has
 /// moved on (pauses are at most 200 ms apart while it stays throttled).
 const THROTTLE_GONE_NS: u64 = 3_000_000_000;
@@ -166,6 +174,43 @@ impl Engine {
     pub fn pending(&mut self, now_ns: u64) -> Vec<(u32, u64)> {
         self.pending.retain(|_, p| p.stuck == Stuck::Reclaim || now_ns.saturating_sub(p.ctx.ts_ns) < THROTTLE_GONE_NS);
         self.pending.iter().map(|(tid, p)| (*tid, p.ctx.ts_ns)).collect()
+    }
+
+    /// A servicer thread found in D state inside reclaim or dirty throttling
+    /// (by the functions on its `stack`) that no event announced: it entered
+    /// before the agent started, as on a host that is already hung. It is
+    /// followed from now on as if its event had come; its gfp mask is not
+    /// known. A thread already followed only has its throttling refreshed.
+    pub fn adopt(&mut self, tgid: u32, tid: u32, comm: &str, task_flags: u32, stack: &[String], now_ns: u64) {
+        let Some(serves) = self.index.servicer(tgid).map(|s| s.serves) else { return };
+        let has = |f: &str| stack.iter().any(|s| crate::detect::holds::function(s) == f);
+        let stuck = if rules::RECLAIM_FUNCTIONS.iter().any(|f| has(f)) {
+            Stuck::Reclaim
+        } else if has(rules::THROTTLE_FUNCTION) {
+            Stuck::DirtyThrottle
+        } else {
+            return;
+        };
+        if let Some(p) = self.pending.get_mut(&tid) {
+            if p.stuck == Stuck::DirtyThrottle && stuck == Stuck::DirtyThrottle {
+                p.ctx.ts_ns = now_ns;
+            }
+            return;
+        }
+        if !self.may_follow(tid) {
+            return;
+        }
+        let ctx = TaskCtx {
+            ts_ns: now_ns,
+            tgid,
+            tid,
+            task_flags,
+            stack_id: -1,
+            comm: comm_bytes(comm),
+            serving_dev: serves.to_kernel(),
+            fs_depth: 0,
+        };
+        self.pending.insert(tid, Pending { ctx, stuck, gfp: 0, waited_on: None, stack: stack.into() });
     }
 
     /// The filesystem mounted on the served device, or on a device stacked on it.
@@ -327,16 +372,13 @@ impl Engine {
     /// death leaves every filesystem above it failing I/O.
     fn on_oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Finding> {
         let s = self.index.servicer(pid)?.clone();
-        let mut comm = [0u8; 16];
-        let n = s.comm.len().min(15);
-        comm[..n].copy_from_slice(&s.comm.as_bytes()[..n]);
         let ctx = TaskCtx {
             ts_ns,
             tgid: pid,
             tid: pid,
             task_flags: 0,
             stack_id: -1,
-            comm,
+            comm: comm_bytes(&s.comm),
             serving_dev: s.serves.to_kernel(),
             fs_depth: 0,
         };
@@ -740,6 +782,35 @@ mod tests {
             data: ReclaimWriteData { dev: LOOP1.to_kernel(), _pad: 0, ino: 9 },
         });
         assert_eq!(e.on_event(&w, &obs())[0].rule, "RS103");
+    }
+
+    #[test]
+    fn a_servicer_already_blocked_in_reclaim_when_the_agent_started_is_a_deadlock() {
+        let mut e = engine();
+        let stack: Vec<String> = ["folio_wait_bit+0x120", "folio_wait_writeback+0x2a", "shrink_folio_list+0xaba"]
+            .into_iter()
+            .chain(["shrink_node+0x2ff", "do_try_to_free_pages+0xc6", "try_to_free_mem_cgroup_pages+0x13a"])
+            .map(String::from)
+            .collect();
+        // Not a servicer, or not in reclaim: nothing is followed.
+        e.adopt(999, 999, "dd", PF_MEMALLOC, &stack, 1_000);
+        e.adopt(100, 101, "qemu-storage-d", 0, &["futex_wait+0x10".to_owned()], 1_000);
+        assert!(e.pending(1_000).is_empty());
+        e.adopt(100, 101, "qemu-storage-d", PF_MEMALLOC, &stack, 1_000);
+        assert_eq!(e.pending(1_000).iter().map(|p| p.0).collect::<Vec<_>>(), vec![101]);
+        let blocked = Blocked {
+            tid: 101,
+            flags: PF_MEMALLOC,
+            blocked_for: Duration::from_secs(6),
+            now_ns: 9_000,
+            stack: stack.into(),
+            chain: vec![],
+            holders: Arc::from(vec![(LOOP0, writer())]),
+        };
+        let f = e.on_blocked(&blocked).unwrap();
+        assert_eq!(f.rule, "RS201");
+        assert_eq!(f.holders, vec![writer()]);
+        assert_eq!(f.servicer.comm, "qemu-storage-d");
     }
 
     #[test]
