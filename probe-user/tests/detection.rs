@@ -111,12 +111,22 @@ fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        if since.is_none() {
+        // The writer may be blocked under its write (holding the IOLOCK),
+        // or in reclaim on a page fault of its own code, holding nothing:
+        // the kernel decides. Only the first shape has a holder to find.
+        let under_write = std::fs::read_to_string(format!("/proc/{writer}/stack"))
+            .is_ok_and(|s| s.contains("xfs_file_buffered_write"));
+        if since.is_none() || !under_write {
             let oom = stack.memcg.as_ref().map_or(0, |m| m.pressure().oom_kills);
             stack.abort_fuse().unwrap();
             stack.teardown().unwrap();
-            assert!(oom > 0 && attempt < 3, "no deadlock formed within 90 s (attempt {attempt}, {oom} OOM kills)");
-            println!("attempt {attempt}: the memcg OOM-killed instead ({oom} kills); building again");
+            let why = if since.is_none() {
+                format!("no deadlock formed within 90 s ({oom} OOM kills)")
+            } else {
+                "the writer was blocked outside its write".to_owned()
+            };
+            assert!(attempt < 3, "{why}, three times");
+            println!("attempt {attempt}: {why}; building again");
             continue;
         }
         let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
@@ -124,6 +134,11 @@ fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
         let start = Instant::now();
         let dead = agent.wait_for(Duration::from_secs(30), |v| v["type"] == "finding" && rule(v) == "RS201");
         let found_after = start.elapsed();
+        let writer_at = format!(
+            "syscall {:?}\n{}",
+            std::fs::read_to_string(format!("/proc/{writer}/syscall")).unwrap_or_default().trim(),
+            std::fs::read_to_string(format!("/proc/{writer}/stack")).unwrap_or_default()
+        );
         stack.abort_fuse().unwrap();
         let (code, _) = agent.stop(libc::SIGINT);
         stack.teardown().unwrap();
@@ -135,7 +150,7 @@ fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
             .unwrap()
             .iter()
             .find(|h| h["tgid"] == writer)
-            .unwrap_or_else(|| panic!("writer {writer} not named: {dead:#}"))
+            .unwrap_or_else(|| panic!("writer {writer} not named: {dead:#}\nthe writer: {writer_at}"))
             .clone();
         assert!(holder["held"].as_array().unwrap().iter().any(|k| k == "IOLOCK_EXCL"), "{holder:#}");
         assert_ne!(holder["ino"], 0, "{holder:#}");

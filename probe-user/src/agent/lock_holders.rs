@@ -9,8 +9,14 @@
 //! holding function on its stack, however long before the lock was taken.
 //! Nothing runs on the filesystems' lock paths, so an unrelated filesystem
 //! costs nothing, pressure or not.
+//!
+//! A holder seen in one walk stays named for [`RECENT`] with how long ago it
+//! was seen: a writer throttled under its write one second may be blocked
+//! the next in reclaim on a page fault of its own code (no lock held), and
+//! it is still the task whose dirty pages and lock the cycle is made of.
 
 use std::{
+    collections::HashMap,
     os::unix::fs::MetadataExt,
     sync::Arc,
     time::{Duration, Instant},
@@ -25,6 +31,9 @@ use crate::{
 /// A walk of /proc is reused for this long: a burst of servicer events
 /// must not become a burst of walks, and a blocked holder stays blocked.
 const FRESH: Duration = Duration::from_secs(1);
+
+/// How long a holder stays named after the last walk that saw it.
+const RECENT: Duration = Duration::from_secs(10);
 
 /// System calls whose first argument is the descriptor of the file they
 /// write, read or sync: the file a blocked holder's locks are on.
@@ -52,6 +61,8 @@ const FD_FIRST: &[libc::c_long] = &[
 pub struct LockHolders {
     snapshot: Arc<[(Dev, LockHolder)]>,
     taken: Option<Instant>,
+    /// Every holder seen within RECENT, by thread, with when.
+    seen: HashMap<u32, (Dev, LockHolder, Instant)>,
 }
 
 impl LockHolders {
@@ -66,8 +77,22 @@ impl LockHolders {
 
     /// Takes the holders from a walk the caller made anyway.
     pub fn update(&mut self, blocked: &[BlockedTask]) -> Arc<[(Dev, LockHolder)]> {
-        self.taken = Some(Instant::now());
-        self.snapshot = blocked.iter().filter_map(holder).collect();
+        let now = Instant::now();
+        self.taken = Some(now);
+        for (dev, h) in blocked.iter().filter_map(holder) {
+            self.seen.insert(h.tid, (dev, h, now));
+        }
+        self.seen.retain(|_, (_, _, at)| now.duration_since(*at) < RECENT);
+        let mut all: Vec<(Dev, LockHolder)> = self
+            .seen
+            .values()
+            .map(|(dev, h, at)| {
+                (*dev, LockHolder { seen_ms_ago: now.duration_since(*at).as_millis() as u64, ..h.clone() })
+            })
+            .collect();
+        // Blocked holding now first, then the most recently seen.
+        all.sort_by_key(|(_, h)| (h.seen_ms_ago, h.tid));
+        self.snapshot = all.into();
         Arc::clone(&self.snapshot)
     }
 }
@@ -79,7 +104,7 @@ fn holder(t: &BlockedTask) -> Option<(Dev, LockHolder)> {
     }
     let (dev, ino) = file_of(t.pid, t.tid)?;
     let blocked_in = t.frames.first().map(|f| crate::detect::holds::function(f).to_owned());
-    Some((dev, LockHolder { tid: t.tid, tgid: t.pid, comm: t.comm.clone(), held, ino, blocked_in }))
+    Some((dev, LockHolder { tid: t.tid, tgid: t.pid, comm: t.comm.clone(), held, ino, blocked_in, seen_ms_ago: 0 }))
 }
 
 /// The filesystem and inode of the file the task's current system call

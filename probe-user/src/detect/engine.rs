@@ -699,6 +699,7 @@ mod tests {
             held: vec![crate::detect::holds::Held::IolockExcl],
             ino: 131,
             blocked_in: Some("balance_dirty_pages".into()),
+            seen_ms_ago: 0,
         }
     }
 

@@ -79,6 +79,10 @@ pub struct LockHolder {
     pub ino: u64,
     /// The innermost function on its stack: where it is blocked.
     pub blocked_in: Option<String>,
+    /// It was seen blocked, holding this, this many ms ago (0: in the
+    /// latest look).
+    #[serde(default)]
+    pub seen_ms_ago: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,12 +60,13 @@ pub fn finding_block(f: &Finding) -> String {
     format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.name, f.title, t)
 }
 
-/// "dd[812] holds IOLOCK_EXCL on inode 131, blocked in balance_dirty_pages"
+/// "dd[812] holds XFS_IOLOCK_EXCL on inode 131, blocked in balance_dirty_pages (400 ms ago)"
 pub fn holder_line(h: &LockHolder) -> String {
     let held: Vec<&str> = h.held.iter().map(|k| held_name(*k)).collect();
     let on = if h.ino != 0 { format!(" on inode {}", h.ino) } else { String::new() };
     let blocked = h.blocked_in.as_ref().map(|b| format!(", blocked in {b}")).unwrap_or_default();
-    format!("{}[{}] holds {}{on}{blocked}", h.comm, h.tid, held.join(", "))
+    let when = if h.seen_ms_ago > 0 { format!(" ({} ms ago)", h.seen_ms_ago) } else { String::new() };
+    format!("{}[{}] holds {}{on}{blocked}{when}", h.comm, h.tid, held.join(", "))
 }
 
 /// The kernel's own names for what is held.
