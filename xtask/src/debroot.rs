@@ -232,8 +232,12 @@ pub fn install_test(deb: &Path) -> Result<()> {
 /// (docs/deployment.md says why, and how it is done elsewhere).
 pub fn podman_test(deb: &Path) -> Result<()> {
     let base = ensure_base()?;
+    // cgroupfs: crun cannot use the systemd manager on a hybrid hierarchy.
     let podman = |args: &[&str], timeout: u64| {
-        run_with_deadline(Command::new("podman").args(args), Duration::from_secs(timeout))
+        run_with_deadline(
+            Command::new("podman").arg("--cgroup-manager=cgroupfs").args(args),
+            Duration::from_secs(timeout),
+        )
     };
     let has = |image: &str| podman(&["image", "exists", image], 30).is_ok_and(|o| o.status.success());
     if !has(BASE_IMAGE) {
@@ -259,7 +263,9 @@ pub fn podman_test(deb: &Path) -> Result<()> {
     let o = podman(
         &[
             "build",
-            "--network=none",
+            // RUN steps without the OCI runtime: crun refuses this
+            // machine's hybrid cgroup hierarchy (docs/deployment.md).
+            "--isolation=chroot",
             "--build-arg",
             &format!("BASE={BASE_IMAGE}"),
             "-f",
@@ -279,6 +285,7 @@ pub fn podman_test(deb: &Path) -> Result<()> {
             "run",
             "--rm",
             "--network=none",
+            "--ulimit=host",
             "--pid=host",
             "--cap-drop=all",
             "--cap-add=BPF,PERFMON,SYS_ADMIN,SYS_PTRACE,DAC_READ_SEARCH,SYSLOG,SYS_RESOURCE",
