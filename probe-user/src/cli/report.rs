@@ -11,7 +11,7 @@ use crate::{
     names::GfpNames,
     output::{
         stdout,
-        table::{event_row, finding_block},
+        table::{finding_block, timeline_block},
     },
     postmortem::replay::{self, Report},
     topology::Dev,
@@ -101,10 +101,7 @@ pub fn render(r: &Report) -> String {
         let _ = write!(out, "\n{t}");
     }
     for tl in &r.timelines {
-        let _ = writeln!(out, "\ntimeline around {} (tid {}):", tl.rule, tl.tid);
-        for (t, v) in &tl.events {
-            let _ = writeln!(out, "  {t:+.3}s {}", event_row(v, v.ts_ns));
-        }
+        let _ = write!(out, "\n{}", timeline_block(tl));
     }
     out
 }
