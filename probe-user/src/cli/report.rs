@@ -10,10 +10,13 @@ use super::secs;
 use crate::{
     names::GfpNames,
     output::{
-        stdout,
+        folded, stdout,
         table::{finding_block, timeline_block},
     },
-    postmortem::replay::{self, Report},
+    postmortem::{
+        export::{self, Input},
+        replay::{self, Report},
+    },
     topology::Dev,
 };
 
@@ -37,6 +40,8 @@ fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
 ///   reclaimscope report --json reclaim.trace.1
 ///   reclaimscope report -p 4242 reclaim.trace
 ///   reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
+///   reclaimscope report --perfetto reclaim.json reclaim.trace
+///   reclaimscope report --folded reclaim.trace | inferno-flamegraph > reclaim.svg
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
     /// A trace from `reclaimscope record`, or a `trace-cmd report` / tracefs `trace` text capture.
@@ -54,6 +59,13 @@ pub struct ReportArgs {
     /// Seconds blocked in reclaim that make a deadlock.
     #[arg(long, default_value_t = 5.0)]
     pub deadlock_after: f64,
+    /// Also write the timeline as Chrome trace-event JSON, for ui.perfetto.dev or chrome://tracing.
+    #[arg(long, value_name = "OUT.json")]
+    pub perfetto: Option<PathBuf>,
+    /// Print the findings' kernel stacks folded (`frame;frame count`) instead of the report, for
+    /// inferno-flamegraph or flamegraph.pl.
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
 }
 
 /// The report as `reclaimscope report` prints it without --json.
@@ -123,7 +135,12 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     if let Some(pid) = args.pid {
         report.keep_process(pid);
     }
-    if args.json {
+    if let Some(out) = &args.perfetto {
+        eprintln!("{}", export::perfetto(Input::of(&report, &args.file, &args.servicers), &report, out)?);
+    }
+    if args.folded {
+        stdout::write(&folded::render(&export::findings(&report)))?;
+    } else if args.json {
         stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {
         stdout::write(&render(&report))?;

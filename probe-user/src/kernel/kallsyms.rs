@@ -98,6 +98,13 @@ impl Kallsyms {
     }
 }
 
+/// The function of a symbolized address: "shrink_folio_list+0x3a/0x9f0"
+/// (what [`Kallsyms::symbolize`] and /proc/PID/stack print) to
+/// "shrink_folio_list", so that stacks differing only in offsets read alike.
+pub fn function(symbol: &str) -> &str {
+    symbol.split('+').next().unwrap_or(symbol).trim()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

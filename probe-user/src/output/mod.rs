@@ -1,8 +1,10 @@
 //! Presentation: tables, JSON lines and metrics, separate from data gathering.
 
 pub mod audit;
+pub mod folded;
 pub mod http;
 pub mod metrics;
+pub mod perfetto;
 pub mod stdout;
 pub mod table;
 pub mod view;

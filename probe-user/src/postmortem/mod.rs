@@ -1,4 +1,6 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
+pub mod export;
 pub mod ftrace;
 pub mod replay;
+pub mod timeline;
