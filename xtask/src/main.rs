@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod flamegraph;
 mod kernels;
 mod setup;
 mod soak;
