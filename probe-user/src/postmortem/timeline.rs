@@ -209,6 +209,19 @@ impl Item {
             Item::Task(_) => u64::MAX,
         }
     }
+
+    /// The track it is on (none for a track's description).
+    pub fn task(&self) -> Option<TaskKey> {
+        match self {
+            Item::Begin { task, .. }
+            | Item::End { task, .. }
+            | Item::Complete { task, .. }
+            | Item::Instant { task, .. }
+            | Item::FlowOut { task, .. }
+            | Item::FlowIn { task, .. } => Some(*task),
+            Item::Task(_) => None,
+        }
+    }
 }
 
 /// Where the items go.
@@ -276,19 +289,12 @@ impl<'s, S: Sink> Builder<'s, S> {
         })
     }
 
-    /// Queues items made before the event stream (sorted here, per task).
+    /// Queues the items made before the event stream, all at once: they
+    /// are sorted here, per task.
     fn derive(&mut self, mut items: Vec<Item>) {
         items.sort_by_key(Item::ts);
         for item in items {
-            let task = match &item {
-                Item::Begin { task, .. }
-                | Item::End { task, .. }
-                | Item::Complete { task, .. }
-                | Item::Instant { task, .. }
-                | Item::FlowOut { task, .. }
-                | Item::FlowIn { task, .. } => *task,
-                Item::Task(_) => continue,
-            };
+            let Some(task) = item.task() else { continue };
             let end = match &item {
                 Item::Complete { ts, dur, .. } => ts + dur,
                 other => other.ts(),
@@ -549,9 +555,12 @@ fn parse_chain(link: &str) -> Option<(&str, u32, Vec<String>)> {
     Some((comm, tid.parse().ok()?, frames))
 }
 
-fn start<'s, S: Sink>(sink: &'s mut S, findings: &[Finding]) -> Builder<'s, S> {
+/// A builder with what the findings (and `more`, made likewise before the
+/// events) say queued on their tracks.
+fn start<'s, S: Sink>(sink: &'s mut S, findings: &[Finding], more: Vec<Item>) -> Builder<'s, S> {
     let mut infos = BTreeMap::new();
-    let items = from_findings(findings, &mut infos);
+    let mut items = from_findings(findings, &mut infos);
+    items.extend(more);
     let mut b = Builder::new(sink);
     for (key, info) in infos {
         b.track(key).info = info;
@@ -581,7 +590,7 @@ pub fn trace_clock(path: &std::path::Path) -> Result<Clock> {
 /// Streams a trace file's events into `sink` with what `findings` add.
 pub fn from_trace<S: Sink>(path: &std::path::Path, findings: &[Finding], sink: &mut S) -> Result<Totals> {
     let reader = TraceReader::open(path)?;
-    let mut b = start(sink, findings);
+    let mut b = start(sink, findings, Vec::new());
     for rec in reader {
         match rec {
             Record::Stack(s) => b.stack(s.id, s.frames.into_iter().map(|f| f.symbol).collect()),
@@ -607,14 +616,13 @@ pub fn from_capture<S: Sink>(
     findings: &[Finding],
     sink: &mut S,
 ) -> Result<Totals> {
-    let mut b = start(sink, findings);
+    let mut b = start(sink, findings, d_states(import));
     for d in &import.blocked {
         let t = b.track((d.tgid, d.tid));
         if t.info.comm.is_empty() {
             t.info.comm = d.comm.clone();
         }
     }
-    b.derive(d_states(import));
     b.symbols.extend(import.symbols.iter().map(|s| (s.addr, s.symbol.clone())));
     for ev in &import.events {
         let mut ev = *ev;

@@ -122,25 +122,13 @@ fn finding() -> Finding {
     f
 }
 
-fn task_of(item: &Item) -> Option<TaskKey> {
-    match item {
-        Item::Begin { task, .. }
-        | Item::End { task, .. }
-        | Item::Complete { task, .. }
-        | Item::Instant { task, .. }
-        | Item::FlowOut { task, .. }
-        | Item::FlowIn { task, .. } => Some(*task),
-        Item::Task(_) => None,
-    }
-}
-
 /// Per track: times never go back, every Begin has its End, and every
 /// Complete lies inside the slices open around it.
 fn check_tracks(items: &[Item]) {
     let mut last: BTreeMap<TaskKey, u64> = BTreeMap::new();
     let mut open: BTreeMap<TaskKey, Vec<u64>> = BTreeMap::new();
     for item in items {
-        let Some(task) = task_of(item) else { continue };
+        let Some(task) = item.task() else { continue };
         let ts = item.ts();
         let prev = last.insert(task, ts).unwrap_or(0);
         assert!(ts >= prev, "{task:?} goes back from {prev} to {ts}: {item:?}");
@@ -243,4 +231,25 @@ fn a_capture_d_state_ends_when_the_task_runs_again() {
         .filter_map(|i| if let Item::Complete { dur, .. } = i { Some(*dur) } else { None })
         .collect();
     assert_eq!(durs, [1_000, 1_000, 1_500]);
+}
+
+#[test]
+fn a_capture_merges_findings_and_d_states_in_time_on_one_track() {
+    let begin = |ts| match reclaim(EventKind::ReclaimBegin, ts) {
+        Record::Event(e) => e.event().unwrap(),
+        _ => unreachable!(),
+    };
+    let d = |ts, until| DStateInterval { ts_ns: ts, tid: QSD.1, tgid: QSD.0, comm: "qsd".into(), until_ns: until };
+    let import = Import {
+        events: vec![begin(1_000), begin(9_000)],
+        blocked: vec![d(2_000, Some(3_000)), d(6_000, Some(7_000))],
+        ..Default::default()
+    };
+    let mut f = finding();
+    (f.first_ns, f.last_ns, f.holders, f.chain) = (4_000, 4_000, vec![], vec![]);
+    let mut items = Items::default();
+    from_capture(&import, &[(QSD.0, Dev { major: 7, minor: 0 })], &[f], &mut items).unwrap();
+    check_tracks(&items.0);
+    let on_qsd: Vec<u64> = items.0.iter().filter(|i| i.task() == Some(QSD)).map(Item::ts).collect();
+    assert_eq!(on_qsd, [1_000, 2_000, 4_000, 6_000, 9_000, 9_000, 9_000]);
 }
