@@ -219,6 +219,11 @@ fn a_recorded_deadlock_exports_a_timeline_of_servicer_writer_and_flusher() {
     assert!(named(QSD.1 as u64).contains("servicer of 7:0"), "{names:?}");
     assert!(named(900).starts_with("dd 900") && named(900).contains("holder"), "{names:?}");
     assert!(named(77).contains("flusher"), "{names:?}");
+    let events = t["traceEvents"].as_array().unwrap();
+    let process = |pid: u32| {
+        events.iter().find(|e| e["name"] == "process_name" && e["pid"] == pid).map(|e| e["args"]["name"].clone())
+    };
+    assert_eq!(process(QSD.0), Some(json!("/usr/bin/qemu-storage-daemon")));
     // Wall-clock times: the header's offset plus the kernel's stamp.
     let first = t["traceEvents"].as_array().unwrap().iter().find(|e| e["ph"] == "B").unwrap();
     assert_eq!(first["ts"].as_f64().unwrap(), (1_763_990_000_000_000_000u64 + 1_000_000) as f64 / 1000.0);

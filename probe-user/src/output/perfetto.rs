@@ -76,14 +76,12 @@ impl<W: Write> PerfettoWriter<W> {
 
     fn task(&mut self, t: &TaskInfo) -> Result<()> {
         if self.processes.insert(t.tgid) {
-            let name = if t.tgid_unknown {
-                format!("{} (thread {}; process not known)", t.comm, t.tid)
-            } else {
-                t.comm.clone()
+            let name = match (&t.program, t.tgid_unknown) {
+                (_, true) => format!("{} (thread {}; its process is not recorded)", t.comm, t.tid),
+                (Some(p), false) => p.clone(),
+                (None, false) => t.comm.clone(),
             };
-            self.write(
-                json!({"ph": "M", "name": "process_name", "pid": t.tgid, "tid": t.tid, "args": {"name": name}}),
-            )?;
+            self.write(json!({"ph": "M", "name": "process_name", "pid": t.tgid, "args": {"name": name}}))?;
         }
         let mut roles = Vec::new();
         if let Some(d) = t.serving {

@@ -61,6 +61,8 @@ pub struct TaskInfo {
     pub tgid: u32,
     pub tid: u32,
     pub comm: String,
+    /// The program's full name, where a finding gives it (servicers).
+    pub program: Option<String>,
     /// The stacked device whose I/O it completes.
     pub serving: Option<Dev>,
     /// It held a lock or transaction in the upper filesystem (a writer).
@@ -456,8 +458,14 @@ impl<'s, S: Sink> Builder<'s, S> {
                 self.emit(Item::End { ts: end, task, close: Close::TraceEnd })?;
             }
         }
+        // A process is named once, by its first track: every track of it
+        // carries the program name a finding gave any of them.
+        let programs: HashMap<u32, String> =
+            self.tracks.values().filter_map(|t| Some((t.info.tgid, t.info.program.clone()?))).collect();
         for t in self.tracks.values() {
-            self.sink.item(&Item::Task(t.info.clone()))?;
+            let mut info = t.info.clone();
+            info.program = info.program.or_else(|| programs.get(&info.tgid).cloned());
+            self.sink.item(&Item::Task(info))?;
         }
         Ok(Totals { tasks: tasks.len(), events: self.events, reordered: self.reordered })
     }
@@ -479,6 +487,9 @@ fn from_findings(findings: &[Finding], tracks: &mut BTreeMap<TaskKey, TaskInfo>)
             tracks.entry(servicer).or_insert_with(|| TaskInfo { tgid: s.tgid, tid: s.tid, ..Default::default() });
         if info.comm.is_empty() {
             info.comm = s.comm.clone();
+        }
+        if info.program.is_none() && !s.name.is_empty() && s.name != s.comm {
+            info.program = Some(s.name.clone());
         }
         if info.serving.is_none() {
             info.serving = Dev::parse(&f.device);
