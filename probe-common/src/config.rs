@@ -59,7 +59,7 @@ pub mod found {
 /// tracefs `format` files. All offsets are from the start of the record.
 ///
 /// They live in the TP_OFFSETS map, not in the read-only CONFIG: a
-/// tracepoint of a module (ext4, xfs, jbd2) appears only when the module
+/// tracepoint of a module (ext4) appears only when the module
 /// loads, possibly months after the agent started, and its offsets are
 /// written then.
 #[repr(C)]
@@ -90,14 +90,6 @@ pub struct TracepointOffsets {
     pub bdp_limit: u32,
     pub bdp_pause: u32,
     pub bdp_cgroup_ino: u32,
-    /// xfs:xfs_ilock / xfs_iunlock
-    pub xfs_lock_dev: u32,
-    pub xfs_lock_ino: u32,
-    pub xfs_lock_flags: u32,
-    /// xfs:xfs_trans_alloc / xfs_trans_dup / xfs_trans_free
-    pub xfs_trans_dev: u32,
-    /// jbd2:jbd2_handle_start / jbd2_handle_stats
-    pub jbd2_dev: u32,
 }
 
 #[repr(C)]
@@ -124,5 +116,5 @@ impl Config {
 user_pod!(Config, TracepointOffsets);
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 92);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 72);
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 48);

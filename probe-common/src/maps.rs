@@ -9,18 +9,12 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const STACKS: &str = "STACKS";
 pub const EVENTS: &str = "EVENTS";
 pub const TP_OFFSETS: &str = "TP_OFFSETS";
-pub const UPPER_FS: &str = "UPPER_FS";
-pub const HOLDERS: &str = "HOLDERS";
 pub const TASKS: &str = "TASKS";
 
 pub const MAX_SERVICERS: u32 = 4096;
 pub const MAX_BACKING_FILES: u32 = 1024;
 pub const MAX_TASKS: u32 = 16384;
 pub const MAX_STACKS: u32 = 4096;
-/// Filesystems mounted on stacked devices (UPPER_FS).
-pub const MAX_UPPER_FS: u32 = 1024;
-/// Threads holding something in one of them at once (HOLDERS).
-pub const MAX_HOLDERS: u32 = 4096;
 /// The ring buffer's data area. The kernel maps all of it into the agent
 /// at once (RSS): 512 KiB hold about 4,000 events, drained within
 /// milliseconds, and a full ring is counted, never silent.
@@ -57,8 +51,8 @@ pub struct BackingInfo {
 /// TASKS value, keyed by tid: per-thread state kept while the thread is
 /// inside reclaim (deleted when it is in nothing else), and for a thread
 /// that wrote a backing file until it exits (probe-ebpf's fs_write.rs says
-/// why), so the map holds only threads doing something followed. The agent
-/// writes it only to forget frames when it detaches the write hooks.
+/// why), so the map holds only threads doing something followed. Only the
+/// programs write it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskState {
@@ -100,55 +94,6 @@ impl TaskState {
     pub fn idle(&self) -> bool {
         self.depth == 0 && self.in_reclaim == 0 && self.slowpath_begin_ns == 0
     }
-
-    /// Closes every frame: their ends are no longer traced.
-    pub fn forget_frames(&mut self) {
-        self.depth = 0;
-        self.frames = [0; FS_STACK_DEPTH];
-    }
-}
-
-/// HOLDERS value, keyed by tid: what a thread holds in a filesystem mounted
-/// on a stacked device (UPPER_FS), the other half of a reclaim cycle: a
-/// servicer whose reclaim enters that filesystem waits for these. When the
-/// thread lets go of everything the entry stays, marked `released_ns`, so
-/// a busy filesystem's lock holders are seen even between snapshots (and
-/// the hot path updates in place instead of inserting and deleting); the
-/// agent deletes entries released long ago, and the kernel those of threads
-/// that exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HolderState {
-    /// The filesystem (s_dev, kernel encoding).
-    pub s_dev: u32,
-    pub tgid: u32,
-    /// XFS inode locks held (xfs_lock_two_inodes() takes two of a kind).
-    pub ilock_excl: u32,
-    pub ilock_shared: u32,
-    /// XFS IOLOCK or MMAPLOCK, either mode.
-    pub iolock: u32,
-    /// XFS transactions allocated and not yet freed.
-    pub trans: u32,
-    /// Open jbd2 handles (nested handles are one).
-    pub handles: u32,
-    /// What it held since `since_ns` (`held::*` bits): kept when released.
-    pub kinds: u32,
-    /// The inode last locked.
-    pub ino: u64,
-    /// When the thread started holding something (bpf_ktime_get_ns).
-    pub since_ns: u64,
-    /// When it last let go of everything (0: it holds something now).
-    pub released_ns: u64,
-    pub comm: [u8; 16],
-}
-
-/// Bits of `HolderState::kinds`.
-pub mod held {
-    pub const ILOCK_EXCL: u32 = 1 << 0;
-    pub const ILOCK_SHARED: u32 = 1 << 1;
-    pub const IOLOCK: u32 = 1 << 2;
-    pub const TRANS: u32 = 1 << 3;
-    pub const HANDLE: u32 = 1 << 4;
 }
 
 /// Indices into the per-CPU COUNTERS array.
@@ -179,13 +124,12 @@ pub mod counter {
     pub const OOM_KILLS: u32 = 11;
     /// Pauses in balance_dirty_pages(), every task.
     pub const DIRTY_THROTTLES: u32 = 12;
-    /// HOLDERS had no room for a new lock holder: that holder is not named.
-    pub const HOLDERS_FULL: u32 = 13;
+    // 13 was HOLDERS_FULL (kernel-side lock holders, replaced by reading
+    // blocked tasks' stacks): never reused.
     pub const COUNT: u32 = 14;
 }
 
-user_pod!(ServicerInfo, BackingKey, BackingInfo, TaskState, HolderState);
+user_pod!(ServicerInfo, BackingKey, BackingInfo, TaskState);
 
 const _: () = assert!(core::mem::size_of::<BackingKey>() == 16);
-const _: () = assert!(core::mem::size_of::<HolderState>() == 72);
 const _: () = assert!(core::mem::size_of::<TaskState>() == 72);

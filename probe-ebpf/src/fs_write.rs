@@ -1,13 +1,20 @@
-//! Filesystem write and writeback nesting. A frame is pushed when a task
-//! enters a write or writepages of an inode and popped when it leaves. A frame
-//! on a file that backs a stacked device (BACKING_FILES) makes the task a
-//! servicer of that device for as long as the frame is open: that is how a
-//! kernel loop worker, or any writer into a backing file, is recognised.
+//! Filesystem write and writeback nesting of kernel threads. A frame is
+//! pushed when a kernel thread enters a write or writepages of an inode and
+//! popped when it leaves. A frame on a file that backs a stacked device
+//! (BACKING_FILES) makes the thread a servicer of that device for as long
+//! as the frame is open: that is how a loop worker, an nfsd thread, a LIO
+//! fileio or nvmet file-backed worker, or a flusher writing back a backing
+//! file is recognised, by the file it writes and not by its name.
 //!
-//! Unrelated tasks cost one BACKING_FILES and one TASKS lookup and leave no
-//! state. A thread that wrote a backing file keeps its (idle) state when its
+//! Only kernel threads: a userspace servicer is known by its tgid
+//! (SERVICERS, from the topology), so its writes need no frame, and every
+//! other process's writes cost one read of the task flags here and no map
+//! lookup. These hooks run on every buffered write of the machine; that
+//! read is all an application's write pays.
+//!
+//! A kernel thread that wrote a backing file keeps its (idle) state when its
 //! last frame closes, until it exits (sched_process_exit deletes it): a
-//! servicer writes its backing file on every request, and inserting and
+//! loop worker writes its backing file on every request, and inserting and
 //! deleting the entry each time cost more than the rest of both hooks.
 
 use aya_ebpf::{
@@ -16,14 +23,22 @@ use aya_ebpf::{
 };
 use probe_common::maps::{BackingKey, TaskState, FS_STACK_DEPTH};
 
+use probe_common::flags::PF_KTHREAD;
+
 use crate::{
-    context::{current, read_ptr, read_u32},
+    context::{current, read_ptr, read_u32, task_flags},
     maps::{config, tp_offsets, BACKING_FILES},
 };
 
 /// Frames past this depth are counted but not stored; bounds a leak when an
 /// error path skips the matching end.
 const MAX_DEPTH: u32 = 16;
+
+/// The frames follow kernel threads only (see the module comment).
+#[inline(always)]
+fn followed() -> bool {
+    task_flags() & PF_KTHREAD != 0
+}
 
 #[inline(always)]
 pub fn push(dev: u32, ino: u64) {
@@ -49,9 +64,13 @@ pub fn push(dev: u32, ino: u64) {
     }
 }
 
-/// One TASKS lookup, nothing else: the state stays (see the module comment).
+/// One TASKS lookup for a kernel thread, nothing else: the state stays (see
+/// the module comment).
 #[inline(always)]
 pub fn pop() {
+    if !followed() {
+        return;
+    }
     current().with_state(|s| {
         if s.depth > 0 {
             s.depth -= 1;
@@ -61,6 +80,9 @@ pub fn pop() {
 
 #[inline(always)]
 fn tp_push(ctx: &TracePointContext) -> u32 {
+    if !followed() {
+        return 0;
+    }
     let Some(tp) = tp_offsets() else { return 0 };
     let dev = unsafe { ctx.read_at::<u32>(tp.ext4_dev as usize) }.unwrap_or(0);
     let ino = unsafe { ctx.read_at::<u64>(tp.ext4_ino as usize) }.unwrap_or(0);
@@ -104,6 +126,9 @@ pub fn tp_ext4_writepages_result(_ctx: TracePointContext) -> u32 {
 /// Push a frame for `mapping->host`.
 #[inline(always)]
 fn push_mapping(mapping: u64) {
+    if !followed() {
+        return;
+    }
     let k = &config().kernel;
     let Some(host) = read_ptr(mapping, k.mapping_host) else { return };
     let dev = read_ptr(host, k.inode_i_sb).and_then(|sb| read_u32(sb, k.sb_s_dev)).unwrap_or(0);

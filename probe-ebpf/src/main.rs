@@ -8,7 +8,6 @@ mod alloc;
 mod context;
 mod emit;
 mod fs_write;
-mod holders;
 mod maps;
 mod reclaim;
 mod shrinker;

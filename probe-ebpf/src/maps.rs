@@ -7,8 +7,8 @@ use aya_ebpf::{
 use probe_common::{
     config::{Config, TracepointOffsets},
     maps::{
-        counter, BackingInfo, BackingKey, HolderState, ServicerInfo, TaskState, MAX_BACKING_FILES, MAX_HOLDERS,
-        MAX_SERVICERS, MAX_STACKS, MAX_TASKS, MAX_UPPER_FS, RING_BYTES,
+        counter, BackingInfo, BackingKey, ServicerInfo, TaskState, MAX_BACKING_FILES, MAX_SERVICERS, MAX_STACKS,
+        MAX_TASKS, RING_BYTES,
     },
 };
 
@@ -47,16 +47,6 @@ pub static BACKING_FILES: HashMap<BackingKey, BackingInfo> = HashMap::with_max_e
 /// the state of a thread that is in reclaim.
 #[map]
 pub static TASKS: HashMap<u32, TaskState> = HashMap::with_max_entries(MAX_TASKS, 0);
-
-/// Filesystems mounted on stacked devices (s_dev → the stacked device it
-/// sits on), written by the agent: the holder probes follow only these.
-#[map]
-pub static UPPER_FS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPPER_FS, 0);
-
-/// What each thread holds in those filesystems now; read by the agent when
-/// it reports a finding.
-#[map]
-pub static HOLDERS: HashMap<u32, HolderState> = HashMap::with_max_entries(MAX_HOLDERS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

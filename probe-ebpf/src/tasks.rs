@@ -11,7 +11,7 @@ use probe_common::{
 use crate::{
     context::{current, task_ctx},
     emit::emit,
-    maps::{count, tp_offsets, HOLDERS, TASKS},
+    maps::{count, tp_offsets, TASKS},
 };
 
 // TP: sched:sched_process_exit, in the context of the exiting thread.
@@ -19,7 +19,6 @@ use crate::{
 pub fn tp_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let tid = current().tid;
     let _ = TASKS.remove(&tid);
-    let _ = HOLDERS.remove(&tid);
     0
 }
 

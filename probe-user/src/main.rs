@@ -5,7 +5,8 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use reclaimscope::{
     cli::{audit, monitor, probes, record, report, watch},
-    output::stdout,
+    kernel::preflight,
+    output::{stdout, terminal},
 };
 
 /// Finds servicers of stacked block devices (loop workers, FUSE daemons,
@@ -50,25 +51,8 @@ async fn dispatch_agent(cmd: Command) -> anyhow::Result<i32> {
     }
 }
 
-/// tokio's signal driver panics when it cannot get a socket pair, so a
-/// limit this low is refused before the runtime starts. The agent itself
-/// holds a few dozen descriptors (programs, maps, links, the runtime's).
-const AGENT_MIN_FDS: u64 = 64;
-
-fn fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit through a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return u64::MAX;
-    }
-    lim.rlim_cur
-}
-
 fn run_agent(cmd: Command) -> anyhow::Result<i32> {
-    let limit = fd_limit();
-    if limit < AGENT_MIN_FDS {
-        anyhow::bail!("the descriptor limit (RLIMIT_NOFILE) is {limit}; the agent needs at least {AGENT_MIN_FDS}");
-    }
+    preflight::raise_descriptor_limit()?;
     // Two malloc arenas, not eight per core: the agent's threads allocate
     // little, and every arena keeps memory it once used (RSS).
     // SAFETY: mallopt has no preconditions; called before other threads exist.
@@ -107,7 +91,8 @@ fn main() -> ExitCode {
         // `| head -1` read what it wanted: not an error worth a message.
         Err(e) if stdout::is_closed(&e) => ExitCode::from(stdout::EXIT_STDOUT_CLOSED),
         Err(e) => {
-            eprintln!("reclaimscope: {e:#}");
+            // One line, whatever a file or a kernel put into the message.
+            eprintln!("reclaimscope: {}", terminal::line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

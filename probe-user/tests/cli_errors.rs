@@ -91,7 +91,7 @@ fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::P
         gfp_format,
         monotonic_to_unix_ns: None,
     };
-    let mut w = TraceWriter::create(&path, header, None, 1).unwrap();
+    let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
         .unwrap();
     w.finish().unwrap();
@@ -139,13 +139,17 @@ fn watch_json_into_head_exits_quietly_and_detaches() {
         .unwrap();
     // `| head -1`: one line, then the reader goes away.
     let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
     assert!(first.contains("\"type\""), "{first}");
+    let ours = common::prog_ids_of(child.id());
+    drop(reader);
     let t = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(t.elapsed() < std::time::Duration::from_secs(15), "watch kept running after its reader left");
     quiet_sigpipe_exit(&out, "watch --json | head -1");
-    assert!(!common::any_of_ours_loaded(), "programs left loaded after EPIPE");
+    assert!(!ours.is_empty(), "watch held no BPF program");
+    assert_eq!(common::still_loaded(&ours), Vec::<u64>::new(), "programs left loaded after EPIPE");
 }
 
 #[test]
@@ -163,4 +167,129 @@ fn a_crafted_gfp_table_is_a_limit_not_a_crash() {
     let limit = stdout.lines().find(|l| l.starts_with("limit: the trace's GFP name table does not parse"));
     let limit = limit.unwrap_or_else(|| panic!("no limit line in:\n{stdout}"));
     assert!(limit.contains("nested deeper than 64 levels") && limit.len() < 300, "{limit}");
+}
+
+/// clap's own refusal: its first line names the option, the exit status is
+/// 2, and it comes at once (before any probe is loaded).
+fn refused_by_clap(args: &[&str], needle: &str) {
+    let t = std::time::Instant::now();
+    let out = common::run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error:") && first.contains(needle), "{args:?}: {stderr}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{args:?} took {:?}", t.elapsed());
+}
+
+/// `--max-files 18446744073709551615` made every rotation try that many
+/// renames, in the event loop, deaf to SIGTERM and --duration.
+#[test]
+fn an_absurd_max_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.trace");
+    let out = out.to_str().unwrap();
+    for n in ["18446744073709551615", "1001", "0"] {
+        refused_by_clap(&["record", "-o", out, "--max-size", "4K", "--max-files", n, "--duration", "2"], "--max-files");
+    }
+    assert!(!dir.path().join("x.trace").exists());
+}
+
+/// The kernel's dev_t has 12 bits of major and 20 of minor: a larger
+/// number would be folded onto another device.
+#[test]
+fn a_device_number_the_kernel_cannot_hold_is_refused() {
+    for dev in ["4294967295:4294967295", "4096:0", "0:1048576"] {
+        let arg = format!("/var/tmp/disk.img={dev}");
+        refused_by_clap(&["watch", "--backing-file", &arg, "--duration", "1"], "MAJOR below 4096");
+        refused_by_clap(&["audit", "--backing-file", &arg], "MAJOR below 4096");
+        let arg = format!("42={dev}");
+        refused_by_clap(&["report", "--format", "ftrace", "--servicer", &arg, "/dev/null"], "MAJOR below 4096");
+    }
+}
+
+/// `record -o /etc/fstab` used to load the probes for 1.8 s and then
+/// replace the file with a trace. Whoever runs it, and before any probe is
+/// loaded, a file that is not a trace is refused, and so is a symlink.
+#[test]
+fn record_refuses_to_replace_what_is_not_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let fstab = dir.path().join("fstab");
+    let precious = b"UUID=0123 / ext4 defaults 0 1\n";
+    std::fs::write(&fstab, precious).unwrap();
+    let link = dir.path().join("link.trace");
+    std::os::unix::fs::symlink(&fstab, &link).unwrap();
+    for (path, needle) in [(&fstab, "is not a reclaimscope trace"), (&link, "is a symbolic link")] {
+        let t = std::time::Instant::now();
+        let out = common::run(&["record", "-o", path.to_str().unwrap(), "--duration", "1"]);
+        let took = t.elapsed();
+        one_line_error(&out, needle);
+        eprintln!("record -o {} refused in {:.0} ms", path.display(), took.as_secs_f64() * 1e3);
+        assert!(took < std::time::Duration::from_millis(500), "refused only after {took:?}");
+        assert_eq!(std::fs::read(&fstab).unwrap(), precious);
+    }
+    let msg = String::from_utf8_lossy(&common::run(&["record", "-o", fstab.to_str().unwrap()]).stderr).into_owned();
+    assert!(msg.contains("--force"), "the refusal says how to insist: {msg}");
+}
+
+/// A trace's header and findings come from whoever made the file: printed
+/// raw, their escape sequences retitled the terminal and cleared it.
+#[test]
+fn report_prints_no_terminal_escape_from_the_file() {
+    use reclaimscope::trace::{Record, TraceHeader, TraceWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("escapes.trace");
+    let hostile = "6.18\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}1m\r";
+    let header = TraceHeader {
+        agent_version: hostile.into(),
+        kernel_release: hostile.into(),
+        hostname: hostile.into(),
+        started_unix_ns: 0,
+        command: hostile.into(),
+        topology: serde_json::json!({}),
+        attach: serde_json::json!({}),
+        gfp_format: Some(hostile.into()),
+        monotonic_to_unix_ns: None,
+    };
+    let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
+    let finding = serde_json::json!({"rule": hostile, "severity": hostile, "detail": hostile, "servicer": {"comm": hostile, "tid": 1}});
+    w.write(&Record::Finding(finding)).unwrap();
+    w.finish().unwrap();
+    for json in [false, true] {
+        let mut args = vec!["report", path.to_str().unwrap()];
+        if json {
+            args.insert(1, "--json");
+        }
+        let out = common::run(&args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let control = stdout.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t');
+        assert_eq!(control, None, "{args:?} printed a control character:\n{stdout}");
+        assert!(stdout.contains("owned"), "{stdout}");
+    }
+}
+
+/// Opening a FIFO for reading waits for a writer: report hung forever.
+#[test]
+fn report_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.trace");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in [fifo.as_path(), dir.path(), std::path::Path::new("/dev/zero")] {
+        let mut child = Command::new(common::bin())
+            .args(["report", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > std::time::Duration::from_secs(5) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("report {} still runs after 5 s", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        one_line_error(&child.wait_with_output().unwrap(), "not a regular file");
+    }
 }

@@ -70,51 +70,96 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     );
 }
 
-/// The lock-holder (and write-frame) hooks are attached only under memory
-/// pressure: not while the stack idles, at once when its servicer reclaims
-/// (the finding then names the XFS's lock holders), and no longer once
-/// `--context-linger` passed without pressure. Asserted on the kernel's own
-/// list of attached tracepoints.
+/// What an operator meets on a hung host: the deadlock formed before the
+/// agent started, so no event announced the servicer's reclaim and no
+/// hook saw the writer take its lock. The agent still reports RS201, from
+/// the servicer's blocked stack, and names the writer with the IOLOCK it
+/// took long before, from the writer's stack. A memcg that OOM-kills the
+/// daemon instead (some kernels do, run to run) gives no deadlock to find:
+/// the stack is built again, up to three times.
 #[test]
-fn context_hooks_follow_memory_pressure() {
-    testbed::require_root("context_hooks_follow_memory_pressure");
-    if common::emulated_guest() {
-        eprintln!("skipped in an emulated guest: attaching under load crashes qemu TCG (common::EMULATED)");
+fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
+    testbed::require_root("a_deadlock_formed_before_the_agent_started_is_found_with_its_holder");
+    let _lock = testbed::lock().unwrap();
+    let spec = testbed::StorageStackSpec {
+        servicer: testbed::Servicer::QsdFuse,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(96),
+        dm: None,
+    };
+    for attempt in 1..=3 {
+        let mut stack = testbed::StorageStack::build("early", &spec).unwrap();
+        let writer = stack.spawn_writer("data", 512).unwrap();
+        let qsd = stack.daemon_pid.unwrap();
+        // The deadlock has formed once a daemon thread stays in D state
+        // inside memcg reclaim for 3 s.
+        let in_reclaim = || {
+            std::fs::read_dir(format!("/proc/{qsd}/task")).into_iter().flatten().flatten().any(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                stat.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('D'))
+                    && stack.contains("try_to_free_mem_cgroup_pages")
+            })
+        };
+        let (t, mut since) = (Instant::now(), None::<Instant>);
+        while t.elapsed() < Duration::from_secs(90) && since.is_none_or(|s| s.elapsed() < Duration::from_secs(3)) {
+            match (in_reclaim(), since) {
+                (true, None) => since = Some(Instant::now()),
+                (false, _) => since = None,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The writer may be blocked under its write (holding the IOLOCK),
+        // or in reclaim on a page fault of its own code, holding nothing:
+        // the kernel decides. Only the first shape has a holder to find.
+        let under_write = std::fs::read_to_string(format!("/proc/{writer}/stack"))
+            .is_ok_and(|s| s.contains("xfs_file_buffered_write"));
+        if since.is_none() || !under_write {
+            let oom = stack.memcg.as_ref().map_or(0, |m| m.pressure().oom_kills);
+            stack.abort_fuse().unwrap();
+            stack.teardown().unwrap();
+            let why = if since.is_none() {
+                format!("no deadlock formed within 90 s ({oom} OOM kills)")
+            } else {
+                "the writer was blocked outside its write".to_owned()
+            };
+            assert!(attempt < 3, "{why}, three times");
+            println!("attempt {attempt}: {why}; building again");
+            continue;
+        }
+        let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
+        agent.wait_started();
+        let start = Instant::now();
+        let dead = agent.wait_for(Duration::from_secs(30), |v| v["type"] == "finding" && rule(v) == "RS201");
+        let found_after = start.elapsed();
+        let writer_at = format!(
+            "syscall {:?}\n{}",
+            std::fs::read_to_string(format!("/proc/{writer}/syscall")).unwrap_or_default().trim(),
+            std::fs::read_to_string(format!("/proc/{writer}/stack")).unwrap_or_default()
+        );
+        stack.abort_fuse().unwrap();
+        let (code, _) = agent.stop(libc::SIGINT);
+        stack.teardown().unwrap();
+        assert_eq!(code, Some(0));
+        let (_, dead) = dead.expect("no RS201 within 30 s of starting on a deadlocked stack");
+        assert_eq!(dead["servicer"]["tgid"], qsd);
+        let holder = dead["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["tgid"] == writer)
+            .unwrap_or_else(|| panic!("writer {writer} not named: {dead:#}\nthe writer: {writer_at}"))
+            .clone();
+        assert!(holder["held"].as_array().unwrap().iter().any(|k| k == "IOLOCK_EXCL"), "{holder:#}");
+        assert_ne!(holder["ino"], 0, "{holder:#}");
+        println!(
+            "RS201 {:.1} s after the agent started on a deadlock that formed before it",
+            found_after.as_secs_f64()
+        );
         return;
     }
-    let (_lock, mut stack) = common::hazard_stack("linger");
-    let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1", "--context-linger", "3"]);
-    agent.wait_started();
-    std::thread::sleep(Duration::from_secs(2));
-    let idle = common::attached_prog_names();
-    assert!(idle.iter().any(|t| t.starts_with("tp_sched_proc")), "the other hooks stay attached: {idle:?}");
-    assert!(!idle.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock attached with no pressure: {idle:?}");
-    common::write_through(&mut stack, 384);
-    let after = Instant::now();
-    let attached = agent.wait_for(Duration::from_secs(5), |v| v["type"] == "summary" && v["context_hooks"] == true);
-    let detached = agent.wait_for(Duration::from_secs(30), |v| {
-        v["type"] == "summary" && v["context_hooks"] == false && v["reclaim_memcg"].as_u64().unwrap_or(0) > 0
-    });
-    let later = common::attached_prog_names();
-    let (code, lines) = agent.stop(libc::SIGINT);
-    let qsd = stack.daemon_pid.unwrap();
-    stack.teardown().unwrap();
-    assert_eq!(code, Some(0));
-    let summaries: Vec<String> = lines
-        .iter()
-        .filter(|v| v["type"] == "summary")
-        .map(|v| format!("{}s memcg {} hooks {}", v["elapsed_s"], v["reclaim_memcg"], v["context_hooks"]))
-        .collect();
-    assert!(attached.is_some(), "no summary said the hooks were attached under pressure: {summaries:#?}");
-    assert!(detached.is_some(), "still attached 30 s after the writer ended");
-    assert!(!later.iter().any(|t| t == "tp_xfs_ilock"), "xfs_ilock still attached after the linger: {later:?}");
-    eprintln!("detached {:.1} s after the writer ended", after.elapsed().as_secs_f64());
-    let live: Vec<&Value> = common::final_findings(&lines)
-        .into_iter()
-        .filter(|f| rule(f) == "RS001" && f["servicer"]["tgid"] == qsd)
-        .collect();
-    assert_eq!(live.len(), 1, "{live:#?}");
-    assert!(!live[0]["holders"].as_array().unwrap().is_empty(), "no holder named: {:#}", live[0]);
 }
 
 #[test]
@@ -141,6 +186,12 @@ fn real_deadlock_is_flagged_as_it_forms() {
     let grave = agent.wait_for(Duration::from_secs(90), |v| {
         v["type"] == "finding" && (rule(v) == "RS201" || (rule(v) == "RS301" && v["servicer"]["tgid"] == qsd))
     });
+    // Where the writer is when the cycle closed, for a failure message.
+    let writer_at = format!(
+        "syscall {:?}\n{}",
+        std::fs::read_to_string(format!("/proc/{writer}/syscall")).unwrap_or_default().trim(),
+        std::fs::read_to_string(format!("/proc/{writer}/stack")).unwrap_or_default()
+    );
     if grave.is_none() {
         // Where the daemon's threads are, for the failure message.
         for t in std::fs::read_dir(format!("/proc/{qsd}/task")).into_iter().flatten().flatten() {
@@ -196,8 +247,10 @@ fn real_deadlock_is_flagged_as_it_forms() {
     // The other half of the cycle: the writer, holding the upper XFS's
     // IOLOCK through its write while it waits.
     let holders = dead["holders"].as_array().unwrap();
-    let w =
-        holders.iter().find(|h| h["tgid"] == writer).unwrap_or_else(|| panic!("writer {writer} not among {dead:#}"));
+    let w = holders
+        .iter()
+        .find(|h| h["tgid"] == writer)
+        .unwrap_or_else(|| panic!("writer {writer} not among {dead:#}\nthe writer: {writer_at}"));
     assert!(!w["held"].as_array().unwrap().is_empty(), "{w:#}");
     println!(
         "hazard at {:.1} s, recursion at {:.1} s, deadlock at {:.1} s after the writer started; hazard lead time {:.1} s",

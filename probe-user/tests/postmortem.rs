@@ -45,11 +45,13 @@ fn recorded_hazard_replays_to_the_live_findings_and_survives_damage() {
     let agent = common::Agent::start(&["record", "-o", trace.to_str().unwrap(), "--summary-every", "1"]);
     common::wait_for_file(&trace);
     common::write_through(&mut stack, 384);
+    let ours = common::prog_ids_of(agent.pid());
     // SIGTERM, as a service manager stops it.
     let (code, _) = agent.stop(libc::SIGTERM);
     stack.teardown().unwrap();
     assert_eq!(code, Some(0));
-    assert!(!common::any_of_ours_loaded(), "programs left loaded after SIGTERM");
+    assert!(!ours.is_empty(), "the agent held no BPF program");
+    assert_eq!(common::still_loaded(&ours), Vec::<u64>::new(), "programs left loaded after SIGTERM");
 
     let r = report_json(&trace);
     assert!(r["damage"].is_null(), "a cleanly stopped recording is damaged: {}", r["damage"]);
@@ -134,4 +136,123 @@ fn rotation_bounds_disk_use() {
         let v = report_json(&f.path());
         assert!(v["damage"].is_null() && v["events"].as_u64().unwrap() > 0, "{:?}: {v}", f.path());
     }
+}
+
+/// docs/postmortem.md: the most memory `report` may use, whatever its input.
+const REPORT_RSS_BOUND_MIB: u64 = 256;
+
+/// Runs `report` on `args` with its address space capped at twice the
+/// bound (so a report that would grow without end fails fast instead of
+/// taking the machine), and returns its exit status and peak RSS in MiB.
+fn report_peak_rss(args: &[&str], out: &std::path::Path) -> (std::process::ExitStatus, u64) {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("report").args(args).stdout(fs::File::create(out).unwrap()).stderr(std::process::Stdio::null());
+    let cap = (REPORT_RSS_BOUND_MIB * 2) << 20;
+    // SAFETY: setrlimit is async-signal-safe, which is all pre_exec asks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: cap, rlim_max: cap };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Reaped by wait4 below, which also gives its own rusage.
+    let pid = cmd.spawn().map(|c| c.id() as i32).unwrap();
+    // SAFETY: rusage is plain data, valid all zero.
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: wait4 on our own child, writing through valid pointers.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss as u64 >> 10)
+}
+
+/// A reclaim begin of a servicer thread, with `stack_id`.
+fn reclaim_event(i: u32, stack_id: i32) -> reclaimscope::trace::Record {
+    use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx};
+    let ctx = TaskCtx {
+        ts_ns: i as u64 * 1000,
+        tgid: 7,
+        tid: 7 + i % 64,
+        stack_id,
+        serving_dev: 7 << 20,
+        ..Default::default()
+    };
+    let e = ReclaimEvent {
+        kind: EventKind::ReclaimBegin as u32,
+        _pad: 0,
+        ctx,
+        data: ReclaimData { reclaim_kind: 2, gfp: 0xcc0, ..Default::default() },
+    };
+    let data = reclaimscope::events::decode::Event::ReclaimBegin(e).to_bytes();
+    reclaimscope::trace::Record::Event(reclaimscope::trace::EventRecord { unix_ns: 0, data })
+}
+
+/// Issue 21: a 1.9 MB trace, one stack record of 1 MB and then small
+/// events using it, grew `report` past 6 GiB (each event got its own copy
+/// of the stack, and every event was kept); and a text capture was read
+/// whole. Both must stay under the documented bound.
+#[test]
+fn report_memory_stays_bounded_on_crafted_inputs() {
+    use reclaimscope::trace::{Frame, Record, StackRecord, TraceHeader, TraceWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("crafted.trace");
+    let header = TraceHeader {
+        agent_version: "0".into(),
+        kernel_release: "6.18.0".into(),
+        hostname: "h".into(),
+        started_unix_ns: 0,
+        command: "reclaimscope record".into(),
+        topology: serde_json::json!({}),
+        attach: serde_json::json!({}),
+        gfp_format: None,
+        monotonic_to_unix_ns: None,
+    };
+    let mut w = TraceWriter::create(&trace, header, None, 1, false).unwrap();
+    let frames = (0..23_000).map(|a| Frame { addr: a, symbol: "shrink_folio_list".into() }).collect();
+    w.write(&Record::Stack(StackRecord { id: 1, frames })).unwrap();
+    for i in 0..9_000 {
+        w.write(&reclaim_event(i, 1)).unwrap();
+    }
+    w.finish().unwrap();
+    let size = fs::metadata(&trace).unwrap().len();
+    assert!((1_800_000..2_400_000).contains(&size), "{size} bytes");
+
+    // A text capture larger than the bound: reclaim lines between three
+    // lines of 100 MiB (on disk: /tmp may be memory).
+    let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+    let capture = disk.path().join("capture.txt");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(fs::File::create(&capture).unwrap());
+        for i in 0..60_000u64 {
+            let line = format!(
+                "  dd-42 [000] ..... {}.{:06}: mm_vmscan_direct_reclaim_begin: order=0 gfp_flags=GFP_KERNEL\n",
+                i / 1000,
+                i % 1000 * 1000
+            );
+            f.write_all(line.as_bytes()).unwrap();
+            if i % 20_000 == 10_000 {
+                f.write_all(&vec![b'x'; 100 << 20]).unwrap();
+                f.write_all(b"\n").unwrap();
+            }
+        }
+    }
+    assert!(fs::metadata(&capture).unwrap().len() > REPORT_RSS_BOUND_MIB << 20);
+
+    let out = dir.path().join("out");
+    for args in [
+        vec![trace.to_str().unwrap()],
+        vec!["--json", trace.to_str().unwrap()],
+        vec!["--servicer", "42=7:0", capture.to_str().unwrap()],
+    ] {
+        let t = std::time::Instant::now();
+        let (status, peak) = report_peak_rss(&args, &out);
+        eprintln!("report {args:?}: {status}, peak RSS {peak} MiB in {:.1} s", t.elapsed().as_secs_f64());
+        assert!(status.success(), "report {args:?}: {status}");
+        assert!(peak < REPORT_RSS_BOUND_MIB, "report {args:?} peaked at {peak} MiB");
+    }
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.contains("lines of the capture were other events or unreadable"), "{text}");
 }

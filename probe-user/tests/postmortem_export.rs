@@ -163,7 +163,7 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         gfp_format: None,
         monotonic_to_unix_ns: Some(1_763_990_000_000_000_000),
     };
-    let mut w = TraceWriter::create(&path, header, None, 1).unwrap();
+    let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     let reclaim = |kind, ts| {
         let d = ReclaimData { reclaim_kind: 2, gfp: 0x100cca, order: 0, duration_ns: 500_000, ..Default::default() };
         Record::Event(EventRecord { unix_ns: 0, data: bytes_of(&ReclaimEvent::new(kind, ctx(ts, -1), d)).to_vec() })
@@ -189,9 +189,8 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         "gfp": "GFP_HIGHUSER_MOVABLE", "gfp_raw": 0x100cca, "upper_inflight": null,
         "detail": "blocked in D state inside reclaim on writeback of 7:0 for 6.0 s",
         "stack": frames,
-        "holders": [{"tid": 900, "tgid": 900, "comm": "dd", "ilock_excl": 0, "ilock_shared": 0, "iolock": 1,
-                     "ino": 131, "trans": 0, "handles": 0, "held": ["IOLOCK"], "held_ms": 8,
-                     "released_ms_ago": null, "blocked_in": "balance_dirty_pages"}],
+        "holders": [{"tid": 900, "tgid": 900, "comm": "dd", "held": ["IOLOCK_EXCL"], "ino": 131,
+                     "blocked_in": "balance_dirty_pages", "seen_ms_ago": 0}],
         "chain": ["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages"],
         "remedy": "call prctl(PR_SET_IO_FLUSHER, 1)", "first_ns": 9_000_000u64, "last_ns": 9_000_000u64, "count": 1,
     });
@@ -241,8 +240,8 @@ fn a_recorded_deadlock_folds_into_a_flame_graph() {
     // no topology, so the servicer goes by its comm) and the live RS201.
     assert_eq!(
         folded,
-        "qemu-storage-dae_[4242];RS102;try_to_free_mem_cgroup_pages;shrink_folio_list;folio_wait_writeback 1\n\
-         qemu-storage-daemon_[4242];RS201;try_to_free_mem_cgroup_pages;shrink_folio_list;folio_wait_writeback 1\n"
+        "qemu-storage-dae[4242];RS102;try_to_free_mem_cgroup_pages;shrink_folio_list;folio_wait_writeback 1\n\
+         qemu-storage-daemon[4242];RS201;try_to_free_mem_cgroup_pages;shrink_folio_list;folio_wait_writeback 1\n"
     );
     check_flamegraph(&folded, "shrink_folio_list");
 }
@@ -259,4 +258,42 @@ fn an_ftrace_capture_exports_a_timeline_on_the_boot_clock() {
     let count = |ph: &str, name: &str| events.iter().filter(|e| e["ph"] == ph && e["name"] == name).count();
     assert_eq!(count("B", "memcg reclaim"), 240, "every reclaim of the capture");
     assert!(count("X", "D state") > 0, "the capture's D-state intervals");
+}
+
+/// The qsd deadlock scenario (XFS on a loop device on qemu-storage-daemon's
+/// FUSE export, in a small memory cgroup), as `reclaimscope record` wrote
+/// it: the servicer's memcg reclaim waits on writeback of the device it
+/// serves while dd holds XFS_IOLOCK_EXCL. Its header predates the clock
+/// offset, so the wall clock is estimated from the read times.
+#[test]
+fn the_recorded_qsd_deadlock_exports_its_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = data("qsd-deadlock.trace");
+    let (t, report) = perfetto(dir.path(), &[trace.to_str().unwrap()]);
+    let names = check_timeline(&t, &report);
+    let servicer = names.values().find(|n| n.starts_with("qemu-storage-da") && n.contains("servicer of 7:0"));
+    assert!(servicer.is_some(), "no servicer track: {names:?}");
+    let writer = names.values().find(|n| n.starts_with("dd ") && n.contains("holder (writer)"));
+    assert!(writer.is_some(), "no writer track: {names:?}");
+    let events = t["traceEvents"].as_array().unwrap();
+    let reclaims = events.iter().filter(|e| e["ph"] == "B" && e["cat"] == "reclaim").count();
+    assert!(reclaims > 0, "no reclaim slices");
+    // The writer's span links back to the servicer that waits on it.
+    let holding = events.iter().find(|e| e["cat"] == "holder").expect("the writer's holding span");
+    assert!(holding["name"].as_str().unwrap().contains("XFS_IOLOCK_EXCL"), "{holding}");
+    assert!(events.iter().any(|e| e["ph"] == "f" && e["tid"] == holding["tid"]), "no link to the writer");
+    assert!(t["otherData"]["clock"].as_str().unwrap().contains("estimated"));
+    // Wall-clock microseconds: after 2020 and before 2100.
+    let ts = events.iter().find_map(|e| e["ts"].as_f64()).unwrap();
+    assert!((1.6e15..4.1e15).contains(&ts), "{ts} is not Unix time in µs");
+
+    let out = common::run(&["report", "--folded", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let folded = String::from_utf8(out.stdout).unwrap();
+    let rules: std::collections::BTreeSet<&str> = folded.lines().filter_map(|l| l.split(';').nth(1)).collect();
+    let found: std::collections::BTreeSet<&str> =
+        report["findings"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, found, "a line per rule that has stacks");
+    assert!(!folded.contains("bpf_trace_run"), "the probe's own frames are left out:\n{folded}");
+    check_flamegraph(&folded, "folio_wait_writeback");
 }

@@ -24,6 +24,7 @@ fn memcg_reclaim_of_a_writer_is_reported() {
     let hit = agent.wait_for(Duration::from_secs(10), |v| {
         v["type"] == "event" && v["event"] == "reclaim_end" && v["kind"] == "memcg" && v["pid"] == dd_pid
     });
+    let ours = common::prog_ids_of(agent.pid());
     let (code, lines) = agent.stop(libc::SIGINT);
     assert_eq!(code, Some(0), "watch did not exit cleanly on SIGINT");
     let (_, ev) =
@@ -38,5 +39,6 @@ fn memcg_reclaim_of_a_writer_is_reported() {
     let summary = lines.iter().find(|v| v["type"] == "final_summary").expect("final summary");
     assert!(summary["reclaim_memcg"].as_u64().unwrap() > 0);
     assert_eq!(summary["dropped"], 0);
-    assert!(!common::any_of_ours_loaded(), "programs left loaded after exit");
+    assert!(!ours.is_empty(), "the agent held no BPF program");
+    assert_eq!(common::still_loaded(&ours), Vec::<u64>::new(), "programs left loaded after exit");
 }

@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: fio 4 KiB buffered random writes (fsync every 64)
 //! through XFS on a loop device on qemu-storage-daemon's FUSE export on
-//! ext4, no memory limit, so no reclaim. Each round runs fio once per mode:
-//! no tracing, `reclaimscope watch`, `reclaimscope monitor`,
-//! `reclaimscope watch --context-always` (the hooks it attaches only under
-//! memory pressure, attached throughout: what it costs under pressure), and
-//! the bpftrace script `bench/reclaimscope.bt` on the tracepoints a kernel
+//! ext4, no memory limit on the stack. Each round runs fio once per mode:
+//! no tracing, `reclaimscope watch`, `reclaimscope monitor`, and the
+//! bpftrace script `bench/reclaimscope.bt` on the tracepoints a kernel
 //! without kprobes offers for the job; the order rotates every round so
 //! drift (page cache, XFS log) hits every mode.
+//!
+//! Two conditions, each with all its rounds: `quiet` (nothing else runs)
+//! and `pressure` (bench_noise.rs: an unrelated memcg reclaiming throughout
+//! and an unrelated XFS busy with writes, a container host's normal state).
 //!
 //! Measured per traced run: kernel time in the tool's BPF programs (bpf_stats
 //! deltas from `bpftool prog show`) per fio write and per program call, the
@@ -30,6 +32,7 @@ use serde_json::Value;
 use testbed::{Servicer, StorageStack, StorageStackSpec};
 
 use crate::{
+    bench_noise::Noise,
     build::run_build,
     setup::run_setup,
     util::{interrupt, is_root, root},
@@ -41,13 +44,26 @@ enum Mode {
     Off,
     Watch,
     Monitor,
-    /// `watch --context-always`: the write-frame and lock-holder hooks
-    /// attached as they are under memory pressure, for their cost.
-    WatchAlways,
     Bpftrace,
 }
 
-const MODES: [Mode; 5] = [Mode::Off, Mode::Watch, Mode::Monitor, Mode::WatchAlways, Mode::Bpftrace];
+const MODES: [Mode; 4] = [Mode::Off, Mode::Watch, Mode::Monitor, Mode::Bpftrace];
+
+/// What else runs on the host while fio runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Condition {
+    Quiet,
+    Pressure,
+}
+
+impl Condition {
+    fn name(self) -> &'static str {
+        match self {
+            Condition::Quiet => "quiet",
+            Condition::Pressure => "pressure",
+        }
+    }
+}
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -55,13 +71,12 @@ impl Mode {
             Mode::Off => "no tracing",
             Mode::Watch => "reclaimscope watch",
             Mode::Monitor => "reclaimscope monitor",
-            Mode::WatchAlways => "reclaimscope watch --context-always",
             Mode::Bpftrace => "bpftrace bench/reclaimscope.bt",
         }
     }
 
     fn is_agent(self) -> bool {
-        matches!(self, Mode::Watch | Mode::Monitor | Mode::WatchAlways)
+        matches!(self, Mode::Watch | Mode::Monitor)
     }
 }
 
@@ -216,12 +231,9 @@ fn filter(stack: &StorageStack) -> Result<Filter> {
 impl Tool {
     fn start(mode: Mode, bin: &Path, f: &Filter) -> Result<Tool> {
         let mut cmd = match mode {
-            Mode::Watch | Mode::WatchAlways => {
+            Mode::Watch => {
                 let mut c = Command::new(bin);
                 c.args(["watch", "--json", "--summary-every", "3600"]);
-                if mode == Mode::WatchAlways {
-                    c.arg("--context-always");
-                }
                 c
             }
             Mode::Monitor => {
@@ -302,6 +314,7 @@ impl Tool {
 
 /// One fio run and what its tool cost.
 struct Run {
+    condition: Condition,
     mode: Mode,
     fio: Fio,
     /// Per program, over the fio run.
@@ -309,8 +322,6 @@ struct Run {
     events: u64,
     /// Seconds the events were counted over.
     events_over_s: f64,
-    /// The agent's on-demand hooks were attached when it stopped.
-    context_hooks: bool,
     /// % of one core: before fio (idle) and during it.
     cpu_idle: f64,
     cpu_busy: f64,
@@ -319,11 +330,10 @@ struct Run {
 }
 
 /// The events the tool reported (the agent's final summary, the script's
-/// "ev " lines), the seconds they were counted over, and whether the
-/// agent's on-demand hooks were attached at the end.
-fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64, bool)> {
+/// "ev " lines) and the seconds they were counted over.
+fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64)> {
     if mode == Mode::Bpftrace {
-        return Ok((lines.iter().filter(|l| l.starts_with("ev ")).count() as u64, 0.0, false));
+        return Ok((lines.iter().filter(|l| l.starts_with("ev ")).count() as u64, 0.0));
     }
     let fin = lines
         .iter()
@@ -333,24 +343,28 @@ fn events_of(mode: Mode, lines: &[String]) -> Result<(u64, f64, bool)> {
     if fin["dropped"].as_u64() != Some(0) {
         bail!("the agent dropped events: {}", fin["dropped"]);
     }
-    Ok((
-        fin["events"].as_u64().unwrap_or(0),
-        fin["elapsed_s"].as_f64().unwrap_or(0.0),
-        fin["context_hooks"].as_bool().unwrap_or(false),
-    ))
+    Ok((fin["events"].as_u64().unwrap_or(0), fin["elapsed_s"].as_f64().unwrap_or(0.0)))
 }
 
-fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u32, idle: u32) -> Result<Run> {
+fn one_run(
+    condition: Condition,
+    mode: Mode,
+    stack: &StorageStack,
+    bin: &Path,
+    f: &Filter,
+    seconds: u32,
+    idle: u32,
+) -> Result<Run> {
     let dir = &stack.top().mountpoint;
     if mode == Mode::Off {
         let fio = fio(dir, seconds)?;
         return Ok(Run {
+            condition,
             mode,
             fio,
             progs: BTreeMap::new(),
             events: 0,
             events_over_s: 0.0,
-            context_hooks: false,
             cpu_idle: 0.0,
             cpu_busy: 0.0,
             rss_kib: 0,
@@ -370,15 +384,15 @@ fn one_run(mode: Mode, stack: &StorageStack, bin: &Path, f: &Filter, seconds: u3
     let (b1, t_b1) = (proc_sample(pid)?, Instant::now());
     let lines = tool.stop(mode)?;
     let (fio, after) = (fio?, after?);
-    let (events, agent_s, context_hooks) = events_of(mode, &lines)?;
+    let (events, agent_s) = events_of(mode, &lines)?;
     let pct = |a: &Proc, b: &Proc, s: f64| (b.ticks - a.ticks) as f64 / tck / s * 100.0;
     Ok(Run {
+        condition,
         mode,
         fio,
         progs: delta(&before, &after),
         events,
         events_over_s: if mode.is_agent() { agent_s } else { started.elapsed().as_secs_f64() },
-        context_hooks,
         cpu_idle: pct(&i0, &i1, (t_i1 - t_i0).as_secs_f64()),
         cpu_busy: pct(&i1, &b1, (t_b1 - t_i1).as_secs_f64()),
         rss_kib: b1.rss_kib,
@@ -417,7 +431,14 @@ impl Drop for BpfStats {
     }
 }
 
-fn measure(stack: &StorageStack, bin: &Path, runs: u32, seconds: u32, idle: u32) -> Result<Vec<Run>> {
+fn measure(
+    condition: Condition,
+    stack: &StorageStack,
+    bin: &Path,
+    runs: u32,
+    seconds: u32,
+    idle: u32,
+) -> Result<Vec<Run>> {
     let f = filter(stack)?;
     // The first run on a fresh stack allocates the XFS and the backing file
     // and is much slower than the rest: it is run once and not counted.
@@ -428,7 +449,7 @@ fn measure(stack: &StorageStack, bin: &Path, runs: u32, seconds: u32, idle: u32)
         let mut line = Vec::new();
         for k in 0..MODES.len() {
             let mode = MODES[(round + k) % MODES.len()];
-            let r = one_run(mode, stack, bin, &f, seconds, idle)?;
+            let r = one_run(condition, mode, stack, bin, &f, seconds, idle)?;
             let ns: u64 = r.progs.values().map(|p| p.ns).sum();
             line.push(format!(
                 "{}: {:.0} IOPS, {:.0} BPF ns/write",
@@ -438,22 +459,20 @@ fn measure(stack: &StorageStack, bin: &Path, runs: u32, seconds: u32, idle: u32)
             ));
             all.push(r);
         }
-        println!("bench: round {}/{runs}: {}", round + 1, line.join("; "));
+        println!("bench: {} round {}/{runs}: {}", condition.name(), round + 1, line.join("; "));
     }
     Ok(all)
 }
 
 /// The numbers of one mode over every run.
 struct ModeSummary {
+    condition: Condition,
     mode: Mode,
     iops: f64,
     writes: u64,
     ns_per_write: f64,
     events: u64,
     events_per_s: f64,
-    /// Runs that ended with the on-demand hooks attached, of `runs`.
-    context_hooks: usize,
-    runs: usize,
     cpu_idle: f64,
     cpu_busy: f64,
     rss_max_kib: u64,
@@ -461,8 +480,8 @@ struct ModeSummary {
     progs: BTreeMap<String, ProgStats>,
 }
 
-fn summarize(runs: &[Run], mode: Mode) -> ModeSummary {
-    let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+fn summarize(runs: &[Run], condition: Condition, mode: Mode) -> ModeSummary {
+    let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode && r.condition == condition).collect();
     let mut progs: BTreeMap<String, ProgStats> = BTreeMap::new();
     for r in &rs {
         for (k, p) in &r.progs {
@@ -477,14 +496,13 @@ fn summarize(runs: &[Run], mode: Mode) -> ModeSummary {
     let over: f64 = rs.iter().map(|r| r.events_over_s).sum();
     let n = rs.len().max(1) as f64;
     ModeSummary {
+        condition,
         mode,
         iops: median(rs.iter().map(|r| r.fio.iops).collect()),
         writes,
         ns_per_write: if writes > 0 { ns as f64 / writes as f64 } else { 0.0 },
         events,
         events_per_s: if over > 0.0 { events as f64 / over } else { 0.0 },
-        context_hooks: rs.iter().filter(|r| r.context_hooks).count(),
-        runs: rs.len(),
         cpu_idle: rs.iter().map(|r| r.cpu_idle).sum::<f64>() / n,
         cpu_busy: rs.iter().map(|r| r.cpu_busy).sum::<f64>() / n,
         rss_max_kib: rs.iter().map(|r| r.rss_kib).max().unwrap_or(0),
@@ -498,28 +516,31 @@ fn mib(kib: u64) -> String {
 }
 
 /// The generated section: conditions, the per-mode table, per-program costs.
-fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
+fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32, noise: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let date = testbed::run(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]), Duration::from_secs(5))
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let base = s.iter().find(|m| m.mode == Mode::Off).map(|m| m.iops).unwrap_or(0.0);
-    let bt = s.iter().find(|m| m.mode == Mode::Bpftrace).map(|m| m.ns_per_write).unwrap_or(0.0);
+    let of = |c: Condition, mode: Mode| s.iter().find(|m| m.condition == c && m.mode == mode);
     let mut o = String::new();
     o += &format!(
         "Measured {date}, kernel {kernel}, {} CPUs: {runs} rounds x {seconds} s of fio per mode, the modes' \
          order rotating every round, after one uncounted warm-up run; each tool idled {idle} s before its fio \
-         run.\n\n",
+         run. Under `pressure`, an unrelated 64 MiB memcg reclaims throughout and {noise} is busy with \
+         4 KiB writes.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    o += "| mode | median IOPS | IOPS ratio | BPF ns per write | vs bpftrace | events | events/s | on-demand hooks at the end | CPU idle | CPU under fio | RSS (max) | VmHWM (max) |\n";
+    o += "| condition | mode | median IOPS | IOPS ratio | BPF ns per write | vs bpftrace | events | events/s | CPU idle | CPU under fio | RSS (max) | VmHWM (max) |\n";
     o += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for m in s {
         let traced = m.mode != Mode::Off;
         let dash = || "-".to_string();
+        let base = of(m.condition, Mode::Off).map(|b| b.iops).unwrap_or(0.0);
+        let bt = of(m.condition, Mode::Bpftrace).map(|b| b.ns_per_write).unwrap_or(0.0);
         o += &format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            m.condition.name(),
             m.mode.name(),
             m.iops,
             if traced && base > 0.0 { format!("{:.3}", m.iops / base) } else { dash() },
@@ -527,7 +548,6 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
             if traced && bt > 0.0 { format!("{:.2}", m.ns_per_write / bt) } else { dash() },
             if traced { m.events.to_string() } else { dash() },
             if traced { format!("{:.2}", m.events_per_s) } else { dash() },
-            if m.mode.is_agent() { format!("attached in {} of {} runs", m.context_hooks, m.runs) } else { dash() },
             if traced { format!("{:.2} %", m.cpu_idle) } else { dash() },
             if traced { format!("{:.2} %", m.cpu_busy) } else { dash() },
             if traced { format!("{} MiB", mib(m.rss_max_kib)) } else { dash() },
@@ -535,14 +555,15 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32) -> String {
         );
     }
     o += "\nPer program, summed over the fio runs (names as the kernel keeps them, 15 characters):\n\n";
-    o += "| mode | program | calls | ns per call | ns per write |\n| --- | --- | --- | --- | --- |\n";
+    o += "| condition | mode | program | calls | ns per call | ns per write |\n| --- | --- | --- | --- | --- | --- |\n";
     for m in s.iter().filter(|m| m.mode != Mode::Off) {
         let writes = m.writes.max(1) as f64;
         let mut progs: Vec<(&String, &ProgStats)> = m.progs.iter().filter(|(_, p)| p.calls > 0).collect();
         progs.sort_by_key(|p| std::cmp::Reverse(p.1.ns));
         for (name, p) in progs {
             o += &format!(
-                "| {} | `{name}` | {} | {:.0} | {:.1} |\n",
+                "| {} | {} | `{name}` | {} | {:.0} | {:.1} |\n",
+                m.condition.name(),
                 m.mode.name(),
                 p.calls,
                 p.ns as f64 / p.calls as f64,
@@ -579,12 +600,24 @@ pub fn run(runs: u32, seconds: u32, idle: u32) -> Result<()> {
     let spec =
         StorageStackSpec { servicer: Servicer::QsdFuse, levels: 1, image_mb: 1024, memcg_limit_mb: None, dm: None };
     let stack = StorageStack::build("bench", &spec)?;
-    let result = measure(&stack, &bin, runs.max(1), seconds.max(1), idle.max(1));
+    let (runs, seconds, idle) = (runs.max(1), seconds.max(1), idle.max(1));
+    let result = measure(Condition::Quiet, &stack, &bin, runs, seconds, idle).and_then(|mut quiet| {
+        let noise = Noise::start()?;
+        let before = noise.reclaims();
+        let pressure = measure(Condition::Pressure, &stack, &bin, runs, seconds, idle)?;
+        println!("bench: the noise memcg hit its limit {} times during the pressure rounds", noise.reclaims() - before);
+        quiet.extend(pressure);
+        Ok((quiet, noise.describe()))
+    });
     let torn = stack.teardown();
-    let runs_done = result?;
+    let (runs_done, noise) = result?;
     torn?;
-    let summaries: Vec<ModeSummary> = MODES.iter().map(|&m| summarize(&runs_done, m)).collect();
-    let section = render(&summaries, runs, seconds, idle);
+    let summaries: Vec<ModeSummary> = [Condition::Quiet, Condition::Pressure]
+        .iter()
+        .flat_map(|&c| MODES.iter().map(move |&m| (c, m)))
+        .map(|(c, m)| summarize(&runs_done, c, m))
+        .collect();
+    let section = render(&summaries, runs, seconds, idle, noise);
     println!("{section}");
     let path = write_doc(&section)?;
     println!("bench: wrote {}", path.display());

@@ -1,6 +1,7 @@
 //! Build orchestration: `cargo xtask setup|build|test|demo|bench|soak`.
 
 mod bench;
+mod bench_noise;
 mod build;
 mod demo;
 mod flamegraph;

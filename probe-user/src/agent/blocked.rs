@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::detect::holds::function;
+
 /// Kernel functions that place a blocked task in the storage stack.
 const STACK_MARKERS: &[&str] = &[
     "xfs_",
@@ -70,30 +72,50 @@ impl BlockedTracker {
     }
 }
 
-/// Other tasks in D state inside the storage stack: the chain waiting on a
-/// blocked servicer ("dd[1234] folio_wait_writeback <- ...").
-pub fn waiting_chain(except: u32, limit: usize) -> Vec<String> {
+/// A task in D state, with its kernel stack.
+pub struct BlockedTask {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// task_struct.flags (field 9 of its stat).
+    pub flags: u32,
+    /// Innermost first, as /proc prints them ("xfs_ilock+0x3a/0x90").
+    pub frames: Vec<String>,
+}
+
+/// Every task in D state on the host now. One walk of /proc serves both the
+/// waiting chain and the lock holders of a check: the state is read for
+/// every thread, the stack only for blocked ones.
+pub fn blocked_tasks() -> Vec<BlockedTask> {
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    blocked_in(procs.flatten().filter_map(|p| p.file_name().to_str().and_then(|s| s.parse::<u32>().ok())))
+}
+
+/// The threads of the processes `pids` that are in D state now.
+pub fn blocked_in(pids: impl IntoIterator<Item = u32>) -> Vec<BlockedTask> {
     let mut out = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return out };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+    for pid in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for t in tasks.flatten() {
             let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            if tid == except || state_of(tid) != Some('D') {
-                continue;
-            }
+            let Some(('D', flags)) = stat_of(tid) else { continue };
             let path = format!("/proc/{pid}/task/{tid}");
-            let stack = kernel_stack(&path);
-            if !stack.iter().any(|f| STACK_MARKERS.iter().any(|m| f.contains(m))) {
-                continue;
-            }
-            let top: Vec<&str> = stack.iter().take(4).map(|f| f.split('+').next().unwrap_or(f)).collect();
-            out.push(format!("{}[{tid}] {}", comm_of(&path), top.join(" <- ")));
-            if out.len() >= limit {
-                return out;
-            }
+            out.push(BlockedTask { pid, tid, comm: comm_of(&path), flags, frames: kernel_stack(&path) });
         }
     }
     out
+}
+
+/// The tasks in D state inside the storage stack, other than `except`: the
+/// chain waiting on a blocked servicer ("dd[1234] folio_wait_writeback <- ...").
+pub fn waiting_chain(blocked: &[BlockedTask], except: u32, limit: usize) -> Vec<String> {
+    blocked
+        .iter()
+        .filter(|t| t.tid != except && t.frames.iter().any(|f| STACK_MARKERS.iter().any(|m| f.contains(m))))
+        .take(limit)
+        .map(|t| {
+            let top: Vec<&str> = t.frames.iter().take(4).map(|f| function(f)).collect();
+            format!("{}[{}] {}", t.comm, t.tid, top.join(" <- "))
+        })
+        .collect()
 }

@@ -1,7 +1,6 @@
-//! Mirrors the topology into the kernel's filter maps: servicer tgids,
-//! backing-file inodes and the filesystems mounted on stacked devices,
-//! whose lock holders are followed. Only differences are written, so a
-//! refresh costs nothing when nothing changed.
+//! Mirrors the topology into the kernel's filter maps: servicer tgids and
+//! backing-file inodes. Only differences are written, so a refresh costs
+//! nothing when nothing changed.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +13,8 @@ use crate::topology::Topology;
 pub struct MapsSync {
     servicers: HashMap<MapData, u32, ServicerInfo>,
     backing: HashMap<MapData, BackingKey, BackingInfo>,
-    upper_fs: HashMap<MapData, u32, u32>,
     cur_servicers: BTreeMap<u32, u32>,
     cur_backing: BTreeMap<(u32, u64), u32>,
-    cur_upper_fs: BTreeMap<u32, u32>,
 }
 
 /// What a sync changed, for the log.
@@ -25,7 +22,6 @@ pub struct MapsSync {
 pub struct Changes {
     pub servicers: usize,
     pub backing_files: usize,
-    pub upper_filesystems: usize,
 }
 
 impl Changes {
@@ -60,16 +56,8 @@ impl MapsSync {
     pub fn new(
         servicers: HashMap<MapData, u32, ServicerInfo>,
         backing: HashMap<MapData, BackingKey, BackingInfo>,
-        upper_fs: HashMap<MapData, u32, u32>,
     ) -> MapsSync {
-        MapsSync {
-            servicers,
-            backing,
-            upper_fs,
-            cur_servicers: BTreeMap::new(),
-            cur_backing: BTreeMap::new(),
-            cur_upper_fs: BTreeMap::new(),
-        }
+        MapsSync { servicers, backing, cur_servicers: BTreeMap::new(), cur_backing: BTreeMap::new() }
     }
 
     /// Brings the maps in line with `topo` plus the servicers named on the
@@ -96,18 +84,6 @@ impl MapsSync {
             }
         })?;
 
-        // A filesystem's s_dev is the device it is mounted from.
-        let want_u: BTreeMap<u32, u32> = topo
-            .stacked_devices()
-            .into_iter()
-            .filter(|&dev| topo.mounts.iter().any(|m| m.dev == dev))
-            .map(|dev| (dev.to_kernel(), dev.to_kernel()))
-            .collect();
-        let upper_fs = &mut self.upper_fs;
-        let u = diff(&mut self.cur_upper_fs, want_u, |k, v| match v {
-            Some(v) => upper_fs.insert(k, v, 0).context("UPPER_FS update"),
-            None => upper_fs.remove(&k).context("UPPER_FS remove"),
-        })?;
-        Ok(Changes { servicers: s, backing_files: b, upper_filesystems: u })
+        Ok(Changes { servicers: s, backing_files: b })
     }
 }

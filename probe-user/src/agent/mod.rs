@@ -2,10 +2,9 @@
 //! of the storage stack current, and runs events through the engine.
 
 pub mod blocked;
-pub mod holders;
 pub mod inflight;
+pub mod lock_holders;
 pub mod maps_sync;
-pub mod pressure;
 pub mod refresh;
 pub mod run;
 pub mod session;

@@ -19,7 +19,7 @@ use tokio::{
 use super::{
     blocked,
     inflight::Inflight,
-    pressure::{self, Pressure},
+    lock_holders::LockHolders,
     refresh::{Published, Refresher},
     session::Session,
 };
@@ -56,11 +56,6 @@ pub struct Summary {
     pub stale_reclaim: u64,
     pub slowpath_entries: u64,
     pub oom_kills: u64,
-    /// Lock holders the kernel could not record (HOLDERS full).
-    pub holders_full: u64,
-    /// The on-demand hooks (write frames, lock holders) are attached now:
-    /// the machine was under memory pressure within the last minute.
-    pub context_hooks: bool,
     pub findings: usize,
     /// Sightings of findings, repeats included: the live count.
     pub sightings: u64,
@@ -87,7 +82,7 @@ pub struct Summary {
 
 /// What a periodic summary reports that can be news: everything but the
 /// clocks (elapsed time, loop lag, discovery times, topology age).
-fn news(s: &Summary) -> [u64; 17] {
+fn news(s: &Summary) -> [u64; 15] {
     [
         s.events,
         s.decode_errors,
@@ -100,8 +95,6 @@ fn news(s: &Summary) -> [u64; 17] {
         s.stacks_lost,
         s.stale_reclaim,
         s.oom_kills,
-        s.holders_full,
-        s.context_hooks as u64,
         s.sightings,
         s.findings_folded,
         s.servicers as u64,
@@ -169,7 +162,7 @@ pub struct EventLoop<'a> {
     started: Instant,
     blocked: blocked::BlockedTracker,
     inflight: Inflight,
-    pressure: Pressure,
+    lock_holders: LockHolders,
     lag: Lag,
 }
 
@@ -182,7 +175,6 @@ impl<'a> EventLoop<'a> {
         engine: Engine,
         sink: &'a mut dyn Sink,
         refresher: &'a Refresher,
-        pressure: Pressure,
     ) -> EventLoop<'a> {
         EventLoop {
             session,
@@ -195,7 +187,7 @@ impl<'a> EventLoop<'a> {
             started: Instant::now(),
             blocked: Default::default(),
             inflight: Default::default(),
-            pressure,
+            lock_holders: Default::default(),
             lag: Lag::default(),
         }
     }
@@ -237,13 +229,9 @@ impl<'a> EventLoop<'a> {
             }
         };
         let ctx = *ev.ctx();
-        if ctx.serving_dev != 0 && !self.session.context_hooks_attached() {
-            self.pressure.saw(Instant::now());
-            self.follow_pressure();
-        }
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
         let inflight = (ctx.serving_dev != 0).then(|| self.inflight.of(Dev::from_kernel(ctx.serving_dev))).flatten();
-        let holders = if ctx.serving_dev != 0 { self.session.holders.current(now_ns()) } else { Default::default() };
+        let holders = if ctx.serving_dev != 0 { self.lock_holders.current() } else { Default::default() };
         let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, holders };
         self.sink.event(raw, &ev, &obs, &stack)?;
         for f in self.engine.on_event(&ev, &obs) {
@@ -252,39 +240,30 @@ impl<'a> EventLoop<'a> {
         Ok(())
     }
 
-    /// Attaches the on-demand hooks under memory pressure, detaches them
-    /// after a quiet period (agent/pressure.rs).
-    fn follow_pressure(&mut self) {
-        let needed = self.session.holders.wanted_within(self.pressure.linger());
-        let want = self.pressure.want(self.session.counters.pressure(), needed, Instant::now());
-        if want == self.session.context_hooks_attached() {
-            return;
-        }
-        match self.session.context_hooks(want) {
-            Ok(()) if want => log::info!("memory pressure: attached the write-frame and lock-holder hooks"),
-            Ok(()) => log::info!(
-                "no memory pressure for {:?}: detached the write-frame and lock-holder hooks",
-                self.pressure.linger()
-            ),
-            Err(e) => log::warn!("cannot attach the write-frame and lock-holder hooks: {e:#}"),
-        }
-        self.summary.context_hooks = self.session.context_hooks_attached();
-    }
-
     fn check_blocked(&mut self) -> Result<()> {
+        // Servicer threads already stuck when the agent started (or whose
+        // event was lost) send no event: found by their own stacks.
+        let servicers = self.topo.servicer_processes().into_iter().map(|(tgid, _)| tgid);
+        for t in blocked::blocked_in(servicers) {
+            self.engine.adopt(t.pid, t.tid, &t.comm, t.flags, &t.frames, now_ns());
+        }
         let pending = self.engine.pending(now_ns());
         let tids: Vec<u32> = pending.iter().map(|p| p.0).collect();
         self.blocked.forget_others(&tids);
+        // One walk of the host's blocked tasks per check, made only when a
+        // servicer thread is blocked.
+        let mut walk = None;
         for (tid, _) in pending {
             let Some((blocked_for, flags)) = self.blocked.observe(tid) else { continue };
+            let all = walk.get_or_insert_with(blocked::blocked_tasks);
             let b = Blocked {
                 tid,
                 flags,
                 blocked_for,
                 now_ns: now_ns(),
-                stack: blocked::kernel_stack(&format!("/proc/{tid}")),
-                chain: blocked::waiting_chain(tid, 12),
-                holders: self.session.holders.current(now_ns()),
+                stack: blocked::kernel_stack(&format!("/proc/{tid}")).into(),
+                chain: blocked::waiting_chain(all, tid, 12),
+                holders: self.lock_holders.update(all),
             };
             if let Some(f) = self.engine.on_blocked(&b) {
                 self.sink.finding(&f)?;
@@ -308,7 +287,6 @@ impl<'a> EventLoop<'a> {
         s.stale_reclaim = c.get(counter::STALE_RECLAIM);
         s.slowpath_entries = c.get(counter::SLOWPATH_ENTRIES);
         s.oom_kills = c.get(counter::OOM_KILLS);
-        s.holders_full = c.get(counter::HOLDERS_FULL);
         s.findings = self.engine.findings().len();
         s.sightings = self.engine.findings().iter().map(|f| f.count).sum();
         s.findings_folded = self.engine.folded();
@@ -328,7 +306,6 @@ impl<'a> EventLoop<'a> {
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut lag_probe = tokio::time::interval(LAG_PROBE);
-        let mut pressure_poll = tokio::time::interval(pressure::POLL);
         // A late probe counts once, as the lag it saw, not as a burst.
         lag_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut topology = self.refresher.subscribe();
@@ -370,7 +347,6 @@ impl<'a> EventLoop<'a> {
                     }
                 }
                 due = lag_probe.tick() => self.lag.observe(due.elapsed()),
-                _ = pressure_poll.tick() => self.follow_pressure(),
                 _ = tick.tick() => {
                     match self.session.refresh_modules() {
                         Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
@@ -378,7 +354,6 @@ impl<'a> EventLoop<'a> {
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
                     self.check_blocked()?;
-                    self.session.holders.retire(now_ns());
                     self.sink.end_batch()?;
                     self.sink.findings_now(self.engine.findings(), now_ns())?;
                     if last_summary.elapsed() >= opts.summary_every {

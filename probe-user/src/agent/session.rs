@@ -7,16 +7,13 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     Ebpf, EbpfLoader,
 };
-use probe_common::{
-    config::TracepointOffsets,
-    maps::{self as names, TaskState},
-};
+use probe_common::{config::TracepointOffsets, maps as names};
 
-use super::{holders::Holders, maps_sync::MapsSync, stacks::Stacks};
+use super::{maps_sync::MapsSync, stacks::Stacks};
 use crate::{
     attach::{
         config::{self, Built, KernelView},
-        loader::{self, AttachReport, OnDemand},
+        loader::{self, AttachReport},
         table::Family,
     },
     events::stream::EventStream,
@@ -65,13 +62,6 @@ impl Counters {
     pub fn get(&self, idx: u32) -> u64 {
         self.map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
-
-    /// Every task's reclaims, slowpath entries and dirty-throttling pauses:
-    /// a change means memory pressure (agent/pressure.rs).
-    pub fn pressure(&self) -> u64 {
-        use probe_common::maps::counter::*;
-        [RECLAIM_DIRECT, RECLAIM_MEMCG, SLOWPATH_ENTRIES, DIRTY_THROTTLES].iter().map(|&c| self.get(c)).sum()
-    }
 }
 
 pub struct Session {
@@ -85,18 +75,14 @@ pub struct Session {
     pub tracefs: Tracefs,
     pub built: Built,
     pub attach: AttachReport,
-    /// The hooks attached only under memory pressure (agent/pressure.rs).
-    on_demand: OnDemand,
     /// With `every_impl`: every implementation and whether it attached.
     pub every: Vec<loader::Attached>,
     pub events: EventStream,
     pub maps: MapsSync,
-    pub holders: Holders,
     pub stacks: Stacks,
     pub counters: Counters,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     tp_offsets: Array<MapData, TracepointOffsets>,
-    tasks: HashMap<MapData, u32, TaskState>,
     paths: KernelPaths,
     /// The loaded modules when the hooks were last attached.
     modules: Vec<String>,
@@ -146,11 +132,10 @@ impl Session {
                 None
             }
         };
-        let (attach, on_demand, every) = if opts.every_impl {
-            (AttachReport::default(), OnDemand::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
+        let (attach, every) = if opts.every_impl {
+            (AttachReport::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
         } else {
-            let (attach, on_demand) = loader::attach_all(&mut ebpf, &kv, &built, opts.force);
-            (attach, on_demand, Vec::new())
+            (loader::attach_all(&mut ebpf, &kv, &built, opts.force), Vec::new())
         };
         attach.check_required()?;
         for (hook, lost) in attach.weakened() {
@@ -160,10 +145,7 @@ impl Session {
         let maps = MapsSync::new(
             take::<HashMap<_, _, _>>(&mut ebpf, names::SERVICERS)?,
             take::<HashMap<_, _, _>>(&mut ebpf, names::BACKING_FILES)?,
-            take::<HashMap<_, _, _>>(&mut ebpf, names::UPPER_FS)?,
         );
-        let holders = Holders::new(take::<HashMap<_, _, _>>(&mut ebpf, names::HOLDERS)?);
-        let tasks = take::<HashMap<_, _, _>>(&mut ebpf, names::TASKS)?;
         let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
         let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
         let KernelView { kallsyms, tracefs, .. } = kv;
@@ -174,16 +156,13 @@ impl Session {
             tracefs,
             built,
             attach,
-            on_demand,
             every,
             events,
             maps,
-            holders,
             stacks,
             counters,
             logger,
             tp_offsets,
-            tasks,
             paths: opts.paths.clone(),
             modules,
         })
@@ -203,37 +182,11 @@ impl Session {
         let kv = self.paths.view()?;
         self.built.tp = config::tracepoint_offsets(&kv.tracefs);
         self.tp_offsets.set(0, self.built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
-        let attached = self.attach.retry_missing(&mut self.ebpf, &kv, &self.built, &mut self.on_demand);
+        let attached = self.attach.retry_missing(&mut self.ebpf, &kv, &self.built);
         let KernelView { kallsyms, tracefs, .. } = kv;
         (self.kallsyms, self.tracefs) = (kallsyms, tracefs);
         trim_heap();
         Ok(attached)
-    }
-}
-
-impl Session {
-    /// Attaches or detaches the on-demand hooks. Detached, the state they
-    /// kept goes: nothing would close a frame or release a lock any more, so
-    /// what is left would soon be wrong.
-    pub fn context_hooks(&mut self, on: bool) -> Result<()> {
-        if on == self.on_demand.attached() {
-            return Ok(());
-        }
-        if on {
-            return self.on_demand.attach(&mut self.ebpf);
-        }
-        self.on_demand.detach(&mut self.ebpf);
-        self.holders.clear();
-        for (tid, mut t) in self.tasks.iter().filter_map(Result::ok).collect::<Vec<_>>() {
-            t.forget_frames();
-            // Deleting an entry the thread is using would lose its reclaim.
-            let _ = if t.idle() { self.tasks.remove(&tid) } else { self.tasks.insert(tid, t, 0) };
-        }
-        Ok(())
-    }
-
-    pub fn context_hooks_attached(&self) -> bool {
-        self.on_demand.attached()
     }
 }
 

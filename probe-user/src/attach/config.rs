@@ -118,17 +118,6 @@ pub fn tracepoint_offsets(tf: &Tracefs) -> TpOffsets {
         &mut bad,
     );
     (tp.bdp_bdi, tp.bdp_dirty, tp.bdp_limit, tp.bdp_pause, tp.bdp_cgroup_ino) = (o[0], o[1], o[2], o[3], o[4]);
-    let o = group_offsets(tf, &[("xfs", "xfs_ilock"), ("xfs", "xfs_iunlock")], &["dev", "ino", "lock_flags"], &mut bad);
-    (tp.xfs_lock_dev, tp.xfs_lock_ino, tp.xfs_lock_flags) = (o[0], o[1], o[2]);
-    let o = group_offsets(
-        tf,
-        &[("xfs", "xfs_trans_alloc"), ("xfs", "xfs_trans_dup"), ("xfs", "xfs_trans_free")],
-        &["dev"],
-        &mut bad,
-    );
-    tp.xfs_trans_dev = o[0];
-    let o = group_offsets(tf, &[("jbd2", "jbd2_handle_start"), ("jbd2", "jbd2_handle_stats")], &["dev"], &mut bad);
-    tp.jbd2_dev = o[0];
     TpOffsets { offsets: tp, bad }
 }
 

@@ -2,16 +2,11 @@
 //! order and keeps the first whose programs all load and attach. Every
 //! skipped implementation keeps the kernel's own error, for `probes`.
 //! Hooks that found nothing can be tried again later: a module (ext4, xfs)
-//! loaded after start brings their targets. Hooks marked `on_demand` are
-//! chosen the same way, then detached, and attached again only while
-//! something needs them ([`OnDemand`]).
+//! loaded after start brings their targets.
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    programs::{
-        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId, BtfTracePoint, KProbe, Program, TracePoint,
-    },
+    programs::{BtfTracePoint, KProbe, Program, TracePoint},
     Btf, Ebpf,
 };
 use serde::Serialize;
@@ -40,8 +35,6 @@ pub struct Choice {
     pub skipped: Vec<Skipped>,
     /// Set when the hook is missing: what the rules lose.
     pub degraded: Option<&'static str>,
-    /// Attached only while the machine is under memory pressure.
-    pub on_demand: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -70,14 +63,8 @@ impl AttachReport {
 
     /// Tries the hooks that have no implementation again (after a module
     /// loaded); returns the names of those that attached now.
-    pub fn retry_missing(
-        &mut self,
-        ebpf: &mut Ebpf,
-        kv: &KernelView,
-        built: &Built,
-        on_demand: &mut OnDemand,
-    ) -> Vec<&'static str> {
-        let mut a = Attacher { ebpf, kv, built, btf: None, on_demand: Vec::new() };
+    pub fn retry_missing(&mut self, ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<&'static str> {
+        let mut a = Attacher { ebpf, kv, built, btf: None };
         let mut now = Vec::new();
         for (choice, hook) in self.hooks.iter_mut().zip(HOOKS) {
             if choice.family.is_none() {
@@ -87,111 +74,33 @@ impl AttachReport {
                 }
             }
         }
-        let new = std::mem::take(&mut a.on_demand);
-        on_demand.add(ebpf, new);
         now
     }
 }
 
-/// A program's attachment, kept for the hooks attached on demand.
-#[derive(Debug)]
-enum Link {
-    Tp(TracePointLinkId),
-    Kp(KProbeLinkId),
-    Fe(FEntryLinkId),
-    Fx(FExitLinkId),
-    BtfTp(BtfTracePointLinkId),
-}
-
-/// The hooks attached only while something needs them: their programs stay
-/// loaded and verified, and attaching them again is a few syscalls.
-#[derive(Debug, Default)]
-pub struct OnDemand {
-    /// Each program and the target chosen for it.
-    points: Vec<(&'static Prog, String)>,
-    /// Set while attached.
-    links: Vec<(&'static str, Link)>,
-}
-
-impl OnDemand {
-    pub fn attached(&self) -> bool {
-        !self.links.is_empty()
-    }
-
-    /// Attaches every program, or (on an error) none.
-    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        if self.attached() {
-            return Ok(());
-        }
-        for i in 0..self.points.len() {
-            let (prog, target) = (self.points[i].0, self.points[i].1.clone());
-            match attach(ebpf, prog, &target) {
-                Ok(l) => self.links.push((prog.program, l)),
-                Err(e) => {
-                    self.detach(ebpf);
-                    return Err(e.context(format!("{}: attach to {target}", prog.program)));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for (name, link) in self.links.drain(..) {
-            if let Err(e) = detach(ebpf, name, link) {
-                log::warn!("cannot detach {name}: {e:#}");
-            }
-        }
-    }
-
-    /// Hooks chosen after start (a module loaded): attached at once when the
-    /// others are.
-    fn add(&mut self, ebpf: &mut Ebpf, points: Vec<(&'static Prog, String)>) {
-        for (prog, target) in points {
-            if self.attached() {
-                match attach(ebpf, prog, &target) {
-                    Ok(l) => self.links.push((prog.program, l)),
-                    Err(e) => log::warn!("cannot attach {}: {e:#}", prog.program),
-                }
-            }
-            self.points.push((prog, target));
-        }
-    }
-}
-
-fn attach(ebpf: &mut Ebpf, prog: &Prog, resolved: &str) -> Result<Link> {
+/// Attaches one loaded program. Its link stays with the program, so the
+/// program is detached when the agent drops the `Ebpf` (or exits).
+fn attach(ebpf: &mut Ebpf, prog: &Prog, resolved: &str) -> Result<()> {
     let program = ebpf.program_mut(prog.program).context("program vanished")?;
-    Ok(match prog.target {
+    match prog.target {
         Target::Ksym(_) => {
             let p: &mut KProbe = program.try_into()?;
-            Link::Kp(p.attach(resolved, 0)?)
+            p.attach(resolved, 0)?;
         }
         Target::Tp(_) => {
             let (c, n) = resolved.split_once(':').context("tracepoint name")?;
             let p: &mut TracePoint = program.try_into()?;
-            Link::Tp(p.attach(c, n)?)
+            p.attach(c, n)?;
         }
         Target::BtfFn(_) => match program {
-            Program::FEntry(p) => Link::Fe(p.attach()?),
-            Program::FExit(p) => Link::Fx(p.attach()?),
+            Program::FEntry(p) => drop(p.attach()?),
+            Program::FExit(p) => drop(p.attach()?),
             _ => bail!("{} is not fentry/fexit", prog.program),
         },
         Target::BtfTp(_) => {
             let p: &mut BtfTracePoint = program.try_into()?;
-            Link::BtfTp(p.attach()?)
+            p.attach()?;
         }
-    })
-}
-
-fn detach(ebpf: &mut Ebpf, name: &str, link: Link) -> Result<()> {
-    let program = ebpf.program_mut(name).context("program vanished")?;
-    match (program, link) {
-        (Program::TracePoint(p), Link::Tp(l)) => p.detach(l)?,
-        (Program::KProbe(p), Link::Kp(l)) => p.detach(l)?,
-        (Program::FEntry(p), Link::Fe(l)) => p.detach(l)?,
-        (Program::FExit(p), Link::Fx(l)) => p.detach(l)?,
-        (Program::BtfTracePoint(p), Link::BtfTp(l)) => p.detach(l)?,
-        _ => bail!("link of another program type"),
     }
     Ok(())
 }
@@ -211,8 +120,6 @@ struct Attacher<'a> {
     kv: &'a KernelView,
     built: &'a Built,
     btf: Option<Btf>,
-    /// The chosen programs of on-demand hooks, detached once chosen.
-    on_demand: Vec<(&'static Prog, String)>,
 }
 
 impl Attacher<'_> {
@@ -328,21 +235,20 @@ impl Attacher<'_> {
     }
 
     /// Loads and attaches every program of one implementation, or none.
-    /// Returns each program with its target and link; the link of a program
-    /// that stays attached may be dropped (the program keeps it).
-    fn try_impl(&mut self, imp: &'static Impl) -> Result<Vec<(&'static Prog, String, Link)>> {
+    /// Returns the target each program attached to.
+    fn try_impl(&mut self, imp: &'static Impl) -> Result<Vec<String>> {
         let mut done: Vec<&'static str> = Vec::new();
         let mut out = Vec::new();
         for prog in imp.progs {
             let step = self.resolve(&prog.target).and_then(|resolved| {
                 self.load(prog, &resolved).with_context(|| format!("{}: load", prog.program))?;
                 done.push(prog.program);
-                let link = attach(self.ebpf, prog, &resolved)
+                attach(self.ebpf, prog, &resolved)
                     .with_context(|| format!("{}: attach to {resolved}", prog.program))?;
-                Ok((resolved, link))
+                Ok(resolved)
             });
             match step {
-                Ok((t, link)) => out.push((prog, t, link)),
+                Ok(t) => out.push(t),
                 Err(e) => {
                     for name in done {
                         self.unload(name);
@@ -363,7 +269,6 @@ impl Attacher<'_> {
             targets: vec![],
             skipped: vec![],
             degraded: None,
-            on_demand: hook.on_demand,
         };
         for imp in hook.impls {
             if force.is_some_and(|f| f != imp.family) {
@@ -376,18 +281,12 @@ impl Attacher<'_> {
                 continue;
             }
             match self.try_impl(imp) {
-                Ok(progs) => {
+                Ok(targets) => {
                     choice.family = Some(imp.family);
                     choice.lacks = imp.lacks;
-                    for (prog, target, link) in progs {
+                    for target in targets {
                         if !choice.targets.contains(&target) {
-                            choice.targets.push(target.clone());
-                        }
-                        if hook.on_demand {
-                            if let Err(e) = detach(self.ebpf, prog.program, link) {
-                                log::warn!("cannot detach {}: {e:#}", prog.program);
-                            }
-                            self.on_demand.push((prog, target));
+                            choice.targets.push(target);
                         }
                     }
                 }
@@ -408,12 +307,10 @@ impl Attacher<'_> {
     }
 }
 
-/// Attaches every hook, keeping the best implementation of each; the
-/// on-demand hooks come back detached.
-pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option<Family>) -> (AttachReport, OnDemand) {
-    let mut a = Attacher { ebpf, kv, built, btf: None, on_demand: Vec::new() };
-    let report = AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force };
-    (report, OnDemand { points: a.on_demand, links: Vec::new() })
+/// Attaches every hook, keeping the best implementation of each.
+pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option<Family>) -> AttachReport {
+    let mut a = Attacher { ebpf, kv, built, btf: None };
+    AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force }
 }
 
 /// One implementation attached next to all the others, for measuring.
@@ -432,12 +329,11 @@ pub struct Attached {
 /// only the best: `probes --measure` compares their cost per call under the
 /// same workload.
 pub fn attach_every_impl(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Attached> {
-    let mut a = Attacher { ebpf, kv, built, btf: None, on_demand: Vec::new() };
+    let mut a = Attacher { ebpf, kv, built, btf: None };
     let mut out = Vec::new();
     for hook in HOOKS {
         for imp in hook.impls {
-            let r = a.try_impl(imp).map(|progs| {
-                let mut targets: Vec<String> = progs.into_iter().map(|(_, t, _)| t).collect();
+            let r = a.try_impl(imp).map(|mut targets| {
                 targets.dedup();
                 targets
             });
@@ -458,7 +354,7 @@ pub fn attach_every_impl(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec
 /// attaching it, then unloads it. A program is loaded against the first
 /// target this kernel has; one with none is reported as such.
 pub fn verify_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Verified> {
-    let mut a = Attacher { ebpf, kv, built, btf: None, on_demand: Vec::new() };
+    let mut a = Attacher { ebpf, kv, built, btf: None };
     let mut out: Vec<Verified> = Vec::new();
     for imp in HOOKS.iter().flat_map(|h| h.impls) {
         for prog in imp.progs {

@@ -71,11 +71,6 @@ pub struct Hook {
     pub name: &'static str,
     /// The agent cannot run without it.
     pub required: bool,
-    /// Attached only while the machine is under memory pressure: it gives
-    /// findings their context (whose writes a task serves, who holds locks
-    /// above it), which only a task in reclaim makes anyone read, and it
-    /// runs on every buffered write (agent/pressure.rs).
-    pub on_demand: bool,
     /// What the rules lose when no implementation attaches.
     pub degrades: &'static str,
     /// Best first: by what each sees, then, where they see the same, by the
@@ -102,7 +97,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "reclaim",
         required: true,
-        on_demand: false,
         degrades: "no reclaim events at all",
         impls: &[
             full(
@@ -137,7 +131,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "alloc_slowpath",
         required: false,
-        on_demand: false,
         degrades: "hazard: slowpath allocations that do not reach direct/memcg reclaim are not seen",
         impls: &[
             full(
@@ -169,7 +162,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrink_node",
         required: false,
-        on_demand: false,
         degrades: "hazard: node reclaim entered outside direct/memcg reclaim is not seen",
         // The trampoline first: the same program, and per call the two
         // differ by less than their run-to-run spread at a few thousand
@@ -183,7 +175,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrinker",
         required: false,
-        on_demand: false,
         degrades: "recursion: reclaim calling an upper filesystem's shrinker is not seen",
         impls: &[
             full(Fentry, &[p("fe_super_cache_scan", BtfFn(&["super_cache_scan"]))]),
@@ -201,7 +192,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_wait",
         required: false,
-        on_demand: false,
         degrades: "recursion/deadlock: reclaim waiting on the upper filesystem's writeback is not seen",
         impls: &[
             full(TpBtf, &[p("tpbtf_folio_wait_writeback", BtfTp(WAIT_FN))]),
@@ -220,15 +210,13 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "reclaim_write",
         required: false,
-        on_demand: false,
         degrades: "recursion: reclaim writing the upper filesystem's folios is not seen",
         impls: &[full(TpBtf, &[p("tpbtf_vmscan_write_folio", BtfTp(WRITE_FOLIO))])],
     },
     Hook {
         name: "fs_write",
         required: false,
-        on_demand: true,
-        degrades: "hazard: kernel writers into backing files (loop workers) are not recognised as servicers",
+        degrades: "hazard: kernel threads writing backing files (loop workers, nfsd, file-backed targets) are not recognised as servicers",
         impls: &[
             full(
                 Tracepoint,
@@ -252,7 +240,6 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_entry",
         required: false,
-        on_demand: true,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
             // The trampoline first, as for shrink_node; the kretprobe's
@@ -278,58 +265,18 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "dirty_throttle",
         required: false,
-        on_demand: false,
         degrades: "hazard/deadlock: a servicer throttled on dirty memory it must clean itself is not seen",
         impls: &[full(Tracepoint, &[p("tp_balance_dirty_pages", Tp(&[("writeback", "balance_dirty_pages")]))])],
     },
     Hook {
-        name: "xfs_locks",
-        required: false,
-        on_demand: true,
-        degrades: "cycle: findings cannot name the tasks holding XFS inode locks above a servicer",
-        impls: &[full(
-            Tracepoint,
-            &[p("tp_xfs_ilock", Tp(&[("xfs", "xfs_ilock")])), p("tp_xfs_iunlock", Tp(&[("xfs", "xfs_iunlock")]))],
-        )],
-    },
-    Hook {
-        name: "xfs_trans",
-        required: false,
-        on_demand: true,
-        degrades: "cycle: findings cannot name the tasks inside XFS transactions above a servicer",
-        impls: &[full(
-            Tracepoint,
-            &[
-                p("tp_xfs_trans_alloc", Tp(&[("xfs", "xfs_trans_alloc")])),
-                p("tp_xfs_trans_dup", Tp(&[("xfs", "xfs_trans_dup")])),
-                p("tp_xfs_trans_free", Tp(&[("xfs", "xfs_trans_free")])),
-            ],
-        )],
-    },
-    Hook {
-        name: "jbd2_handles",
-        required: false,
-        on_demand: true,
-        degrades: "cycle: findings cannot name the tasks holding ext4 journal handles above a servicer",
-        impls: &[full(
-            Tracepoint,
-            &[
-                p("tp_jbd2_handle_start", Tp(&[("jbd2", "jbd2_handle_start")])),
-                p("tp_jbd2_handle_stats", Tp(&[("jbd2", "jbd2_handle_stats")])),
-            ],
-        )],
-    },
-    Hook {
         name: "oom_victim",
         required: false,
-        on_demand: false,
         degrades: "loss: a servicer killed by the OOM killer is not reported",
         impls: &[full(Tracepoint, &[p("tp_oom_mark_victim", Tp(&[("oom", "mark_victim")]))])],
     },
     Hook {
         name: "task_exit",
         required: false,
-        on_demand: false,
         degrades: "state of exited threads that wrote a backing file is kept until the map is full (counted)",
         impls: &[full(Tracepoint, &[p("tp_sched_process_exit", Tp(&[("sched", "sched_process_exit")]))])],
     },

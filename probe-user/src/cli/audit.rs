@@ -55,7 +55,7 @@ pub struct AuditArgs {
 
 fn parse_backing_file(s: &str) -> Result<(PathBuf, Dev), String> {
     let (path, dev) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATH=MAJOR:MINOR"))?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number MAJOR:MINOR"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number {}", Dev::FORMAT))?;
     if path.is_empty() {
         return Err(format!("{s:?} has an empty path"));
     }

@@ -12,7 +12,12 @@ use crate::{
     agent::run::{Sink, Summary},
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
-    output::{http, metrics::Metrics, stdout},
+    kernel::preflight,
+    output::{
+        http,
+        metrics::{Losses, Metrics},
+        stdout,
+    },
     topology::Topology,
 };
 
@@ -56,7 +61,13 @@ impl Sink for MonitorSink {
     fn summary(&mut self, s: &Summary, _findings: &[Finding], last: bool) -> Result<()> {
         self.metrics.set_reclaim_events("direct", s.reclaim_direct);
         self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
-        self.metrics.set_dropped_events(s.dropped);
+        self.metrics.set_losses(&Losses {
+            dropped_events: s.dropped,
+            task_state_full: s.task_state_full,
+            stacks_lost: s.stacks_lost,
+            stale_reclaim: s.stale_reclaim,
+            decode_errors: s.decode_errors,
+        });
         self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
         // Every summary, news or not: a service's log and its supervisor
         // see it alive (watch prints only the ones with news).
@@ -88,10 +99,13 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         metrics.declare_finding(r.id, r.severity.name());
     }
     for c in &session.attach.hooks {
-        metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some());
+        metrics.set_probe(c.hook, c.family.map(|f| f.name()).unwrap_or("none"), c.family.is_some(), c.required);
     }
     let server = match args.metrics_addr {
-        Some(addr) => Some(http::serve(addr, metrics.clone(), http::Limits::default()).await?),
+        Some(addr) => {
+            let limits = http::Limits::within(preflight::descriptor_limit());
+            Some(http::serve(addr, metrics.clone(), limits).await?)
+        }
         None => None,
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;

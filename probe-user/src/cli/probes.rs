@@ -9,7 +9,6 @@ use prettytable::{format, row, Table};
 use super::trace_args::KernelArgs;
 use crate::{
     agent::{
-        pressure::{Pressure, LINGER},
         refresh::Refresher,
         run::{EventLoop, RunOptions, Sink, Summary},
         session::{load_object, Session, SessionOptions},
@@ -68,10 +67,6 @@ fn print_report(r: &AttachReport) -> Result<()> {
     }
     for (hook, lost) in r.weakened() {
         stdout::line(format!("weakened: {hook} missing, {lost}"))?;
-    }
-    let on_demand: Vec<&str> = r.hooks.iter().filter(|c| c.on_demand && c.family.is_some()).map(|c| c.hook).collect();
-    if !on_demand.is_empty() {
-        stdout::line(format!("on demand: {} (attached only under memory pressure)", on_demand.join(", ")))?;
     }
     Ok(())
 }
@@ -162,9 +157,7 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;
-    // Every implementation stays attached: the costs are per call under load.
-    let pressure = Pressure::new(LINGER, true);
-    let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher, pressure);
+    let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher);
     l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;
     match rx.try_recv() {
         Ok(Ok(s)) if s.success() => {}
@@ -188,7 +181,7 @@ pub fn run(args: &ProbesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let (report, _detached) = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
+    let report = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
     if args.json {
         stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {

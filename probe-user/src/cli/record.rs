@@ -17,7 +17,7 @@ use crate::{
     kernel::kallsyms::Kallsyms,
     output::table::summary_table,
     topology::Topology,
-    trace::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, TraceWriter},
+    trace::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, TraceWriter, MAX_FILES},
 };
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -36,15 +36,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
 ///   sudo reclaimscope record -o reclaim.trace --max-size 64M --max-files 4 --duration 3600
 #[derive(clap::Args, Debug)]
 pub struct RecordArgs {
-    /// The trace file (rotated files get .1, .2, ...).
+    /// The trace file (rotated files get .1, .2, ...), created mode 0600. An
+    /// existing FILE is replaced only if it is empty or a trace, and never
+    /// through a symbolic link.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
+    /// Replace FILE even if it is not a reclaimscope trace.
+    #[arg(long)]
+    pub force: bool,
     /// Rotate before a file grows past this size (K, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
-    /// Files kept when rotating, the current one included.
-    #[arg(long, default_value_t = 4)]
-    pub max_files: usize,
+    /// Files kept when rotating, the current one included (1 to 1000).
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_FILES as i64))]
+    pub max_files: u16,
     /// Record every task's reclaim events, not only those of stacked I/O.
     #[arg(long)]
     pub all: bool,
@@ -118,6 +124,8 @@ impl Sink for RecordSink {
 
 pub async fn run(args: &RecordArgs) -> Result<i32> {
     args.trace.validate()?;
+    // Loading the probes takes seconds: a wrong -o is refused before.
+    TraceWriter::check(&args.output, args.force)?;
     // The header carries the topology: discover it before the probes are
     // attached, so no event waits in the ring buffer meanwhile.
     let refresher = args.trace.refresher()?;
@@ -140,7 +148,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         gfp_format,
         monotonic_to_unix_ns: crate::trace::monotonic_to_unix_ns(),
     };
-    let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files)
+    let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files.into(), args.force)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
     let mut sink = RecordSink { writer, kallsyms: session.kallsyms.clone(), unsynced_findings: false };
@@ -242,7 +250,7 @@ mod tests {
         // /var/tmp is on the ext4 root here, unlike a tmpfs /tmp.
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let path = dir.path().join("d.trace");
-        let writer = TraceWriter::create(&path, header(), None, 1).unwrap();
+        let writer = TraceWriter::create(&path, header(), None, 1, false).unwrap();
         let ino = fs::metadata(&path).unwrap().ino();
         if fs::read_to_string("/proc/self/mounts").unwrap().lines().all(|l| !l.contains(" / ext4 ")) {
             eprintln!("skipped: the root filesystem is not ext4");

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use prettytable::{format, row, Table};
 
 use super::secs;
@@ -12,9 +12,11 @@ use crate::{
     output::{
         folded, stdout,
         table::{finding_block, timeline_block},
+        terminal,
     },
     postmortem::{
         export::{self, Input},
+        input,
         replay::{self, Report},
     },
     topology::Dev,
@@ -22,7 +24,8 @@ use crate::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
-    /// A reclaimscope trace, or failing that a text capture.
+    /// A reclaimscope trace if the file starts like one, else a text
+    /// capture (which needs --servicer).
     Auto,
     Trace,
     Ftrace,
@@ -31,7 +34,7 @@ pub enum InputFormat {
 fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
     let (pid, dev) = s.split_once('=').ok_or("expected PID=MAJOR:MINOR")?;
     let pid = pid.parse().map_err(|_| format!("bad pid `{pid}`"))?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device `{dev}` (expected MAJOR:MINOR)"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device `{dev}` (expected {})", Dev::FORMAT))?;
     Ok((pid, dev))
 }
 
@@ -68,7 +71,8 @@ pub struct ReportArgs {
     pub folded: bool,
 }
 
-/// The report as `reclaimscope report` prints it without --json.
+/// The report as `reclaimscope report` prints it without --json. Every
+/// word of it may come from the file, so it is made terminal-safe.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -115,33 +119,37 @@ pub fn render(r: &Report) -> String {
     for tl in &r.timelines {
         let _ = write!(out, "\n{}", timeline_block(tl));
     }
-    out
+    terminal::text(&out).into_owned()
 }
 
 pub fn run(args: &ReportArgs) -> Result<i32> {
     let after = secs::positive("--deadlock-after", args.deadlock_after)?;
+    let input = input::open(&args.file)?;
+    let (file, name) = (&input.file, input.name.as_str());
+    let ftrace = |file| replay::ftrace_capture(file, name, &args.servicers, GfpNames::builtin(), after);
     let report = match args.format {
-        InputFormat::Trace => replay::trace(&args.file, after)?,
-        InputFormat::Ftrace => replay::ftrace_capture(&args.file, &args.servicers, GfpNames::builtin(), after)?,
-        InputFormat::Auto => match replay::trace(&args.file, after) {
-            Ok(r) => r,
-            Err(e) if e.to_string().contains("not a reclaimscope trace") && !args.servicers.is_empty() => {
-                replay::ftrace_capture(&args.file, &args.servicers, GfpNames::builtin(), after)?
-            }
-            Err(e) => return Err(e),
-        },
+        InputFormat::Trace => replay::trace(file, name, after)?,
+        InputFormat::Ftrace => ftrace(file)?,
+        // By the magic bytes: a trace's first eight are always the same.
+        InputFormat::Auto if input.is_trace => replay::trace(file, name, after)?,
+        InputFormat::Auto if !args.servicers.is_empty() => ftrace(file)?,
+        InputFormat::Auto => bail!(
+            "{name}: not a reclaimscope trace (for a text capture, name its servicers with --servicer PID=MAJOR:MINOR)"
+        ),
     };
     let mut report = report;
     if let Some(pid) = args.pid {
         report.keep_process(pid);
     }
     if let Some(out) = &args.perfetto {
-        eprintln!("{}", export::perfetto(Input::of(&report, &args.file, &args.servicers), &report, out)?);
+        let trace = matches!(args.format, InputFormat::Trace) || (args.format == InputFormat::Auto && input.is_trace);
+        let from = if trace { Input::Trace(file, name) } else { Input::Capture(file, name, &args.servicers) };
+        eprintln!("{}", terminal::line(&export::perfetto(from, &report, out)?));
     }
     if args.folded {
-        stdout::write(&folded::render(&export::findings(&report)))?;
+        stdout::write(&terminal::text(&folded::render(&export::findings(&report, &export::recorded(&report)))))?;
     } else if args.json {
-        stdout::line(serde_json::to_string_pretty(&report)?)?;
+        stdout::json_pretty(&report)?;
     } else {
         stdout::write(&render(&report))?;
     }

@@ -8,7 +8,6 @@ use anyhow::{bail, Result};
 use super::secs;
 use crate::{
     agent::{
-        pressure::Pressure,
         refresh::Refresher,
         run::{EventLoop, RunOptions, Sink},
         session::{KernelPaths, Session, SessionOptions},
@@ -61,7 +60,7 @@ impl KernelArgs {
 
 fn parse_backing(s: &str) -> Result<(PathBuf, Dev), String> {
     let (path, dev) = s.rsplit_once('=').ok_or("expected PATH=MAJOR:MINOR")?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected MAJOR:MINOR)"))?;
+    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected {})", Dev::FORMAT))?;
     Ok((PathBuf::from(path), dev))
 }
 
@@ -89,15 +88,6 @@ pub struct TraceArgs {
     /// change and on SIGHUP). Discovery runs beside the event loop.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub refresh_every: f64,
-    /// Seconds the write-frame and lock-holder hooks stay attached after the
-    /// last sign of memory pressure (they run on every buffered write, and
-    /// only a task in reclaim needs what they follow).
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    pub context_linger: f64,
-    /// Keep the write-frame and lock-holder hooks attached from the start,
-    /// so locks taken before any pressure are seen too, at their cost.
-    #[arg(long)]
-    pub context_always: bool,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -128,7 +118,6 @@ impl TraceArgs {
         }
         secs::whole("--summary-every", self.summary_every)?;
         secs::positive("--refresh-every", self.refresh_every)?;
-        secs::positive("--context-linger", self.context_linger)?;
         Ok(())
     }
 
@@ -166,8 +155,7 @@ impl TraceArgs {
     ) -> Result<crate::agent::run::Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
         let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
-        let pressure = Pressure::new(secs::positive("--context-linger", self.context_linger)?, self.context_always);
-        let mut l = EventLoop::new(session, engine, sink, refresher, pressure);
+        let mut l = EventLoop::new(session, engine, sink, refresher);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,

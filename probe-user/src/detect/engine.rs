@@ -13,7 +13,7 @@ use probe_common::{
 };
 
 use super::{
-    finding::{Finding, FsDesc, Holder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
+    finding::{Finding, FsDesc, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
     index::{MountRef, StackIndex},
     rules::{self, Rule},
 };
@@ -26,14 +26,15 @@ use crate::{
 /// What the agent knows about an event beyond its bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// Symbolized kernel stack of the event.
-    pub stack: Vec<String>,
+    /// Symbolized kernel stack of the event, shared: a replay interns each
+    /// stack once and every event, pending thread and finding points to it.
+    pub stack: Arc<[String]>,
     /// Requests in flight on the served device (None: not known, as in a
     /// replayed trace, or a device without a sysfs inflight count).
     pub inflight: Option<i64>,
-    /// Who holds what in each followed filesystem now, by its device
-    /// (empty: not known, as in a replayed trace).
-    pub holders: Arc<[(Dev, Holder)]>,
+    /// Who holds what in each filesystem now, by its device (empty: not
+    /// known, as in a replayed trace).
+    pub holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// What a pending servicer thread is stuck in.
@@ -53,7 +54,15 @@ struct Pending {
     stuck: Stuck,
     gfp: u32,
     waited_on: Option<Dev>,
-    stack: Vec<String>,
+    stack: Arc<[String]>,
+}
+
+/// A task's comm as the kernel keeps it: at most 15 bytes and a NUL.
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = comm.len().min(15);
+    out[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    out
 }
 
 /// A dirty-throttled thread whose last pause is older than this has
@@ -68,15 +77,20 @@ pub struct Blocked {
     pub flags: u32,
     pub blocked_for: Duration,
     pub now_ns: u64,
-    pub stack: Vec<String>,
+    pub stack: Arc<[String]>,
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
-    /// Who holds what in the followed filesystems now.
-    pub holders: Arc<[(Dev, Holder)]>,
+    /// Who holds what in each filesystem now.
+    pub holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// Distinct findings kept; beyond, new ones are counted in `folded`.
 const MAX_FINDINGS: usize = 512;
+
+/// Threads followed inside reclaim at once; beyond, new ones are counted in
+/// `untracked`. A host has far fewer servicer threads; a crafted trace
+/// could name every tid there is, each one an entry.
+pub const MAX_PENDING: usize = 1 << 16;
 
 /// What makes a finding distinct: the rule, the servicer process (0 for
 /// kernel threads, which serve as one), and the filesystem above.
@@ -91,6 +105,8 @@ pub struct Engine {
     /// Findings not kept because `MAX_FINDINGS` were.
     folded: u64,
     pending: HashMap<u32, Pending>,
+    /// Threads not followed because `MAX_PENDING` were.
+    untracked: u64,
 }
 
 fn fs_desc(m: &MountRef) -> FsDesc {
@@ -116,6 +132,7 @@ impl Engine {
             seen: HashMap::new(),
             folded: 0,
             pending: HashMap::new(),
+            untracked: 0,
         }
     }
 
@@ -138,12 +155,62 @@ impl Engine {
         self.folded
     }
 
+    /// Threads entering reclaim that were not followed because
+    /// [`MAX_PENDING`] were.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
+    }
+
+    /// Whether `tid` may get a pending entry; counts it when it may not.
+    fn may_follow(&mut self, tid: u32) -> bool {
+        let ok = self.pending.len() < MAX_PENDING || self.pending.contains_key(&tid);
+        self.untracked += u64::from(!ok);
+        ok
+    }
+
     /// Servicer threads inside reclaim or dirty throttling now, with when
     /// they were last seen entering it. Throttled threads whose pauses
     /// stopped `THROTTLE_GONE_NS` before `now_ns` are dropped.
     pub fn pending(&mut self, now_ns: u64) -> Vec<(u32, u64)> {
         self.pending.retain(|_, p| p.stuck == Stuck::Reclaim || now_ns.saturating_sub(p.ctx.ts_ns) < THROTTLE_GONE_NS);
         self.pending.iter().map(|(tid, p)| (*tid, p.ctx.ts_ns)).collect()
+    }
+
+    /// A servicer thread found in D state inside reclaim or dirty throttling
+    /// (by the functions on its `stack`) that no event announced: it entered
+    /// before the agent started, as on a host that is already hung. It is
+    /// followed from now on as if its event had come; its gfp mask is not
+    /// known. A thread already followed only has its throttling refreshed.
+    pub fn adopt(&mut self, tgid: u32, tid: u32, comm: &str, task_flags: u32, stack: &[String], now_ns: u64) {
+        let Some(serves) = self.index.servicer(tgid).map(|s| s.serves) else { return };
+        let has = |f: &str| stack.iter().any(|s| crate::detect::holds::function(s) == f);
+        let stuck = if rules::RECLAIM_FUNCTIONS.iter().any(|f| has(f)) {
+            Stuck::Reclaim
+        } else if has(rules::THROTTLE_FUNCTION) {
+            Stuck::DirtyThrottle
+        } else {
+            return;
+        };
+        if let Some(p) = self.pending.get_mut(&tid) {
+            if p.stuck == Stuck::DirtyThrottle && stuck == Stuck::DirtyThrottle {
+                p.ctx.ts_ns = now_ns;
+            }
+            return;
+        }
+        if !self.may_follow(tid) {
+            return;
+        }
+        let ctx = TaskCtx {
+            ts_ns: now_ns,
+            tgid,
+            tid,
+            task_flags,
+            stack_id: -1,
+            comm: comm_bytes(comm),
+            serving_dev: serves.to_kernel(),
+            fs_depth: 0,
+        };
+        self.pending.insert(tid, Pending { ctx, stuck, gfp: 0, waited_on: None, stack: stack.into() });
     }
 
     /// The filesystem mounted on the served device, or on a device stacked on it.
@@ -170,7 +237,7 @@ impl Engine {
         match ev {
             Event::ReclaimBegin(e) => {
                 let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
-                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) {
+                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
                     let p = Pending {
                         ctx,
                         stuck: Stuck::Reclaim,
@@ -283,15 +350,17 @@ impl Engine {
                     ));
                 }
                 // A thread already inside reclaim stays pending as such.
-                let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
-                    ctx,
-                    stuck: Stuck::DirtyThrottle,
-                    gfp: 0,
-                    waited_on: None,
-                    stack: obs.stack.clone(),
-                });
-                if entry.stuck == Stuck::DirtyThrottle {
-                    entry.ctx = ctx;
+                if self.may_follow(ctx.tid) {
+                    let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
+                        ctx,
+                        stuck: Stuck::DirtyThrottle,
+                        gfp: 0,
+                        waited_on: None,
+                        stack: obs.stack.clone(),
+                    });
+                    if entry.stuck == Stuck::DirtyThrottle {
+                        entry.ctx = ctx;
+                    }
                 }
             }
             Event::OomVictim(_) => {}
@@ -303,16 +372,13 @@ impl Engine {
     /// death leaves every filesystem above it failing I/O.
     fn on_oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Finding> {
         let s = self.index.servicer(pid)?.clone();
-        let mut comm = [0u8; 16];
-        let n = s.comm.len().min(15);
-        comm[..n].copy_from_slice(&s.comm.as_bytes()[..n]);
         let ctx = TaskCtx {
             ts_ns,
             tgid: pid,
             tid: pid,
             task_flags: 0,
             stack_id: -1,
-            comm,
+            comm: comm_bytes(&s.comm),
             serving_dev: s.serves.to_kernel(),
             fs_depth: 0,
         };
@@ -359,7 +425,7 @@ impl Engine {
     }
 
     /// The holders in the filesystem above `serving`.
-    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<Holder> {
+    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
         let Some(upper) = self.upper_mount(serving) else { return Vec::new() };
         obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
     }
@@ -385,7 +451,8 @@ impl Engine {
         let upper = about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
         let kernel = ctx.task_flags & PF_KTHREAD != 0;
         let key = (rule.id, if kernel { 0 } else { ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
-        let holders: Vec<Holder> = obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
+        let holders: Vec<LockHolder> =
+            obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
@@ -465,7 +532,7 @@ fn see_thread(f: &mut Finding, ctx: &TaskCtx) {
 
 /// Counts a sighting of `stack` (by its functions), keeping at most
 /// `MAX_STACKS` distinct ones.
-fn see_stack(f: &mut Finding, stack: &[String]) {
+fn see_stack(f: &mut Finding, stack: &Arc<[String]>) {
     if stack.is_empty() {
         return;
     }
@@ -473,7 +540,7 @@ fn see_stack(f: &mut Finding, stack: &[String]) {
     if let Some(s) = f.stacks.iter_mut().find(|s| s.hash == h) {
         s.count += 1;
     } else if f.stacks.len() < MAX_STACKS {
-        f.stacks.push(StackSeen { frames: stack.to_vec(), count: 1, hash: h });
+        f.stacks.push(StackSeen { frames: Arc::clone(stack), count: 1, hash: h });
     } else {
         f.stacks_folded += 1;
     }
@@ -579,7 +646,7 @@ mod tests {
 
     fn obs() -> Observed {
         Observed {
-            stack: vec!["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()],
+            stack: ["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()].into(),
             inflight: Some(4),
             holders: Default::default(),
         }
@@ -623,22 +690,16 @@ mod tests {
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
-    /// A writer holding the upper XFS's ILOCK and waiting on its buffer's I/O.
-    fn writer() -> Holder {
-        Holder {
+    /// A writer holding the upper XFS's IOLOCK, dirty-throttled.
+    fn writer() -> LockHolder {
+        LockHolder {
             tid: 200,
             tgid: 200,
             comm: "dd".into(),
-            ilock_excl: 1,
-            ilock_shared: 0,
-            iolock: 1,
+            held: vec![crate::detect::holds::Held::IolockExcl],
             ino: 131,
-            trans: 1,
-            handles: 0,
-            held: vec!["ILOCK_EXCL".into(), "IOLOCK".into(), "XFS_TRANS".into()],
-            held_ms: 40,
-            released_ms_ago: None,
-            blocked_in: Some("xfs_buf_iowait".into()),
+            blocked_in: Some("balance_dirty_pages".into()),
+            seen_ms_ago: 0,
         }
     }
 
@@ -654,7 +715,7 @@ mod tests {
         );
         assert!(e.on_event(&ev, &obs()).is_empty());
         // Another thread of the same daemon, another stack: the same finding.
-        let other = Observed { stack: vec!["shrink_node+0x1".into()], ..obs() };
+        let other = Observed { stack: ["shrink_node+0x1".into()].into(), ..obs() };
         assert!(e.on_event(&begin(102, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &other).is_empty());
         let f = &e.findings()[0];
         assert_eq!(f.count, 3);
@@ -662,7 +723,7 @@ mod tests {
         assert_eq!(f.stacks.iter().map(|s| s.count).collect::<Vec<_>>(), vec![2, 1]);
         // Thread churn and stack variety are bounded, and counted.
         for tid in 0..100 {
-            let s = Observed { stack: vec![format!("f{tid}+0x1")], ..obs() };
+            let s = Observed { stack: [format!("f{tid}+0x1")].into(), ..obs() };
             e.on_event(&begin(1000 + tid, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &s);
         }
         let f = &e.findings()[0];
@@ -682,8 +743,8 @@ mod tests {
     #[test]
     fn a_hazard_names_who_holds_what_in_the_upper_fs() {
         let mut e = engine();
-        let unrelated = Holder { tid: 300, ..writer() };
-        let holders: Arc<[(Dev, Holder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
+        let unrelated = LockHolder { tid: 300, ..writer() };
+        let holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
         // No request in flight, but a writer holds the upper XFS's locks: busy.
         let o = Observed { inflight: Some(0), holders, ..obs() };
         let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &o);
@@ -698,9 +759,9 @@ mod tests {
         assert_eq!(f[0].rule, "RS102");
         assert_eq!(f[0].gfp, "GFP_HIGHUSER_MOVABLE");
         // Two levels up (XFS on loop1 whose file lives on loop0's XFS).
-        assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: vec!["x".into()], ..obs() })[0].rule, "RS102");
+        assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: ["x".into()].into(), ..obs() })[0].rule, "RS102");
         // An unrelated device is not.
-        assert!(e.on_event(&wait(101, "8:0"), &Observed { stack: vec!["y".into()], ..obs() }).is_empty());
+        assert!(e.on_event(&wait(101, "8:0"), &Observed { stack: ["y".into()].into(), ..obs() }).is_empty());
     }
 
     #[test]
@@ -725,6 +786,35 @@ mod tests {
     }
 
     #[test]
+    fn a_servicer_already_blocked_in_reclaim_when_the_agent_started_is_a_deadlock() {
+        let mut e = engine();
+        let stack: Vec<String> = ["folio_wait_bit+0x120", "folio_wait_writeback+0x2a", "shrink_folio_list+0xaba"]
+            .into_iter()
+            .chain(["shrink_node+0x2ff", "do_try_to_free_pages+0xc6", "try_to_free_mem_cgroup_pages+0x13a"])
+            .map(String::from)
+            .collect();
+        // Not a servicer, or not in reclaim: nothing is followed.
+        e.adopt(999, 999, "dd", PF_MEMALLOC, &stack, 1_000);
+        e.adopt(100, 101, "qemu-storage-d", 0, &["futex_wait+0x10".to_owned()], 1_000);
+        assert!(e.pending(1_000).is_empty());
+        e.adopt(100, 101, "qemu-storage-d", PF_MEMALLOC, &stack, 1_000);
+        assert_eq!(e.pending(1_000).iter().map(|p| p.0).collect::<Vec<_>>(), vec![101]);
+        let blocked = Blocked {
+            tid: 101,
+            flags: PF_MEMALLOC,
+            blocked_for: Duration::from_secs(6),
+            now_ns: 9_000,
+            stack: stack.into(),
+            chain: vec![],
+            holders: Arc::from(vec![(LOOP0, writer())]),
+        };
+        let f = e.on_blocked(&blocked).unwrap();
+        assert_eq!(f.rule, "RS201");
+        assert_eq!(f.holders, vec![writer()]);
+        assert_eq!(f.servicer.comm, "qemu-storage-d");
+    }
+
+    #[test]
     fn servicer_blocked_in_reclaim_past_the_threshold_is_a_deadlock() {
         let mut e = engine();
         e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
@@ -734,7 +824,7 @@ mod tests {
             flags: PF_MEMALLOC,
             blocked_for: Duration::from_secs(secs),
             now_ns: 9_000,
-            stack: vec!["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()],
+            stack: ["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()].into(),
             chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
             holders: Arc::from(vec![(LOOP0, writer())]),
         };
@@ -779,7 +869,7 @@ mod tests {
             flags,
             blocked_for: Duration::from_secs(9),
             now_ns: 9_000,
-            stack: vec![format!("{top}+0x5"), "vfs_write+0x9".into()],
+            stack: [format!("{top}+0x5"), "vfs_write+0x9".into()].into(),
             chain: vec![],
             holders: Default::default(),
         }

@@ -2,7 +2,11 @@
 //! filesystem), counted on repeat, with the threads and distinct kernel
 //! stacks that made it. Findings hold raw values; `output/` renders them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use super::holds::Held;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,7 +57,7 @@ pub struct ThreadSeen {
 /// One distinct kernel stack (by function names) and how often it was seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackSeen {
-    pub frames: Vec<String>,
+    pub frames: Arc<[String]>,
     pub count: u64,
     /// The hash of its function names, computed once: every sighting is
     /// matched against the kept stacks.
@@ -61,38 +65,24 @@ pub struct StackSeen {
     pub hash: u64,
 }
 
-/// A task holding something in the upper filesystem when the finding was
-/// last seen, or that let go of it within the last seconds: what the
-/// servicer's reclaim would wait for inside that filesystem, and, when it
-/// is blocked itself, what it waits on.
+/// A task blocked while it holds something in the upper filesystem: what
+/// the servicer's reclaim would wait for inside that filesystem, the other
+/// half of the cycle (agent/lock_holders.rs says how it is found).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
+pub struct LockHolder {
     pub tid: u32,
     pub tgid: u32,
     pub comm: String,
-    /// XFS inode locks held, by kind.
-    pub ilock_excl: u32,
-    pub ilock_shared: u32,
-    /// XFS IOLOCK or MMAPLOCK, either mode.
-    pub iolock: u32,
-    /// The inode it locked last (0: none).
+    /// What it holds, from the functions on its kernel stack.
+    pub held: Vec<Held>,
+    /// The inode of the file its system call works on.
     pub ino: u64,
-    /// XFS transactions open.
-    pub trans: u32,
-    /// jbd2 handles open.
-    pub handles: u32,
-    /// What it held since it started holding: ILOCK_EXCL, ILOCK_SHARED,
-    /// IOLOCK (or MMAPLOCK), XFS_TRANS, JBD2_HANDLE.
-    #[serde(default)]
-    pub held: Vec<String>,
-    /// How long it has held something (or held it, when released), in ms.
-    pub held_ms: u64,
-    /// It let go of everything this many ms ago (None: it holds it now).
-    #[serde(default)]
-    pub released_ms_ago: Option<u64>,
-    /// Where it is blocked (D state) now: the innermost storage function
-    /// on its kernel stack. None: running or sleeping elsewhere.
+    /// The innermost function on its stack: where it is blocked.
     pub blocked_in: Option<String>,
+    /// It was seen blocked, holding this, this many ms ago (0: in the
+    /// latest look).
+    #[serde(default)]
+    pub seen_ms_ago: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +110,7 @@ pub struct Finding {
     pub upper_inflight: Option<i64>,
     pub detail: String,
     /// The first kernel stack seen (all distinct ones: `stacks`).
-    pub stack: Vec<String>,
+    pub stack: Arc<[String]>,
     /// Every servicer thread that made it, at most `MAX_THREADS`.
     #[serde(default)]
     pub threads: Vec<ThreadSeen>,
@@ -133,9 +123,9 @@ pub struct Finding {
     /// Sightings whose stack was new beyond `MAX_STACKS`.
     #[serde(default)]
     pub stacks_folded: u64,
-    /// Who holds what in the upper filesystem, when last seen.
+    /// Who holds what in the upper filesystem while blocked, when last seen.
     #[serde(default)]
-    pub holders: Vec<Holder>,
+    pub holders: Vec<LockHolder>,
     /// Deadlock: the tasks waiting on the servicer, up the stack.
     pub chain: Vec<String>,
     pub remedy: String,

@@ -4,5 +4,6 @@
 
 pub mod engine;
 pub mod finding;
+pub mod holds;
 pub mod index;
 pub mod rules;

@@ -71,6 +71,15 @@ pub const WAIT_FUNCTIONS: &[&str] = &[
     "reclaim_throttle",
 ];
 
+/// Kernel functions that put a blocked task inside direct or memcg
+/// reclaim: a servicer thread found blocked under one of them, with no
+/// begin event seen (it entered before the agent started), is followed as
+/// if the event had come.
+pub const RECLAIM_FUNCTIONS: &[&str] = &["try_to_free_mem_cgroup_pages", "try_to_free_pages", "do_try_to_free_pages"];
+
+/// The function under which a blocked task is dirty-throttled.
+pub const THROTTLE_FUNCTION: &str = "balance_dirty_pages";
+
 pub fn remedy(comm: &str, tgid: u32, kernel_thread: bool) -> String {
     if kernel_thread {
         format!(

@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::{detect::finding::Finding, kernel::kallsyms::function};
+use crate::{
+    detect::finding::Finding,
+    kernel::kallsyms::{function, without_probe_frames},
+};
 
 /// The folded lines, sorted (inferno wants equal stacks adjacent; sorting
 /// also makes the output stable). Stacks that fold to the same functions
@@ -14,7 +17,7 @@ use crate::{detect::finding::Finding, kernel::kallsyms::function};
 pub fn render(findings: &[Finding]) -> String {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     for f in findings {
-        let servicer = frame(&format!("{} [{}]", name(f), f.servicer.tgid));
+        let servicer = frame(&format!("{}[{}]", name(f), f.servicer.tgid));
         let stacks: Vec<(&[String], u64)> = if f.stacks.is_empty() {
             // Findings made from /proc (a deadlock) carry only `stack`.
             vec![(&f.stack[..], f.count.max(1))]
@@ -24,7 +27,7 @@ pub fn render(findings: &[Finding]) -> String {
         for (frames, count) in stacks.into_iter().filter(|(s, c)| !s.is_empty() && *c > 0) {
             let mut line = format!("{servicer};{}", frame(&f.rule));
             // Innermost first in the finding: reversed for root first.
-            for fr in frames.iter().rev() {
+            for fr in without_probe_frames(frames).iter().rev() {
                 line.push(';');
                 line.push_str(&frame(function(fr)));
             }
@@ -102,8 +105,8 @@ mod tests {
         let out = render(&[finding("RS001", &[(a, 3), (b, 2)]), finding("RS101", &[(c, 1)])]);
         assert_eq!(
             out,
-            "qemu-storage-daemon_[4242];RS001;fuse_dev_do_write;shrink_folio_list;folio_wait_writeback 5\n\
-             qemu-storage-daemon_[4242];RS101;shrink_node;xfs_buf_iowait 1\n"
+            "qemu-storage-daemon[4242];RS001;fuse_dev_do_write;shrink_folio_list;folio_wait_writeback 5\n\
+             qemu-storage-daemon[4242];RS101;shrink_node;xfs_buf_iowait 1\n"
         );
     }
 

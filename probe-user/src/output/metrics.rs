@@ -1,4 +1,5 @@
-//! Prometheus metrics for `reclaimscope monitor`; [`super::http`] serves them.
+//! Prometheus metrics for `reclaimscope monitor`; [`super::http`] serves them,
+//! in the format the scraper asks for ([`super::exposition`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,13 +11,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::exposition::{self, Format};
+use super::http::{Render, Rendered};
 use crate::detect::finding::Finding;
-
-/// The exposition format prometheus-client writes (`# EOF`, `_total` samples
-/// under a family named without it).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FindingLabels {
@@ -54,6 +54,26 @@ struct ProtectionLabels {
 struct ProbeLabels {
     hook: String,
     implementation: String,
+    /// `true` when the agent cannot run without the hook: an alert on a
+    /// missing hook must tell these from optional hooks that a kernel
+    /// may simply not have.
+    required: String,
+}
+
+/// What the kernel or the agent could not follow, as the summaries count
+/// it: each costs findings that are then silently missing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Losses {
+    /// Events lost because the ring buffer was full.
+    pub dropped_events: u64,
+    /// Task states the kernel could not record (its TASKS map was full).
+    pub task_state_full: u64,
+    /// Events sent without their kernel stack (STACKS full, or a collision).
+    pub stacks_lost: u64,
+    /// Reclaim starts whose end was never seen; the next start replaced them.
+    pub stale_reclaim: u64,
+    /// Ring-buffer events the agent could not decode.
+    pub decode_errors: u64,
 }
 
 /// Follows a total the kernel keeps in a per-CPU BPF counter. Such a total
@@ -91,6 +111,10 @@ pub struct Metrics {
     loop_lag: Gauge<f64, AtomicU64>,
     reclaim_events: Family<KindLabels, Counter>,
     dropped_events: Counter,
+    task_state_full: Counter,
+    stacks_lost: Counter,
+    stale_reclaim: Counter,
+    decode_errors: Counter,
     servicers: Family<ProtectionLabels, Gauge>,
     probe_attached: Family<ProbeLabels, Gauge>,
     uptime: Gauge<f64, AtomicU64>,
@@ -147,6 +171,26 @@ impl Metrics {
         );
         let dropped_events = Counter::default();
         registry.register("dropped_events", "Events lost because the BPF ring buffer was full", dropped_events.clone());
+        let task_state_full = Counter::default();
+        registry.register(
+            "task_state_full",
+            "Reclaim entries whose task state the kernel could not record because its TASKS map was full",
+            task_state_full.clone(),
+        );
+        let stacks_lost = Counter::default();
+        registry.register(
+            "stacks_lost",
+            "Events sent without their kernel stack (the STACKS map full, or a hash collision)",
+            stacks_lost.clone(),
+        );
+        let stale_reclaim = Counter::default();
+        registry.register(
+            "stale_reclaim",
+            "Reclaim starts whose end was never seen (a missed return probe); the next start replaced them",
+            stale_reclaim.clone(),
+        );
+        let decode_errors = Counter::default();
+        registry.register("decode_errors", "Ring-buffer events the agent could not decode", decode_errors.clone());
         let servicers = Family::<ProtectionLabels, Gauge>::default();
         registry.register(
             "servicers",
@@ -161,6 +205,11 @@ impl Metrics {
         );
         let uptime = Gauge::<f64, AtomicU64>::default();
         registry.register_with_unit("uptime", "Time since the agent started", Unit::Seconds, uptime.clone());
+        registry.register(
+            "build",
+            "The agent's version, as a constant 1 labelled with it",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         Metrics {
             registry,
             started: Instant::now(),
@@ -172,6 +221,10 @@ impl Metrics {
             loop_lag,
             reclaim_events,
             dropped_events,
+            task_state_full,
+            stacks_lost,
+            stale_reclaim,
+            decode_errors,
             servicers,
             probe_attached,
             uptime,
@@ -250,10 +303,19 @@ impl Metrics {
             .fetch_max(total, Ordering::Relaxed);
     }
 
-    /// Takes the kernel's count of events lost to a full ring buffer.
-    pub fn set_dropped_events(&self, total: u64) {
-        let total = self.follow("dropped", total);
-        self.dropped_events.inner().fetch_max(total, Ordering::Relaxed);
+    /// Takes the loss counters of a summary. The kernel's start again from
+    /// zero when the BPF objects are loaded anew; the exported ones go on.
+    pub fn set_losses(&self, l: &Losses) {
+        for (key, counter, total) in [
+            ("dropped", &self.dropped_events, l.dropped_events),
+            ("task_state_full", &self.task_state_full, l.task_state_full),
+            ("stacks_lost", &self.stacks_lost, l.stacks_lost),
+            ("stale_reclaim", &self.stale_reclaim, l.stale_reclaim),
+            ("decode_errors", &self.decode_errors, l.decode_errors),
+        ] {
+            let total = self.follow(key, total);
+            counter.inner().fetch_max(total, Ordering::Relaxed);
+        }
     }
 
     /// Sets how many servicer threads run with a given protection (for
@@ -263,20 +325,22 @@ impl Metrics {
     }
 
     /// Records whether a hook is attached through `implementation` (e.g.
-    /// `tracepoint`). Report every implementation tried so that a fallback
-    /// shows as 0 for the better one and 1 for the one in use.
-    pub fn set_probe(&self, hook: &str, implementation: &str, attached: bool) {
-        self.probe_attached
-            .get_or_create(&ProbeLabels { hook: label(hook), implementation: label(implementation) })
-            .set(i64::from(attached));
+    /// `tracepoint`, or `none`), and whether the agent requires it.
+    pub fn set_probe(&self, hook: &str, implementation: &str, attached: bool, required: bool) {
+        let labels =
+            ProbeLabels { hook: label(hook), implementation: label(implementation), required: required.to_string() };
+        self.probe_attached.get_or_create(&labels).set(i64::from(attached));
     }
 
-    /// The OpenMetrics text exposition of every family.
-    pub fn render(&self) -> String {
+    /// Every family, in `format`.
+    pub fn render(&self, format: Format) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => exposition::openmetrics_to_text(&out),
+        }
     }
 
     fn follow(&self, key: &str, now: u64) -> u64 {
@@ -320,13 +384,10 @@ fn label(value: &str) -> String {
     out
 }
 
-impl super::http::Render for Metrics {
-    fn content_type(&self) -> &'static str {
-        CONTENT_TYPE
-    }
-
-    fn render(&self) -> String {
-        Metrics::render(self)
+impl Render for Metrics {
+    fn render(&self, accept: Option<&str>) -> Rendered {
+        let format = Format::negotiate(accept);
+        Rendered { content_type: format.content_type(), body: Metrics::render(self, format) }
     }
 }
 
@@ -349,9 +410,10 @@ mod tests {
         m.reclaim_event("memcg");
         m.set_servicers("none", 2);
         m.set_servicers("NOIO|LOCAL_THROTTLE", 1);
-        m.set_probe("reclaim", "fentry", false);
-        m.set_probe("reclaim", "tracepoint", true);
-        let text = m.render();
+        m.set_probe("reclaim", "fentry", false, true);
+        m.set_probe("reclaim", "tracepoint", true, true);
+        m.set_probe("alloc_slowpath", "none", false, false);
+        let text = m.render(Format::OpenMetrics);
         for line in [
             "# TYPE reclaimscope_findings counter",
             "# TYPE reclaimscope_servicers gauge",
@@ -369,15 +431,21 @@ mod tests {
         assert_eq!(sample(&text, r#"reclaimscope_servicers{protection="none"}"#), Some(2.0));
         assert_eq!(sample(&text, r#"reclaimscope_servicers{protection="NOIO|LOCAL_THROTTLE"}"#), Some(1.0));
         let p = r#"reclaimscope_probe_attached{hook="reclaim",implementation="#;
-        assert_eq!(sample(&text, &format!(r#"{p}"tracepoint"}}"#)), Some(1.0));
-        assert_eq!(sample(&text, &format!(r#"{p}"fentry"}}"#)), Some(0.0));
+        assert_eq!(sample(&text, &format!(r#"{p}"tracepoint",required="true"}}"#)), Some(1.0));
+        assert_eq!(sample(&text, &format!(r#"{p}"fentry",required="true"}}"#)), Some(0.0));
+        let slowpath = r#"reclaimscope_probe_attached{hook="alloc_slowpath",implementation="none",required="false"}"#;
+        assert_eq!(sample(&text, slowpath), Some(0.0));
+        let build = format!(r#"reclaimscope_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample(&text, &build), Some(1.0));
         assert!(sample(&text, "reclaimscope_uptime_seconds").unwrap() >= 0.0);
     }
 
     #[test]
     fn kernel_totals_stay_monotonic() {
         let m = Metrics::new();
-        let direct = |m: &Metrics| sample(&m.render(), r#"reclaimscope_reclaim_events_total{kind="direct"}"#).unwrap();
+        let direct = |m: &Metrics| {
+            sample(&m.render(Format::OpenMetrics), r#"reclaimscope_reclaim_events_total{kind="direct"}"#).unwrap()
+        };
         // Decoded events and the kernel's total do not add up: the larger wins.
         m.reclaim_event("direct");
         m.reclaim_event("direct");
@@ -391,12 +459,23 @@ mod tests {
         m.set_reclaim_events("direct", 4);
         assert_eq!(direct(&m), 10.0);
 
-        let dropped = |m: &Metrics| sample(&m.render(), "reclaimscope_dropped_events_total").unwrap();
-        m.set_dropped_events(3);
-        m.set_dropped_events(3);
-        assert_eq!(dropped(&m), 3.0);
-        m.set_dropped_events(1);
-        assert_eq!(dropped(&m), 4.0);
+        let lost = |m: &Metrics, name: &str| sample(&m.render(Format::OpenMetrics), name).unwrap();
+        let losses = |n| Losses {
+            dropped_events: n,
+            task_state_full: n + 1,
+            stacks_lost: n + 2,
+            stale_reclaim: n + 3,
+            decode_errors: n + 4,
+        };
+        m.set_losses(&losses(3));
+        m.set_losses(&losses(3));
+        assert_eq!(lost(&m, "reclaimscope_dropped_events_total"), 3.0);
+        assert_eq!(lost(&m, "reclaimscope_task_state_full_total"), 4.0);
+        m.set_losses(&losses(1));
+        assert_eq!(lost(&m, "reclaimscope_dropped_events_total"), 4.0);
+        assert_eq!(lost(&m, "reclaimscope_stacks_lost_total"), 5.0 + 3.0);
+        assert_eq!(lost(&m, "reclaimscope_stale_reclaim_total"), 6.0 + 4.0);
+        assert_eq!(lost(&m, "reclaimscope_decode_errors_total"), 7.0 + 5.0);
     }
 
     fn finding(rule: &str, severity: &str, comm: &str, tid: u32, last_ns: u64) -> Finding {
@@ -423,24 +502,24 @@ mod tests {
             finding("RS201", "deadlock", "qemu-storage-da", 10, 150 * s),
         ];
         m.set_active_findings(&found, 150 * s, window);
-        let text = m.render();
+        let text = m.render(Format::OpenMetrics);
         assert_eq!(sample(&text, hazard), Some(2.0));
         assert_eq!(sample(&text, deadlock), Some(1.0));
         // The deadlock lasts: the D-state check sees it again every second.
         found[2].last_ns = 400 * s;
         m.set_active_findings(&found, 400 * s, window);
-        let text = m.render();
+        let text = m.render(Format::OpenMetrics);
         assert_eq!(sample(&text, deadlock), Some(1.0), "{text}");
         assert_eq!(sample(&text, hazard), None, "a hazard not seen for 250 s is not active");
         // It ends: a window later the series is gone and an alert on it clears.
         m.set_active_findings(&found, 461 * s, window);
-        assert_eq!(sample(&m.render(), deadlock), None);
+        assert_eq!(sample(&m.render(Format::OpenMetrics), deadlock), None);
 
         // Hostile names are sanitised, and the series are capped.
         let many: Vec<Finding> =
             (0..100).map(|i| finding("RS001", "hazard", &format!("d\"}} {i}"), i, 500 * s)).collect();
         m.set_active_findings(&many, 500 * s, window);
-        let text = m.render();
+        let text = m.render(Format::OpenMetrics);
         let series: Vec<&str> = text.lines().filter(|l| l.starts_with("reclaimscope_findings_active{")).collect();
         assert_eq!(series.len(), MAX_ACTIVE_SERIES + 1, "{text}");
         let other = r#"reclaimscope_findings_active{rule="RS001",severity="hazard",servicer="_other"}"#;
@@ -453,6 +532,33 @@ mod tests {
     fn label_values_are_escaped() {
         let m = Metrics::new();
         m.finding("a\"b\\c\nd", "hazard");
-        assert!(m.render().contains(r#"rule="a\"b\\c\nd""#));
+        assert!(m.render(Format::OpenMetrics).contains(r#"rule="a\"b\\c\nd""#));
+    }
+
+    /// The text format names every family by its samples, with HELP and
+    /// TYPE, and OpenMetrics' own lines are gone.
+    #[test]
+    fn text_format_describes_every_sample() {
+        let m = Metrics::new();
+        m.declare_finding("RS301", "failure");
+        m.reclaim_event("direct");
+        m.set_probe("reclaim", "tracepoint", true, true);
+        m.set_servicers("unprotected", 1);
+        m.set_active_findings(&[finding("RS001", "hazard", "qsd", 1, 0)], 0, Duration::from_secs(60));
+        let text = m.render(Format::Text);
+        let mut described = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+                described.insert(rest.split(' ').next().unwrap().to_string());
+            } else {
+                assert!(!line.starts_with('#'), "`{line}` in the text format");
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(described.contains(name), "{name} has no HELP or TYPE before it:\n{text}");
+            }
+        }
+        for line in ["# TYPE reclaimscope_findings_total counter", "# TYPE reclaimscope_build_info gauge"] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert_eq!(sample(&text, r#"reclaimscope_findings_total{rule="RS301",severity="failure"}"#), Some(0.0));
     }
 }

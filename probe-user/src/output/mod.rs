@@ -1,10 +1,12 @@
 //! Presentation: tables, JSON lines and metrics, separate from data gathering.
 
 pub mod audit;
+pub mod exposition;
 pub mod folded;
 pub mod http;
 pub mod metrics;
 pub mod perfetto;
 pub mod stdout;
 pub mod table;
+pub mod terminal;
 pub mod view;

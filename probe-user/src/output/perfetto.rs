@@ -19,6 +19,7 @@ use crate::{
     events::decode::reclaim_kind_name,
     kernel::kallsyms::function,
     names::GfpNames,
+    output::table::held_name,
     postmortem::timeline::{Clock, Close, Item, Mark, Sink, Span, TaskInfo, Totals},
 };
 
@@ -56,6 +57,8 @@ impl<W: Write> PerfettoWriter<W> {
             "tasks": totals.tasks,
             "events": totals.events,
             "reordered_events": totals.reordered,
+            "tasks_left_out": totals.tasks_left_out,
+            "d_states_left_out": totals.d_states_left_out,
         });
         write!(self.out, "\n],\"otherData\":{other}}}\n").context("cannot write the timeline")?;
         self.out.flush().context("cannot write the timeline")?;
@@ -169,13 +172,20 @@ impl<W: Write> PerfettoWriter<W> {
                     json!({ "blocking_function": f.as_deref().map(function).unwrap_or("(not in the capture)") }),
                 )
             }
-            Span::Holding { held, ino, released } => {
-                let args = json!({ "held": held.join(", "), "ino": ino, "released": released });
-                (
-                    format!("holds {}", if held.is_empty() { "locks".to_owned() } else { held.join(", ") }),
-                    "holder",
-                    args,
-                )
+            Span::Holding { held, ino, blocked_in, sightings } => {
+                let held = held.iter().map(|h| held_name(*h)).collect::<Vec<_>>().join(", ");
+                let blocked = blocked_in.as_deref().map(function);
+                let args = json!({
+                    "held": held,
+                    "ino": ino,
+                    "blocking_function": blocked,
+                    "seen": format!("blocked holding it in {sightings} finding(s), from the first to the last of them"),
+                });
+                let name = match blocked {
+                    Some(b) => format!("holds {held}, blocked in {b}"),
+                    None => format!("holds {held}"),
+                };
+                (name, "holder", args)
             }
         }
     }

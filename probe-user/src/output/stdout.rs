@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::Result;
 
+use super::terminal;
+
 /// 128 + SIGPIPE: the status a shell reports for a program that SIGPIPE
 /// ended, so `set -o pipefail` and service managers see what they would
 /// see from any other tool whose reader went away.
@@ -34,13 +36,26 @@ impl std::error::Error for StdoutClosed {}
 /// Writes `text` as it is.
 pub fn write(text: &str) -> Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            anyhow::Error::new(StdoutClosed)
-        } else {
-            anyhow::Error::new(e).context("cannot write to stdout")
-        }
-    })
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(failed)
+}
+
+/// Writes `value` as pretty JSON and a newline, streamed (a report can be
+/// bigger than anything worth holding) and terminal-safe.
+pub fn json_pretty(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = terminal::Json::new(io::BufWriter::with_capacity(64 << 10, io::stdout().lock()));
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(failed)
+}
+
+fn failed(e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("cannot write to stdout")
+    }
 }
 
 /// Writes `text` and a newline.

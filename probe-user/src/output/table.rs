@@ -6,7 +6,10 @@ use prettytable::{format, row, Table};
 use super::view::EventView;
 use crate::{
     agent::run::Summary,
-    detect::finding::{Finding, Holder},
+    detect::{
+        finding::{Finding, LockHolder},
+        holds::Held,
+    },
     postmortem::replay::Timeline,
 };
 
@@ -76,15 +79,27 @@ pub fn finding_block(f: &Finding) -> String {
     format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.name, f.title, t)
 }
 
-/// "dd[812] IOLOCK, ILOCK_EXCL on inode 131, holding for 40 ms; blocked in xfs_buf_iowait"
-pub fn holder_line(h: &Holder) -> String {
+/// "dd[812] holds XFS_IOLOCK_EXCL on inode 131, blocked in balance_dirty_pages (400 ms ago)"
+pub fn holder_line(h: &LockHolder) -> String {
+    let held: Vec<&str> = h.held.iter().map(|k| held_name(*k)).collect();
     let on = if h.ino != 0 { format!(" on inode {}", h.ino) } else { String::new() };
-    let when = match h.released_ms_ago {
-        Some(ago) => format!("held {} ms, let go {ago} ms ago", h.held_ms),
-        None => format!("holding for {} ms", h.held_ms),
-    };
-    let blocked = h.blocked_in.as_ref().map(|b| format!("; blocked in {b}")).unwrap_or_default();
-    format!("{}[{}] {}{on}, {when}{blocked}", h.comm, h.tid, h.held.join(", "))
+    let blocked = h.blocked_in.as_ref().map(|b| format!(", blocked in {b}")).unwrap_or_default();
+    let when = if h.seen_ms_ago > 0 { format!(" ({} ms ago)", h.seen_ms_ago) } else { String::new() };
+    format!("{}[{}] holds {}{on}{blocked}{when}", h.comm, h.tid, held.join(", "))
+}
+
+/// The kernel's own names for what is held.
+pub fn held_name(h: Held) -> &'static str {
+    match h {
+        Held::IolockExcl => "XFS_IOLOCK_EXCL",
+        Held::IolockShared => "XFS_IOLOCK_SHARED",
+        Held::MmaplockExcl => "XFS_MMAPLOCK_EXCL",
+        Held::IlockExcl => "XFS_ILOCK_EXCL",
+        Held::XfsTrans => "an XFS transaction",
+        Held::IRwsemExcl => "i_rwsem (exclusive)",
+        Held::IRwsemShared => "i_rwsem (shared)",
+        Held::Jbd2Handle => "a jbd2 handle",
+    }
 }
 
 pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {

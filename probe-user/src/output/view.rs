@@ -1,5 +1,7 @@
 //! The printable form of an event, shared by the table and JSON outputs.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::{
@@ -32,7 +34,7 @@ pub struct EventView {
     pub fs_depth: u32,
     pub detail: Option<String>,
     pub upper_inflight: Option<i64>,
-    pub stack: Vec<String>,
+    pub stack: Arc<[String]>,
 }
 
 /// The memory cgroup of a process, from /proc/PID/cgroup (v1 `memory:` line,

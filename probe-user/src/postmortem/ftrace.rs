@@ -11,8 +11,9 @@
 //! event kind.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, Read};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use probe_common::events::{
     self as kernel, EventKind, ReclaimData, ReclaimKind, ReclaimWriteData, ShrinkerData, TaskCtx, WritebackWaitData,
     TASK_COMM_LEN,
@@ -22,12 +23,40 @@ use crate::events::decode::Event;
 use crate::names::GfpNames;
 use crate::trace::SymbolRecord;
 
+/// The longest line read, in bytes: the kernel prints a trace line into one
+/// page. A longer one is skipped, never held whole.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// Tasks followed at once: inside reclaim, and asleep in D state. Past it,
+/// new ones are counted (in the limits), not followed.
+pub const MAX_TASKS: usize = 1 << 16;
+
+/// Shrinker callback names numbered; later new names get `scan_fn` 0.
+pub const MAX_SYMBOLS: usize = 4096;
+
+/// The longest callback name kept (KSYM_NAME_LEN and a module name).
+const MAX_SYMBOL: usize = 640;
+
+/// Unknown GFP names listed in the limits; the others are counted.
+const MAX_UNKNOWN_GFP: usize = 16;
+
+/// What [`stream`] hands out, in capture order.
+#[derive(Debug)]
+pub enum Item {
+    /// `ts_ns` is the capture's trace clock.
+    Event(Event),
+    /// A D-state sleep, once it ended (the task ran again, or the capture
+    /// did with the task still asleep: `until_ns` is `None`).
+    Blocked(DStateInterval),
+}
+
 /// What a capture gave.
 #[derive(Debug, Default)]
 pub struct Import {
-    /// In capture order; `ts_ns` is the capture's trace clock.
+    /// In capture order; [`import`] fills it, [`stream`] hands them out instead.
     pub events: Vec<Event>,
-    /// Times a task went to sleep in D state (uninterruptible).
+    /// Times a task went to sleep in D state (uninterruptible), by when it
+    /// went to sleep; [`import`] fills it, [`stream`] hands them out instead.
     pub blocked: Vec<DStateInterval>,
     /// Names for the `scan_fn` values of shrinker events. The capture prints
     /// the callback's name, not its address, so each name gets a small
@@ -74,16 +103,44 @@ const LIMITS: [&str; 6] = [
 /// First bytes of a trace-cmd binary data file.
 const TRACE_CMD_DAT_MAGIC: &[u8] = b"\x17\x08\x44tracing";
 
-/// Parses a capture. `gfp` must be the capturing kernel's GFP table (or one
-/// that spells the same names), since the text carries names, not bits.
+/// Parses a capture held in memory, keeping every event and D-state sleep.
+/// `gfp` must be the capturing kernel's GFP table (or one that spells the
+/// same names), since the text carries names, not bits.
 pub fn import(input: &[u8], gfp: &GfpNames) -> Result<Import> {
-    if input.starts_with(TRACE_CMD_DAT_MAGIC) {
+    let (mut events, mut blocked) = (Vec::new(), Vec::new());
+    let mut im = stream(input, gfp, |item| match item {
+        Item::Event(e) => events.push(e),
+        Item::Blocked(b) => blocked.push(b),
+    })?;
+    blocked.sort_by_key(|b: &DStateInterval| (b.ts_ns, b.tid));
+    (im.events, im.blocked) = (events, blocked);
+    Ok(im)
+}
+
+/// Parses a capture line by line, handing each event and D-state sleep to
+/// `each` as soon as it is read, and keeping only what the bounds above
+/// allow: memory does not grow with the capture.
+pub fn stream(mut input: impl BufRead, gfp: &GfpNames, mut each: impl FnMut(Item)) -> Result<Import> {
+    if input.fill_buf().context("cannot read the capture")?.starts_with(TRACE_CMD_DAT_MAGIC) {
         bail!("this is a trace-cmd data file, not text: convert it with `trace-cmd report -i FILE > FILE.txt` and import that");
     }
     let mut im = Importer::new(gfp);
     let mut trace_lines = 0;
-    for line in input.split(|b| *b == b'\n') {
-        let line = String::from_utf8_lossy(line);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let mut line = Read::take(&mut input, MAX_LINE as u64 + 1);
+        let n = line.read_until(b'\n', &mut buf).context("cannot read the capture")?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+            // The rest of the line, dropped as it is read.
+            skip_line(&mut input)?;
+            im.out.skipped_lines += 1;
+            continue;
+        }
+        let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end();
         if is_boilerplate(line) {
             continue;
@@ -101,11 +158,35 @@ pub fn import(input: &[u8], gfp: &GfpNames) -> Result<Import> {
             }
             None => im.out.skipped_lines += 1,
         }
+        im.items.drain(..).for_each(&mut each);
     }
     if trace_lines == 0 {
         bail!("no ftrace event lines: expected the text of /sys/kernel/tracing/trace or of `trace-cmd report`");
     }
+    let mut still: Vec<DStateInterval> = im.blocked.drain().map(|(_, b)| b).collect();
+    still.sort_by_key(|b| (b.ts_ns, b.tid));
+    still.into_iter().map(Item::Blocked).for_each(&mut each);
     Ok(im.finish())
+}
+
+/// Reads up to and including the next newline, keeping none of it.
+fn skip_line(input: &mut impl BufRead) -> Result<()> {
+    loop {
+        let buf = input.fill_buf().context("cannot read the capture")?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                input.consume(n);
+            }
+        }
+    }
 }
 
 /// Comments, the column header, and trace-cmd's preamble.
@@ -219,11 +300,18 @@ struct Begin {
 struct Importer<'g> {
     gfp: &'g GfpNames,
     out: Import,
+    /// What the line just parsed gave, for [`stream`] to hand out.
+    items: Vec<Item>,
     reclaim: HashMap<u32, Begin>,
-    /// Index in `out.blocked` of each task's open D-state interval.
-    blocked: HashMap<u32, usize>,
+    /// Each task's open D-state interval.
+    blocked: HashMap<u32, DStateInterval>,
+    /// Tasks not followed because [`MAX_TASKS`] were, and callback names
+    /// not numbered because [`MAX_SYMBOLS`] were.
+    tasks_left_out: u64,
+    symbols_left_out: u64,
     symbol_ids: HashMap<String, u64>,
     unknown_gfp: BTreeSet<String>,
+    unknown_gfp_more: usize,
     unpaired_ends: usize,
     lines_without_tgid: usize,
     write_folios: usize,
@@ -235,10 +323,14 @@ impl<'g> Importer<'g> {
         Importer {
             gfp,
             out: Import::default(),
+            items: Vec::new(),
             reclaim: HashMap::new(),
             blocked: HashMap::new(),
+            tasks_left_out: 0,
+            symbols_left_out: 0,
             symbol_ids: HashMap::new(),
             unknown_gfp: BTreeSet::new(),
+            unknown_gfp_more: 0,
             unpaired_ends: 0,
             lines_without_tgid: 0,
             write_folios: 0,
@@ -283,14 +375,18 @@ impl<'g> Importer<'g> {
     /// `typed` is the decoder's variant for `kind` (begin and end share a payload).
     fn emit<T>(&mut self, l: &Line, kind: EventKind, data: T, typed: fn(kernel::Event<T>) -> Event) {
         let e = kernel::Event::new(kind, self.ctx(l, l.comm), data);
-        self.out.events.push(typed(e));
+        self.items.push(Item::Event(typed(e)));
     }
 
     /// Bits of a printed GFP mask; unknown names are remembered for the limits.
     fn gfp(&mut self, s: &str) -> Option<u32> {
         let bits = self.gfp.encode(s).and_then(|b| u32::try_from(b).ok());
-        if bits.is_none() {
-            self.unknown_gfp.insert(s.to_string());
+        if bits.is_none() && !self.unknown_gfp.contains(s) {
+            if self.unknown_gfp.len() < MAX_UNKNOWN_GFP {
+                self.unknown_gfp.insert(s.to_string());
+            } else {
+                self.unknown_gfp_more += 1;
+            }
         }
         bits
     }
@@ -299,7 +395,11 @@ impl<'g> Importer<'g> {
     fn reclaim_begin(&mut self, l: &Line, kind: ReclaimKind) -> Option<()> {
         let order = field(l.body, "order")?.parse().ok()?;
         let gfp = self.gfp(field(l.body, "gfp_flags")?)?;
-        self.reclaim.insert(l.tid, Begin { ts_ns: l.ts_ns, kind, gfp, order });
+        if self.reclaim.len() < MAX_TASKS || self.reclaim.contains_key(&l.tid) {
+            self.reclaim.insert(l.tid, Begin { ts_ns: l.ts_ns, kind, gfp, order });
+        } else {
+            self.tasks_left_out += 1;
+        }
         let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
         self.emit(l, EventKind::ReclaimBegin, data, Event::ReclaimBegin);
         Some(())
@@ -355,7 +455,16 @@ impl<'g> Importer<'g> {
             return addr; // not symbolized by the kernel: the raw address
         }
         let base = name.split_once('+').map_or(name, |(b, _)| b);
-        let symbol = if module.is_empty() { base.to_string() } else { format!("{base} {}", module.trim()) };
+        let mut symbol = if module.is_empty() { base.to_string() } else { format!("{base} {}", module.trim()) };
+        let mut end = symbol.len().min(MAX_SYMBOL);
+        while !symbol.is_char_boundary(end) {
+            end -= 1;
+        }
+        symbol.truncate(end);
+        if self.symbol_ids.len() >= MAX_SYMBOLS && !self.symbol_ids.contains_key(&symbol) {
+            self.symbols_left_out += 1;
+            return 0;
+        }
         let next = self.symbol_ids.len() as u64 + 1;
         let id = *self.symbol_ids.entry(symbol.clone()).or_insert(next);
         if id == next {
@@ -410,13 +519,24 @@ impl<'g> Importer<'g> {
         };
         self.sched_switches += 1;
         let ts_ns = l.ts_ns;
-        if let Some(i) = self.blocked.remove(&next_pid) {
-            self.out.blocked[i].until_ns = Some(ts_ns);
+        if let Some(mut b) = self.blocked.remove(&next_pid) {
+            b.until_ns = Some(ts_ns);
+            self.items.push(Item::Blocked(b));
         }
         if state.split('|').any(|s| s == "D") {
             let tgid = if pid == l.tid { l.tgid.unwrap_or(pid) } else { pid };
-            self.blocked.insert(pid, self.out.blocked.len());
-            self.out.blocked.push(DStateInterval { ts_ns, tid: pid, tgid, comm: comm.to_string(), until_ns: None });
+            let comm: String = comm.chars().take(TASK_COMM_LEN).collect();
+            let b = DStateInterval { ts_ns, tid: pid, tgid, comm, until_ns: None };
+            if self.blocked.len() < MAX_TASKS || self.blocked.contains_key(&pid) {
+                // A second sleep without a wake-up between (events lost):
+                // the first ended before this one began.
+                if let Some(mut old) = self.blocked.insert(pid, b) {
+                    old.until_ns = Some(ts_ns);
+                    self.items.push(Item::Blocked(old));
+                }
+            } else {
+                self.tasks_left_out += 1;
+            }
         }
         Some(())
     }
@@ -448,10 +568,25 @@ impl<'g> Importer<'g> {
             limits.push(format!("{} reclaim ends whose begin is not in the capture were skipped", self.unpaired_ends));
         }
         if !self.unknown_gfp.is_empty() {
-            let names: Vec<&str> = self.unknown_gfp.iter().map(String::as_str).collect();
+            let mut names: Vec<String> = self.unknown_gfp.iter().cloned().collect();
+            if self.unknown_gfp_more > 0 {
+                names.push(format!("and {} more lines of other names", self.unknown_gfp_more));
+            }
             limits.push(format!(
                 "lines with GFP masks the GFP table does not spell were skipped ({}): was the table taken from another kernel?",
                 names.join(", ")
+            ));
+        }
+        if self.tasks_left_out > 0 {
+            limits.push(format!(
+                "more than {MAX_TASKS} tasks were in reclaim or asleep at once: {} of their lines were not followed",
+                self.tasks_left_out
+            ));
+        }
+        if self.symbols_left_out > 0 {
+            limits.push(format!(
+                "more than {MAX_SYMBOLS} shrinker callback names: {} shrinker lines have no name",
+                self.symbols_left_out
             ));
         }
         self.out.limits = limits;

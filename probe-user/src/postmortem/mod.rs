@@ -2,5 +2,6 @@
 
 pub mod export;
 pub mod ftrace;
+pub mod input;
 pub mod replay;
 pub mod timeline;

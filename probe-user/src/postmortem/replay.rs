@@ -1,7 +1,20 @@
 //! Replays a recorded trace, or an imported ftrace capture, through the
 //! same decoder and detection engine as the live agent.
+//!
+//! The input may be gigabytes, or crafted, so a replay streams it and
+//! holds nothing per event: a first pass feeds the engine and the servicer
+//! table, a second one (only when there are findings) picks the timelines.
+//! Each stack is interned once and shared. Everything a replay keeps has a
+//! bound, and docs/postmortem.md adds them up to the memory `report` may
+//! use; what a bound left out is said in the report's limits.
 
-use std::{collections::BTreeMap, io::Read, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    io::{BufRead, BufReader, Read, Seek},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -18,7 +31,7 @@ use crate::{
     names::GfpNames,
     output::view::EventView,
     topology::Dev,
-    trace::{Record, TraceReader},
+    trace::{Record, StackRecord, TraceReader},
 };
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -76,12 +89,118 @@ impl Report {
     }
 }
 
-/// Event stream plus what the engine needs, whatever the input format.
+/// Bytes of interned stacks a replay pass may hold, counted as
+/// [`stack_cost`] does. Past it, later stack records are dropped (and said):
+/// one stack is at most 127 frames of 640 bytes, so this holds hundreds.
+pub const STACK_BYTES: usize = 16 << 20;
+
+/// Recorded findings a report keeps, and the memory they may take
+/// ([`json_cost`](crate::trace::json_cost) of each); past either, the rest are counted, not kept.
+/// The agent writes at most 512 distinct findings, each a few kilobytes.
+pub const MAX_RECORDED: usize = 512;
+pub const RECORDED_BYTES: usize = 16 << 20;
+
+/// Servicer processes the servicer table follows, and (process, thread)
+/// pairs it counts; past them, the rest are counted as not summarised.
+pub const MAX_SUMMARISED: usize = 4096;
+pub const MAX_THREADS_COUNTED: usize = 1 << 16;
+
+/// The longest text a topology index string keeps (PATH_MAX): every
+/// finding copies the mount point and backing file it names.
+const MAX_INDEX_STRING: usize = 4096;
+
+/// Events a timeline shows, within a second of its finding.
+const TIMELINE_EVENTS: usize = 20;
+
+/// Memory an interned stack takes: its text and each `String`'s own 24
+/// bytes plus the allocator's.
+fn stack_cost(frames: &[String]) -> usize {
+    64 + frames.iter().map(|f| f.len() + 48).sum::<usize>()
+}
+
+/// Stack records by id, each interned once and shared (by `Arc`) with every
+/// event, pending thread and finding that uses it, within [`STACK_BYTES`].
+#[derive(Default)]
+struct Stacks {
+    by_id: HashMap<i32, Arc<[String]>>,
+    /// Cost of every stack interned so far, replaced ones included (they
+    /// may live on in findings).
+    bytes: usize,
+    dropped: u64,
+}
+
+impl Stacks {
+    fn insert(&mut self, s: StackRecord) {
+        let frames: Vec<String> = s.frames.into_iter().map(|f| f.symbol).collect();
+        let cost = stack_cost(&frames);
+        if self.bytes + cost > STACK_BYTES {
+            // Better no stack for the id than an older one that is wrong.
+            self.by_id.remove(&s.id);
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += cost;
+        self.by_id.insert(s.id, frames.into());
+    }
+
+    fn of(&self, ev: &Event) -> Arc<[String]> {
+        self.by_id.get(&ev.ctx().stack_id).cloned().unwrap_or_default()
+    }
+}
+
+/// The servicer table, built as events stream past within its bounds.
+#[derive(Default)]
+struct Summaries {
+    per: BTreeMap<u32, ServicerSummary>,
+    threads: HashSet<(u32, u32)>,
+    /// Events of servicers past [`MAX_SUMMARISED`], and threads past
+    /// [`MAX_THREADS_COUNTED`], left out of the table.
+    events_left_out: u64,
+    threads_left_out: u64,
+}
+
+impl Summaries {
+    fn event(&mut self, ev: &Event) {
+        let c = ev.ctx();
+        if c.serving_dev == 0 {
+            return;
+        }
+        if self.per.len() >= MAX_SUMMARISED && !self.per.contains_key(&c.tgid) {
+            self.events_left_out += 1;
+            return;
+        }
+        let s = self.per.entry(c.tgid).or_default();
+        s.tgid = c.tgid;
+        s.comm = crate::events::decode::comm(c);
+        if !self.threads.contains(&(c.tgid, c.tid)) {
+            if self.threads.len() < MAX_THREADS_COUNTED {
+                self.threads.insert((c.tgid, c.tid));
+                s.threads += 1;
+            } else {
+                self.threads_left_out += 1;
+            }
+        }
+        match ev {
+            Event::ReclaimBegin(_) => s.reclaim_entries += 1,
+            Event::ReclaimEnd(e) => {
+                let ms = e.data.duration_ns as f64 / 1e6;
+                s.reclaim_total_ms += ms;
+                s.reclaim_max_ms = s.reclaim_max_ms.max(ms);
+            }
+            Event::WritebackWait(_) => s.writeback_waits += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The first pass: every event through the engine and the servicer table,
+/// none of them kept.
 struct Replay {
     engine: Engine,
     gfp: GfpNames,
-    stacks: BTreeMap<i32, Vec<String>>,
-    events: Vec<(Event, Vec<String>)>,
+    stacks: Stacks,
+    summaries: Summaries,
+    events: u64,
 }
 
 impl Replay {
@@ -89,133 +208,235 @@ impl Replay {
         Replay {
             engine: Engine::new(index, gfp.clone(), deadlock_after),
             gfp,
-            stacks: BTreeMap::new(),
-            events: Vec::new(),
+            stacks: Stacks::default(),
+            summaries: Summaries::default(),
+            events: 0,
         }
     }
 
-    fn event(&mut self, ev: Event) {
-        let stack = self.stacks.get(&ev.ctx().stack_id).cloned().unwrap_or_default();
-        self.engine.on_event(&ev, &Observed { stack: stack.clone(), ..Default::default() });
-        self.events.push((ev, stack));
+    fn event(&mut self, ev: &Event, stack: Arc<[String]>) {
+        self.events += 1;
+        self.engine.on_event(ev, &Observed { stack, ..Default::default() });
+        self.summaries.event(ev);
     }
 
-    fn finish(self, mut report: Report) -> Report {
+    /// Ends the first pass. The timelines need a second one
+    /// ([`Timelines`]), given the returned windows.
+    fn finish(self, report: &mut Report) -> Timelines {
         let findings = self.engine.findings().to_vec();
-        let mut per: BTreeMap<u32, (ServicerSummary, std::collections::BTreeSet<u32>)> = BTreeMap::new();
-        for (ev, _) in &self.events {
-            let c = ev.ctx();
-            if c.serving_dev == 0 {
-                continue;
-            }
-            let (s, threads) = per.entry(c.tgid).or_default();
-            s.tgid = c.tgid;
-            s.comm = crate::events::decode::comm(c);
-            threads.insert(c.tid);
-            match ev {
-                Event::ReclaimBegin(_) => s.reclaim_entries += 1,
-                Event::ReclaimEnd(e) => {
-                    let ms = e.data.duration_ns as f64 / 1e6;
-                    s.reclaim_total_ms += ms;
-                    s.reclaim_max_ms = s.reclaim_max_ms.max(ms);
-                }
-                Event::WritebackWait(_) => s.writeback_waits += 1,
-                _ => {}
-            }
+        let s = &self.summaries;
+        if s.events_left_out > 0 {
+            report.limits.push(format!(
+                "more than {MAX_SUMMARISED} servicer processes: {} events of the others are not in the servicer table",
+                s.events_left_out
+            ));
         }
-        report.servicers = per
+        if s.threads_left_out > 0 {
+            report.limits.push(format!(
+                "more than {MAX_THREADS_COUNTED} servicer threads: thread counts leave out {} sightings",
+                s.threads_left_out
+            ));
+        }
+        if self.stacks.dropped > 0 {
+            report.limits.push(format!(
+                "{} stack records past the {} MiB kept for stacks were dropped: their events have no stack",
+                self.stacks.dropped,
+                STACK_BYTES >> 20
+            ));
+        }
+        if self.engine.untracked() > 0 {
+            report.limits.push(format!(
+                "{} reclaim entries were not followed: more than {} threads were inside reclaim at once",
+                self.engine.untracked(),
+                crate::detect::engine::MAX_PENDING
+            ));
+        }
+        report.servicers = self
+            .summaries
+            .per
             .into_values()
-            .map(|(mut s, threads)| {
-                s.threads = threads.len();
+            .map(|mut s| {
                 s.findings = findings.iter().filter(|f| f.servicer.tgid == s.tgid).count();
                 s
             })
             .collect();
-        report.timelines = findings
-            .iter()
-            .map(|f| Timeline {
-                rule: f.rule.clone(),
-                tid: f.servicer.tid,
-                events: self
-                    .events
-                    .iter()
-                    .filter(|(ev, _)| ev.ctx().ts_ns.abs_diff(f.first_ns) <= 1_000_000_000)
-                    .filter(|(ev, _)| {
-                        matches!(ev, Event::ReclaimBegin(_) | Event::ReclaimEnd(_) | Event::WritebackWait(_))
-                    })
-                    .take(20)
-                    .map(|(ev, stack)| {
-                        let obs = Observed { stack: stack.clone(), ..Default::default() };
-                        let t = (ev.ctx().ts_ns as f64 - f.first_ns as f64) / 1e9;
-                        (t, EventView::new(ev, &obs, &self.gfp, None))
-                    })
-                    .collect(),
-            })
-            .collect();
-        report.events = self.events.len() as u64;
+        report.events = self.events;
+        let t = Timelines {
+            windows: findings
+                .iter()
+                .map(|f| Timeline { rule: f.rule.clone(), tid: f.servicer.tid, events: Vec::new() })
+                .zip(findings.iter().map(|f| f.first_ns))
+                .collect(),
+            gfp: self.gfp,
+        };
         report.findings = findings;
-        report
+        t
     }
 }
 
-fn index_from(v: &Value) -> StackIndex {
-    serde_json::from_value(v["index"].clone()).unwrap_or_default()
+/// The second pass: the events within a second of each finding's first
+/// sighting, [`TIMELINE_EVENTS`] at most, in input order.
+struct Timelines {
+    windows: Vec<(Timeline, u64)>,
+    gfp: GfpNames,
 }
 
-/// Replays a trace file written by `reclaimscope record`.
-pub fn trace(path: &Path, deadlock_after: Duration) -> Result<Report> {
-    replay_trace(TraceReader::open(path)?, path.display().to_string(), deadlock_after)
+impl Timelines {
+    fn wanted(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    fn event(&mut self, ev: &Event, stack: &Arc<[String]>) {
+        if !matches!(ev, Event::ReclaimBegin(_) | Event::ReclaimEnd(_) | Event::WritebackWait(_)) {
+            return;
+        }
+        let ts = ev.ctx().ts_ns;
+        for (tl, first_ns) in &mut self.windows {
+            if tl.events.len() < TIMELINE_EVENTS && ts.abs_diff(*first_ns) <= 1_000_000_000 {
+                let obs = Observed { stack: Arc::clone(stack), ..Default::default() };
+                let t = (ts as f64 - *first_ns as f64) / 1e9;
+                tl.events.push((t, EventView::new(ev, &obs, &self.gfp, None)));
+            }
+        }
+    }
+
+    fn finish(self, report: &mut Report) {
+        report.timelines = self.windows.into_iter().map(|(tl, _)| tl).collect();
+    }
+}
+
+/// The stack index a topology value holds, its strings cut at
+/// [`MAX_INDEX_STRING`] (no path is longer).
+fn index_from(mut v: Value) -> StackIndex {
+    let mut index: StackIndex =
+        v.get_mut("index").map(Value::take).and_then(|i| serde_json::from_value(i).ok()).unwrap_or_default();
+    let cut = |s: &mut String| {
+        let mut end = s.len().min(MAX_INDEX_STRING);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    };
+    for m in &mut index.mounts {
+        cut(&mut m.fs_type);
+        cut(&mut m.mount_point);
+    }
+    for b in &mut index.backing {
+        cut(&mut b.path);
+    }
+    for s in &mut index.servicers {
+        cut(&mut s.comm);
+        s.program.as_mut().map(cut);
+    }
+    index
+}
+
+/// An upper bound on the memory a decoded JSON value takes, as
+/// [`json_cost`](crate::trace::json_cost) estimates it for the text.
+fn value_cost(v: &Value) -> usize {
+    64 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(value_cost).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| 64 + k.len() + value_cost(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// Replays a trace file written by `reclaimscope record` (opened with
+/// [`input::open`](super::input::open)), reading it twice: once for the
+/// findings, once for their timelines.
+pub fn trace(file: &File, name: &str, deadlock_after: Duration) -> Result<Report> {
+    let open = || -> Result<_> {
+        let mut f = file;
+        f.rewind().with_context(|| format!("{name}: cannot read it again"))?;
+        Ok(TraceReader::new(BufReader::with_capacity(256 << 10, f), name)?)
+    };
+    replay_trace(open, name, deadlock_after)
 }
 
 /// Replays a trace held in memory, as [`trace`] does a file; `name` stands
 /// for the file in messages. The fuzz target `replay` drives this.
 pub fn trace_bytes(bytes: &[u8], name: &str, deadlock_after: Duration) -> Result<Report> {
-    replay_trace(TraceReader::new(bytes, name)?, name.to_string(), deadlock_after)
+    replay_trace(|| Ok(TraceReader::new(bytes, name)?), name, deadlock_after)
 }
 
-fn replay_trace<R: Read>(mut reader: TraceReader<R>, source: String, deadlock_after: Duration) -> Result<Report> {
-    let header = reader.header().clone();
-    let mut limits = Vec::new();
+fn replay_trace<R: Read>(
+    open: impl Fn() -> Result<TraceReader<R>>,
+    source: &str,
+    deadlock_after: Duration,
+) -> Result<Report> {
+    let mut reader = open()?;
+    let header = reader.header_mut();
+    let mut report = Report {
+        source: source.to_string(),
+        kernel_release: Some(std::mem::take(&mut header.kernel_release)),
+        ..Default::default()
+    };
     // The header comes from whoever made the file: a table that does not
     // parse is said, not fatal, and the masks get the built-in names.
-    let gfp = match header.gfp_format.as_deref().map(GfpNames::parse_format) {
+    let gfp = match header.gfp_format.take().as_deref().map(GfpNames::parse_format) {
         Some(Ok(g)) => g,
         Some(Err(e)) => {
-            limits.push(format!(
+            report.limits.push(format!(
                 "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
             ));
             GfpNames::builtin()
         }
         None => GfpNames::builtin(),
     };
-    let mut r = Replay::new(index_from(&header.topology), gfp, deadlock_after);
-    let mut recorded = Vec::new();
+    let index = index_from(std::mem::take(&mut header.topology));
+    let mut r = Replay::new(index, gfp, deadlock_after);
+    let (mut recorded_bytes, mut recorded_left_out) = (0, 0u64);
     for rec in reader.by_ref() {
         match rec {
-            Record::Stack(s) => {
-                r.stacks.insert(s.id, s.frames.into_iter().map(|f| f.symbol).collect());
-            }
+            Record::Stack(s) => r.stacks.insert(s),
             Record::Event(e) => {
                 if let Ok(ev) = Event::parse(&e.data) {
-                    r.event(ev);
+                    let stack = r.stacks.of(&ev);
+                    r.event(&ev, stack);
                 }
             }
-            Record::Finding(f) => recorded.push(f),
-            Record::Topology(t) => r.engine.set_index(index_from(&t)),
+            Record::Finding(f) => {
+                let cost = value_cost(&f);
+                if report.recorded.len() < MAX_RECORDED && recorded_bytes + cost <= RECORDED_BYTES {
+                    recorded_bytes += cost;
+                    report.recorded.push(f);
+                } else {
+                    recorded_left_out += 1;
+                }
+            }
+            Record::Topology(t) => r.engine.set_index(index_from(t)),
             Record::Symbol(_) => {}
         }
     }
-    let damage = reader.damage().map(|d| d.to_string());
-    let records = reader.records_read();
-    let mut report = r.finish(Report {
-        source,
-        kernel_release: Some(header.kernel_release),
-        records,
-        damage,
-        limits,
-        ..Default::default()
-    });
-    report.recorded_only = recorded
+    report.damage = reader.damage().map(|d| d.to_string());
+    report.records = reader.records_read();
+    drop(reader);
+    if recorded_left_out > 0 {
+        report.limits.push(format!(
+            "{recorded_left_out} recorded findings past the first {MAX_RECORDED} (or {} MiB) are not shown",
+            RECORDED_BYTES >> 20
+        ));
+    }
+    let mut timelines = r.finish(&mut report);
+    if timelines.wanted() {
+        // The same records again, up to where the first pass stopped.
+        let mut stacks = Stacks::default();
+        for rec in open()?.take(report.records.saturating_sub(1) as usize) {
+            match rec {
+                Record::Stack(s) => stacks.insert(s),
+                Record::Event(e) => {
+                    if let Ok(ev) = Event::parse(&e.data) {
+                        timelines.event(&ev, &stacks.of(&ev));
+                    }
+                }
+                _ => {}
+            }
+        }
+        timelines.finish(&mut report);
+    }
+    report.recorded_only = report
+        .recorded
         .iter()
         .filter(|f| {
             !report.findings.iter().any(|x| {
@@ -225,20 +446,26 @@ fn replay_trace<R: Read>(mut reader: TraceReader<R>, source: String, deadlock_af
         })
         .cloned()
         .collect();
-    report.recorded = recorded;
     Ok(report)
 }
 
-/// Replays a `trace-cmd report` or tracefs `trace` text capture. The
-/// capture has no topology: `servicers` says which pids serve which device.
+/// Replays a `trace-cmd report` or tracefs `trace` text capture (opened
+/// with [`input::open`](super::input::open)), reading it twice like
+/// [`trace`]. The capture has no topology: `servicers` says which pids
+/// serve which device.
 pub fn ftrace_capture(
-    path: &Path,
+    file: &File,
+    name: &str,
     servicers: &[(u32, Dev)],
     gfp: GfpNames,
     deadlock_after: Duration,
 ) -> Result<Report> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    ftrace_bytes(&bytes, &path.display().to_string(), servicers, gfp, deadlock_after)
+    let open = || -> Result<_> {
+        let mut f = file;
+        f.rewind().with_context(|| format!("{name}: cannot read it again"))?;
+        Ok(BufReader::with_capacity(256 << 10, f))
+    };
+    replay_ftrace(open, name, servicers, gfp, deadlock_after)
 }
 
 /// Replays a text capture held in memory, as [`ftrace_capture`] does a
@@ -250,7 +477,16 @@ pub fn ftrace_bytes(
     gfp: GfpNames,
     deadlock_after: Duration,
 ) -> Result<Report> {
-    let import = ftrace::import(bytes, &gfp).with_context(|| format!("{name}: not an ftrace text capture"))?;
+    replay_ftrace(|| Ok(bytes), name, servicers, gfp, deadlock_after)
+}
+
+fn replay_ftrace<R: BufRead>(
+    open: impl Fn() -> Result<R>,
+    name: &str,
+    servicers: &[(u32, Dev)],
+    gfp: GfpNames,
+    deadlock_after: Duration,
+) -> Result<Report> {
     let index = StackIndex {
         mounts: servicers
             .iter()
@@ -262,38 +498,60 @@ pub fn ftrace_bytes(
             .collect(),
         ..Default::default()
     };
-    let mut r = Replay::new(index, gfp, deadlock_after);
-    for mut ev in import.events.iter().copied() {
+    // The capture names no servicer: the user does.
+    let serve = |ev: &mut Event| {
         let c = ev.ctx_mut();
         if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
             c.serving_dev = dev.to_kernel();
         }
-        r.event(ev);
-    }
-    let end = import.events.last().map(|ev| ev.ctx().ts_ns).unwrap_or(0);
-    for b in &import.blocked {
-        let until = b.until_ns.unwrap_or(end);
-        r.engine.on_blocked(&Blocked {
-            tid: b.tid,
-            // A capture has no task flags: its reclaim begin without an end
-            // stands for the kernel's in-reclaim mark.
-            flags: probe_common::flags::PF_MEMALLOC,
-            blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
-            now_ns: until,
-            stack: vec![],
-            chain: vec![],
-            holders: Default::default(),
-        });
-    }
-    let mut limits = import.limits.clone();
+    };
+    let mut r = Replay::new(index, gfp.clone(), deadlock_after);
+    let mut end = 0;
+    let not_a_capture = || format!("{name}: not an ftrace text capture");
+    let import = ftrace::stream(open()?, &gfp, |item| match item {
+        ftrace::Item::Event(mut ev) => {
+            serve(&mut ev);
+            end = ev.ctx().ts_ns;
+            r.event(&ev, Arc::default());
+        }
+        ftrace::Item::Blocked(b) => {
+            let until = b.until_ns.unwrap_or(end);
+            r.engine.on_blocked(&Blocked {
+                tid: b.tid,
+                // A capture has no task flags: its reclaim begin without an end
+                // stands for the kernel's in-reclaim mark.
+                flags: probe_common::flags::PF_MEMALLOC,
+                blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
+                now_ns: until,
+                stack: Arc::default(),
+                chain: vec![],
+                holders: Default::default(),
+            });
+        }
+    })
+    .with_context(not_a_capture)?;
+    let mut report = Report { source: name.to_string(), limits: import.limits, ..Default::default() };
     if import.skipped_lines > 0 {
-        limits.push(format!(
+        report.limits.push(format!(
             "{} lines of the capture were other events or unreadable, and were skipped",
             import.skipped_lines
         ));
     }
     if import.lost_events > 0 {
-        limits.push(format!("the capture lost {} events", import.lost_events));
+        report.limits.push(format!("the capture lost {} events", import.lost_events));
     }
-    Ok(r.finish(Report { source: name.to_string(), records: import.events.len() as u64, limits, ..Default::default() }))
+    let mut timelines = r.finish(&mut report);
+    report.records = report.events;
+    if timelines.wanted() {
+        let none = Arc::default();
+        ftrace::stream(open()?, &gfp, |item| {
+            if let ftrace::Item::Event(mut ev) = item {
+                serve(&mut ev);
+                timelines.event(&ev, &none);
+            }
+        })
+        .with_context(not_a_capture)?;
+        timelines.finish(&mut report);
+    }
+    Ok(report)
 }

@@ -11,14 +11,20 @@
 //! Everything is in the kernel's clock (ns); [`Clock`] says how to turn it
 //! into Unix time. Words and formats belong to `output::perfetto`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    fs::File,
+    io::{BufReader, Seek},
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::ftrace::Import;
+use super::ftrace::{self, DStateInterval};
 use crate::{
-    detect::finding::Finding,
+    detect::{finding::Finding, holds::Held},
     events::decode::{cstr, wait_dev, Event},
+    kernel::kallsyms::without_probe_frames,
+    names::GfpNames,
     topology::Dev,
     trace::{OffsetEstimate, Record, TraceReader},
 };
@@ -32,6 +38,17 @@ const STACK_FRAMES: usize = 8;
 /// Slices open at once on one task. Reclaim nests a few levels (slow path,
 /// direct or memcg reclaim, shrink_node, a wait); more is a lost end event.
 const MAX_OPEN: usize = 16;
+
+/// Tracks followed; events of tasks beyond are counted, not shown. A
+/// track costs a few hundred bytes, so this bounds them to tens of MiB.
+pub const MAX_TRACKS: usize = 1 << 16;
+
+/// Bytes of stack frames kept (for naming what a wait blocks in), as the
+/// replay's own bound; stacks past it are not named.
+const STACK_BYTES: usize = 16 << 20;
+
+/// Shrinker callback names kept.
+const MAX_SYMBOLS: usize = 4096;
 
 /// How the kernel's timestamps relate to Unix time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +126,13 @@ pub enum Span {
     DState {
         function: Option<String>,
     },
-    /// Held locks or transactions in the upper filesystem.
+    /// Seen blocked while holding locks or a transaction in the upper
+    /// filesystem: from the first to the last finding that saw it so.
     Holding {
-        held: Vec<String>,
+        held: Vec<Held>,
         ino: u64,
-        released: bool,
+        blocked_in: Option<String>,
+        sightings: u32,
     },
 }
 
@@ -236,6 +255,12 @@ pub trait Sink {
 pub struct Totals {
     pub tasks: usize,
     pub events: u64,
+    /// Events of tasks past [`MAX_TRACKS`].
+    pub tasks_left_out: u64,
+    /// A capture's D-state sleeps that its task outran: the wake-up was
+    /// not captured (a capture filtered by pid misses the switch that woke
+    /// it on another CPU), so where the sleep ended is not known.
+    pub d_states_left_out: u64,
     /// Events stamped earlier than the task's previous one, placed at that
     /// one's time so the track stays ordered (none from the kernel's ring
     /// buffer, whose per-task order is the task's).
@@ -264,11 +289,14 @@ struct Builder<'s, S: Sink> {
     sink: &'s mut S,
     tracks: BTreeMap<TaskKey, Track>,
     stacks: HashMap<i32, Vec<String>>,
+    stack_bytes: usize,
     /// Shrinker callbacks' names, by address.
     symbols: HashMap<u64, String>,
     end_ns: u64,
     events: u64,
     reordered: u64,
+    tasks_left_out: u64,
+    d_states_left_out: u64,
 }
 
 impl<'s, S: Sink> Builder<'s, S> {
@@ -277,10 +305,13 @@ impl<'s, S: Sink> Builder<'s, S> {
             sink,
             tracks: BTreeMap::new(),
             stacks: HashMap::new(),
+            stack_bytes: 0,
             symbols: HashMap::new(),
             end_ns: 0,
             events: 0,
             reordered: 0,
+            tasks_left_out: 0,
+            d_states_left_out: 0,
         }
     }
 
@@ -292,7 +323,8 @@ impl<'s, S: Sink> Builder<'s, S> {
     }
 
     /// Queues the items made before the event stream, all at once: they
-    /// are sorted here, per task.
+    /// are sorted here, per task. (Bounded: the report keeps at most 512
+    /// findings.)
     fn derive(&mut self, mut items: Vec<Item>) {
         items.sort_by_key(Item::ts);
         for item in items {
@@ -335,18 +367,65 @@ impl<'s, S: Sink> Builder<'s, S> {
     }
 
     fn stack(&mut self, id: i32, frames: Vec<String>) {
-        self.stacks.insert(id, frames.into_iter().take(STACK_FRAMES).collect());
+        let frames: Vec<String> = without_probe_frames(&frames).iter().take(STACK_FRAMES).cloned().collect();
+        let cost = frames.iter().map(|f| f.len() + 24).sum::<usize>();
+        if self.stack_bytes + cost <= STACK_BYTES {
+            self.stack_bytes += cost;
+            self.stacks.insert(id, frames);
+        }
+    }
+
+    fn symbol(&mut self, addr: u64, name: String) {
+        if self.symbols.len() < MAX_SYMBOLS {
+            self.symbols.insert(addr, name);
+        }
+    }
+
+    /// Whether `task` has a track or may get one.
+    fn followed(&mut self, task: TaskKey) -> bool {
+        let ok = self.tracks.len() < MAX_TRACKS || self.tracks.contains_key(&task);
+        if !ok {
+            self.tasks_left_out += 1;
+        }
+        ok
+    }
+
+    /// A capture's D-state sleep, handed over when it ended. Placed unless
+    /// its task ran meanwhile (its wake-up was not captured).
+    fn blocked(&mut self, d: &DStateInterval) -> Result<()> {
+        let task = (d.tgid, d.tid);
+        if !self.followed(task) {
+            return Ok(());
+        }
+        let t = self.track(task);
+        if t.info.comm.is_empty() {
+            t.info.comm = d.comm.clone();
+        }
+        if d.ts_ns < t.last_ts {
+            self.d_states_left_out += 1;
+            return Ok(());
+        }
+        let until = d.until_ns.unwrap_or(self.end_ns).max(d.ts_ns);
+        self.end_ns = self.end_ns.max(until);
+        self.advance(task, d.ts_ns, true)?;
+        let span = Span::DState { function: None };
+        self.track(task).last_ts = d.ts_ns;
+        self.emit(Item::Complete { ts: d.ts_ns, dur: until - d.ts_ns, task, span })
     }
 
     fn event(&mut self, ev: &Event) -> Result<()> {
         self.events += 1;
         let c = ev.ctx();
         let task = (c.tgid, c.tid);
+        if !self.followed(task) {
+            return Ok(());
+        }
         let track = self.track(task);
         if track.info.comm.is_empty() {
             track.info.comm = cstr(&c.comm);
         }
-        if c.serving_dev != 0 {
+        // A finding's device, given first, is the one it is about.
+        if c.serving_dev != 0 && track.info.serving.is_none() {
             track.info.serving = Some(Dev::from_kernel(c.serving_dev));
         }
         let last = track.last_ts;
@@ -467,20 +546,40 @@ impl<'s, S: Sink> Builder<'s, S> {
             info.program = info.program.or_else(|| programs.get(&info.tgid).cloned());
             self.sink.item(&Item::Task(info))?;
         }
-        Ok(Totals { tasks: tasks.len(), events: self.events, reordered: self.reordered })
+        Ok(Totals {
+            tasks: tasks.len(),
+            events: self.events,
+            tasks_left_out: self.tasks_left_out,
+            d_states_left_out: self.d_states_left_out,
+            reordered: self.reordered,
+        })
     }
+}
+
+/// What the report found, for the timeline.
+#[derive(Clone, Copy, Default)]
+pub struct Findings<'a> {
+    /// Each finding once: the replay's, and those only the recording agent
+    /// could make. Each is an instant on its servicer.
+    pub all: &'a [Finding],
+    /// The findings as the recording agent wrote them. Who held what and
+    /// who waited behind the servicer are as of a finding's `last_ns`, so
+    /// they are taken from these, whose times they go with, not from the
+    /// replay's copy of the same finding (seen again later).
+    pub live: &'a [Finding],
 }
 
 /// What the findings tell beyond the events: the finding itself, who held
 /// what in the upper filesystem and who waited behind the servicer, with
-/// links from the servicer to them. Holders repeated across findings are
-/// one span per task and time.
-fn from_findings(findings: &[Finding], tracks: &mut BTreeMap<TaskKey, TaskInfo>) -> Vec<Item> {
+/// links from the servicer to them.
+fn from_findings(findings: Findings<'_>, tracks: &mut BTreeMap<TaskKey, TaskInfo>) -> Vec<Item> {
     let mut items = Vec::new();
     let mut flow = 0u64;
-    // (tid) -> spans (start, end, index into items)
-    let mut held: HashMap<u32, Vec<(u64, u64, usize)>> = HashMap::new();
-    for f in findings {
+    // A holder seen in the same state (same locks, inode and blocking
+    // function) by several findings is one span, from first to last sight.
+    let mut held_at: HashMap<(u32, Vec<Held>, u64, Option<String>), usize> = HashMap::new();
+    let same = |a: &Finding, b: &Finding| a.rule == b.rule && a.servicer.tid == b.servicer.tid;
+    for f in findings.all {
         let s = &f.servicer;
         let servicer = (s.tgid, s.tid);
         let info =
@@ -495,6 +594,10 @@ fn from_findings(findings: &[Finding], tracks: &mut BTreeMap<TaskKey, TaskInfo>)
             info.serving = Dev::parse(&f.device);
         }
         items.push(Item::Instant { ts: f.first_ns, task: servicer, mark: Mark::Finding(Box::new(f.clone())) });
+    }
+    let replayed_only = findings.all.iter().filter(|f| !findings.live.iter().any(|l| same(l, f)));
+    for f in findings.live.iter().chain(replayed_only) {
+        let servicer = (f.servicer.tgid, f.servicer.tid);
         let at = f.last_ns;
         for h in &f.holders {
             let task = (h.tgid, h.tid);
@@ -504,35 +607,27 @@ fn from_findings(findings: &[Finding], tracks: &mut BTreeMap<TaskKey, TaskInfo>)
             if info.comm.is_empty() {
                 info.comm = h.comm.clone();
             }
-            let start = at.saturating_sub(h.held_ms * 1_000_000);
-            let end = at.saturating_sub(h.released_ms_ago.unwrap_or(0) * 1_000_000).max(start);
-            let spans = held.entry(h.tid).or_default();
-            // The same holding seen by a later finding: keep the longer view.
-            if let Some(span) = spans.iter_mut().find(|(s, e, _)| start <= *e && *s <= end) {
-                if let Item::Complete { ts, dur, span: Span::Holding { held, released, .. }, .. } = &mut items[span.2] {
-                    let (from, to) = ((*ts).min(start), (*ts + *dur).max(end));
-                    (*ts, *dur) = (from, to - from);
-                    for k in &h.held {
-                        if !held.contains(k) {
-                            held.push(k.clone());
-                        }
-                    }
-                    *released = h.released_ms_ago.is_some();
+            let seen = at.saturating_sub(h.seen_ms_ago.saturating_mul(1_000_000));
+            let key = (h.tid, h.held.clone(), h.ino, h.blocked_in.clone());
+            match held_at.get(&key).map(|i| &mut items[*i]) {
+                Some(Item::Complete { ts, dur, span: Span::Holding { sightings, .. }, .. }) => {
+                    let (from, to) = ((*ts).min(seen), (*ts + *dur).max(seen));
+                    (*ts, *dur, *sightings) = (from, to - from, *sightings + 1);
                 }
-                (span.0, span.1) = (span.0.min(start), span.1.max(end));
-            } else {
-                spans.push((start, end, items.len()));
-                let span = Span::Holding { held: h.held.clone(), ino: h.ino, released: h.released_ms_ago.is_some() };
-                items.push(Item::Complete { ts: start, dur: end - start, task, span });
-            }
-            if let Some(b) = &h.blocked_in {
-                if h.released_ms_ago.is_none() {
-                    items.push(Item::Instant { ts: at, task, mark: Mark::Blocked { frames: vec![b.clone()] } });
+                _ => {
+                    held_at.insert(key, items.len());
+                    let span = Span::Holding {
+                        held: h.held.clone(),
+                        ino: h.ino,
+                        blocked_in: h.blocked_in.clone(),
+                        sightings: 1,
+                    };
+                    items.push(Item::Complete { ts: seen, dur: 0, task, span });
                 }
             }
             flow += 1;
             items.push(Item::FlowOut { ts: f.first_ns, task: servicer, id: flow });
-            items.push(Item::FlowIn { ts: f.first_ns.clamp(start, end), task, id: flow });
+            items.push(Item::FlowIn { ts: seen, task, id: flow });
         }
         for link in &f.chain {
             let Some((comm, tid, frames)) = parse_chain(link) else { continue };
@@ -566,12 +661,10 @@ fn parse_chain(link: &str) -> Option<(&str, u32, Vec<String>)> {
     Some((comm, tid.parse().ok()?, frames))
 }
 
-/// A builder with what the findings (and `more`, made likewise before the
-/// events) say queued on their tracks.
-fn start<'s, S: Sink>(sink: &'s mut S, findings: &[Finding], more: Vec<Item>) -> Builder<'s, S> {
+/// A builder with what the findings say queued on their tracks.
+fn start<'s, S: Sink>(sink: &'s mut S, findings: Findings<'_>) -> Builder<'s, S> {
     let mut infos = BTreeMap::new();
-    let mut items = from_findings(findings, &mut infos);
-    items.extend(more);
+    let items = from_findings(findings, &mut infos);
     let mut b = Builder::new(sink);
     for (key, info) in infos {
         b.track(key).info = info;
@@ -580,10 +673,17 @@ fn start<'s, S: Sink>(sink: &'s mut S, findings: &[Finding], more: Vec<Item>) ->
     b
 }
 
+/// `file` from its start, for one more pass.
+fn again(file: &File, name: &str) -> Result<BufReader<File>> {
+    let mut f = file.try_clone().with_context(|| format!("{name}: cannot read it again"))?;
+    f.rewind().with_context(|| format!("{name}: cannot read it again"))?;
+    Ok(BufReader::with_capacity(256 << 10, f))
+}
+
 /// How a trace file's timestamps map to Unix time. A header without the
 /// offset costs one pass over the file, to estimate it.
-pub fn trace_clock(path: &std::path::Path) -> Result<Clock> {
-    let reader = TraceReader::open(path)?;
+pub fn trace_clock(file: &File, name: &str) -> Result<Clock> {
+    let reader = TraceReader::new(again(file, name)?, name)?;
     if let Some(o) = reader.header().monotonic_to_unix_ns {
         return Ok(Clock::Header(o));
     }
@@ -599,9 +699,9 @@ pub fn trace_clock(path: &std::path::Path) -> Result<Clock> {
 }
 
 /// Streams a trace file's events into `sink` with what `findings` add.
-pub fn from_trace<S: Sink>(path: &std::path::Path, findings: &[Finding], sink: &mut S) -> Result<Totals> {
-    let reader = TraceReader::open(path)?;
-    let mut b = start(sink, findings, Vec::new());
+pub fn from_trace<S: Sink>(file: &File, name: &str, findings: Findings<'_>, sink: &mut S) -> Result<Totals> {
+    let reader = TraceReader::new(again(file, name)?, name)?;
+    let mut b = start(sink, findings);
     for rec in reader {
         match rec {
             Record::Stack(s) => b.stack(s.id, s.frames.into_iter().map(|f| f.symbol).collect()),
@@ -610,69 +710,55 @@ pub fn from_trace<S: Sink>(path: &std::path::Path, findings: &[Finding], sink: &
                     b.event(&ev)?;
                 }
             }
-            Record::Symbol(s) => {
-                b.symbols.insert(s.addr, s.symbol);
-            }
+            Record::Symbol(s) => b.symbol(s.addr, s.symbol),
             Record::Finding(_) | Record::Topology(_) => {}
         }
     }
     b.finish()
 }
 
-/// The same from an imported ftrace capture, whose D-state intervals (from
-/// `sched_switch`) become slices; `servicers` as given to the report.
+/// The same from an ftrace text capture, streamed twice: once for the
+/// shrinker callbacks' names (the capture numbers them as it meets them),
+/// once for the events and the D-state sleeps (from `sched_switch`), which
+/// become slices. `servicers` as given to the report.
 pub fn from_capture<S: Sink>(
-    import: &Import,
+    file: &File,
+    name: &str,
     servicers: &[(u32, Dev)],
-    findings: &[Finding],
+    gfp: &GfpNames,
+    findings: Findings<'_>,
     sink: &mut S,
 ) -> Result<Totals> {
-    let mut b = start(sink, findings, d_states(import));
-    for d in &import.blocked {
-        let t = b.track((d.tgid, d.tid));
-        if t.info.comm.is_empty() {
-            t.info.comm = d.comm.clone();
-        }
+    let not_a_capture = || format!("{name}: not an ftrace text capture");
+    let names = ftrace::stream(again(file, name)?, gfp, |_| {}).with_context(not_a_capture)?;
+    let mut b = start(sink, findings);
+    for s in names.symbols {
+        b.symbol(s.addr, s.symbol);
     }
-    b.symbols.extend(import.symbols.iter().map(|s| (s.addr, s.symbol.clone())));
-    for ev in &import.events {
-        let mut ev = *ev;
-        let c = ev.ctx_mut();
-        if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
-            c.serving_dev = dev.to_kernel();
+    // The importer calls back without a way to fail: the first error stops
+    // the work and is returned once the stream is read.
+    let mut failed = None;
+    ftrace::stream(again(file, name)?, gfp, |item| {
+        if failed.is_some() {
+            return;
         }
-        b.event(&ev)?;
+        let done = match item {
+            ftrace::Item::Event(mut ev) => {
+                let c = ev.ctx_mut();
+                if let Some((_, dev)) = servicers.iter().find(|(p, _)| *p == c.tgid || *p == c.tid) {
+                    c.serving_dev = dev.to_kernel();
+                }
+                b.event(&ev)
+            }
+            ftrace::Item::Blocked(d) => b.blocked(&d),
+        };
+        failed = done.err();
+    })
+    .with_context(not_a_capture)?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     b.finish()
-}
-
-/// A capture's D-state intervals as slices. A capture filtered by pid
-/// misses the switch that woke a task on another CPU, and then dates the
-/// wakeup at a much later switch; but a task that writes an event, or goes
-/// to sleep again, has run: each interval ends by then.
-fn d_states(import: &Import) -> Vec<Item> {
-    let end = import.events.last().map(|ev| ev.ctx().ts_ns).unwrap_or(0);
-    let mut ran: HashMap<u32, Vec<u64>> = HashMap::new();
-    for ev in &import.events {
-        ran.entry(ev.ctx().tid).or_default().push(ev.ctx().ts_ns);
-    }
-    for d in &import.blocked {
-        ran.entry(d.tid).or_default().push(d.ts_ns);
-    }
-    for times in ran.values_mut() {
-        times.sort_unstable();
-    }
-    import
-        .blocked
-        .iter()
-        .map(|d| {
-            let times = &ran[&d.tid];
-            let next_run = times.get(times.partition_point(|t| *t <= d.ts_ns)).copied();
-            let until = [d.until_ns, next_run, Some(end.max(d.ts_ns))].into_iter().flatten().min().unwrap_or(d.ts_ns);
-            let span = Span::DState { function: None };
-            Item::Complete { ts: d.ts_ns, dur: until - d.ts_ns, task: (d.tgid, d.tid), span }
-        })
-        .collect()
 }
 
 #[cfg(test)]

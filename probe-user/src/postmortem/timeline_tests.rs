@@ -10,8 +10,7 @@ use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx, Writeb
 use serde_json::json;
 
 use super::*;
-use crate::detect::finding::{Holder, ServicerDesc, Severity};
-use crate::postmortem::ftrace::DStateInterval;
+use crate::detect::finding::{LockHolder, ServicerDesc, Severity};
 use crate::trace::{EventRecord, Frame, StackRecord, TraceHeader, TraceWriter};
 
 const QSD: (u32, u32) = (4242, 4243);
@@ -71,10 +70,11 @@ fn header(offset: Option<i64>) -> TraceHeader {
 /// The qsd deadlock in miniature: one memcg reclaim that returns, a second
 /// that waits on writeback of 7:0 and never returns.
 fn write_trace(path: &Path, offset: Option<i64>) {
-    let mut w = TraceWriter::create(path, header(offset), None, 1).unwrap();
+    let mut w = TraceWriter::create(path, header(offset), None, 1, false).unwrap();
     let stack = Record::Stack(StackRecord {
         id: 9,
         frames: vec![
+            Frame { addr: 0, symbol: "bpf_trace_run2+0x103".into() },
             Frame { addr: 1, symbol: "folio_wait_writeback+0x2a/0x80".into() },
             Frame { addr: 2, symbol: "shrink_folio_list+0x3a/0x9f0".into() },
         ],
@@ -104,20 +104,14 @@ fn finding() -> Finding {
     let mut f: Finding = serde_json::from_value(f).unwrap();
     f.severity = Severity::Deadlock;
     f.servicer = ServicerDesc { tid: QSD.1, ..f.servicer };
-    f.holders = vec![Holder {
+    f.holders = vec![LockHolder {
         tid: 900,
         tgid: 900,
         comm: "dd".into(),
-        ilock_excl: 0,
-        ilock_shared: 0,
-        iolock: 1,
+        held: vec![Held::IolockExcl],
         ino: 131,
-        trans: 0,
-        handles: 0,
-        held: vec!["IOLOCK".into()],
-        held_ms: 8,
-        released_ms_ago: None,
-        blocked_in: Some("balance_dirty_pages".into()),
+        blocked_in: Some("balance_dirty_pages+0x1f2".into()),
+        seen_ms_ago: 8,
     }];
     f
 }
@@ -148,9 +142,13 @@ fn a_recorded_deadlock_becomes_closed_slices_on_ordered_tracks_with_links() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qsd.trace");
     write_trace(&path, Some(42));
-    assert_eq!(trace_clock(&path).unwrap(), Clock::Header(42));
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(trace_clock(&file, "qsd.trace").unwrap(), Clock::Header(42));
     let mut items = Items::default();
-    let totals = from_trace(&path, &[finding()], &mut items).unwrap();
+    let mut again = finding();
+    (again.first_ns, again.last_ns, again.chain, again.rule) = (9_500_000, 9_500_000, vec![], "RS102".into());
+    let live = [finding(), again];
+    let totals = from_trace(&file, "qsd.trace", Findings { all: &live, live: &live }, &mut items).unwrap();
     let items = items.0;
     check_tracks(&items);
     assert_eq!(totals.events, 4);
@@ -158,23 +156,25 @@ fn a_recorded_deadlock_becomes_closed_slices_on_ordered_tracks_with_links() {
 
     let begins = items.iter().filter(|i| matches!(i, Item::Begin { span: Span::Reclaim { .. }, .. })).count();
     assert_eq!(begins, 2);
-    // The second reclaim never returned: it ends with the trace, after the
-    // holder's span (which runs to the finding's last sighting).
+    // The second reclaim never returned: it ends with the trace, whose
+    // last word is the second finding's.
     let ends: Vec<&Close> =
         items.iter().filter_map(|i| if let Item::End { close, .. } = i { Some(close) } else { None }).collect();
     assert!(matches!(ends[0], Close::Returned { nr_reclaimed: 0, duration_ns: 1_000 }));
     assert_eq!(ends[1..], [&Close::TraceEnd, &Close::TraceEnd]);
-    assert!(items.iter().any(|i| matches!(i, Item::End { ts: 9_000_000, task: QSD, close: Close::TraceEnd })));
-    // The wait names what it blocks in, from the stack record.
+    assert!(items.iter().any(|i| matches!(i, Item::End { ts: 9_500_000, task: QSD, close: Close::TraceEnd })));
+    // The wait names what it blocks in, from the stack record (the probe's
+    // own frames left out).
     assert!(items.iter().any(|i| matches!(i,
         Item::Begin { span: Span::WritebackWait { dev: Some(d), stack, .. }, .. }
             if d.to_string() == "7:0" && stack[0].starts_with("folio_wait_writeback"))));
     // The finding is an instant on the servicer at its first sighting.
     assert!(items.iter().any(|i| matches!(i, Item::Instant { ts: 3_500_000, task: QSD, mark: Mark::Finding(_) })));
-    // The holder held IOLOCK for the 8 ms before the finding's last sighting.
+    // Both findings saw the writer blocked holding IOLOCK, 8 ms before
+    // each: one span from the first sighting to the last.
     assert!(items.iter().any(|i| matches!(
         i,
-        Item::Complete { ts: 1_000_000, dur: 8_000_000, task: (900, 900), span: Span::Holding { .. } }
+        Item::Complete { ts: 1_000_000, dur: 500_000, task: (900, 900), span: Span::Holding { sightings: 2, .. } }
     )));
     // Links: servicer -> holder, flusher -> servicer, each out and in once.
     let mut flows: BTreeMap<u64, (Option<TaskKey>, Option<TaskKey>)> = BTreeMap::new();
@@ -186,7 +186,7 @@ fn a_recorded_deadlock_becomes_closed_slices_on_ordered_tracks_with_links() {
         }
     }
     let pairs: Vec<_> = flows.values().map(|(a, b)| (a.unwrap(), b.unwrap())).collect();
-    assert_eq!(pairs, [(QSD, (900, 900)), ((77, 77), QSD)]);
+    assert_eq!(pairs, [(QSD, (900, 900)), ((77, 77), QSD), (QSD, (900, 900))]);
     // Who is who.
     let tasks: Vec<&TaskInfo> =
         items.iter().filter_map(|i| if let Item::Task(t) = i { Some(t) } else { None }).collect();
@@ -200,7 +200,8 @@ fn an_older_trace_gets_its_clock_from_the_quickest_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.trace");
     write_trace(&path, None);
-    assert_eq!(trace_clock(&path).unwrap(), Clock::Estimated((READ_LAG + 2_000) as i64));
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(trace_clock(&file, "old.trace").unwrap(), Clock::Estimated((READ_LAG + 2_000) as i64));
 }
 
 #[test]
@@ -213,43 +214,88 @@ fn waiting_chain_entries_parse() {
     assert_eq!(parse_chain("no tid here"), None);
 }
 
-#[test]
-fn a_capture_d_state_ends_when_the_task_runs_again() {
-    let begin = |ts| match reclaim(EventKind::ReclaimBegin, ts) {
-        Record::Event(e) => e.event().unwrap(),
-        _ => unreachable!(),
-    };
-    let d = |ts, until| DStateInterval { ts_ns: ts, tid: QSD.1, tgid: QSD.0, comm: "qsd".into(), until_ns: until };
-    let import = Import {
-        events: vec![begin(1_000), begin(5_000), begin(9_000)],
-        // The second's wakeup was not captured: it is dated at the third's.
-        blocked: vec![d(2_000, Some(3_000)), d(6_000, Some(8_500)), d(7_000, Some(8_500))],
-        ..Default::default()
-    };
-    let durs: Vec<u64> = d_states(&import)
+/// An ftrace text capture of `lines` (`(seconds, pid, comm, event: fields)`).
+fn capture(dir: &Path, lines: &[(&str, &str)]) -> std::fs::File {
+    let path = dir.join("capture.txt");
+    let text: String = lines
         .iter()
-        .filter_map(|i| if let Item::Complete { dur, .. } = i { Some(*dur) } else { None })
+        .map(|(ts, body)| format!("              dd-4243    (   4242) [000] d..2.   {ts}: {body}\n"))
         .collect();
-    assert_eq!(durs, [1_000, 1_000, 1_500]);
+    std::fs::write(&path, format!("# tracer: nop\n#\n{text}")).unwrap();
+    std::fs::File::open(path).unwrap()
+}
+
+const TO_D: &str = "sched_switch: prev_comm=dd prev_pid=4243 prev_prio=120 prev_state=D ==> next_comm=swapper/0 next_pid=0 next_prio=120";
+const WAKE: &str = "sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=dd next_pid=4243 next_prio=120";
+
+#[test]
+fn a_capture_places_its_d_states_and_findings_in_time_and_leaves_out_a_sleep_its_task_outran() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = capture(
+        dir.path(),
+        &[
+            ("1.000000", "mm_vmscan_memcg_reclaim_begin: order=0 gfp_flags=GFP_HIGHUSER_MOVABLE"),
+            ("1.000100", TO_D),
+            ("1.000200", WAKE),
+            ("1.000300", TO_D),
+            // It runs without a captured wake-up: where that sleep ended is not known.
+            ("1.000500", "mm_vmscan_memcg_reclaim_end: nr_reclaimed=32"),
+            ("1.000600", TO_D),
+            ("1.000700", WAKE),
+        ],
+    );
+    let mut f = finding();
+    (f.first_ns, f.last_ns, f.holders, f.chain) = (1_000_250_000, 1_000_250_000, vec![], vec![]);
+    f.servicer = ServicerDesc { tgid: 4242, tid: 4243, ..f.servicer };
+    let mut items = Items::default();
+    let servicers = [(4242, Dev { major: 7, minor: 0 })];
+    let totals = from_capture(
+        &file,
+        "capture.txt",
+        &servicers,
+        &GfpNames::builtin(),
+        Findings { all: &[f], live: &[] },
+        &mut items,
+    )
+    .unwrap();
+    check_tracks(&items.0);
+    assert_eq!(totals.d_states_left_out, 1);
+    let on_task: Vec<(u64, &str)> = items
+        .0
+        .iter()
+        .filter(|i| i.task() == Some((4242, 4243)))
+        .map(|i| {
+            let what = match i {
+                Item::Begin { .. } => "B",
+                Item::End { .. } => "E",
+                Item::Complete { .. } => "X",
+                Item::Instant { .. } => "i",
+                _ => "?",
+            };
+            (i.ts(), what)
+        })
+        .collect();
+    assert_eq!(
+        on_task,
+        [(1_000_000_000, "B"), (1_000_100_000, "X"), (1_000_250_000, "i"), (1_000_500_000, "E"), (1_000_600_000, "X"),]
+    );
 }
 
 #[test]
-fn a_capture_merges_findings_and_d_states_in_time_on_one_track() {
-    let begin = |ts| match reclaim(EventKind::ReclaimBegin, ts) {
-        Record::Event(e) => e.event().unwrap(),
-        _ => unreachable!(),
-    };
-    let d = |ts, until| DStateInterval { ts_ns: ts, tid: QSD.1, tgid: QSD.0, comm: "qsd".into(), until_ns: until };
-    let import = Import {
-        events: vec![begin(1_000), begin(9_000)],
-        blocked: vec![d(2_000, Some(3_000)), d(6_000, Some(7_000))],
-        ..Default::default()
-    };
-    let mut f = finding();
-    (f.first_ns, f.last_ns, f.holders, f.chain) = (4_000, 4_000, vec![], vec![]);
+fn holders_are_timed_by_the_live_finding_not_the_replays_later_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qsd.trace");
+    write_trace(&path, Some(0));
+    let live = [finding()];
+    let mut replayed = finding();
+    (replayed.last_ns, replayed.holders, replayed.chain) = (20_000_000, vec![], vec![]);
     let mut items = Items::default();
-    from_capture(&import, &[(QSD.0, Dev { major: 7, minor: 0 })], &[f], &mut items).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    from_trace(&file, "qsd.trace", Findings { all: &[replayed], live: &live }, &mut items).unwrap();
     check_tracks(&items.0);
-    let on_qsd: Vec<u64> = items.0.iter().filter(|i| i.task() == Some(QSD)).map(Item::ts).collect();
-    assert_eq!(on_qsd, [1_000, 2_000, 4_000, 6_000, 9_000, 9_000, 9_000]);
+    let spans: Vec<u64> =
+        items.0.iter().filter_map(|i| if let Item::Complete { ts, .. } = i { Some(*ts) } else { None }).collect();
+    assert_eq!(spans, [1_000_000], "8 ms before the live finding's 9 ms");
+    let instants = items.0.iter().filter(|i| matches!(i, Item::Instant { mark: Mark::Finding(_), .. })).count();
+    assert_eq!(instants, 1, "one instant per finding");
 }

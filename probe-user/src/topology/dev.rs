@@ -19,12 +19,17 @@ pub struct Dev {
 /// include/linux/kdev_t.h
 const MINORBITS: u32 = 20;
 const MINORMASK: u32 = (1 << MINORBITS) - 1;
+/// A kernel `dev_t` is 32 bits: 12 of major, 20 of minor.
+const MAJORBITS: u32 = 32 - MINORBITS;
 
 impl Dev {
     /// 0:0 is never handed out (anonymous devices start at minor 1), so it
     /// stands for "no device known", e.g. a named servicer whose device
     /// cannot be found.
     pub const NONE: Dev = Dev { major: 0, minor: 0 };
+
+    /// What [`parse`](Self::parse) accepts, for messages about a number it refused.
+    pub const FORMAT: &'static str = "MAJOR:MINOR, MAJOR below 4096 and MINOR below 1048576";
 
     pub const fn new(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
@@ -46,10 +51,13 @@ impl Dev {
         Dev { major: libc::major(d), minor: libc::minor(d) }
     }
 
-    /// Parses sysfs/mountinfo's "7:0".
+    /// Parses sysfs/mountinfo's "7:0". A number the kernel's `dev_t` cannot
+    /// hold is refused: [`to_kernel`](Self::to_kernel) would fold it onto
+    /// another device, so the BPF programs would watch the wrong one.
     pub fn parse(s: &str) -> Option<Dev> {
         let (major, minor) = s.trim().split_once(':')?;
-        Some(Dev { major: major.parse().ok()?, minor: minor.parse().ok()? })
+        let d = Dev { major: major.parse().ok()?, minor: minor.parse().ok()? };
+        (d.major >> MAJORBITS == 0 && d.minor >> MINORBITS == 0).then_some(d)
     }
 
     /// Anonymous devices (major 0) belong to filesystems without a block
@@ -91,6 +99,10 @@ mod tests {
         assert_eq!(Dev::parse("254:16\n"), Some(Dev::new(254, 16)));
         assert_eq!(Dev::parse("7"), None);
         assert_eq!(Dev::parse("a:b"), None);
+        assert_eq!(Dev::parse("4095:1048575"), Some(Dev::new(4095, (1 << 20) - 1)));
+        assert_eq!(Dev::parse("4096:0"), None, "a 12-bit major");
+        assert_eq!(Dev::parse("0:1048576"), None, "a 20-bit minor");
+        assert_eq!(Dev::parse("4294967295:4294967295"), None);
         assert_eq!(Dev::new(0, 39).to_string(), "0:39");
     }
 }

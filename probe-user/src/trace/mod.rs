@@ -28,11 +28,19 @@ mod tests_files;
 pub use clock::{monotonic_to_unix_ns, OffsetEstimate};
 pub use frame::{Damage, DamageReason, MAX_PAYLOAD};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
-pub use record::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader};
-pub use writer::TraceWriter;
+pub use record::{
+    json_cost, EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, MAX_FRAMES, MAX_JSON_COST,
+    MAX_SYMBOL,
+};
+pub use writer::{TraceWriter, MAX_FILES};
 
 /// The first eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"RCLMSCP\0";
+
+/// Whether a file starting with `head` is a trace (by its magic, whatever follows).
+pub fn is_trace(head: &[u8]) -> bool {
+    head.starts_with(&MAGIC)
+}
 
 /// The format this build writes, and the newest it reads. Bump it for any
 /// change an older reader would misread; adding a record type counts.

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::frame::{self, Damage, DamageReason, Next, RecordType};
-use super::record::{Record, TraceHeader};
+use super::record::{decode_json, Record, TraceHeader};
 use super::{FORMAT_VERSION, MAGIC, PREAMBLE_LEN};
 
 /// Why a file cannot be read as a trace at all. Each prints as one line
@@ -101,11 +101,9 @@ impl<R: Read> TraceReader<R> {
             return Err(err(TraceErrorKind::NewerVersion(version)));
         }
         let (header, len) = match frame::read(&mut src) {
-            Next::Record { ty: RecordType::Header, payload, len } => match serde_json::from_slice(&payload) {
+            Next::Record { ty: RecordType::Header, payload, len } => match decode_json(&payload) {
                 Ok(h) => (h, len),
-                Err(e) => {
-                    return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::BadPayload(e.to_string())))))
-                }
+                Err(e) => return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::BadPayload(e))))),
             },
             Next::Record { .. } => {
                 return Err(err(TraceErrorKind::BadHeader(header_damage(DamageReason::BadPayload(
@@ -120,6 +118,12 @@ impl<R: Read> TraceReader<R> {
 
     pub fn header(&self) -> &TraceHeader {
         &self.header
+    }
+
+    /// The header, to take parts of it out (a replay keeps only what it
+    /// needs of a header that may be large).
+    pub fn header_mut(&mut self) -> &mut TraceHeader {
+        &mut self.header
     }
 
     /// The format version the file was written with.

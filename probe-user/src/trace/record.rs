@@ -2,7 +2,7 @@
 //! everything but events, which keep the kernel's bytes.
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::{de::IgnoredAny, Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::frame::RecordType;
@@ -71,14 +71,80 @@ impl EventRecord {
     }
 }
 
+/// The most frames a stack record keeps when read: the kernel's
+/// PERF_MAX_STACK_DEPTH, the deepest stack the agent can record.
+pub const MAX_FRAMES: usize = 127;
+
+/// The longest symbol a frame keeps when read, in bytes: the kernel's
+/// KSYM_NAME_LEN (512) with room for `+0x.../0x...` and ` [module]`.
+pub const MAX_SYMBOL: usize = 640;
+
+/// The most memory a JSON record may take once decoded, as [`json_cost`]
+/// estimates it. A record over it is damage: the writer makes nothing close.
+pub const MAX_JSON_COST: usize = 64 << 20;
+
+/// An upper bound on the memory `payload` takes as a `serde_json::Value`:
+/// its bytes, plus 64 for every value or key, each of which follows one of
+/// `[{,:` (or is the first). A megabyte of `[0,0,...]` becomes half a million
+/// 32-byte values; this is what keeps that out.
+pub fn json_cost(payload: &[u8]) -> usize {
+    let values = payload.iter().filter(|b| matches!(b, b'[' | b'{' | b',' | b':')).count();
+    payload.len() + 64 * (values + 1)
+}
+
+/// Decodes a JSON payload once [`json_cost`] says it fits.
+pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, String> {
+    let cost = json_cost(payload);
+    if cost > MAX_JSON_COST {
+        return Err(format!(
+            "{} bytes of JSON would take about {} MiB decoded, over the {} MiB limit",
+            payload.len(),
+            cost >> 20,
+            MAX_JSON_COST >> 20
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
 /// A kernel stack with its symbols, so the file reads on another machine.
 /// Written before the first event that uses `id` (in every file); if the
 /// stack map reuses an id, a later record with the same id replaces it.
+/// Read back, it keeps at most [`MAX_FRAMES`] frames of at most
+/// [`MAX_SYMBOL`] bytes each, whatever the file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackRecord {
     pub id: i32,
     /// Innermost first.
+    #[serde(deserialize_with = "bounded_frames")]
     pub frames: Vec<Frame>,
+}
+
+/// The first [`MAX_FRAMES`] frames, their symbols cut at [`MAX_SYMBOL`];
+/// the rest is parsed (so the JSON is still checked) but not kept.
+fn bounded_frames<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Frame>, D::Error> {
+    struct Frames;
+    impl<'de> serde::de::Visitor<'de> for Frames {
+        type Value = Vec<Frame>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of frames")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Frame>, A::Error> {
+            let mut frames = Vec::new();
+            while frames.len() < MAX_FRAMES {
+                let Some(mut f) = seq.next_element::<Frame>()? else { return Ok(frames) };
+                let mut end = f.symbol.len().min(MAX_SYMBOL);
+                while !f.symbol.is_char_boundary(end) {
+                    end -= 1;
+                }
+                f.symbol.truncate(end);
+                f.symbol.shrink_to_fit();
+                frames.push(f);
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(frames)
+        }
+    }
+    d.deserialize_seq(Frames)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,9 +202,6 @@ impl Record {
 
     /// Decodes a checksummed payload; the error says what is wrong with it.
     pub(crate) fn decode(ty: RecordType, payload: &[u8]) -> Result<Record, String> {
-        fn json<T: for<'de> Deserialize<'de>>(p: &[u8]) -> Result<T, String> {
-            serde_json::from_slice(p).map_err(|e| e.to_string())
-        }
         Ok(match ty {
             RecordType::Event => {
                 let (ts, data) = payload
@@ -146,10 +209,10 @@ impl Record {
                     .ok_or_else(|| format!("event record of {} bytes has no timestamp", payload.len()))?;
                 Record::Event(EventRecord { unix_ns: u64::from_le_bytes(*ts), data: data.to_vec() })
             }
-            RecordType::Stack => Record::Stack(json(payload)?),
-            RecordType::Symbol => Record::Symbol(json(payload)?),
-            RecordType::Finding => Record::Finding(json(payload)?),
-            RecordType::Topology => Record::Topology(json(payload)?),
+            RecordType::Stack => Record::Stack(decode_json(payload)?),
+            RecordType::Symbol => Record::Symbol(decode_json(payload)?),
+            RecordType::Finding => Record::Finding(decode_json(payload)?),
+            RecordType::Topology => Record::Topology(decode_json(payload)?),
             RecordType::Header => return Err("a second header record".into()),
         })
     }

@@ -88,7 +88,7 @@ fn sample(dir: &Path) -> (PathBuf, Vec<Record>) {
         reclaim(2, 3),
         reclaim(3, -1),
     ];
-    let mut w = TraceWriter::create(&path, header(), None, 1).unwrap();
+    let mut w = TraceWriter::create(&path, header(), None, 1, false).unwrap();
     for r in &records {
         w.write(r).unwrap();
     }
@@ -138,7 +138,7 @@ fn round_trip() {
 fn repeated_stack_records_are_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.rst");
-    let mut w = TraceWriter::create(&path, header(), None, 1).unwrap();
+    let mut w = TraceWriter::create(&path, header(), None, 1, false).unwrap();
     assert!(!w.has_stack(3));
     w.write(&stack(3)).unwrap();
     w.write(&stack(3)).unwrap();
@@ -154,7 +154,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rot.rst");
     let max_size = 16 << 10;
-    let mut w = TraceWriter::create(&path, header(), Some(max_size), 3).unwrap();
+    let mut w = TraceWriter::create(&path, header(), Some(max_size), 3, false).unwrap();
     let scan_fn = 0xffff_ffff_8170_0000;
     w.write(&symbol(scan_fn)).unwrap();
     let mut written = Vec::new();
@@ -215,7 +215,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
 fn one_file_rotation_replaces_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("one.rst");
-    let mut w = TraceWriter::create(&path, header(), Some(8 << 10), 1).unwrap();
+    let mut w = TraceWriter::create(&path, header(), Some(8 << 10), 1, false).unwrap();
     for i in 0..500 {
         w.write(&reclaim(i, -1)).unwrap();
     }
@@ -230,7 +230,7 @@ fn one_file_rotation_replaces_the_file() {
 fn a_record_larger_than_max_size_is_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.rst");
-    let mut w = TraceWriter::create(&path, header(), Some(1024), 2).unwrap();
+    let mut w = TraceWriter::create(&path, header(), Some(1024), 2, false).unwrap();
     let big = Record::Finding(json!({"text": "x".repeat(4000)}));
     w.write(&big).unwrap();
     w.write(&big).unwrap();
@@ -383,9 +383,12 @@ fn huge_lengths_are_refused_without_allocating() {
 #[test]
 fn oversized_records_are_refused_by_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = TraceWriter::create(&dir.path().join("t.rst"), header(), None, 1).unwrap();
+    let mut w = TraceWriter::create(&dir.path().join("t.rst"), header(), None, 1, false).unwrap();
     let e = Record::Event(EventRecord { unix_ns: 0, data: vec![0; MAX_PAYLOAD as usize] });
     let msg = format!("{:#}", w.write(&e).unwrap_err());
     assert_eq!(msg, "event record of 16777224 bytes exceeds the 16 MiB record limit");
-    assert!(TraceWriter::create(&dir.path().join("u.rst"), header(), None, 0).is_err());
+    assert!(TraceWriter::create(&dir.path().join("u.rst"), header(), None, 0, false).is_err());
+    let err = TraceWriter::create(&dir.path().join("v.rst"), header(), None, usize::MAX, false).err().unwrap();
+    assert_eq!(err.to_string(), format!("a trace keeps 1 to {MAX_FILES} files, not {}", usize::MAX));
+    assert!(!dir.path().join("v.rst").exists());
 }

@@ -15,7 +15,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn create_err(path: &Path) -> String {
-    let err = TraceWriter::create(path, header(), None, 1).err().expect("creating the trace must fail");
+    let err = TraceWriter::create(path, header(), None, 1, false).err().expect("creating the trace must fail");
     let msg = format!("{err:#}");
     assert!(!msg.contains('\n'), "{msg}");
     msg
@@ -37,7 +37,7 @@ fn traces_are_private_whatever_the_umask() {
     fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
     // SAFETY: umask only swaps the process's file-creation mask.
     let saved = unsafe { libc::umask(0o022) };
-    let made = TraceWriter::create(&fresh, header(), Some(4 << 10), 3);
+    let made = TraceWriter::create(&fresh, header(), Some(4 << 10), 3, false);
     // SAFETY: as above, restoring the mask found.
     unsafe { libc::umask(saved) };
     let mut w = made.unwrap();
@@ -46,7 +46,7 @@ fn traces_are_private_whatever_the_umask() {
     for name in ["fresh.trace", "fresh.trace.1", "fresh.trace.2"] {
         assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
     }
-    TraceWriter::create(&old, header(), None, 1).unwrap().finish().unwrap();
+    TraceWriter::create(&old, header(), None, 1, true).unwrap().finish().unwrap();
     assert_eq!(mode(&old), 0o600, "an existing file keeps its old mode");
 }
 
@@ -118,7 +118,7 @@ fn rotation_stays_in_the_directory_it_started_in() {
     let elsewhere = top.path().join("elsewhere");
     fs::create_dir(&logs).unwrap();
     fs::create_dir(&elsewhere).unwrap();
-    let mut w = TraceWriter::create(&logs.join("r.trace"), header(), Some(4 << 10), 3).unwrap();
+    let mut w = TraceWriter::create(&logs.join("r.trace"), header(), Some(4 << 10), 3, false).unwrap();
     fill(&mut w, 0);
     // The directory's path now leads somewhere else: rotation must not follow.
     let moved = top.path().join("logs.moved");

@@ -9,7 +9,7 @@
 //! so that a path component swapped for a symlink later cannot redirect
 //! rotation elsewhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
@@ -31,6 +31,11 @@ use super::{FORMAT_VERSION, MAGIC};
 /// ends between records, and a busy one makes few syscalls.
 const WRITE_AT: usize = 64 << 10;
 
+/// The most files a rotating trace keeps. Rotation renames every kept file
+/// once, in the event loop, so their number must stay small enough that a
+/// rotation costs milliseconds, not the agent's responsiveness to SIGTERM.
+pub const MAX_FILES: usize = 1000;
+
 /// An open trace file.
 ///
 /// Stack and symbol records are remembered, and the writer puts each one
@@ -48,6 +53,10 @@ pub struct TraceWriter {
     header: TraceHeader,
     max_size: Option<u64>,
     max_files: usize,
+    /// The `n` of every `FILE.n` (1 <= n < max_files) that exists: listed
+    /// once at the start, then kept up to date by rotation, so rotating
+    /// renames only files that are there.
+    rotated: BTreeSet<usize>,
     file: File,
     /// Whole framed records not yet written to `file`.
     pending: Vec<u8>,
@@ -75,18 +84,40 @@ struct Needs {
 }
 
 impl TraceWriter {
-    /// Creates (or truncates) `path` and writes the header. With `max_size`,
-    /// the file is rotated before it would grow past that many bytes,
-    /// keeping at most `max_files` files: `path`, `path.1` (the newest
-    /// rotated one) ... `path.{max_files-1}`.
-    pub fn create(path: &Path, header: TraceHeader, max_size: Option<u64>, max_files: usize) -> Result<TraceWriter> {
-        if max_files == 0 {
-            bail!("a trace needs at least one file (max_files is 0)");
+    /// Checks, without changing anything, that [`create`](Self::create)
+    /// may write `path`: call it before the long work that precedes
+    /// `create` (loading the probes), so a wrong `-o` is refused at once.
+    pub fn check(path: &Path, force: bool) -> Result<()> {
+        let (dir, name) = open_dir(path)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+        match rfs::openat(&dir, &name, flags, Mode::empty()) {
+            Ok(fd) => check_existing(&fd, path, force),
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(open_error(e, path)),
+        }
+    }
+
+    /// Creates (or replaces) `path` and writes the header. An existing file
+    /// is replaced only if it is empty or a trace, unless `force`. With
+    /// `max_size`, the file is rotated before it would grow past that many
+    /// bytes, keeping at most `max_files` files (at most [`MAX_FILES`]):
+    /// `path`, `path.1` (the newest rotated one) ... `path.{max_files-1}`.
+    pub fn create(
+        path: &Path,
+        header: TraceHeader,
+        max_size: Option<u64>,
+        max_files: usize,
+        force: bool,
+    ) -> Result<TraceWriter> {
+        if !(1..=MAX_FILES).contains(&max_files) {
+            bail!("a trace keeps 1 to {MAX_FILES} files, not {max_files}");
         }
         let (dir, name) = open_dir(path)?;
-        let file = open_trace(&dir, &name, path)?;
+        let file = open_trace(&dir, &name, path, force)?;
         // The new directory entry must outlive a power cut as much as the data.
         sync_dir(&dir, path)?;
+        let rotated = rotated_files(&dir, &name, max_files)
+            .with_context(|| format!("cannot list the directory of {}", path.display()))?;
         let mut w = TraceWriter {
             path: path.to_path_buf(),
             dir,
@@ -94,6 +125,7 @@ impl TraceWriter {
             header,
             max_size,
             max_files,
+            rotated,
             file,
             pending: Vec::with_capacity(WRITE_AT * 2),
             size: 0,
@@ -237,13 +269,18 @@ impl TraceWriter {
         self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
         let kept = self.max_files - 1;
         if kept > 0 {
-            self.remove_if_present(&numbered(&self.name, kept))?;
-            for n in (1..kept).rev() {
-                self.rename_if_present(&numbered(&self.name, n), &numbered(&self.name, n + 1))?;
+            for (n, to) in shifts(&self.rotated, kept) {
+                match to {
+                    Some(to) => self.rename_if_present(&numbered(&self.name, n), &numbered(&self.name, to))?,
+                    None => self.remove_if_present(&numbered(&self.name, n))?,
+                }
             }
             self.rename_if_present(&self.name.clone(), &numbered(&self.name, 1))?;
+            self.rotated = self.rotated.iter().map(|n| n + 1).filter(|n| *n <= kept).collect();
+            self.rotated.insert(1);
         }
-        self.file = open_trace(&self.dir, &self.name, &self.path)?;
+        // What is at FILE now is our own trace (one file kept) or nothing.
+        self.file = open_trace(&self.dir, &self.name, &self.path, false)?;
         sync_dir(&self.dir, &self.path)?;
         self.start_file()
     }
@@ -305,20 +342,36 @@ fn open_dir(path: &Path) -> Result<(OwnedFd, OsString)> {
 /// Creates (or truncates) `name` in `dir` for writing, mode 0600.
 ///
 /// O_NOFOLLOW refuses a symlink in the last component, and O_NONBLOCK keeps
-/// a FIFO without a reader from hanging the open; fstat then refuses
-/// anything that is not a plain regular file of ours before a byte is
-/// truncated or written.
-fn open_trace(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<File> {
-    let shown = shown.display();
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = rfs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(|e| match e {
+/// a FIFO without a reader from hanging the open; [`check_existing`] then
+/// refuses what must not be replaced before a byte is truncated or written.
+fn open_trace(dir: &OwnedFd, name: &OsStr, path: &Path, force: bool) -> Result<File> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = rfs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(|e| open_error(e, path))?;
+    check_existing(&fd, path, force)?;
+    let shown = path.display();
+    // An existing file keeps its old mode through O_CREAT: make it private too.
+    rfs::fchmod(&fd, Mode::RUSR | Mode::WUSR).with_context(|| format!("cannot make {shown} private (0600)"))?;
+    rfs::ftruncate(&fd, 0).with_context(|| format!("cannot truncate {shown}"))?;
+    rfs::fcntl_setfl(&fd, OFlags::empty()).with_context(|| format!("cannot set {shown} to blocking writes"))?;
+    Ok(File::from(fd))
+}
+
+fn open_error(e: Errno, path: &Path) -> anyhow::Error {
+    let shown = path.display();
+    match e {
         Errno::LOOP => anyhow!("{shown} is a symbolic link; refusing to write a trace through it"),
         Errno::NXIO => anyhow!("{shown} is not a regular file (a FIFO); refusing to write a trace into it"),
         Errno::ISDIR => anyhow!("{shown} is a directory, not a trace file"),
         e => anyhow!("cannot create trace file {shown}: {e}"),
-    })?;
-    let st = rfs::fstat(&fd).with_context(|| format!("cannot stat {shown}"))?;
+    }
+}
+
+/// Refuses to replace `fd` (open on the trace's path) unless it is a plain
+/// regular file of ours that no other path shares, and, without `force`,
+/// empty or a reclaimscope trace: `-o /etc/fstab` is a typo, not a request.
+fn check_existing(fd: &OwnedFd, path: &Path, force: bool) -> Result<()> {
+    let shown = path.display();
+    let st = rfs::fstat(fd).with_context(|| format!("cannot stat {shown}"))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         bail!("{shown} is not a regular file; refusing to write a trace into it");
     }
@@ -330,11 +383,40 @@ fn open_trace(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<File> {
     if st.st_nlink > 1 {
         bail!("{shown} has {} hard links; refusing to overwrite a file that other paths share", st.st_nlink);
     }
-    // An existing file keeps its old mode through O_CREAT: make it private too.
-    rfs::fchmod(&fd, Mode::RUSR | Mode::WUSR).with_context(|| format!("cannot make {shown} private (0600)"))?;
-    rfs::ftruncate(&fd, 0).with_context(|| format!("cannot truncate {shown}"))?;
-    rfs::fcntl_setfl(&fd, OFlags::empty()).with_context(|| format!("cannot set {shown} to blocking writes"))?;
-    Ok(File::from(fd))
+    if st.st_size > 0 && !force {
+        let mut magic = [0u8; MAGIC.len()];
+        let got = rustix::io::pread(fd, &mut magic, 0).with_context(|| format!("cannot read {shown}"))?;
+        if got < MAGIC.len() || magic != MAGIC {
+            bail!("{shown} exists and is not a reclaimscope trace; refusing to overwrite it (--force would)");
+        }
+    }
+    Ok(())
+}
+
+/// The `n` of every `FILE.n` in `dir` that a trace of `max_files` files
+/// would rotate (1 <= n < max_files).
+fn rotated_files(dir: &OwnedFd, name: &OsStr, max_files: usize) -> Result<BTreeSet<usize>> {
+    let mut prefix = name.as_encoded_bytes().to_vec();
+    prefix.push(b'.');
+    let mut found = BTreeSet::new();
+    for entry in rfs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes().strip_prefix(&prefix[..]).and_then(|n| std::str::from_utf8(n).ok());
+        // "FILE.01" is not a name rotation makes.
+        if let Some(n) = n.filter(|n| !n.starts_with('0')).and_then(|n| n.parse::<usize>().ok()) {
+            if n < max_files {
+                found.insert(n);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The moves that make room for a new `FILE.1`, highest first: each
+/// present `FILE.n` goes to `FILE.n+1`, and the one at `kept` (the oldest
+/// that may stay) is removed (`None`). Only files that exist are touched.
+fn shifts(present: &BTreeSet<usize>, kept: usize) -> Vec<(usize, Option<usize>)> {
+    present.iter().rev().filter(|n| **n <= kept).map(|&n| (n, Some(n + 1).filter(|to| *to <= kept))).collect()
 }
 
 /// Makes the directory's entries (a new file, renames) durable.
@@ -347,4 +429,17 @@ fn numbered(name: &OsStr, n: usize) -> OsString {
     let mut s = name.to_os_string();
     s.push(format!(".{n}"));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_moves_only_the_files_that_exist() {
+        let present: BTreeSet<usize> = [1, 2, 5].into();
+        assert_eq!(shifts(&present, MAX_FILES - 1), [(5, Some(6)), (2, Some(3)), (1, Some(2))]);
+        assert_eq!(shifts(&present, 2), [(2, None), (1, Some(2))]);
+        assert_eq!(shifts(&BTreeSet::new(), MAX_FILES - 1), []);
+    }
 }

@@ -32,26 +32,9 @@ pub struct Agent {
     reader: Option<thread::JoinHandle<()>>,
 }
 
-/// Set by `cargo xtask test` in its emulated (qemu TCG) guests. There, a
-/// static key or ftrace site patched while another vCPU runs the function
-/// has crashed the guest ("Oops: int3" in ext4_da_write_begin, 6.12), and
-/// the on-demand hooks attach exactly when the write path is busiest. So in
-/// those guests the agents attach them once, at start (`--context-always`),
-/// as on every kernel before they were on demand; the host, whose kernel
-/// patches its text the way real hardware does, tests attaching on demand.
-pub const EMULATED: &str = "RECLAIMSCOPE_EMULATED_GUEST";
-
-pub fn emulated_guest() -> bool {
-    std::env::var_os(EMULATED).is_some()
-}
-
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
-        let mut args: Vec<&str> = args.to_vec();
-        if emulated_guest() && matches!(args.first(), Some(&("watch" | "monitor" | "record"))) {
-            args.push("--context-always");
-        }
-        let mut child = Command::new(bin()).args(&args).stdout(Stdio::piped()).spawn().expect("start reclaimscope");
+        let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).spawn().expect("start reclaimscope");
         let out = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -136,12 +119,6 @@ fn bpftool_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-/// Names of the loaded BPF programs (bpftool truncates to 15 characters).
-pub fn loaded_prog_names() -> Vec<String> {
-    let progs = bpftool_json(&["prog", "show"]);
-    progs.as_array().into_iter().flatten().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()
-}
-
 /// Names of the BPF programs attached now, by the kernel's list of links
 /// (`bpftool link show`), 15 characters as the kernel keeps them.
 pub fn attached_prog_names() -> Vec<String> {
@@ -157,11 +134,29 @@ pub fn attached_prog_names() -> Vec<String> {
         .collect()
 }
 
-/// True when one of our programs is still loaded.
-pub fn any_of_ours_loaded() -> bool {
-    const OURS: &[&str] =
-        &["tp_direct_reclaim_begin", "tp_memcg_reclaim_begin", "tp_folio_wait_writeback", "tp_sched_process_exit"];
-    loaded_prog_names().iter().any(|n| OURS.iter().any(|o| o.starts_with(n.as_str()) && n.len() >= 8))
+/// The ids of the BPF programs process `pid` holds, from the kernel's
+/// own account of its descriptors (`prog_id:` in /proc/PID/fdinfo).
+/// Names would also match another BPF tool's programs on the host.
+pub fn prog_ids_of(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let mut ids: Vec<u64> = fds
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{}", e.file_name().to_string_lossy()))
+                .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Which of `ids` the kernel still has loaded (`bpftool prog show`).
+pub fn still_loaded(ids: &[u64]) -> Vec<u64> {
+    let progs = bpftool_json(&["prog", "show"]);
+    progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
 }
 
 pub fn findings(lines: &[Value]) -> Vec<&Value> {
