@@ -2,9 +2,9 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use reclaimscope::{
-    cli::{audit, monitor, probes, record, report, watch},
+    cli::{audit, exec, generate, monitor, probes, record, report, watch},
     kernel::preflight,
     output::{stdout, terminal},
 };
@@ -37,6 +37,13 @@ enum Command {
     Record(record::RecordArgs),
     /// Replay a trace (or an ftrace text capture) offline; no root needed.
     Report(report::ReportArgs),
+    // No doc comment here: ExecArgs' own is the help.
+    Exec(exec::ExecArgs),
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        dir: std::path::PathBuf,
+    },
 }
 
 /// The commands that run the agent's event loop, on tokio.
@@ -47,7 +54,9 @@ async fn dispatch_agent(cmd: Command) -> anyhow::Result<i32> {
         Command::Record(a) => record::run(&a).await,
         // --measure runs a workload under the event loop.
         Command::Probes(a) => probes::measure(&a).await,
-        Command::Audit(_) | Command::Report(_) => unreachable!("run without a runtime"),
+        Command::Audit(_) | Command::Report(_) | Command::Exec(_) | Command::Generate { .. } => {
+            unreachable!("run without a runtime")
+        }
     }
 }
 
@@ -84,6 +93,14 @@ fn main() -> ExitCode {
         Command::Probes(a) if !a.measure => probes::run(&a),
         Command::Audit(a) => audit::run(&a),
         Command::Report(a) => report::run(&a),
+        // Before any runtime thread exists: the flag is set on the task that execs.
+        Command::Exec(a) => exec::run(&a),
+        Command::Generate { dir } => generate::write_all(Cli::command(), &dir).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+            0
+        }),
         cmd => run_agent(cmd),
     };
     match result {

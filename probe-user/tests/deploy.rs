@@ -164,7 +164,7 @@ fn the_systemd_unit_verifies() {
         return;
     };
     let unit = std::fs::read_to_string(deploy("systemd/reclaimscope.service")).unwrap();
-    const INSTALLED: &str = "/usr/local/bin/reclaimscope";
+    const INSTALLED: &str = "/usr/bin/reclaimscope";
     assert_eq!(unit.matches(INSTALLED).count(), 1, "one ExecStart= names the installed binary");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("reclaimscope.service");
@@ -195,5 +195,42 @@ fn the_deployment_guide_says_what_sighup_does() {
     assert!(about_hup.iter().any(|l| l.starts_with("| `SIGHUP` |") && l.contains("discovery")), "{about_hup:#?}");
     for l in about_hup {
         assert!(!l.contains("config") || l.contains("There is no configuration file"), "promises a config: {l}");
+    }
+}
+
+/// Every series name a query of the Grafana dashboard uses is one the agent
+/// exports (metrics.rs), and every family has a panel.
+#[test]
+fn the_dashboard_queries_the_agents_metrics() {
+    let text = std::fs::read_to_string(deploy("grafana/reclaimscope.json")).unwrap();
+    let board: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let series = every_series();
+    // The samples, and the families (a family may hold no sample yet).
+    let exported: Vec<&str> = series
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .collect();
+    let mut used = Vec::new();
+    for panel in board["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("reclaimscope_"))
+                .collect();
+            assert!(!names.is_empty(), "{}: `{expr}` queries no reclaimscope metric", panel["title"]);
+            for n in names {
+                assert!(exported.contains(&n), "{}: `{n}` is not a series the agent exports", panel["title"]);
+                used.push(n);
+            }
+        }
+    }
+    for line in series.lines() {
+        let Some(family) = line.strip_prefix("# TYPE ").and_then(|l| l.split(' ').next()) else { continue };
+        assert!(used.iter().any(|u| u.starts_with(family)), "no panel shows {family}");
     }
 }

@@ -126,11 +126,21 @@ pub struct StorageStack {
     pub(crate) children: Vec<Child>,
     writers: Vec<Writer>,
     torn_down: bool,
+    /// A command the userspace servicer is started through, which execs it
+    /// (e.g. `reclaimscope exec --io-flusher --`); empty: started directly.
+    pub(crate) launcher: Vec<String>,
 }
 
 impl StorageStack {
     /// Build the stack; on any failure, tears down what was built so far.
     pub fn build(name: &str, spec: &StorageStackSpec) -> Result<StorageStack> {
+        Self::build_with_launcher(name, spec, &[])
+    }
+
+    /// [`build`](Self::build), the servicer started through `launcher`, a
+    /// command that execs the rest of its arguments (so the daemon keeps
+    /// the launcher's pid). Only qemu-storage-daemon honours it so far.
+    pub fn build_with_launcher(name: &str, spec: &StorageStackSpec, launcher: &[&str]) -> Result<StorageStack> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             bail!("stack name {name:?} must be non-empty ASCII letters, digits, '_' or '-'");
         }
@@ -153,6 +163,7 @@ impl StorageStack {
             children: Vec::new(),
             writers: Vec::new(),
             torn_down: false,
+            launcher: launcher.iter().map(|s| s.to_string()).collect(),
         };
         match stack.assemble(spec) {
             Ok(()) => Ok(stack),

@@ -3,9 +3,12 @@
 mod bench;
 mod bench_noise;
 mod build;
+mod debroot;
 mod demo;
 mod flamegraph;
+mod fleet;
 mod kernels;
+mod package;
 mod setup;
 mod soak;
 mod test;
@@ -32,6 +35,18 @@ enum Cmd {
     Build {
         #[arg(long)]
         release: bool,
+    },
+    /// The Debian package (target/debian/reclaimscope_*.deb) with man pages,
+    /// completions, the unit, docs, alerts and dashboard; validates the
+    /// Kubernetes manifests. RECLAIMSCOPE_BPF_OBJ: embed that eBPF object.
+    Package {
+        /// Then install it into a minimal Debian 12 root (debootstrap,
+        /// cached in target/package) and run audit and watch there.
+        #[arg(long)]
+        install_test: bool,
+        /// Then build the container image with podman and run it.
+        #[arg(long)]
+        podman: bool,
     },
     /// Set up, build, then run every test: unit, kernel integration (serially), fuzz smoke.
     Test {
@@ -134,6 +149,7 @@ fn main() -> Result<()> {
             test::run_tests(&test::Parts { host: !vm_only, fuzz_seconds, kernels: &list })
         }
         Cmd::Demo { deadlock } => demo::run(deadlock),
+        Cmd::Package { install_test, podman } => package::run(&package::Options { install_test, podman }),
         Cmd::Bench { runs, seconds, idle } => bench::run(runs, seconds, idle),
         Cmd::Vm { kernel, memory, cpus, timeout_minutes, cmd } => {
             let _lock = testbed::lock()?;

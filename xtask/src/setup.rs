@@ -32,6 +32,9 @@ const APT: &[&str] = &[
     "python3-venv",
     // promtool, for the alert rules' tests (deploy/prometheus).
     "prometheus",
+    // `cargo xtask package --install-test` (a minimal Debian 12 root) and --podman.
+    "debootstrap",
+    "podman",
     // The servicers of the VM scenarios (the guests run this root fs).
     "nbd-server",
     "nbd-client",
@@ -99,5 +102,7 @@ pub fn run_setup() -> Result<()> {
     if !Path::new("/usr/bin/rustc").exists() {
         bail!("/usr/bin/rustc (Debian rustc-web) is missing after install");
     }
-    crate::tools::install()
+    crate::tools::install()?;
+    // cargo-deb and kubernetes-validate, for `cargo xtask package`.
+    crate::package::setup()
 }

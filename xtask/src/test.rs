@@ -239,6 +239,8 @@ pub fn run_tests(parts: &Parts) -> Result<()> {
                 .args(["test", "--release", "--workspace", "--test", "*", "--", "--test-threads=1"])
                 .env("RECLAIMSCOPE_BPF_OBJ", &obj),
         )?;
+        // The .deb, installed and run on a minimal Debian 12 root.
+        crate::package::run(&crate::package::Options { install_test: true, podman: false })?;
         if parts.fuzz_seconds > 0 {
             fuzz_smoke(parts.fuzz_seconds)?;
         }

@@ -93,8 +93,12 @@ fn attach(ebpf: &mut Ebpf, prog: &Prog, resolved: &str) -> Result<()> {
             p.attach(c, n)?;
         }
         Target::BtfFn(_) => match program {
-            Program::FEntry(p) => drop(p.attach()?),
-            Program::FExit(p) => drop(p.attach()?),
+            Program::FEntry(p) => {
+                p.attach()?;
+            }
+            Program::FExit(p) => {
+                p.attach()?;
+            }
             _ => bail!("{} is not fentry/fexit", prog.program),
         },
         Target::BtfTp(_) => {

@@ -19,6 +19,14 @@ pub const EXIT_UNPROTECTED: i32 = 3;
 /// filesystem could not be seen (typically: not root), so no all-clear.
 pub const EXIT_INCOMPLETE: i32 = 4;
 
+/// Shown under every `--help` of `audit` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  reclaimscope audit
+  reclaimscope audit --json | jq '.unprotected'
+  reclaimscope audit --servicer 4242 --backing-file /srv/nbd0.img=43:0";
+
 /// Show the storage stacks and whether their servicers are protected
 /// against reclaim recursion.
 ///
@@ -26,13 +34,8 @@ pub const EXIT_INCOMPLETE: i32 = 4;
 /// filesystem, 3 when one does, 4 when none was seen but a FUSE daemon under
 /// a mounted filesystem could not be found (run as root), 1 on errors
 /// (2 for a malformed command line).
-///
-/// Examples:
-///   reclaimscope audit
-///   reclaimscope audit --json | jq '.unprotected'
-///   reclaimscope audit --servicer 4242 --backing-file /srv/nbd0.img=43:0
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES, verbatim_doc_comment)]
 pub struct AuditArgs {
     /// Print the report as JSON (the same tree and verdict).
     #[arg(long)]

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod audit;
+pub mod exec;
+pub mod generate;
 pub mod monitor;
 pub mod probes;
 pub mod record;

@@ -14,24 +14,30 @@ use crate::{
     events::decode::Event,
     kernel::preflight,
     output::{
-        http,
+        clock, http,
         metrics::{Losses, Metrics},
         stdout,
     },
     topology::Topology,
 };
 
-/// Examples:
-///   sudo reclaimscope monitor --metrics-addr 127.0.0.1:9858
-///   sudo reclaimscope monitor --servicer 4242 --deadlock-after 10
+/// Shown under every `--help` of `monitor` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  sudo reclaimscope monitor --metrics-addr 127.0.0.1:9858
+  sudo reclaimscope monitor --servicer 4242 --deadlock-after 10";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct MonitorArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Seconds a finding stays in reclaimscope_findings_active after it was
-    /// last seen (a deadlock is seen again every second while it lasts).
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    /// How long a finding stays in reclaimscope_findings_active after it was
+    /// last seen (a deadlock is seen again every second while it lasts):
+    /// seconds, or 5m, 1h.
+    #[arg(long, default_value_t = 300.0, value_name = "DURATION", value_parser = secs::parse)]
     pub active_window: f64,
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -45,6 +51,7 @@ struct MonitorSink {
 fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
     let mut v = serde_json::to_value(v)?;
     v["type"] = json!(kind);
+    clock::stamp(&mut v);
     stdout::line(v)
 }
 

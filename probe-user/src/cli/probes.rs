@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use prettytable::{format, row, Table};
 
 use super::trace_args::KernelArgs;
 use crate::{
@@ -22,17 +21,21 @@ use crate::{
     events::decode::Event,
     kernel::preflight,
     names::GfpNames,
-    output::stdout,
+    output::{fit, stdout},
     topology::{Extra, Topology},
 };
 
-/// Examples:
-///   sudo reclaimscope probes
-///   sudo reclaimscope probes --json
-///   sudo reclaimscope probes --verify      # load every program through the verifier
-///   sudo reclaimscope probes --measure -- fio job.fio   # ns per call of every implementation
+/// Shown under every `--help` of `probes` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  sudo reclaimscope probes
+  sudo reclaimscope probes --json
+  sudo reclaimscope probes --verify      # load every program through the verifier
+  sudo reclaimscope probes --measure -- fio job.fio   # ns per call of every implementation";
+
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES, verbatim_doc_comment)]
 pub struct ProbesArgs {
     #[arg(long)]
     pub json: bool,
@@ -51,50 +54,52 @@ pub struct ProbesArgs {
 }
 
 fn print_report(r: &AttachReport) -> Result<()> {
-    let mut t = Table::new();
-    t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-    t.set_titles(row!["HOOK", "CHOSEN", "TARGET", "SKIPPED (kernel's reason)"]);
+    let mut rows = Vec::new();
     for c in &r.hooks {
         let chosen = c.family.map(|f| f.name()).unwrap_or(if c.required { "MISSING" } else { "missing" });
         let skipped: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
-        t.add_row(row![c.hook, chosen, c.targets.join("\n"), skipped.join("\n")]);
+        rows.push(vec![c.hook.to_string(), chosen.to_owned(), c.targets.join("\n"), skipped.join("\n")]);
     }
-    stdout::write(&t.to_string())?;
+    let titles = ["HOOK", "CHOSEN", "TARGET", "SKIPPED (kernel's reason)"];
+    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())?;
+    // The notes wrap too, their continuation lines indented.
+    let note = |s: String| fit::wrap(&s, fit::terminal_width().saturating_sub(2)).replace('\n', "\n  ");
     for c in &r.hooks {
         if let (Some(f), Some(lacks)) = (c.family, c.lacks) {
-            stdout::line(format!("limited: {} through {}: {lacks}", c.hook, f.name()))?;
+            stdout::line(note(format!("limited: {} through {}: {lacks}", c.hook, f.name())))?;
         }
     }
     for (hook, lost) in r.weakened() {
-        stdout::line(format!("weakened: {hook} missing, {lost}"))?;
+        stdout::line(note(format!("weakened: {hook} missing, {lost}")))?;
     }
     Ok(())
 }
 
 fn print_verified(v: &[Verified]) -> Result<()> {
-    let mut t = Table::new();
-    t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-    t.set_titles(row!["PROGRAM", "FAMILY", "TARGET", "VERIFIER"]);
-    for x in v {
-        let res = if x.loaded { "loaded".to_owned() } else { format!("failed: {}", x.error.as_deref().unwrap_or("")) };
-        t.add_row(row![x.program, x.family.name(), x.target, res]);
-    }
-    stdout::write(&t.to_string())
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|x| {
+            let res =
+                if x.loaded { "loaded".to_owned() } else { format!("failed: {}", x.error.as_deref().unwrap_or("")) };
+            vec![x.program.to_string(), x.family.name().to_owned(), x.target.to_string(), res]
+        })
+        .collect();
+    let titles = ["PROGRAM", "FAMILY", "TARGET", "VERIFIER"];
+    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())
 }
 
 fn print_costs(costs: &[ImplCost]) -> Result<()> {
-    let mut t = Table::new();
-    t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-    t.set_titles(row!["HOOK", "IMPLEMENTATION", "CALLS", "NS/CALL", "TARGET"]);
+    let mut rows = Vec::new();
     for c in costs {
         let ns = match (&c.error, c.ns_per_call) {
             (Some(_), _) => "not attached".to_owned(),
             (None, Some(ns)) => format!("{ns:.0}"),
             (None, None) => "-".to_owned(),
         };
-        t.add_row(row![c.hook, c.family.name(), c.calls, ns, c.targets.join(" ")]);
+        rows.push(vec![c.hook.to_string(), c.family.name().to_owned(), c.calls.to_string(), ns, c.targets.join(" ")]);
     }
-    stdout::write(&t.to_string())
+    let titles = ["HOOK", "IMPLEMENTATION", "CALLS", "NS/CALL", "TARGET"];
+    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())
 }
 
 /// Counts what the loop delivers and shows nothing: only the kernel-side

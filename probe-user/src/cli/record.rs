@@ -31,10 +31,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).filter(|&b| b >= 4 << 10).ok_or_else(|| format!("size `{s}` must be at least 4K"))
 }
 
-/// Examples:
-///   sudo reclaimscope record -o reclaim.trace
-///   sudo reclaimscope record -o reclaim.trace --max-size 64M --max-files 4 --duration 3600
+/// Shown under every `--help` of `record` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  sudo reclaimscope record -o reclaim.trace
+  sudo reclaimscope record -o reclaim.trace --max-size 64M --max-files 4 --duration 1h";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct RecordArgs {
     /// The trace file (rotated files get .1, .2, ...), created mode 0600. An
     /// existing FILE is replaced only if it is empty or a trace, and never

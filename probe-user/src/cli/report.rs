@@ -38,14 +38,19 @@ fn parse_servicer(s: &str) -> Result<(u32, Dev), String> {
     Ok((pid, dev))
 }
 
-/// Examples:
-///   reclaimscope report reclaim.trace
-///   reclaimscope report --json reclaim.trace.1
-///   reclaimscope report -p 4242 reclaim.trace
-///   reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
-///   reclaimscope report --perfetto reclaim.json reclaim.trace
-///   reclaimscope report --folded reclaim.trace | inferno-flamegraph > reclaim.svg
+/// Shown under every `--help` of `report` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  reclaimscope report reclaim.trace
+  reclaimscope report --json reclaim.trace.1
+  reclaimscope report -p 4242 reclaim.trace
+  reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
+  reclaimscope report --perfetto reclaim.json reclaim.trace
+  reclaimscope report --folded reclaim.trace | inferno-flamegraph > reclaim.svg";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct ReportArgs {
     /// A trace from `reclaimscope record`, or a `trace-cmd report` / tracefs `trace` text capture.
     pub file: PathBuf,
@@ -59,8 +64,8 @@ pub struct ReportArgs {
     /// For text captures: PID (or TID) serves the stacked device MAJOR:MINOR (repeatable).
     #[arg(long = "servicer", value_name = "PID=MAJOR:MINOR", value_parser = parse_servicer)]
     pub servicers: Vec<(u32, Dev)>,
-    /// Seconds blocked in reclaim that make a deadlock.
-    #[arg(long, default_value_t = 5.0)]
+    /// Time blocked in reclaim that makes a deadlock (seconds, or 500ms, 1m).
+    #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = secs::parse)]
     pub deadlock_after: f64,
     /// Also write the timeline as Chrome trace-event JSON, for ui.perfetto.dev or chrome://tracing.
     #[arg(long, value_name = "OUT.json")]

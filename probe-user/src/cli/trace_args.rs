@@ -69,8 +69,8 @@ pub struct TraceArgs {
     /// Only events of this process.
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pid: Option<u32>,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    /// Stop after this long: seconds, or 10m, 1h, 1h30m.
+    #[arg(long, value_name = "DURATION", value_parser = secs::parse_whole)]
     pub duration: Option<u64>,
     /// Treat this process as a servicer (repeatable), for daemons discovery cannot see.
     #[arg(long = "servicer", value_name = "PID")]
@@ -78,15 +78,16 @@ pub struct TraceArgs {
     /// A file that backs a stacked device (repeatable).
     #[arg(long = "backing-file", value_name = "PATH=MAJOR:MINOR", value_parser = parse_backing)]
     pub backing_files: Vec<(PathBuf, Dev)>,
-    /// Seconds a servicer may sit blocked inside reclaim before it is a deadlock.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    /// How long a servicer may sit blocked inside reclaim before it is a
+    /// deadlock (seconds, or 500ms, 1m).
+    #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = secs::parse)]
     pub deadlock_after: f64,
-    /// Seconds between summaries.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    /// Time between summaries (seconds, or 1m, ...).
+    #[arg(long, default_value_t = 10, value_name = "DURATION", value_parser = secs::parse_whole)]
     pub summary_every: u64,
-    /// Seconds between topology discoveries (besides one on every mount
+    /// Time between topology discoveries (besides one on every mount
     /// change and on SIGHUP). Discovery runs beside the event loop.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = secs::parse)]
     pub refresh_every: f64,
     #[command(flatten)]
     pub kernel: KernelArgs,

@@ -13,18 +13,23 @@ use crate::{
     events::decode::Event,
     names::GfpNames,
     output::{
-        stdout,
+        clock, stdout,
         table::{event_row, finding_block, summary_table, EVENT_HEADER},
         view::{memcg_of, EventView},
     },
     topology::Topology,
 };
 
-/// Examples:
-///   sudo reclaimscope watch
-///   sudo reclaimscope watch --all --duration 30
-///   sudo reclaimscope watch --json -p 1234
+/// Shown under every `--help` of `watch` (a doc comment on the
+/// subcommand would hide examples written there).
+const EXAMPLES: &str = "\
+Examples:
+  sudo reclaimscope watch
+  sudo reclaimscope watch --all --duration 10m
+  sudo reclaimscope watch --json -p 1234";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct WatchArgs {
     /// JSON lines instead of tables.
     #[arg(long)]
@@ -59,7 +64,9 @@ impl Sink for WatchSink {
         let memcg = self.memcgs.entry(pid).or_insert_with(|| memcg_of(pid)).clone();
         let v = EventView::new(ev, obs, &self.gfp, memcg);
         if self.json {
-            stdout::line(serde_json::to_string(&v)?)?;
+            let mut v = serde_json::to_value(&v)?;
+            clock::stamp(&mut v);
+            stdout::line(v)?;
         } else {
             if self.t0.is_none() {
                 stdout::line(EVENT_HEADER)?;
@@ -74,6 +81,7 @@ impl Sink for WatchSink {
         if self.json {
             let mut v = serde_json::to_value(f)?;
             v["type"] = json!("finding");
+            clock::stamp(&mut v);
             stdout::line(v)?;
         } else {
             stdout::line(finding_block(f))?;
@@ -92,6 +100,7 @@ impl Sink for WatchSink {
                 // Every finding at its live count, with all its threads and stacks.
                 v["findings"] = serde_json::to_value(findings)?;
             }
+            clock::stamp(&mut v);
             stdout::line(v)?;
         } else {
             stdout::line(summary_table(s, findings))?;
@@ -109,7 +118,9 @@ impl Sink for WatchSink {
             index.backing.len()
         );
         if self.json {
-            stdout::line(json!({"type": "topology", "message": msg, "index": index}))?;
+            let mut v = json!({"type": "topology", "message": msg, "index": index});
+            clock::stamp(&mut v);
+            stdout::line(v)?;
         } else {
             eprintln!("{msg}");
         }

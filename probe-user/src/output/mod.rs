@@ -1,7 +1,9 @@
 //! Presentation: tables, JSON lines and metrics, separate from data gathering.
 
 pub mod audit;
+pub mod clock;
 pub mod exposition;
+pub mod fit;
 pub mod folded;
 pub mod http;
 pub mod metrics;

@@ -15,7 +15,15 @@ pub(crate) fn start(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     sparse_file(&lower, mb << 20)?;
     let fuse = stack.workdir.join("fuse.img");
     File::create(&fuse).with_context(|| format!("creating {}", fuse.display()))?;
-    let mut cmd = Command::new("qemu-storage-daemon");
+    // Through the launcher, if any: it execs qemu-storage-daemon in place.
+    let mut cmd = match stack.launcher.split_first() {
+        Some((l, rest)) => {
+            let mut c = Command::new(l);
+            c.args(rest).arg("qemu-storage-daemon");
+            c
+        }
+        None => Command::new("qemu-storage-daemon"),
+    };
     cmd.arg("--blockdev")
         .arg(format!("driver=file,node-name=f0,filename={},aio=threads", lower.display()))
         .args(["--blockdev", "driver=raw,node-name=r0,file=f0", "--export"])
