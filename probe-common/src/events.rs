@@ -162,7 +162,7 @@ pub struct DirtyThrottleData {
     /// Dirty pages in the domain, and the limit (pages).
     pub dirty: u64,
     pub limit: u64,
-    /// This pause, in jiffies.
+    /// This pause, in ms: the tracepoint converts it from jiffies (`pause * 1000 / HZ`).
     pub pause: i64,
     /// Inode of the memory cgroup whose domain throttles (0: the global one).
     pub cgroup_ino: u64,

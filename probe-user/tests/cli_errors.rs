@@ -89,6 +89,7 @@ fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::P
         topology: serde_json::json!({}),
         attach: serde_json::json!({}),
         gfp_format,
+        monotonic_to_unix_ns: None,
     };
     let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
@@ -247,6 +248,7 @@ fn report_prints_no_terminal_escape_from_the_file() {
         topology: serde_json::json!({}),
         attach: serde_json::json!({}),
         gfp_format: Some(hostile.into()),
+        monotonic_to_unix_ns: None,
     };
     let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     let finding = serde_json::json!({"rule": hostile, "severity": hostile, "detail": hostile, "servicer": {"comm": hostile, "tid": 1}});

@@ -207,6 +207,7 @@ fn report_memory_stays_bounded_on_crafted_inputs() {
         topology: serde_json::json!({}),
         attach: serde_json::json!({}),
         gfp_format: None,
+        monotonic_to_unix_ns: None,
     };
     let mut w = TraceWriter::create(&trace, header, None, 1, false).unwrap();
     let frames = (0..23_000).map(|a| Frame { addr: a, symbol: "shrink_folio_list".into() }).collect();

@@ -5,6 +5,7 @@ mod bench_noise;
 mod build;
 mod debroot;
 mod demo;
+mod flamegraph;
 mod fleet;
 mod kernels;
 mod package;

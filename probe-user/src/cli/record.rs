@@ -151,6 +151,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         topology: json!({ "topology": &*topo, "index": StackIndex::from_topology(&topo) }),
         attach: serde_json::to_value(&session.attach)?,
         gfp_format,
+        monotonic_to_unix_ns: crate::trace::monotonic_to_unix_ns(),
     };
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files.into(), args.force)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
@@ -217,6 +218,7 @@ mod tests {
             topology: json!({}),
             attach: json!({}),
             gfp_format: None,
+            monotonic_to_unix_ns: None,
         }
     }
 

@@ -10,11 +10,12 @@ use super::secs;
 use crate::{
     names::GfpNames,
     output::{
-        stdout,
-        table::{event_row, finding_block},
+        folded, stdout,
+        table::{finding_block, timeline_block},
         terminal,
     },
     postmortem::{
+        export::{self, Input},
         input,
         replay::{self, Report},
     },
@@ -44,7 +45,9 @@ Examples:
   reclaimscope report reclaim.trace
   reclaimscope report --json reclaim.trace.1
   reclaimscope report -p 4242 reclaim.trace
-  reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt";
+  reclaimscope report --format ftrace --servicer 4242=7:0 capture.txt
+  reclaimscope report --perfetto reclaim.json reclaim.trace
+  reclaimscope report --folded reclaim.trace | inferno-flamegraph > reclaim.svg";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -64,6 +67,13 @@ pub struct ReportArgs {
     /// Time blocked in reclaim that makes a deadlock (seconds, or 500ms, 1m).
     #[arg(long, default_value_t = 5.0, value_name = "DURATION", value_parser = secs::parse)]
     pub deadlock_after: f64,
+    /// Also write the timeline as Chrome trace-event JSON, for ui.perfetto.dev or chrome://tracing.
+    #[arg(long, value_name = "OUT.json")]
+    pub perfetto: Option<PathBuf>,
+    /// Print the findings' kernel stacks folded (`frame;frame count`) instead of the report, for
+    /// inferno-flamegraph or flamegraph.pl.
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
 }
 
 /// The report as `reclaimscope report` prints it without --json. Every
@@ -112,10 +122,7 @@ pub fn render(r: &Report) -> String {
         let _ = write!(out, "\n{t}");
     }
     for tl in &r.timelines {
-        let _ = writeln!(out, "\ntimeline around {} (tid {}):", tl.rule, tl.tid);
-        for (t, v) in &tl.events {
-            let _ = writeln!(out, "  {t:+.3}s {}", event_row(v, v.ts_ns));
-        }
+        let _ = write!(out, "\n{}", timeline_block(tl));
     }
     terminal::text(&out).into_owned()
 }
@@ -139,7 +146,14 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     if let Some(pid) = args.pid {
         report.keep_process(pid);
     }
-    if args.json {
+    if let Some(out) = &args.perfetto {
+        let trace = matches!(args.format, InputFormat::Trace) || (args.format == InputFormat::Auto && input.is_trace);
+        let from = if trace { Input::Trace(file, name) } else { Input::Capture(file, name, &args.servicers) };
+        eprintln!("{}", terminal::line(&export::perfetto(from, &report, out)?));
+    }
+    if args.folded {
+        stdout::write(&terminal::text(&folded::render(&export::findings(&report, &export::recorded(&report)))))?;
+    } else if args.json {
         stdout::json_pretty(&report)?;
     } else {
         stdout::write(&render(&report))?;

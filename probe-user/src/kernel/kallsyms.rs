@@ -98,11 +98,46 @@ impl Kallsyms {
     }
 }
 
+/// The function of a symbolized address: "shrink_folio_list+0x3a/0x9f0"
+/// (what [`Kallsyms::symbolize`] and /proc/PID/stack print) to
+/// "shrink_folio_list", so that stacks differing only in offsets read alike.
+pub fn function(symbol: &str) -> &str {
+    symbol.split('+').next().unwrap_or(symbol).trim()
+}
+
+/// A stack taken from inside a probe, without the probe's own frames on
+/// top: the tracepoint's `__traceiter_*`, `bpf_trace_run*`, and the BPF
+/// program itself, whose JIT address kallsyms names after the nearest
+/// symbol below it (`_einittext+0x3ca3f5c9`) or not at all. What remains
+/// starts at the kernel function that was traced.
+pub fn without_probe_frames<S: AsRef<str>>(frames: &[S]) -> &[S] {
+    let probe = |f: &S| {
+        let f = function(f.as_ref());
+        ["__traceiter_", "bpf_", "__bpf_", "_einittext", "0x"].iter().any(|p| f.starts_with(p))
+    };
+    let skip = frames.iter().take_while(|f| probe(f)).count();
+    &frames[skip..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FIXTURE: &str = include_str!("../../tests/data/kallsyms_sample.txt");
+
+    #[test]
+    fn a_stack_starts_at_the_traced_function() {
+        let frames = [
+            "_einittext+0x3ca3f5c9",
+            "bpf_trace_run2+0x103",
+            "__traceiter_folio_wait_writeback+0x31",
+            "folio_wait_writeback+0x6f",
+            "shrink_folio_list+0xaba",
+        ];
+        assert_eq!(without_probe_frames(&frames), &frames[3..]);
+        assert_eq!(without_probe_frames(&frames[3..]), &frames[3..]);
+        assert!(without_probe_frames::<&str>(&[]).is_empty());
+    }
 
     #[test]
     fn resolves_exact_and_suffixed_names() {

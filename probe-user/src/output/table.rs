@@ -10,6 +10,7 @@ use crate::{
         finding::{Finding, LockHolder},
         holds::Held,
     },
+    postmortem::replay::Timeline,
 };
 
 pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
@@ -17,10 +18,28 @@ pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KI
 /// One streaming row; `t0` is the first event's timestamp.
 pub fn event_row(v: &EventView, t0: u64) -> String {
     let t = v.ts_ns.saturating_sub(t0) as f64 / 1e9;
+    format!("{t:<12.6} {}", event_columns(v))
+}
+
+/// The header of a finding's timeline: as [`EVENT_HEADER`], with the time
+/// counted from the finding (negative before it).
+pub const TIMELINE_HEADER: &str = "T-FINDING(s) COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
+
+/// The events around a finding, under a header; times from the finding.
+pub fn timeline_block(tl: &Timeline) -> String {
+    let mut out = format!("timeline around {} (tid {}):\n  {TIMELINE_HEADER}\n", tl.rule, tl.tid);
+    for (t, v) in &tl.events {
+        out.push_str(&format!("  {t:<+12.6} {}\n", event_columns(v)));
+    }
+    out
+}
+
+/// Every column of an event row but the time.
+fn event_columns(v: &EventView) -> String {
     let kind = v.kind.unwrap_or(v.event);
     let lat = v.latency_us.map(|l| format!("{l:.1}")).unwrap_or_else(|| "-".into());
     let gfp = v.gfp.clone().or_else(|| v.detail.clone()).unwrap_or_default();
-    format!("{t:<12.6} {:<16} {:<7} {:<7} {:<12} {:<36} {:<16} {lat}", v.comm, v.pid, v.tid, kind, gfp, v.task_flags)
+    format!("{:<16} {:<7} {:<7} {:<12} {:<36} {:<16} {lat}", v.comm, v.pid, v.tid, kind, gfp, v.task_flags)
 }
 
 pub fn finding_block(f: &Finding) -> String {
@@ -70,7 +89,7 @@ pub fn holder_line(h: &LockHolder) -> String {
 }
 
 /// The kernel's own names for what is held.
-fn held_name(h: Held) -> &'static str {
+pub fn held_name(h: Held) -> &'static str {
     match h {
         Held::IolockExcl => "XFS_IOLOCK_EXCL",
         Held::IolockShared => "XFS_IOLOCK_SHARED",
@@ -120,4 +139,29 @@ pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
         out.push_str(&f.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx};
+
+    use super::*;
+    use crate::{detect::engine::Observed, events::decode::Event, names::GfpNames};
+
+    #[test]
+    fn a_timeline_has_a_header_and_each_row_its_own_time() {
+        let view = |ts_ns| {
+            let ctx = TaskCtx { ts_ns, tgid: 1, tid: 2, comm: *b"qemu-storage-dae", ..Default::default() };
+            let e =
+                ReclaimEvent::new(EventKind::ReclaimBegin, ctx, ReclaimData { reclaim_kind: 2, ..Default::default() });
+            EventView::new(&Event::ReclaimBegin(e), &Observed::default(), &GfpNames::builtin(), None)
+        };
+        let tl = Timeline { rule: "RS001".into(), tid: 2, events: vec![(-0.25, view(750)), (0.5, view(1_500))] };
+        let text = timeline_block(&tl);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1].trim(), TIMELINE_HEADER);
+        let times: Vec<&str> = lines[2..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+        assert_eq!(times, ["-0.250000", "+0.500000"]);
+        assert_eq!(lines[1].find("COMM"), lines[2].find("qemu"), "columns line up under the header");
+    }
 }

@@ -111,7 +111,7 @@ impl EventView {
             }
             Event::DirtyThrottle(e) => {
                 v.detail = Some(format!(
-                    "dirty-throttled writing to bdi {}: {} dirty pages, limit {}, pause {} jiffies, memcg ino {}",
+                    "dirty-throttled writing to bdi {}: {} dirty pages, limit {}, pause {} ms, memcg ino {}",
                     cstr(&e.data.bdi),
                     e.data.dirty,
                     e.data.limit,

@@ -1,5 +1,7 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
+pub mod export;
 pub mod ftrace;
 pub mod input;
 pub mod replay;
+pub mod timeline;

@@ -14,6 +14,7 @@
 //! - Events are stored as the kernel wrote them, so the report replays them
 //!   through the same decoder and detection engine as the live agent.
 
+mod clock;
 mod frame;
 mod reader;
 mod record;
@@ -24,6 +25,7 @@ mod tests;
 #[cfg(test)]
 mod tests_files;
 
+pub use clock::{monotonic_to_unix_ns, OffsetEstimate};
 pub use frame::{Damage, DamageReason, MAX_PAYLOAD};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
 pub use record::{

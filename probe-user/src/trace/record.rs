@@ -32,6 +32,13 @@ pub struct TraceHeader {
     /// recording kernel did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gfp_format: Option<String>,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC when recording started: added
+    /// to an event's `ts_ns` it gives Unix time, so an exported timeline
+    /// lines up with other traces. Traces written before it existed lack
+    /// it; [`OffsetEstimate`](super::OffsetEstimate) recovers it from the
+    /// event records' read times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monotonic_to_unix_ns: Option<i64>,
 }
 
 /// One ring-buffer event, as the kernel wrote it.

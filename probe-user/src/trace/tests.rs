@@ -71,6 +71,7 @@ pub(super) fn header() -> TraceHeader {
         topology: json!({"devices": [{"dev": "7:0", "backing": "/srv/fuse.img"}]}),
         attach: json!({"reclaim": "tracepoint"}),
         gfp_format: Some(include_str!("../../tests/data/gfp_print_fmt_6.18.txt").into()),
+        monotonic_to_unix_ns: None,
     }
 }
 
