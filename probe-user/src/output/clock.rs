@@ -7,17 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec for clock_gettime to fill.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
 /// RFC 3339 (UTC, milliseconds) of a CLOCK_MONOTONIC time in ns.
 pub fn wall_time(mono_ns: u64) -> String {
-    let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
-    rfc3339_unix_ns((mono_ns as i128 + offset).max(0))
+    let offset = crate::trace::monotonic_to_unix_ns().unwrap_or(0);
+    rfc3339_unix_ns((mono_ns as i128 + offset as i128).max(0))
 }
 
 /// RFC 3339 (UTC, milliseconds) of now.
