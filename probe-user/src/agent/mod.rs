@@ -5,6 +5,7 @@ pub mod blocked;
 pub mod inflight;
 pub mod lock_holders;
 pub mod maps_sync;
+pub mod ratelimit;
 pub mod refresh;
 pub mod run;
 pub mod session;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use probe_common::maps::counter;
+use probe_common::maps::{counter, MAX_BACKING_FILES, MAX_SERVICERS};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -20,6 +20,8 @@ use super::{
     blocked,
     inflight::Inflight,
     lock_holders::LockHolders,
+    maps_sync::LeftOut,
+    ratelimit::{GrowthLog, LOSS_LOG_EVERY},
     refresh::{Published, Refresher},
     session::Session,
 };
@@ -54,6 +56,12 @@ pub struct Summary {
     pub stacks_lost: u64,
     /// Reclaim starts whose end never came (missed return probe): replaced by the next start.
     pub stale_reclaim: u64,
+    /// Topology entries left out of the kernel's filter maps (full, or the
+    /// kernel refused the write), counted at every sync that left them out:
+    /// it keeps rising while any are left out.
+    pub filter_map_full: u64,
+    /// What the latest sync left out: the I/O of these is not followed.
+    pub left_out: LeftOut,
     pub slowpath_entries: u64,
     pub oom_kills: u64,
     pub findings: usize,
@@ -82,7 +90,7 @@ pub struct Summary {
 
 /// What a periodic summary reports that can be news: everything but the
 /// clocks (elapsed time, loop lag, discovery times, topology age).
-fn news(s: &Summary) -> [u64; 15] {
+fn news(s: &Summary) -> [u64; 16] {
     [
         s.events,
         s.decode_errors,
@@ -94,6 +102,7 @@ fn news(s: &Summary) -> [u64; 15] {
         s.task_state_full,
         s.stacks_lost,
         s.stale_reclaim,
+        s.filter_map_full,
         s.oom_kills,
         s.sightings,
         s.findings_folded,
@@ -164,6 +173,10 @@ pub struct EventLoop<'a> {
     inflight: Inflight,
     lock_holders: LockHolders,
     lag: Lag,
+    /// Rate-limits the warnings of a topology that does not fit the filter maps.
+    left_out_log: GrowthLog,
+    map_errors: u64,
+    map_errors_log: GrowthLog,
 }
 
 impl<'a> EventLoop<'a> {
@@ -189,6 +202,9 @@ impl<'a> EventLoop<'a> {
             inflight: Default::default(),
             lock_holders: Default::default(),
             lag: Lag::default(),
+            left_out_log: GrowthLog::new(LOSS_LOG_EVERY),
+            map_errors: 0,
+            map_errors_log: GrowthLog::new(LOSS_LOG_EVERY),
         }
     }
 
@@ -204,10 +220,36 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// Writes the topology into the kernel's filter maps and the engine.
+    /// What does not fit the maps is counted and warned about (once a
+    /// minute at most), never fatal: the agent goes on with what fits.
     fn apply_topology(&mut self) -> Result<()> {
-        let changes = self.session.maps.sync(&self.topo)?;
-        if changes.any() {
-            log::info!("storage topology: {changes:?}");
+        let out = self.session.maps.sync(&self.topo);
+        if out.changes.any() {
+            log::info!("storage topology: {:?}", out.changes);
+        }
+        let now = Instant::now();
+        let before = std::mem::replace(&mut self.summary.left_out, out.left_out);
+        self.summary.filter_map_full += out.left_out.total() as u64;
+        if self.left_out_log.check(self.summary.filter_map_full, now, false).is_some() {
+            log::warn!(
+                "the kernel's filter maps cannot hold the storage topology: {} of its servicer processes and {} of \
+                 its backing files are left out (the maps hold {} and {}), and their reclaim is not followed",
+                out.left_out.servicers,
+                out.left_out.backing_files,
+                MAX_SERVICERS,
+                MAX_BACKING_FILES
+            );
+        } else if before.total() > 0 && out.left_out.total() == 0 {
+            log::info!("the storage topology fits the kernel's filter maps again");
+        }
+        self.map_errors += out.errors.len() as u64;
+        if let Some(g) = self.map_errors_log.check(self.map_errors, now, false) {
+            log::warn!(
+                "the kernel refused filter map writes ({}): {}",
+                g.describe("refused"),
+                out.errors.first().map(String::as_str).unwrap_or("")
+            );
         }
         let index = StackIndex::from_topology(&self.topo);
         if &index != self.engine.index() {
