@@ -173,7 +173,9 @@ pub struct EventLoop<'a> {
     inflight: Inflight,
     lock_holders: LockHolders,
     lag: Lag,
-    /// Rate-limits the warnings of a topology that does not fit the filter maps.
+    /// Rate-limits the warnings of dropped events and of a topology that
+    /// does not fit the filter maps.
+    drops_log: GrowthLog,
     left_out_log: GrowthLog,
     map_errors: u64,
     map_errors_log: GrowthLog,
@@ -202,6 +204,7 @@ impl<'a> EventLoop<'a> {
             inflight: Default::default(),
             lock_holders: Default::default(),
             lag: Lag::default(),
+            drops_log: GrowthLog::new(LOSS_LOG_EVERY),
             left_out_log: GrowthLog::new(LOSS_LOG_EVERY),
             map_errors: 0,
             map_errors_log: GrowthLog::new(LOSS_LOG_EVERY),
@@ -308,6 +311,20 @@ impl<'a> EventLoop<'a> {
         Ok(())
     }
 
+    /// Says how many events the ring buffer dropped: the first drop at once,
+    /// then at most once a minute with the count since the previous line
+    /// (the kernel counts every drop and does not log them), and whatever
+    /// is left unsaid at exit (`last`).
+    fn log_drops(&mut self, last: bool) {
+        let total = self.session.counters.get(counter::EVENTS_DROPPED);
+        if let Some(g) = self.drops_log.check(total, Instant::now(), last) {
+            log::warn!(
+                "ring buffer full: {} (the agent did not drain it in time); findings may be missing",
+                g.describe("events dropped")
+            );
+        }
+    }
+
     fn refresh_summary(&mut self) {
         let c = &self.session.counters;
         let s = &mut self.summary;
@@ -389,6 +406,7 @@ impl<'a> EventLoop<'a> {
                         Ok(_) => {}
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
+                    self.log_drops(false);
                     self.check_blocked()?;
                     self.sink.end_batch()?;
                     self.sink.findings_now(self.engine.findings(), now_ns())?;
@@ -415,6 +433,7 @@ impl<'a> EventLoop<'a> {
             self.handle(&raw)?;
         }
         self.sink.end_batch()?;
+        self.log_drops(true);
         self.refresh_summary();
         self.summary.loop_lag_max_ms = self.lag.overall.as_secs_f64() * 1e3;
         self.summary.news = true;
