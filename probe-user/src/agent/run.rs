@@ -52,7 +52,7 @@ pub struct Summary {
     pub task_state_full: u64,
     /// Waits on writeback outside reclaim, every task: counted in the kernel, not sent.
     pub waits_outside_reclaim: u64,
-    /// Events that went out without their kernel stack (stack map full or collision).
+    /// Events that went out without their kernel stack (not walkable, or no free stack element).
     pub stacks_lost: u64,
     /// Reclaim starts whose end never came (missed return probe): replaced by the next start.
     pub stale_reclaim: u64,

@@ -68,7 +68,7 @@ pub struct Losses {
     pub dropped_events: u64,
     /// Task states the kernel could not record (its TASKS map was full).
     pub task_state_full: u64,
-    /// Events sent without their kernel stack (STACKS full, or a collision).
+    /// Events sent without their kernel stack (not walkable, or no free stack element).
     pub stacks_lost: u64,
     /// Reclaim starts whose end was never seen; the next start replaced them.
     pub stale_reclaim: u64,
@@ -184,7 +184,7 @@ impl Metrics {
         let stacks_lost = Counter::default();
         registry.register(
             "stacks_lost",
-            "Events sent without their kernel stack (the STACKS map full, or a hash collision)",
+            "Events sent without their kernel stack (the kernel could not walk it, or had no free stack element)",
             stacks_lost.clone(),
         );
         let stale_reclaim = Counter::default();
