@@ -112,8 +112,9 @@ pub mod counter {
     /// Writeback waits outside reclaim (an fsync's own wait), every task:
     /// counted, never sent, since no rule needs them.
     pub const WAITS_OUTSIDE_RECLAIM: u32 = 7;
-    /// bpf_get_stackid() failed (map full or hash collision): the event went
-    /// out without its stack.
+    /// bpf_get_stackid() failed (no free stack element, or a stack it could
+    /// not walk): the event went out without its stack. A hash collision is
+    /// not a failure: the newer stack replaces the older in its bucket.
     pub const STACKS_LOST: u32 = 8;
     /// A thread's recorded reclaim start had no end (a missed return probe
     /// or a dropped tracepoint): the next start replaced it.

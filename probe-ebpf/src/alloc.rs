@@ -55,7 +55,7 @@ fn slowpath_begin<C: StackIdContext>(ctx: &C, gfp: u32, order: i32, timed: bool)
     });
     if send == Some(true) {
         let data = ReclaimData { reclaim_kind: ReclaimKind::AllocSlowpath as u32, gfp, order, ..Default::default() };
-        emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
+        emit(EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
     }
     if !timed {
         cur.release_if_idle();
@@ -82,7 +82,7 @@ fn slowpath_end<C: StackIdContext>(ctx: &C) {
         Some(d)
     });
     if let Some(Some(data)) = data {
-        emit(ctx, EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving), data);
+        emit(EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving), data);
     }
     cur.release_if_idle();
 }
@@ -158,7 +158,7 @@ fn shrink_node_enter<C: StackIdContext>(ctx: &C, sc: u64) {
         return;
     }
     let data = ReclaimData { reclaim_kind: ReclaimKind::ShrinkNode as u32, gfp, ..Default::default() };
-    emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
+    emit(EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
 }
 
 #[kprobe]

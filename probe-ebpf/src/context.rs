@@ -4,6 +4,7 @@
 //! nothing else.
 
 use aya_ebpf::{
+    bindings::BPF_F_REUSE_STACKID,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
@@ -148,13 +149,42 @@ pub fn read_u32(base: u64, off: u32) -> Option<u32> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u32) }.ok()
 }
 
+/// How the programs take kernel stacks: the newest stack replaces the one
+/// in its bucket (`BPF_F_REUSE_STACKID`).
+///
+/// STACKS is a BPF_MAP_TYPE_STACK_TRACE map: MAX_STACKS buckets indexed by
+/// a hash of the frames, one stack each. With flags 0 a filled bucket keeps
+/// its first stack for the life of the map, and every other stack that
+/// hashes to it fails (-EEXIST): over a months-long run the map fills with
+/// old stacks and nearly every new one is lost. With BPF_F_REUSE_STACKID the
+/// map holds the latest stack of each bucket and bpf_get_stackid() fails
+/// only when it cannot walk the stack (-EFAULT) or has no free element
+/// (-ENOMEM); those failures are still counted in STACKS_LOST.
+///
+/// The price is a race that the agent accepts: an event carries only the
+/// id, and the agent reads the bucket when it handles the event,
+/// milliseconds later. Had another stack hashing to the same bucket been
+/// taken in between, the agent reads that newer stack. The kernel shows user
+/// space neither the bucket's hash nor a generation, so the agent cannot
+/// tell; it reads the bucket afresh for every event, never caching a stack
+/// by id since ids are reused (probe-user's agent/stacks.rs). A swap needs
+/// two different servicer stacks (no other task takes stacks) to collide in
+/// one of 4,096 buckets within the ring buffer's latency, and an event's
+/// stack is evidence for the reader of a finding, never an input to a rule.
+///
+/// Keeping flags 0 and having the agent delete ids it has read was the
+/// alternative: a delete syscall per stack, and the same race (a freed
+/// bucket is refilled by another stack while an older event naming it is
+/// still in the ring), so it buys nothing over the kernel's own reuse.
+pub const STACK_FLAGS: u64 = BPF_F_REUSE_STACKID as u64;
+
 /// The common header of every event. Kernel stacks are taken only for tasks
 /// doing stacked I/O (they are what a finding shows); a stack that cannot be
-/// stored (map full, hash collision) is counted.
+/// taken is counted (see [`STACK_FLAGS`]).
 #[inline(always)]
 pub fn task_ctx<C: StackIdContext>(ctx: &C, cur: &Current, serving_dev: u32) -> TaskCtx {
     let stack_id = if serving_dev != 0 {
-        match ctx.get_stackid(&STACKS, 0) {
+        match ctx.get_stackid(&STACKS, STACK_FLAGS) {
             Ok(id) => id as i32,
             Err(_) => {
                 count(counter::STACKS_LOST);

@@ -51,6 +51,9 @@ pub static TASKS: HashMap<u32, TaskState> = HashMap::with_max_entries(MAX_TASKS,
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Kernel stacks of servicer threads, by the id their events carry. Taken
+/// with BPF_F_REUSE_STACKID, so a bucket holds its latest stack and the map
+/// never fills up for good (context.rs, STACK_FLAGS, says why).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 

@@ -56,7 +56,7 @@ pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32
     });
     if recorded.is_some() && serving != 0 {
         let data = ReclaimData { reclaim_kind: kind as u32, gfp, order, ..Default::default() };
-        emit(ctx, EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
+        emit(EventKind::ReclaimBegin, task_ctx(ctx, &cur, serving), data);
     }
 }
 
@@ -80,7 +80,7 @@ pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: u64) {
     });
     let Some(Some(data)) = data else { return };
     let serving = cur.serving_dev();
-    emit(ctx, EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving), data);
+    emit(EventKind::ReclaimEnd, task_ctx(ctx, &cur, serving), data);
     cur.release_if_idle();
 }
 

@@ -57,7 +57,7 @@ fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, n
             }
         }
     }
-    emit(ctx, EventKind::Shrinker, task_ctx(ctx, &cur, serving), data);
+    emit(EventKind::Shrinker, task_ctx(ctx, &cur, serving), data);
 }
 
 #[tracepoint(category = "vmscan", name = "mm_shrink_slab_start")]

@@ -30,6 +30,6 @@ pub fn tp_oom_mark_victim(ctx: TracePointContext) -> u32 {
     let Some(tp) = tp_offsets() else { return 0 };
     let pid = unsafe { ctx.read_at::<i32>(tp.oom_pid as usize) }.unwrap_or(0) as u32;
     let cur = current();
-    emit(&ctx, EventKind::OomVictim, task_ctx(&ctx, &cur, cur.serving_dev()), OomVictimData { pid, _pad: 0 });
+    emit(EventKind::OomVictim, task_ctx(&ctx, &cur, cur.serving_dev()), OomVictimData { pid, _pad: 0 });
     0
 }

@@ -35,6 +35,6 @@ pub fn tp_balance_dirty_pages(ctx: TracePointContext) -> u32 {
         pause,
         cgroup_ino: unsafe { ctx.read_at::<u64>(tp.bdp_cgroup_ino as usize) }.unwrap_or(0),
     };
-    emit(&ctx, EventKind::DirtyThrottle, task_ctx(&ctx, &cur, serving), data);
+    emit(EventKind::DirtyThrottle, task_ctx(&ctx, &cur, serving), data);
     0
 }

@@ -62,7 +62,7 @@ fn wait<C: StackIdContext>(ctx: &C, flags: u32, fill: impl FnOnce(&mut Writeback
     }
     let mut data = WritebackWaitData { in_reclaim: 1, ..Default::default() };
     fill(&mut data);
-    emit(ctx, EventKind::WritebackWait, task_ctx(ctx, &cur, serving), data);
+    emit(EventKind::WritebackWait, task_ctx(ctx, &cur, serving), data);
 }
 
 #[inline(always)]
@@ -128,6 +128,6 @@ pub fn tpbtf_vmscan_write_folio(ctx: BtfTracePointContext) -> u32 {
     let folio: u64 = ctx.arg(0);
     let Some((dev, ino)) = folio_inode(folio) else { return 0 };
     let data = ReclaimWriteData { dev, _pad: 0, ino };
-    emit(&ctx, EventKind::ReclaimWrite, task_ctx(&ctx, &cur, serving), data);
+    emit(EventKind::ReclaimWrite, task_ctx(&ctx, &cur, serving), data);
     0
 }

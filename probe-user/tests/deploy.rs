@@ -116,7 +116,14 @@ fn every_series() -> String {
     m.finding("RS001", "hazard");
     m.reclaim_event("memcg");
     m.set_servicers("unprotected", 1);
-    m.set_losses(&Losses { dropped_events: 1, task_state_full: 2, stacks_lost: 3, stale_reclaim: 4, decode_errors: 5 });
+    m.set_losses(&Losses {
+        dropped_events: 1,
+        task_state_full: 2,
+        stacks_lost: 3,
+        stale_reclaim: 4,
+        decode_errors: 5,
+        filter_map_full: 6,
+    });
     m.set_agent_health(1, Some(2.0), 0.001);
     m.render(Format::Text)
 }

@@ -5,6 +5,9 @@ pub mod blocked;
 pub mod inflight;
 pub mod lock_holders;
 pub mod maps_sync;
+#[cfg(test)]
+mod object_check;
+pub mod ratelimit;
 pub mod refresh;
 pub mod run;
 pub mod session;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use probe_common::maps::counter;
+use probe_common::maps::{counter, MAX_BACKING_FILES, MAX_SERVICERS};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -20,6 +20,8 @@ use super::{
     blocked,
     inflight::Inflight,
     lock_holders::LockHolders,
+    maps_sync::LeftOut,
+    ratelimit::{GrowthLog, LOSS_LOG_EVERY},
     refresh::{Published, Refresher},
     session::Session,
 };
@@ -50,10 +52,16 @@ pub struct Summary {
     pub task_state_full: u64,
     /// Waits on writeback outside reclaim, every task: counted in the kernel, not sent.
     pub waits_outside_reclaim: u64,
-    /// Events that went out without their kernel stack (stack map full or collision).
+    /// Events that went out without their kernel stack (not walkable, or no free stack element).
     pub stacks_lost: u64,
     /// Reclaim starts whose end never came (missed return probe): replaced by the next start.
     pub stale_reclaim: u64,
+    /// Topology entries left out of the kernel's filter maps (full, or the
+    /// kernel refused the write), counted at every sync that left them out:
+    /// it keeps rising while any are left out.
+    pub filter_map_full: u64,
+    /// What the latest sync left out: the I/O of these is not followed.
+    pub left_out: LeftOut,
     pub slowpath_entries: u64,
     pub oom_kills: u64,
     pub findings: usize,
@@ -82,7 +90,7 @@ pub struct Summary {
 
 /// What a periodic summary reports that can be news: everything but the
 /// clocks (elapsed time, loop lag, discovery times, topology age).
-fn news(s: &Summary) -> [u64; 15] {
+fn news(s: &Summary) -> [u64; 16] {
     [
         s.events,
         s.decode_errors,
@@ -94,6 +102,7 @@ fn news(s: &Summary) -> [u64; 15] {
         s.task_state_full,
         s.stacks_lost,
         s.stale_reclaim,
+        s.filter_map_full,
         s.oom_kills,
         s.sightings,
         s.findings_folded,
@@ -164,6 +173,12 @@ pub struct EventLoop<'a> {
     inflight: Inflight,
     lock_holders: LockHolders,
     lag: Lag,
+    /// Rate-limits the warnings of dropped events and of a topology that
+    /// does not fit the filter maps.
+    drops_log: GrowthLog,
+    left_out_log: GrowthLog,
+    map_errors: u64,
+    map_errors_log: GrowthLog,
 }
 
 impl<'a> EventLoop<'a> {
@@ -189,6 +204,10 @@ impl<'a> EventLoop<'a> {
             inflight: Default::default(),
             lock_holders: Default::default(),
             lag: Lag::default(),
+            drops_log: GrowthLog::new(LOSS_LOG_EVERY),
+            left_out_log: GrowthLog::new(LOSS_LOG_EVERY),
+            map_errors: 0,
+            map_errors_log: GrowthLog::new(LOSS_LOG_EVERY),
         }
     }
 
@@ -204,10 +223,36 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// Writes the topology into the kernel's filter maps and the engine.
+    /// What does not fit the maps is counted and warned about (once a
+    /// minute at most), never fatal: the agent goes on with what fits.
     fn apply_topology(&mut self) -> Result<()> {
-        let changes = self.session.maps.sync(&self.topo)?;
-        if changes.any() {
-            log::info!("storage topology: {changes:?}");
+        let out = self.session.maps.sync(&self.topo);
+        if out.changes.any() {
+            log::info!("storage topology: {:?}", out.changes);
+        }
+        let now = Instant::now();
+        let before = std::mem::replace(&mut self.summary.left_out, out.left_out);
+        self.summary.filter_map_full += out.left_out.total() as u64;
+        if self.left_out_log.check(self.summary.filter_map_full, now, false).is_some() {
+            log::warn!(
+                "the kernel's filter maps cannot hold the storage topology: {} of its servicer processes and {} of \
+                 its backing files are left out (the maps hold {} and {}), and their reclaim is not followed",
+                out.left_out.servicers,
+                out.left_out.backing_files,
+                MAX_SERVICERS,
+                MAX_BACKING_FILES
+            );
+        } else if before.total() > 0 && out.left_out.total() == 0 {
+            log::info!("the storage topology fits the kernel's filter maps again");
+        }
+        self.map_errors += out.errors.len() as u64;
+        if let Some(g) = self.map_errors_log.check(self.map_errors, now, false) {
+            log::warn!(
+                "the kernel refused filter map writes ({}): {}",
+                g.describe("refused"),
+                out.errors.first().map(String::as_str).unwrap_or("")
+            );
         }
         let index = StackIndex::from_topology(&self.topo);
         if &index != self.engine.index() {
@@ -270,6 +315,20 @@ impl<'a> EventLoop<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Says how many events the ring buffer dropped: the first drop at once,
+    /// then at most once a minute with the count since the previous line
+    /// (the kernel counts every drop and does not log them), and whatever
+    /// is left unsaid at exit (`last`).
+    fn log_drops(&mut self, last: bool) {
+        let total = self.session.counters.get(counter::EVENTS_DROPPED);
+        if let Some(g) = self.drops_log.check(total, Instant::now(), last) {
+            log::warn!(
+                "ring buffer full: {} (the agent did not drain it in time); findings may be missing",
+                g.describe("events dropped")
+            );
+        }
     }
 
     fn refresh_summary(&mut self) {
@@ -353,6 +412,7 @@ impl<'a> EventLoop<'a> {
                         Ok(_) => {}
                         Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
                     }
+                    self.log_drops(false);
                     self.check_blocked()?;
                     self.sink.end_batch()?;
                     self.sink.findings_now(self.engine.findings(), now_ns())?;
@@ -379,6 +439,7 @@ impl<'a> EventLoop<'a> {
             self.handle(&raw)?;
         }
         self.sink.end_batch()?;
+        self.log_drops(true);
         self.refresh_summary();
         self.summary.loop_lag_max_ms = self.lag.overall.as_secs_f64() * 1e3;
         self.summary.news = true;

@@ -74,6 +74,7 @@ impl Sink for MonitorSink {
             stacks_lost: s.stacks_lost,
             stale_reclaim: s.stale_reclaim,
             decode_errors: s.decode_errors,
+            filter_map_full: s.filter_map_full,
         });
         self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
         // Every summary, news or not: a service's log and its supervisor

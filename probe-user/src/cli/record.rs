@@ -77,7 +77,7 @@ fn unix_ns() -> u64 {
 impl Sink for RecordSink {
     fn event(&mut self, raw: &[u8], ev: &Event, _obs: &Observed, stack: &[(u64, String)]) -> Result<()> {
         let id = ev.ctx().stack_id;
-        if id >= 0 && !stack.is_empty() && !self.writer.has_stack(id) {
+        if id >= 0 && !stack.is_empty() && !self.writer.has_stack_as(id, stack) {
             let frames = stack.iter().map(|(addr, symbol)| Frame { addr: *addr, symbol: symbol.clone() }).collect();
             self.writer.write(&Record::Stack(StackRecord { id, frames }))?;
         }

@@ -68,12 +68,15 @@ pub struct Losses {
     pub dropped_events: u64,
     /// Task states the kernel could not record (its TASKS map was full).
     pub task_state_full: u64,
-    /// Events sent without their kernel stack (STACKS full, or a collision).
+    /// Events sent without their kernel stack (not walkable, or no free stack element).
     pub stacks_lost: u64,
     /// Reclaim starts whose end was never seen; the next start replaced them.
     pub stale_reclaim: u64,
     /// Ring-buffer events the agent could not decode.
     pub decode_errors: u64,
+    /// Topology entries (servicer processes, backing files) left out of
+    /// the kernel's filter maps, counted at every sync that left them out.
+    pub filter_map_full: u64,
 }
 
 /// Follows a total the kernel keeps in a per-CPU BPF counter. Such a total
@@ -115,6 +118,7 @@ pub struct Metrics {
     stacks_lost: Counter,
     stale_reclaim: Counter,
     decode_errors: Counter,
+    filter_map_full: Counter,
     servicers: Family<ProtectionLabels, Gauge>,
     probe_attached: Family<ProbeLabels, Gauge>,
     uptime: Gauge<f64, AtomicU64>,
@@ -180,7 +184,7 @@ impl Metrics {
         let stacks_lost = Counter::default();
         registry.register(
             "stacks_lost",
-            "Events sent without their kernel stack (the STACKS map full, or a hash collision)",
+            "Events sent without their kernel stack (the kernel could not walk it, or had no free stack element)",
             stacks_lost.clone(),
         );
         let stale_reclaim = Counter::default();
@@ -191,6 +195,13 @@ impl Metrics {
         );
         let decode_errors = Counter::default();
         registry.register("decode_errors", "Ring-buffer events the agent could not decode", decode_errors.clone());
+        let filter_map_full = Counter::default();
+        registry.register(
+            "filter_map_full",
+            "Servicer processes and backing files left out of the kernel's filter maps because they were full, \
+             counted at every topology sync that left them out; their reclaim is not followed",
+            filter_map_full.clone(),
+        );
         let servicers = Family::<ProtectionLabels, Gauge>::default();
         registry.register(
             "servicers",
@@ -225,6 +236,7 @@ impl Metrics {
             stacks_lost,
             stale_reclaim,
             decode_errors,
+            filter_map_full,
             servicers,
             probe_attached,
             uptime,
@@ -312,6 +324,7 @@ impl Metrics {
             ("stacks_lost", &self.stacks_lost, l.stacks_lost),
             ("stale_reclaim", &self.stale_reclaim, l.stale_reclaim),
             ("decode_errors", &self.decode_errors, l.decode_errors),
+            ("filter_map_full", &self.filter_map_full, l.filter_map_full),
         ] {
             let total = self.follow(key, total);
             counter.inner().fetch_max(total, Ordering::Relaxed);
@@ -466,6 +479,7 @@ mod tests {
             stacks_lost: n + 2,
             stale_reclaim: n + 3,
             decode_errors: n + 4,
+            filter_map_full: n + 5,
         };
         m.set_losses(&losses(3));
         m.set_losses(&losses(3));
@@ -476,6 +490,7 @@ mod tests {
         assert_eq!(lost(&m, "reclaimscope_stacks_lost_total"), 5.0 + 3.0);
         assert_eq!(lost(&m, "reclaimscope_stale_reclaim_total"), 6.0 + 4.0);
         assert_eq!(lost(&m, "reclaimscope_decode_errors_total"), 7.0 + 5.0);
+        assert_eq!(lost(&m, "reclaimscope_filter_map_full_total"), 8.0 + 6.0);
     }
 
     fn finding(rule: &str, severity: &str, comm: &str, tid: u32, last_ns: u64) -> Finding {

@@ -149,6 +149,30 @@ fn repeated_stack_records_are_written_once() {
     assert_eq!(got, vec![stack(3), reclaim(0, 3)]);
 }
 
+/// The kernel reuses a stack id for a newer stack (BPF_F_REUSE_STACKID):
+/// the writer says the id's frames changed, and the new record follows.
+#[test]
+fn a_reused_stack_id_is_written_again_with_its_new_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.rst");
+    let mut w = TraceWriter::create(&path, header(), None, 1, false).unwrap();
+    let Record::Stack(old) = stack(3) else { unreachable!() };
+    let frames = |s: &StackRecord| s.frames.iter().map(|f| (f.addr, f.symbol.clone())).collect::<Vec<_>>();
+    let Record::Stack(four) = stack(4) else { unreachable!() };
+    let newer = StackRecord { id: 3, frames: four.frames };
+    w.write(&Record::Stack(old.clone())).unwrap();
+    w.write(&reclaim(0, 3)).unwrap();
+    assert!(w.has_stack_as(3, &frames(&old)));
+    assert!(!w.has_stack_as(3, &frames(&newer)));
+    assert!(!w.has_stack_as(4, &frames(&old)));
+    w.write(&Record::Stack(newer.clone())).unwrap();
+    w.write(&reclaim(1, 3)).unwrap();
+    assert!(w.has_stack_as(3, &frames(&newer)));
+    w.finish().unwrap();
+    let got: Vec<Record> = TraceReader::open(&path).unwrap().collect();
+    assert_eq!(got, vec![Record::Stack(old), reclaim(0, 3), Record::Stack(newer), reclaim(1, 3)]);
+}
+
 #[test]
 fn rotation_keeps_max_files_and_each_file_reads_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,6 +147,18 @@ impl TraceWriter {
         self.stacks.contains_key(&id)
     }
 
+    /// Whether the latest stack record for `id` holds exactly `frames`
+    /// ((address, symbol), innermost first). The kernel gives an id to a
+    /// newer stack when one lands in its bucket (BPF_F_REUSE_STACKID), so an
+    /// id seen before with other frames needs a new record, which replaces
+    /// the older one for the events after it.
+    pub fn has_stack_as(&self, id: i32, frames: &[(u64, String)]) -> bool {
+        self.stacks.get(&id).is_some_and(|s| {
+            s.frames.len() == frames.len()
+                && s.frames.iter().zip(frames).all(|(f, (addr, symbol))| f.addr == *addr && f.symbol == *symbol)
+        })
+    }
+
     /// Whether a symbol record for `addr` was written already.
     pub fn has_symbol(&self, addr: u64) -> bool {
         self.symbols.contains_key(&addr)
