@@ -11,7 +11,6 @@ use std::{
 use anyhow::Result;
 use probe_common::maps::{counter, MAX_BACKING_FILES, MAX_SERVICERS};
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
     time::MissedTickBehavior,
 };
@@ -176,6 +175,8 @@ pub struct EventLoop<'a> {
     /// Rate-limits the warnings of dropped events and of a topology that
     /// does not fit the filter maps.
     drops_log: GrowthLog,
+    /// An agent older or newer than its eBPF object could fail every event.
+    decode_errors_log: GrowthLog,
     left_out_log: GrowthLog,
     map_errors: u64,
     map_errors_log: GrowthLog,
@@ -205,6 +206,7 @@ impl<'a> EventLoop<'a> {
             lock_holders: Default::default(),
             lag: Lag::default(),
             drops_log: GrowthLog::new(LOSS_LOG_EVERY),
+            decode_errors_log: GrowthLog::new(LOSS_LOG_EVERY),
             left_out_log: GrowthLog::new(LOSS_LOG_EVERY),
             map_errors: 0,
             map_errors_log: GrowthLog::new(LOSS_LOG_EVERY),
@@ -269,7 +271,9 @@ impl<'a> EventLoop<'a> {
             Ok(ev) => ev,
             Err(e) => {
                 self.summary.decode_errors += 1;
-                log::warn!("undecodable event: {e}");
+                if let Some(g) = self.decode_errors_log.check(self.summary.decode_errors, Instant::now(), false) {
+                    log::warn!("undecodable event ({e}): {}", g.describe("undecodable events"));
+                }
                 return Ok(());
             }
         };
@@ -370,14 +374,6 @@ impl<'a> EventLoop<'a> {
         let mut topology = self.refresher.subscribe();
         let first = topology.borrow_and_update().clone();
         self.take(&first)?;
-        // SAFETY: the logger owns its ring-buffer fd for the AsyncFd's lifetime.
-        let mut logs = match self.session.logger.take() {
-            Some(l) => Some(
-                unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
-                    .map_err(std::io::Error::from)?,
-            ),
-            None => None,
-        };
         let mut last_summary = Instant::now();
         // The first periodic summary always comes: it says the loop runs.
         let mut last_news = None;
@@ -393,11 +389,6 @@ impl<'a> EventLoop<'a> {
                         self.handle(&raw)?;
                     }
                     self.sink.end_batch()?;
-                }
-                guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
-                    let mut guard = guard?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
                 }
                 changed = topology.changed() => {
                     if changed.is_ok() {

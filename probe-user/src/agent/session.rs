@@ -81,7 +81,6 @@ pub struct Session {
     pub maps: MapsSync,
     pub stacks: Stacks,
     pub counters: Counters,
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     tp_offsets: Array<MapData, TracepointOffsets>,
     paths: KernelPaths,
     /// The loaded modules when the hooks were last attached.
@@ -125,13 +124,6 @@ impl Session {
         let mut tp_offsets = take::<Array<_, TracepointOffsets>>(&mut ebpf, names::TP_OFFSETS)?;
         tp_offsets.set(0, built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
         let modules = loaded_modules();
-        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log::debug!("no eBPF log channel: {e}");
-                None
-            }
-        };
         let (attach, every) = if opts.every_impl {
             (AttachReport::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
         } else {
@@ -161,7 +153,6 @@ impl Session {
             maps,
             stacks,
             counters,
-            logger,
             tp_offsets,
             paths: opts.paths.clone(),
             modules,

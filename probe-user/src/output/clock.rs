@@ -46,7 +46,10 @@ mod tests {
     use super::*;
 
     fn mono_now() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec for clock_gettime to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     fn parse(s: &str) -> SystemTime {
