@@ -78,19 +78,9 @@ fn absurd_durations_are_one_line() {
 
 /// A small but real trace: a header and one finding.
 fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::PathBuf {
-    use reclaimscope::trace::{Record, TraceHeader, TraceWriter};
+    use reclaimscope::trace::{Record, TraceWriter};
     let path = dir.join("t.trace");
-    let header = TraceHeader {
-        agent_version: "0".into(),
-        kernel_release: "6.18.0".into(),
-        hostname: "h".into(),
-        started_unix_ns: 0,
-        command: "reclaimscope record".into(),
-        topology: serde_json::json!({}),
-        attach: serde_json::json!({}),
-        gfp_format,
-        monotonic_to_unix_ns: None,
-    };
+    let header = common::test_header(gfp_format);
     let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
     w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
         .unwrap();

@@ -81,13 +81,7 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
 fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
     testbed::require_root("a_deadlock_formed_before_the_agent_started_is_found_with_its_holder");
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StorageStackSpec {
-        servicer: testbed::Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(96),
-        dm: None,
-    };
+    let spec = common::deadlock_spec();
     for attempt in 1..=3 {
         let mut stack = testbed::StorageStack::build("early", &spec).unwrap();
         let writer = stack.spawn_writer("data", 512).unwrap();
@@ -170,13 +164,7 @@ fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
 fn real_deadlock_is_flagged_as_it_forms() {
     testbed::require_root("real_deadlock_is_flagged_as_it_forms");
     let _lock = testbed::lock().unwrap();
-    let spec = testbed::StorageStackSpec {
-        servicer: testbed::Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(96),
-        dm: None,
-    };
+    let spec = common::deadlock_spec();
     let mut stack = testbed::StorageStack::build("deadlock", &spec).unwrap();
     let agent = common::Agent::start(&["watch", "--json", "--summary-every", "1"]);
     agent.wait_started();

@@ -5,53 +5,13 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use probe_common::maps::MAX_SERVICERS;
 use serde_json::Value;
 
 /// Servicer processes named on the command line: this many more than the map holds.
 const BEYOND: u32 = 8;
-
-/// `n` `sleep` processes in one process group; killed and reaped on drop.
-struct Sleepers {
-    children: Vec<Child>,
-    pgid: i32,
-}
-
-impl Sleepers {
-    fn spawn(n: u32) -> Sleepers {
-        let mut s = Sleepers { children: Vec::with_capacity(n as usize), pgid: 0 };
-        for _ in 0..n {
-            let mut cmd = Command::new("sleep");
-            // Bounded, so a test killed without its Drop leaves nothing for long.
-            cmd.arg("600").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            std::os::unix::process::CommandExt::process_group(&mut cmd, s.pgid);
-            let c = cmd.spawn().unwrap_or_else(|e| panic!("spawning sleeper {}: {e}", s.children.len()));
-            if s.pgid == 0 {
-                s.pgid = c.id() as i32;
-            }
-            s.children.push(c);
-        }
-        s
-    }
-}
-
-impl Drop for Sleepers {
-    fn drop(&mut self) {
-        if self.pgid > 0 {
-            // SAFETY: signalling the process group we created.
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn n(v: &Value, path: &[&str]) -> u64 {
     path.iter().fold(v, |v, k| &v[k]).as_u64().unwrap_or_else(|| panic!("no {} in {v}", path.join(".")))
@@ -66,7 +26,7 @@ fn a_topology_larger_than_the_filter_maps_is_followed_as_far_as_it_fits() {
     // Not a storage stack, but 4,000 processes disturb whoever else measures.
     let _lock = testbed::lock().unwrap();
     let t = Instant::now();
-    let sleepers = Sleepers::spawn(MAX_SERVICERS + BEYOND);
+    let sleepers = common::Crowd::spawn((MAX_SERVICERS + BEYOND) as usize, 0);
     eprintln!("{} sleepers in {:.1} s", sleepers.children.len(), t.elapsed().as_secs_f64());
     let mut args: Vec<String> = ["monitor", "--summary-every", "1", "--refresh-every", "1"].map(String::from).into();
     for c in &sleepers.children {

@@ -195,20 +195,10 @@ fn reclaim_event(i: u32, stack_id: i32) -> reclaimscope::trace::Record {
 /// whole. Both must stay under the documented bound.
 #[test]
 fn report_memory_stays_bounded_on_crafted_inputs() {
-    use reclaimscope::trace::{Frame, Record, StackRecord, TraceHeader, TraceWriter};
+    use reclaimscope::trace::{Frame, Record, StackRecord, TraceWriter};
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("crafted.trace");
-    let header = TraceHeader {
-        agent_version: "0".into(),
-        kernel_release: "6.18.0".into(),
-        hostname: "h".into(),
-        started_unix_ns: 0,
-        command: "reclaimscope record".into(),
-        topology: serde_json::json!({}),
-        attach: serde_json::json!({}),
-        gfp_format: None,
-        monotonic_to_unix_ns: None,
-    };
+    let header = common::test_header(None);
     let mut w = TraceWriter::create(&trace, header, None, 1, false).unwrap();
     let frames = (0..23_000).map(|a| Frame { addr: a, symbol: "shrink_folio_list".into() }).collect();
     w.write(&Record::Stack(StackRecord { id: 1, frames })).unwrap();

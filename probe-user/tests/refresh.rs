@@ -6,9 +6,7 @@
 mod common;
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,63 +15,6 @@ use serde_json::Value;
 const SLEEPERS: usize = 5_000;
 /// Descriptors each sleeper holds besides stdin/stdout/stderr.
 const FDS_EACH: usize = 40;
-
-/// 5,000 `sleep` processes in one process group, each holding the same 40
-/// descriptors; killed and reaped on drop, whatever happened.
-struct Crowd {
-    children: Vec<Child>,
-    pgid: i32,
-}
-
-impl Crowd {
-    fn spawn() -> Crowd {
-        // dup() leaves FD_CLOEXEC clear, so every child inherits these.
-        let null = File::open("/dev/null").unwrap();
-        // SAFETY: dup of a descriptor we own; each copy is closed below.
-        let fds: Vec<i32> = (0..FDS_EACH).map(|_| unsafe { libc::dup(null.as_raw_fd()) }).collect();
-        assert!(fds.iter().all(|&fd| fd >= 0), "dup failed");
-        let mut crowd = Crowd { children: Vec::with_capacity(SLEEPERS), pgid: 0 };
-        for _ in 0..SLEEPERS {
-            let mut cmd = Command::new("sleep");
-            // Bounded, so a test killed without its Drop leaves nothing for long.
-            cmd.arg("900").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            std::os::unix::process::CommandExt::process_group(&mut cmd, crowd.pgid);
-            match cmd.spawn() {
-                Ok(c) => {
-                    if crowd.pgid == 0 {
-                        crowd.pgid = c.id() as i32;
-                    }
-                    crowd.children.push(c);
-                }
-                Err(e) => {
-                    for fd in fds {
-                        // SAFETY: closing our own dups.
-                        unsafe { libc::close(fd) };
-                    }
-                    panic!("spawning sleeper {}: {e}", crowd.children.len());
-                }
-            }
-        }
-        for fd in fds {
-            // SAFETY: closing our own dups; the children keep theirs.
-            unsafe { libc::close(fd) };
-        }
-        crowd
-    }
-}
-
-impl Drop for Crowd {
-    fn drop(&mut self) {
-        if self.pgid > 0 {
-            // SAFETY: signalling the process group we created.
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Processes and descriptors on this host, as /proc shows them.
 fn census() -> (usize, usize) {
@@ -98,7 +39,7 @@ fn discovery_on_a_crowded_host_does_not_stall_the_event_loop() {
     // Not a storage stack, but 5,000 processes disturb whoever else measures.
     let _lock = testbed::lock().unwrap();
     let t = Instant::now();
-    let crowd = Crowd::spawn();
+    let crowd = common::Crowd::spawn(SLEEPERS, FDS_EACH);
     let (procs, fds) = census();
     eprintln!("host: {procs} processes, {fds} open descriptors ({:.1} s to spawn)", t.elapsed().as_secs_f64());
     assert!(procs >= SLEEPERS && fds >= SLEEPERS * FDS_EACH, "{procs} processes, {fds} descriptors");

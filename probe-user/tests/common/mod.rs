@@ -3,7 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader},
+    os::fd::AsRawFd,
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -228,4 +230,92 @@ pub fn record_result(scenario: &str, outcome: Value) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("results file");
     writeln!(f, "{line}").expect("write result");
+}
+
+/// The deadlock scenario: XFS on a loop device on qemu-storage-daemon's
+/// FUSE export, the daemon and its writer in a 96 MiB memory cgroup.
+pub fn deadlock_spec() -> testbed::StorageStackSpec {
+    testbed::StorageStackSpec {
+        servicer: testbed::Servicer::QsdFuse,
+        levels: 1,
+        image_mb: 1024,
+        memcg_limit_mb: Some(96),
+        dm: None,
+    }
+}
+
+/// `n` idle `sleep` processes in one process group, each holding `fds`
+/// descriptors besides stdin/stdout/stderr: a crowded host. Killed and
+/// reaped on drop, whatever happened.
+pub struct Crowd {
+    pub children: Vec<Child>,
+    pgid: i32,
+}
+
+impl Crowd {
+    pub fn spawn(n: usize, fds: usize) -> Crowd {
+        // dup() leaves FD_CLOEXEC clear, so every child inherits these.
+        let null = File::open("/dev/null").unwrap();
+        // SAFETY: dup of a descriptor we own; each copy is closed below.
+        let dups: Vec<i32> = (0..fds).map(|_| unsafe { libc::dup(null.as_raw_fd()) }).collect();
+        let close = |dups: &[i32]| {
+            for &fd in dups {
+                // SAFETY: closing our own dups; the children keep theirs.
+                unsafe { libc::close(fd) };
+            }
+        };
+        let mut crowd = Crowd { children: Vec::with_capacity(n), pgid: 0 };
+        if dups.iter().any(|&fd| fd < 0) {
+            close(&dups);
+            panic!("dup failed");
+        }
+        for _ in 0..n {
+            let mut cmd = Command::new("sleep");
+            // Bounded, so a test killed without its Drop leaves nothing for long.
+            cmd.arg("900").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            std::os::unix::process::CommandExt::process_group(&mut cmd, crowd.pgid);
+            match cmd.spawn() {
+                Ok(c) => {
+                    if crowd.pgid == 0 {
+                        crowd.pgid = c.id() as i32;
+                    }
+                    crowd.children.push(c);
+                }
+                Err(e) => {
+                    close(&dups);
+                    panic!("spawning sleeper {}: {e}", crowd.children.len());
+                }
+            }
+        }
+        close(&dups);
+        crowd
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        if self.pgid > 0 {
+            // SAFETY: signalling the process group we created.
+            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A trace header for traces the tests write themselves.
+pub fn test_header(gfp_format: Option<String>) -> reclaimscope::trace::TraceHeader {
+    reclaimscope::trace::TraceHeader {
+        agent_version: "0".into(),
+        kernel_release: "6.18.0".into(),
+        hostname: "h".into(),
+        started_unix_ns: 0,
+        command: "reclaimscope record".into(),
+        topology: serde_json::json!({}),
+        attach: serde_json::json!({}),
+        gfp_format,
+        monotonic_to_unix_ns: None,
+    }
 }
