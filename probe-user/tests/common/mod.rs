@@ -155,10 +155,23 @@ pub fn prog_ids_of(pid: u32) -> Vec<u64> {
     ids
 }
 
-/// Which of `ids` the kernel still has loaded (`bpftool prog show`).
+/// Which of `ids` the kernel still has loaded (`bpftool prog show`) 5 s
+/// after the agent is gone: the kernel frees a program after an RCU grace
+/// period and a work item once its last reference (fd, link) goes, so an
+/// exit is not seen at once.
 pub fn still_loaded(ids: &[u64]) -> Vec<u64> {
-    let progs = bpftool_json(&["prog", "show"]);
-    progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
+    let loaded = || -> Vec<u64> {
+        let progs = bpftool_json(&["prog", "show"]);
+        progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).filter(|id| ids.contains(id)).collect()
+    };
+    let t = Instant::now();
+    loop {
+        let left = loaded();
+        if left.is_empty() || t.elapsed() > Duration::from_secs(5) {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub fn findings(lines: &[Value]) -> Vec<&Value> {
