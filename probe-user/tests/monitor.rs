@@ -80,7 +80,7 @@ fn annotations(alert: &str, l: &BTreeMap<String, String>) -> String {
         out.push_str("              description: \"See the finding's 'remedy' field in the journal (journalctl -u reclaimscope). Aborting the FUSE connection (fusectl) breaks the cycle.\"\n");
     }
     out.push_str(&format!(
-        "              runbook_url: \"file:///usr/local/share/doc/reclaimscope/runbook.md#{}\"\n",
+        "              runbook_url: \"file:///usr/share/doc/reclaimscope/runbook.md#{}\"\n",
         alert.to_lowercase()
     ));
     out
