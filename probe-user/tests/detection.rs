@@ -49,7 +49,7 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     assert!(!h["stack"].as_array().unwrap().is_empty(), "no kernel stack");
     assert_eq!(h["servicer"]["name"], "qemu-storage-daemon", "the full program name, not the 15-byte comm");
     // One finding per (rule, process, upper fs): every qsd thread is in it,
-    // counted live; and while the XFS above was busy, someone held its locks.
+    // counted live.
     let live: Vec<&Value> = common::final_findings(&lines)
         .into_iter()
         .filter(|f| rule(f) == "RS001" && f["servicer"]["tgid"] == qsd)
@@ -58,8 +58,10 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     let threads = live[0]["threads"].as_array().unwrap();
     let sightings: u64 = threads.iter().map(|t| t["count"].as_u64().unwrap()).sum();
     assert_eq!(sightings + live[0]["threads_folded"].as_u64().unwrap(), live[0]["count"].as_u64().unwrap());
-    let holders = live[0]["holders"].as_array().unwrap();
-    assert!(!holders.is_empty(), "no holder of the upper XFS's locks named: {:#}", live[0]);
+    // Holders are named only while blocked holding something (docs/rules.md):
+    // this writer stays outside the memcg and is rarely blocked under its
+    // lock, so whether it is named depends on timing. The deadlock tests,
+    // where it is blocked for good, assert it.
     let hooks = common::chosen_families();
     common::record_result(
         "hazard (qsd FUSE, servicer in a 256 MiB memcg)",
