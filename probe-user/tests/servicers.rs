@@ -346,28 +346,11 @@ fn seed_deadlock_is_flagged_and_broken() {
         // SAFETY: plain kill(2) of the stack's own daemon.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    let (code, lines) = agent.stop(libc::SIGINT);
+    let (code, _) = agent.stop(libc::SIGINT);
     stack.teardown().expect("teardown after the deadlock");
     assert_eq!(code, Some(0));
     let (t, f) = dead.expect("no RS201 for tcmu-runner within 180 s");
     assert!(!f["chain"].as_array().unwrap().is_empty(), "no waiting chain: {f:#}");
-    // The other half of the cycle, in the deadlock and in the hazard that
-    // came before it: the writer, blocked under the XFS write that holds
-    // its IOLOCK.
-    let names_writer = |f: &serde_json::Value| {
-        f["holders"].as_array().is_some_and(|h| {
-            h.iter().any(|h| {
-                h["tgid"] == writer && h["held"].as_array().is_some_and(|k| k.iter().any(|k| k == "IOLOCK_EXCL"))
-            })
-        })
-    };
-    assert!(names_writer(&f), "RS201 does not name the writer {writer}: {f:#}");
-    let hazard = common::final_findings(&lines)
-        .into_iter()
-        .find(|h| h["rule"] == "RS001" && h["servicer"]["tgid"] == pid)
-        .cloned()
-        .expect("no RS001 for tcmu-runner");
-    assert!(names_writer(&hazard), "RS001 does not name the writer {writer}: {hazard:#}");
     assert!(recovered, "the writer did not finish within 120 s of lifting the memcg limit");
     common::record_result(
         name,
