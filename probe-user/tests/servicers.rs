@@ -351,6 +351,13 @@ fn seed_deadlock_is_flagged_and_broken() {
     assert_eq!(code, Some(0));
     let (t, f) = dead.expect("no RS201 for tcmu-runner within 180 s");
     assert!(!f["chain"].as_array().unwrap().is_empty(), "no waiting chain: {f:#}");
+    // The other half of the cycle: the writer, blocked under the XFS
+    // write that holds its IOLOCK.
+    let names_writer = f["holders"].as_array().is_some_and(|h| {
+        h.iter()
+            .any(|h| h["tgid"] == writer && h["held"].as_array().is_some_and(|k| k.iter().any(|k| k == "IOLOCK_EXCL")))
+    });
+    assert!(names_writer, "RS201 does not name the writer {writer}: {f:#}");
     assert!(recovered, "the writer did not finish within 120 s of lifting the memcg limit");
     common::record_result(
         name,
