@@ -26,9 +26,11 @@ use crate::{
 /// Reclaim entry. Counted for every task; recorded in the thread's state for
 /// stacked-I/O tasks (and every task with `--all`), and for a task doing
 /// stacked I/O emitted at once: a servicer stuck in reclaim never reaches
-/// the end.
+/// the end. `args` reads (gfp, order) only for those: on a tracepoint each
+/// read is a helper call, and reclaim in an unrelated memory cgroup, which
+/// a container host always has, must cost no more than the filter.
 #[inline(always)]
-pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32) {
+pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, args: impl FnOnce() -> (u32, i32)) {
     count(match kind {
         ReclaimKind::Memcg => counter::RECLAIM_MEMCG,
         _ => counter::RECLAIM_DIRECT,
@@ -41,6 +43,7 @@ pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32
     if serving == 0 && config().trace_all == 0 {
         return;
     }
+    let (gfp, order) = args();
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let recorded = cur.with_state_or_insert(|s| {
         // Reclaim does not nest (PF_MEMALLOC keeps it from recursing): a
@@ -60,22 +63,24 @@ pub fn begin<C: StackIdContext>(ctx: &C, kind: ReclaimKind, gfp: u32, order: i32
     }
 }
 
+/// Reclaim exit: one TASKS lookup for a task that recorded no entry; the
+/// clock and `nr_reclaimed` are read only for one that did.
 #[inline(always)]
-pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: u64) {
+pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: impl FnOnce() -> u64) {
     let cur = current();
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let data = cur.with_state(|s| {
         if s.in_reclaim == 0 {
             return None;
         }
         s.in_reclaim = 0;
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
         Some(ReclaimData {
             reclaim_kind: s.reclaim_kind,
             gfp: s.reclaim_gfp,
             order: s.reclaim_order,
             _pad: 0,
             duration_ns: now - s.reclaim_begin_ns,
-            nr_reclaimed,
+            nr_reclaimed: nr_reclaimed(),
         })
     });
     let Some(Some(data)) = data else { return };
@@ -87,16 +92,18 @@ pub fn end<C: StackIdContext>(ctx: &C, nr_reclaimed: u64) {
 #[inline(always)]
 fn tp_begin(ctx: &TracePointContext, kind: ReclaimKind) -> u32 {
     let Some(tp) = tp_offsets() else { return 0 };
-    let order = unsafe { ctx.read_at::<i32>(tp.reclaim_begin_order as usize) }.unwrap_or(-1);
-    let gfp = unsafe { ctx.read_at::<u32>(tp.reclaim_begin_gfp as usize) }.unwrap_or(0);
-    begin(ctx, kind, gfp, order);
+    begin(ctx, kind, || {
+        let order = unsafe { ctx.read_at::<i32>(tp.reclaim_begin_order as usize) }.unwrap_or(-1);
+        let gfp = unsafe { ctx.read_at::<u32>(tp.reclaim_begin_gfp as usize) }.unwrap_or(0);
+        (gfp, order)
+    });
     0
 }
 
 #[inline(always)]
 fn tp_end(ctx: &TracePointContext) -> u32 {
     let Some(tp) = tp_offsets() else { return 0 };
-    end(ctx, unsafe { ctx.read_at::<u64>(tp.reclaim_end_nr_reclaimed as usize) }.unwrap_or(0));
+    end(ctx, || unsafe { ctx.read_at::<u64>(tp.reclaim_end_nr_reclaimed as usize) }.unwrap_or(0));
     0
 }
 
@@ -126,13 +133,13 @@ pub fn tp_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
 pub fn kp_try_to_free_pages(ctx: ProbeContext) -> u32 {
     let order = ctx.arg::<i32>(1).unwrap_or(-1);
     let gfp = ctx.arg::<u32>(2).unwrap_or(0);
-    begin(&ctx, ReclaimKind::Direct, effective_gfp(gfp, task_flags()), order);
+    begin(&ctx, ReclaimKind::Direct, || (effective_gfp(gfp, task_flags()), order));
     0
 }
 
 #[kretprobe]
 pub fn krp_try_to_free_pages(ctx: RetProbeContext) -> u32 {
-    end(&ctx, ctx.ret::<u64>());
+    end(&ctx, || ctx.ret::<u64>());
     0
 }
 
@@ -140,7 +147,7 @@ pub fn krp_try_to_free_pages(ctx: RetProbeContext) -> u32 {
 pub fn fe_try_to_free_pages(ctx: FEntryContext) -> u32 {
     let order: i32 = ctx.arg(1);
     let gfp: u32 = ctx.arg(2);
-    begin(&ctx, ReclaimKind::Direct, effective_gfp(gfp, task_flags()), order);
+    begin(&ctx, ReclaimKind::Direct, || (effective_gfp(gfp, task_flags()), order));
     0
 }
 
@@ -148,7 +155,7 @@ pub fn fe_try_to_free_pages(ctx: FEntryContext) -> u32 {
 /// argument slot: the functions' arity differs between kernels.
 #[fexit(function = "try_to_free_pages")]
 pub fn fx_try_to_free_pages(ctx: FExitContext) -> u32 {
-    end(&ctx, ctx.ret::<u64>().unwrap_or(0));
+    end(&ctx, || ctx.ret::<u64>().unwrap_or(0));
     0
 }
 
@@ -158,25 +165,25 @@ pub fn fx_try_to_free_pages(ctx: FExitContext) -> u32 {
 #[kprobe]
 pub fn kp_try_to_free_mem_cgroup_pages(ctx: ProbeContext) -> u32 {
     let gfp = ctx.arg::<u32>(2).unwrap_or(0);
-    begin(&ctx, ReclaimKind::Memcg, effective_gfp(gfp, task_flags()), 0);
+    begin(&ctx, ReclaimKind::Memcg, || (effective_gfp(gfp, task_flags()), 0));
     0
 }
 
 #[kretprobe]
 pub fn krp_try_to_free_mem_cgroup_pages(ctx: RetProbeContext) -> u32 {
-    end(&ctx, ctx.ret::<u64>());
+    end(&ctx, || ctx.ret::<u64>());
     0
 }
 
 #[fentry(function = "try_to_free_mem_cgroup_pages")]
 pub fn fe_try_to_free_mem_cgroup_pages(ctx: FEntryContext) -> u32 {
     let gfp: u32 = ctx.arg(2);
-    begin(&ctx, ReclaimKind::Memcg, effective_gfp(gfp, task_flags()), 0);
+    begin(&ctx, ReclaimKind::Memcg, || (effective_gfp(gfp, task_flags()), 0));
     0
 }
 
 #[fexit(function = "try_to_free_mem_cgroup_pages")]
 pub fn fx_try_to_free_mem_cgroup_pages(ctx: FExitContext) -> u32 {
-    end(&ctx, ctx.ret::<u64>().unwrap_or(0));
+    end(&ctx, || ctx.ret::<u64>().unwrap_or(0));
     0
 }

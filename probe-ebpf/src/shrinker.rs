@@ -37,8 +37,11 @@ fn super_block_of(shr: u64) -> Option<u64> {
     }
 }
 
+/// `args` reads (shrinker, gfp, nr_to_scan) only for a servicer's call to a
+/// super-block shrinker: on a tracepoint each read is a helper call, and
+/// every shrinker call of the machine's reclaim passes here.
 #[inline(always)]
-fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, nr_to_scan: u64) {
+fn shrinker_call<C: StackIdContext>(ctx: &C, scan_fn: u64, args: impl FnOnce() -> (u64, u32, u64)) {
     count(counter::SHRINKER_CALLS);
     let cfg = config();
     // Only super-block shrinkers can re-enter a filesystem; without the
@@ -47,6 +50,7 @@ fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, n
         return;
     }
     let Some((cur, serving)) = servicer() else { return };
+    let (shr, gfp, nr_to_scan) = args();
     let k = &cfg.kernel;
     let mut data = ShrinkerData { shrinker: shr, scan_fn, nr_to_scan, gfp, ..Default::default() };
     if cfg.super_cache_scan != 0 && k.found & found::SB_NAME == found::SB_NAME {
@@ -63,11 +67,13 @@ fn shrinker_call<C: StackIdContext>(ctx: &C, shr: u64, scan_fn: u64, gfp: u32, n
 #[tracepoint(category = "vmscan", name = "mm_shrink_slab_start")]
 pub fn tp_shrink_slab_start(ctx: TracePointContext) -> u32 {
     let Some(tp) = tp_offsets() else { return 0 };
-    let shr = unsafe { ctx.read_at::<u64>(tp.shrink_shr as usize) }.unwrap_or(0);
     let scan_fn = unsafe { ctx.read_at::<u64>(tp.shrink_fn as usize) }.unwrap_or(0);
-    let gfp = unsafe { ctx.read_at::<u32>(tp.shrink_gfp as usize) }.unwrap_or(0);
-    let nr = unsafe { ctx.read_at::<u64>(tp.shrink_nr as usize) }.unwrap_or(0);
-    shrinker_call(&ctx, shr, scan_fn, gfp, nr);
+    shrinker_call(&ctx, scan_fn, || {
+        let shr = unsafe { ctx.read_at::<u64>(tp.shrink_shr as usize) }.unwrap_or(0);
+        let gfp = unsafe { ctx.read_at::<u32>(tp.shrink_gfp as usize) }.unwrap_or(0);
+        let nr = unsafe { ctx.read_at::<u64>(tp.shrink_nr as usize) }.unwrap_or(0);
+        (shr, gfp, nr)
+    });
     0
 }
 
@@ -81,14 +87,12 @@ fn reclaim_gfp() -> u32 {
 //                                       struct shrink_control *sc);
 #[kprobe]
 pub fn kp_super_cache_scan(ctx: ProbeContext) -> u32 {
-    let shr = ctx.arg::<u64>(0).unwrap_or(0);
-    shrinker_call(&ctx, shr, config().super_cache_scan, reclaim_gfp(), 0);
+    shrinker_call(&ctx, config().super_cache_scan, || (ctx.arg::<u64>(0).unwrap_or(0), reclaim_gfp(), 0));
     0
 }
 
 #[fentry(function = "super_cache_scan")]
 pub fn fe_super_cache_scan(ctx: FEntryContext) -> u32 {
-    let shr: u64 = ctx.arg(0);
-    shrinker_call(&ctx, shr, config().super_cache_scan, reclaim_gfp(), 0);
+    shrinker_call(&ctx, config().super_cache_scan, || (ctx.arg::<u64>(0), reclaim_gfp(), 0));
     0
 }

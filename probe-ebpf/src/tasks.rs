@@ -15,10 +15,15 @@ use crate::{
 };
 
 // TP: sched:sched_process_exit, in the context of the exiting thread.
+// Looked up before it is deleted: almost no exiting thread has state, and a
+// delete takes the bucket's lock where a lookup takes none.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn tp_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let tid = current().tid;
-    let _ = TASKS.remove(&tid);
+    // SAFETY: only tested for presence.
+    if unsafe { TASKS.get(&tid) }.is_some() {
+        let _ = TASKS.remove(&tid);
+    }
     0
 }
 

@@ -229,6 +229,9 @@ impl<'a> EventLoop<'a> {
     /// What does not fit the maps is counted and warned about (once a
     /// minute at most), never fatal: the agent goes on with what fits.
     fn apply_topology(&mut self) -> Result<()> {
+        if let Err(e) = self.session.gate_hooks(&self.topo) {
+            log::warn!("{e:#}");
+        }
         let out = self.session.maps.sync(&self.topo);
         if out.changes.any() {
             log::info!("storage topology: {:?}", out.changes);

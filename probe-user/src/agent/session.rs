@@ -13,11 +13,13 @@ use super::{maps_sync::MapsSync, stacks::Stacks};
 use crate::{
     attach::{
         config::{self, Built, KernelView},
+        gates::Gates,
         loader::{self, AttachReport},
         table::Family,
     },
     events::stream::EventStream,
     kernel::{btf::KernelBtf, kallsyms::Kallsyms, preflight, tracefs::Tracefs},
+    topology::Topology,
 };
 
 /// The eBPF object, built by `cargo xtask build` and embedded at compile time.
@@ -75,6 +77,9 @@ pub struct Session {
     pub tracefs: Tracefs,
     pub built: Built,
     pub attach: AttachReport,
+    /// The hooks attached only while a backing file lives on a filesystem
+    /// they cover.
+    gates: Gates,
     /// With `every_impl`: every implementation and whether it attached.
     pub every: Vec<loader::Attached>,
     pub events: EventStream,
@@ -124,10 +129,11 @@ impl Session {
         let mut tp_offsets = take::<Array<_, TracepointOffsets>>(&mut ebpf, names::TP_OFFSETS)?;
         tp_offsets.set(0, built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
         let modules = loaded_modules();
-        let (attach, every) = if opts.every_impl {
-            (AttachReport::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
+        let (attach, gates, every) = if opts.every_impl {
+            (AttachReport::default(), Gates::default(), loader::attach_every_impl(&mut ebpf, &kv, &built))
         } else {
-            (loader::attach_all(&mut ebpf, &kv, &built, opts.force), Vec::new())
+            let (attach, gates) = loader::attach_all(&mut ebpf, &kv, &built, opts.force);
+            (attach, gates, Vec::new())
         };
         attach.check_required()?;
         for (hook, lost) in attach.weakened() {
@@ -148,6 +154,7 @@ impl Session {
             tracefs,
             built,
             attach,
+            gates,
             every,
             events,
             maps,
@@ -173,11 +180,27 @@ impl Session {
         let kv = self.paths.view()?;
         self.built.tp = config::tracepoint_offsets(&kv.tracefs);
         self.tp_offsets.set(0, self.built.tp.offsets, 0).context("cannot write the tracepoint offsets")?;
-        let attached = self.attach.retry_missing(&mut self.ebpf, &kv, &self.built);
+        let attached = self.attach.retry_missing(&mut self.ebpf, &kv, &self.built, &mut self.gates);
         let KernelView { kallsyms, tracefs, .. } = kv;
         (self.kallsyms, self.tracefs) = (kallsyms, tracefs);
         trim_heap();
         Ok(attached)
+    }
+}
+
+impl Session {
+    /// Attaches or parks the gated hooks for the filesystems that hold the
+    /// topology's backing files; logs each change.
+    pub fn gate_hooks(&mut self, topo: &Topology) -> Result<()> {
+        let fs_types = topo.backing_file_fs_types();
+        for (hook, on) in self.gates.apply(&mut self.ebpf, &mut self.attach, &fs_types)? {
+            if on {
+                log::info!("hook {hook} attached: a backing file lives on {fs_types:?}");
+            } else {
+                log::info!("hook {hook} parked: no backing file lives on a filesystem it covers");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,14 +5,12 @@
 //! loaded after start brings their targets.
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{
-    programs::{BtfTracePoint, KProbe, Program, TracePoint},
-    Btf, Ebpf,
-};
+use aya::{programs::Program, Btf, Ebpf};
 use serde::Serialize;
 
 use super::{
     config::{Built, KernelView},
+    gates::{attach, Gated, Gates, LinkId},
     table::{Family, Hook, Impl, Prog, Target, HOOKS},
 };
 
@@ -35,6 +33,9 @@ pub struct Choice {
     pub skipped: Vec<Skipped>,
     /// Set when the hook is missing: what the rules lose.
     pub degraded: Option<&'static str>,
+    /// Attached, then detached while no backing file lives on a filesystem
+    /// it covers (attach/gates.rs); it attaches again with the first one.
+    pub parked: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -63,8 +64,14 @@ impl AttachReport {
 
     /// Tries the hooks that have no implementation again (after a module
     /// loaded); returns the names of those that attached now.
-    pub fn retry_missing(&mut self, ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<&'static str> {
-        let mut a = Attacher { ebpf, kv, built, btf: None };
+    pub fn retry_missing(
+        &mut self,
+        ebpf: &mut Ebpf,
+        kv: &KernelView,
+        built: &Built,
+        gates: &mut Gates,
+    ) -> Vec<&'static str> {
+        let mut a = Attacher { ebpf, kv, built, btf: None, gated: std::mem::take(&mut gates.0) };
         let mut now = Vec::new();
         for (choice, hook) in self.hooks.iter_mut().zip(HOOKS) {
             if choice.family.is_none() {
@@ -74,39 +81,9 @@ impl AttachReport {
                 }
             }
         }
+        gates.0 = a.gated;
         now
     }
-}
-
-/// Attaches one loaded program. Its link stays with the program, so the
-/// program is detached when the agent drops the `Ebpf` (or exits).
-fn attach(ebpf: &mut Ebpf, prog: &Prog, resolved: &str) -> Result<()> {
-    let program = ebpf.program_mut(prog.program).context("program vanished")?;
-    match prog.target {
-        Target::Ksym(_) => {
-            let p: &mut KProbe = program.try_into()?;
-            p.attach(resolved, 0)?;
-        }
-        Target::Tp(_) => {
-            let (c, n) = resolved.split_once(':').context("tracepoint name")?;
-            let p: &mut TracePoint = program.try_into()?;
-            p.attach(c, n)?;
-        }
-        Target::BtfFn(_) => match program {
-            Program::FEntry(p) => {
-                p.attach()?;
-            }
-            Program::FExit(p) => {
-                p.attach()?;
-            }
-            _ => bail!("{} is not fentry/fexit", prog.program),
-        },
-        Target::BtfTp(_) => {
-            let p: &mut BtfTracePoint = program.try_into()?;
-            p.attach()?;
-        }
-    }
-    Ok(())
 }
 
 /// The result of loading (not attaching) one program through the verifier.
@@ -124,6 +101,8 @@ struct Attacher<'a> {
     kv: &'a KernelView,
     built: &'a Built,
     btf: Option<Btf>,
+    /// The gated hooks attached so far, with their links.
+    gated: Vec<Gated>,
 }
 
 impl Attacher<'_> {
@@ -239,17 +218,17 @@ impl Attacher<'_> {
     }
 
     /// Loads and attaches every program of one implementation, or none.
-    /// Returns the target each program attached to.
-    fn try_impl(&mut self, imp: &'static Impl) -> Result<Vec<String>> {
+    /// Returns the target each program attached to, with its link.
+    fn try_impl(&mut self, imp: &'static Impl) -> Result<Vec<(String, LinkId)>> {
         let mut done: Vec<&'static str> = Vec::new();
         let mut out = Vec::new();
         for prog in imp.progs {
             let step = self.resolve(&prog.target).and_then(|resolved| {
                 self.load(prog, &resolved).with_context(|| format!("{}: load", prog.program))?;
                 done.push(prog.program);
-                attach(self.ebpf, prog, &resolved)
+                let link = attach(self.ebpf, prog, &resolved)
                     .with_context(|| format!("{}: attach to {resolved}", prog.program))?;
-                Ok(resolved)
+                Ok((resolved, link))
             });
             match step {
                 Ok(t) => out.push(t),
@@ -273,6 +252,7 @@ impl Attacher<'_> {
             targets: vec![],
             skipped: vec![],
             degraded: None,
+            parked: false,
         };
         for imp in hook.impls {
             if force.is_some_and(|f| f != imp.family) {
@@ -285,13 +265,17 @@ impl Attacher<'_> {
                 continue;
             }
             match self.try_impl(imp) {
-                Ok(targets) => {
+                Ok(attached) => {
                     choice.family = Some(imp.family);
                     choice.lacks = imp.lacks;
-                    for target in targets {
-                        if !choice.targets.contains(&target) {
-                            choice.targets.push(target);
+                    let (targets, links): (Vec<String>, Vec<LinkId>) = attached.into_iter().unzip();
+                    for target in &targets {
+                        if !choice.targets.contains(target) {
+                            choice.targets.push(target.clone());
                         }
+                    }
+                    if hook.gated {
+                        self.gated.push(Gated { hook: hook.name, imp, targets, links: Some(links) });
                     }
                 }
                 Err(e) => choice.skipped.push(Skipped { family: imp.family, reason: format!("{e:#}") }),
@@ -311,10 +295,12 @@ impl Attacher<'_> {
     }
 }
 
-/// Attaches every hook, keeping the best implementation of each.
-pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option<Family>) -> AttachReport {
-    let mut a = Attacher { ebpf, kv, built, btf: None };
-    AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force }
+/// Attaches every hook, keeping the best implementation of each. The gated
+/// hooks come back attached, with what [`Gates::apply`] needs to park them.
+pub fn attach_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built, force: Option<Family>) -> (AttachReport, Gates) {
+    let mut a = Attacher { ebpf, kv, built, btf: None, gated: Vec::new() };
+    let report = AttachReport { hooks: HOOKS.iter().map(|h| a.hook(h, force)).collect(), forced: force };
+    (report, Gates(a.gated))
 }
 
 /// One implementation attached next to all the others, for measuring.
@@ -333,11 +319,12 @@ pub struct Attached {
 /// only the best: `probes --measure` compares their cost per call under the
 /// same workload.
 pub fn attach_every_impl(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Attached> {
-    let mut a = Attacher { ebpf, kv, built, btf: None };
+    let mut a = Attacher { ebpf, kv, built, btf: None, gated: Vec::new() };
     let mut out = Vec::new();
     for hook in HOOKS {
         for imp in hook.impls {
-            let r = a.try_impl(imp).map(|mut targets| {
+            let r = a.try_impl(imp).map(|attached| {
+                let mut targets: Vec<String> = attached.into_iter().map(|(t, _)| t).collect();
                 targets.dedup();
                 targets
             });
@@ -358,7 +345,7 @@ pub fn attach_every_impl(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec
 /// attaching it, then unloads it. A program is loaded against the first
 /// target this kernel has; one with none is reported as such.
 pub fn verify_all(ebpf: &mut Ebpf, kv: &KernelView, built: &Built) -> Vec<Verified> {
-    let mut a = Attacher { ebpf, kv, built, btf: None };
+    let mut a = Attacher { ebpf, kv, built, btf: None, gated: Vec::new() };
     let mut out: Vec<Verified> = Vec::new();
     for imp in HOOKS.iter().flat_map(|h| h.impls) {
         for prog in imp.progs {

@@ -64,6 +64,9 @@ pub struct Impl {
     /// What this implementation cannot see that the ones before it can
     /// (None: it carries the same information).
     pub lacks: Option<&'static str>,
+    /// For a gated hook: the filesystem types whose backing files it sees
+    /// (empty: any filesystem's).
+    pub covers: &'static [&'static str],
 }
 
 #[derive(Debug)]
@@ -73,6 +76,10 @@ pub struct Hook {
     pub required: bool,
     /// What the rules lose when no implementation attaches.
     pub degrades: &'static str,
+    /// Attached only while a backing file lives on a filesystem the chosen
+    /// implementation covers (attach/gates.rs): it runs on every write of
+    /// those filesystems, and sees nothing without such a file.
+    pub gated: bool,
     /// Best first: by what each sees, then, where they see the same, by the
     /// cost per call measured on the kernel matrix (docs/kernels.md).
     pub impls: &'static [Impl],
@@ -83,8 +90,12 @@ const fn p(program: &'static str, target: Target) -> Prog {
 }
 
 const fn full(family: Family, progs: &'static [Prog]) -> Impl {
-    Impl { family, progs, lacks: None }
+    Impl { family, progs, lacks: None, covers: &[] }
 }
+
+/// An implementation that sees only ext4's files (its write tracepoints or
+/// functions).
+const EXT4: &[&str] = &["ext4"];
 
 use Family::*;
 use Target::*;
@@ -97,6 +108,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "reclaim",
         required: true,
+        gated: false,
         degrades: "no reclaim events at all",
         impls: &[
             full(
@@ -131,6 +143,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "alloc_slowpath",
         required: false,
+        gated: false,
         degrades: "hazard: slowpath allocations that do not reach direct/memcg reclaim are not seen",
         impls: &[
             full(
@@ -150,11 +163,13 @@ pub static HOOKS: &[Hook] = &[
             Impl {
                 family: Fentry,
                 progs: &[p("fe_wakeup_kswapd", BtfFn(&["wakeup_kswapd"]))],
+                covers: &[],
                 lacks: Some("slowpath entry only, through wakeup_kswapd(): no time spent inside"),
             },
             Impl {
                 family: Kprobe,
                 progs: &[p("kp_wakeup_kswapd", Ksym(&["wakeup_kswapd"]))],
+                covers: &[],
                 lacks: Some("slowpath entry only, through wakeup_kswapd(): no time spent inside"),
             },
         ],
@@ -162,6 +177,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrink_node",
         required: false,
+        gated: false,
         degrades: "hazard: node reclaim entered outside direct/memcg reclaim is not seen",
         // The trampoline first: the same program, and per call the two
         // differ by less than their run-to-run spread at a few thousand
@@ -175,6 +191,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "shrinker",
         required: false,
+        gated: false,
         degrades: "recursion: reclaim calling an upper filesystem's shrinker is not seen",
         impls: &[
             full(Fentry, &[p("fe_super_cache_scan", BtfFn(&["super_cache_scan"]))]),
@@ -182,6 +199,7 @@ pub static HOOKS: &[Hook] = &[
             Impl {
                 family: Tracepoint,
                 progs: &[p("tp_shrink_slab_start", Tp(&[("vmscan", "mm_shrink_slab_start")]))],
+                covers: &[],
                 lacks: Some(
                     "fires when do_shrink_slab() considers a shrinker, also when it then scans nothing: \
                      the upper filesystem's shrinker was invoked, not necessarily run",
@@ -192,6 +210,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_wait",
         required: false,
+        gated: false,
         degrades: "recursion/deadlock: reclaim waiting on the upper filesystem's writeback is not seen",
         impls: &[
             full(TpBtf, &[p("tpbtf_folio_wait_writeback", BtfTp(WAIT_FN))]),
@@ -200,6 +219,7 @@ pub static HOOKS: &[Hook] = &[
             Impl {
                 family: Tracepoint,
                 progs: &[p("tp_folio_wait_writeback", Tp(WAIT_TP))],
+                covers: &[],
                 lacks: Some(
                     "names the waited-on folio's device by its bdi, which is the device only for filesystems \
                      on a block device (not btrfs)",
@@ -210,29 +230,34 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "reclaim_write",
         required: false,
+        gated: false,
         degrades: "recursion: reclaim writing the upper filesystem's folios is not seen",
         impls: &[full(TpBtf, &[p("tpbtf_vmscan_write_folio", BtfTp(WRITE_FOLIO))])],
     },
     Hook {
         name: "fs_write",
         required: false,
+        gated: true,
         degrades: "hazard: kernel threads writing backing files (loop workers, nfsd, file-backed targets) are not recognised as servicers",
         impls: &[
-            full(
-                Tracepoint,
-                &[
+            Impl {
+                family: Tracepoint,
+                progs: &[
                     p("tp_ext4_da_write_begin", Tp(&[("ext4", "ext4_da_write_begin")])),
                     p("tp_ext4_da_write_end", Tp(&[("ext4", "ext4_da_write_end")])),
                     p("tp_ext4_write_begin", Tp(&[("ext4", "ext4_write_begin")])),
                     p("tp_ext4_write_end", Tp(&[("ext4", "ext4_write_end")])),
                 ],
-            ),
+                covers: EXT4,
+                lacks: None,
+            },
             Impl {
                 family: Kprobe,
                 progs: &[
                     p("kp_ext4_da_write_begin", Ksym(&["ext4_da_write_begin"])),
                     p("krp_ext4_da_write_begin", Ksym(&["ext4_da_write_begin"])),
                 ],
+                covers: EXT4,
                 lacks: Some("delayed-allocation writes only (not nodelalloc or data=journal mounts)"),
             },
         ],
@@ -240,6 +265,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "writeback_entry",
         required: false,
+        gated: true,
         degrades: "hazard: writeback of backing files is not attributed to the stacked device",
         impls: &[
             // The trampoline first, as for shrink_node; the kretprobe's
@@ -258,6 +284,7 @@ pub static HOOKS: &[Hook] = &[
                     p("tp_ext4_writepages", Tp(&[("ext4", "ext4_writepages")])),
                     p("tp_ext4_writepages_result", Tp(&[("ext4", "ext4_writepages_result")])),
                 ],
+                covers: EXT4,
                 lacks: Some("ext4's writeback only"),
             },
         ],
@@ -265,18 +292,21 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "dirty_throttle",
         required: false,
+        gated: false,
         degrades: "hazard/deadlock: a servicer throttled on dirty memory it must clean itself is not seen",
         impls: &[full(Tracepoint, &[p("tp_balance_dirty_pages", Tp(&[("writeback", "balance_dirty_pages")]))])],
     },
     Hook {
         name: "oom_victim",
         required: false,
+        gated: false,
         degrades: "loss: a servicer killed by the OOM killer is not reported",
         impls: &[full(Tracepoint, &[p("tp_oom_mark_victim", Tp(&[("oom", "mark_victim")]))])],
     },
     Hook {
         name: "task_exit",
         required: false,
+        gated: false,
         degrades: "state of exited threads that wrote a backing file is kept until the map is full (counted)",
         impls: &[full(Tracepoint, &[p("tp_sched_process_exit", Tp(&[("sched", "sched_process_exit")]))])],
     },

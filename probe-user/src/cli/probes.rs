@@ -186,7 +186,7 @@ pub fn run(args: &ProbesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let report = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
+    let (report, _gates) = attach_all(&mut ebpf, &kv, &built, args.kernel.attach.family());
     if args.json {
         stdout::line(serde_json::to_string_pretty(&report)?)?;
     } else {

@@ -123,6 +123,16 @@ impl Topology {
         self.devices.iter().filter_map(|d| d.backing_file.clone()).collect()
     }
 
+    /// The filesystem types holding backing files: the write-frame hooks
+    /// attach only for those (attach/gates.rs).
+    pub fn backing_file_fs_types(&self) -> std::collections::BTreeSet<String> {
+        self.backing_files()
+            .iter()
+            .filter_map(|b| self.mounts.iter().find(|m| m.dev == b.file_dev))
+            .map(|m| m.fs_type.clone())
+            .collect()
+    }
+
     /// Userspace servicer processes and the element each completes I/O for
     /// (a block device, or a FUSE filesystem's 0:N; [`Dev::NONE`] for a
     /// named servicer whose device is unknown). One pair per (tgid, element).
