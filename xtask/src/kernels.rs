@@ -183,7 +183,7 @@ fn render(cols: &[Column]) -> String {
     md.push_str("# Kernel matrix\n\n");
     md.push_str(
         "Made by `cargo xtask kernels` (do not edit by hand). `host` is this project's machine kind; the others are \
-         Debian's own kernels (`linux-image-amd64` of bullseye, bookworm, trixie and sid), booted under qemu on the same \
+         Debian's own kernels (`linux-image-amd64` of bullseye, bookworm, trixie and sid; `linux-image-cloud-amd64` of bookworm and trixie, the smaller configuration Debian's cloud images boot; trixie's `linux-image-rt-amd64`, PREEMPT_RT), booted under qemu on the same \
          root filesystem by `cargo xtask vm`, with the lower filesystem on an ext4 virtio disk and cgroup v2.\n\n",
     );
     let head: Vec<String> = cols.iter().map(|c| format!("{} ({})", c.name, c.release)).collect();

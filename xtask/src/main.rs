@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
         /// Debian kernels to run the kernel tests on in VMs, after this
-        /// machine's: `default` (6.1, 6.12), `all` (5.10, 6.1, 6.12, sid),
+        /// machine's: `default` (6.1, 6.12), `all` (5.10, 6.1, 6.12, sid, and the cloud and rt flavors 6.1-cloud, 6.12-cloud, 6.12-rt),
         /// `none`, or a comma-separated list.
         #[arg(long, default_value = "default")]
         kernels: String,
@@ -69,7 +69,7 @@ enum Cmd {
         deadlock: bool,
     },
     /// Run CMD as root in the repo root inside a VM booted with one of
-    /// Debian's kernels (5.10, 6.1, 6.12, sid) on this machine's root fs.
+    /// Debian's kernels (5.10, 6.1, 6.12, sid, 6.1-cloud, 6.12-cloud, 6.12-rt) on this machine's root fs.
     ///
     /// Example: cargo xtask vm --kernel 6.1 -- target/release/reclaimscope probes
     Vm {

@@ -41,7 +41,7 @@ enum Scope {
 
 /// The kernels `cargo xtask test` boots by default, and with `--kernels all`.
 pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
-pub const ALL_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "sid"];
+pub const ALL_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "sid", "6.1-cloud", "6.12-cloud", "6.12-rt"];
 
 /// Memory a fuzz target may reach: `report`'s own bound (256 MiB,
 /// docs/postmortem.md) plus libFuzzer's corpus and bookkeeping. An input

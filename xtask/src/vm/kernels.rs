@@ -17,15 +17,25 @@ use crate::util::{exec, root};
 #[derive(Debug)]
 pub struct KernelSpec {
     pub name: &'static str,
-    /// The Debian suite whose `linux-image-amd64` picks the version.
+    /// The Debian suite whose `linux-image-FLAVOR` picks the version.
     pub suite: &'static str,
+    /// `amd64`; `cloud-amd64`, the smaller configuration Debian's cloud
+    /// images boot (fewer modules); `rt-amd64`, PREEMPT_RT.
+    pub flavor: &'static str,
+}
+
+const fn k(name: &'static str, suite: &'static str, flavor: &'static str) -> KernelSpec {
+    KernelSpec { name, suite, flavor }
 }
 
 pub const KERNELS: &[KernelSpec] = &[
-    KernelSpec { name: "5.10", suite: "bullseye" },
-    KernelSpec { name: "6.1", suite: "bookworm" },
-    KernelSpec { name: "6.12", suite: "trixie" },
-    KernelSpec { name: "sid", suite: "sid" },
+    k("5.10", "bullseye", "amd64"),
+    k("6.1", "bookworm", "amd64"),
+    k("6.12", "trixie", "amd64"),
+    k("sid", "sid", "amd64"),
+    k("6.1-cloud", "bookworm", "cloud-amd64"),
+    k("6.12-cloud", "trixie", "cloud-amd64"),
+    k("6.12-rt", "trixie", "rt-amd64"),
 ];
 
 /// A kernel ready to boot.
@@ -110,13 +120,13 @@ pub fn fetch(name: &str) -> Result<Kernel> {
     if let Ok(k) = cached(spec.name, &dir) {
         return Ok(k);
     }
-    eprintln!("xtask: fetching Debian's {} kernel ({})", spec.name, spec.suite);
+    eprintln!("xtask: fetching Debian's {} kernel ({}, linux-image-{})", spec.name, spec.suite, spec.flavor);
     exec(apt(spec.suite, "apt-get")?.args(["-q", "update"]))?;
-    let meta = show(spec.suite, &format!("linux-image-amd64/{}", spec.suite))?;
+    let meta = show(spec.suite, &format!("linux-image-{}/{}", spec.flavor, spec.suite))?;
     let image = depends(&meta)
         .into_iter()
         .find(|p| p.starts_with("linux-image-"))
-        .context("linux-image-amd64 depends on no linux-image package")?;
+        .with_context(|| format!("linux-image-{} depends on no linux-image package", spec.flavor))?;
     let release = image.trim_start_matches("linux-image-").to_owned();
     // Newer packaging splits the kernel (sid: linux-binary-V, linux-modules-V).
     let mut pkgs = vec![image.clone()];
@@ -181,6 +191,7 @@ mod tests {
     #[test]
     fn every_kernel_name_is_known() {
         assert_eq!(spec("6.1").unwrap().suite, "bookworm");
-        assert!(spec("4.19").unwrap_err().to_string().contains("one of 5.10, 6.1, 6.12, sid"));
+        assert_eq!(spec("6.12-rt").unwrap().flavor, "rt-amd64");
+        assert!(spec("4.19").unwrap_err().to_string().contains("one of 5.10, 6.1, 6.12, sid, 6.1-cloud"));
     }
 }
