@@ -68,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
     let gfp_format = String::from_utf8_lossy(take(&mut rest)).into_owned();
     let header = serde_json::json!({
         "agent_version": "0", "kernel_release": "6.18.0", "hostname": "h", "started_unix_ns": 0,
-        "command": "reclaimscope record", "topology": {}, "attach": {}, "gfp_format": gfp_format,
+        "command": "reclaimscope record", "attach": {}, "gfp_format": gfp_format,
+        "topology": {"index": {"mounts": [], "backing": [], "servicers": []}, "topology": {}},
     });
     let mut file = MAGIC.to_vec();
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

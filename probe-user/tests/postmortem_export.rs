@@ -12,7 +12,7 @@ use std::{
 
 use bytemuck::bytes_of;
 use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx, WritebackWaitData, WritebackWaitEvent};
-use reclaimscope::trace::{EventRecord, Frame, Record, StackRecord, TraceHeader, TraceWriter};
+use reclaimscope::trace::{EventRecord, Frame, Opaque, Record, StackRecord, TopologyRecord, TraceHeader, TraceWriter};
 use serde_json::{json, Value};
 
 fn data(name: &str) -> PathBuf {
@@ -158,8 +158,8 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         hostname: "h".into(),
         started_unix_ns: 1_764_000_000_000_000_000,
         command: "reclaimscope record -o qsd.trace".into(),
-        topology: json!({}),
-        attach: json!({}),
+        topology: TopologyRecord::default(),
+        attach: Opaque::default(),
         gfp_format: None,
         monotonic_to_unix_ns: Some(1_763_990_000_000_000_000),
     };
@@ -200,7 +200,7 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         reclaim(EventKind::ReclaimBegin, 3_000_000),
         stack,
         Record::Event(EventRecord { unix_ns: 0, data: bytes_of(&wait).to_vec() }),
-        Record::Finding(finding),
+        Record::Finding(Box::new(serde_json::from_value(finding).unwrap())),
     ] {
         w.write(&r).unwrap();
     }

@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use super::trace_args::TraceArgs;
 use crate::{
@@ -17,7 +16,10 @@ use crate::{
     kernel::kallsyms::Kallsyms,
     output::table::summary_table,
     topology::Topology,
-    trace::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, TraceWriter, MAX_FILES},
+    trace::{
+        EventRecord, Frame, Opaque, Record, StackRecord, SymbolRecord, TopologyRecord, TraceHeader, TraceWriter,
+        MAX_FILES,
+    },
 };
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -91,7 +93,7 @@ impl Sink for RecordSink {
     }
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
-        self.writer.write(&Record::Finding(serde_json::to_value(f)?))?;
+        self.writer.write(&Record::Finding(Box::new(f.clone())))?;
         self.unsynced_findings = true;
         eprintln!(
             "[{}] {} {} (pid {} tid {}): {}",
@@ -114,7 +116,7 @@ impl Sink for RecordSink {
     }
 
     fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
-        self.writer.write(&Record::Topology(json!({ "topology": topo, "index": index })))
+        self.writer.write(&Record::Topology(TopologyRecord { index: index.clone(), topology: Opaque::of(topo)? }))
     }
 
     /// A finding must survive the power cut or reset that may follow it:
@@ -148,8 +150,8 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
         started_unix_ns: unix_ns(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        topology: json!({ "topology": &*topo, "index": StackIndex::from_topology(&topo) }),
-        attach: serde_json::to_value(&session.attach)?,
+        topology: TopologyRecord { index: StackIndex::from_topology(&topo), topology: Opaque::of(&*topo)? },
+        attach: Opaque::of(&session.attach)?,
         gfp_format,
         monotonic_to_unix_ns: crate::trace::monotonic_to_unix_ns(),
     };
@@ -215,8 +217,8 @@ mod tests {
             hostname: "h".into(),
             started_unix_ns: 0,
             command: "record".into(),
-            topology: json!({}),
-            attach: json!({}),
+            topology: TopologyRecord::default(),
+            attach: Opaque::default(),
             gfp_format: None,
             monotonic_to_unix_ns: None,
         }
@@ -235,7 +237,7 @@ mod tests {
     }
 
     fn finding() -> Finding {
-        serde_json::from_value(json!({
+        serde_json::from_value(serde_json::json!({
             "rule": "RS001", "severity": "hazard", "title": "t",
             "servicer": {"comm": "qsd", "tgid": 7, "tid": 7, "flags": "-", "protection": "Unprotected"},
             "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,

@@ -100,7 +100,11 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             out,
             "\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}",
-            f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]
+            f.severity.name(),
+            f.rule,
+            f.servicer.comm,
+            f.servicer.tid,
+            f.detail
         );
     }
     if !r.servicers.is_empty() {
@@ -152,7 +156,7 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
         eprintln!("{}", terminal::line(&export::perfetto(from, &report, out)?));
     }
     if args.folded {
-        stdout::write(&terminal::text(&folded::render(&export::findings(&report, &export::recorded(&report)))))?;
+        stdout::write(&terminal::text(&folded::render(&export::findings(&report))))?;
     } else if args.json {
         stdout::json_pretty(&report)?;
     } else {

@@ -26,27 +26,19 @@ pub enum Input<'a> {
     Capture(&'a File, &'a str, &'a [(u32, Dev)]),
 }
 
-/// The findings the recording agent wrote, as it wrote them (those that
-/// do not decode, from a newer or older agent, are left out).
-pub fn recorded(report: &Report) -> Vec<Finding> {
-    report.recorded.iter().filter_map(|v| serde_json::from_value::<Finding>(v.clone()).ok()).collect()
-}
-
 /// Every finding of the report once: the replay's, and those only the
 /// recording agent could make (deadlocks, from /proc).
-pub fn findings(report: &Report, recorded: &[Finding]) -> Vec<Finding> {
-    let same = |a: &Finding, b: &Finding| a.rule == b.rule && a.servicer.tid == b.servicer.tid;
+pub fn findings(report: &Report) -> Vec<Finding> {
     let mut out = report.findings.clone();
-    out.extend(recorded.iter().filter(|f| !report.findings.iter().any(|x| same(x, f))).cloned());
+    out.extend(report.recorded_only.iter().cloned());
     out
 }
 
 /// Writes the timeline of `input` with the report's findings to `out`, and
 /// returns the line to tell the user.
 pub fn perfetto(input: Input<'_>, report: &Report, out: &Path) -> Result<String> {
-    let live = recorded(report);
-    let all = findings(report, &live);
-    let findings = timeline::Findings { all: &all, live: &live };
+    let all = findings(report);
+    let findings = timeline::Findings { all: &all, live: &report.recorded };
     let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let sink = BufWriter::with_capacity(256 << 10, file);
     let (clock, totals) = match input {

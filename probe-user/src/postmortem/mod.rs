@@ -5,3 +5,6 @@ pub mod ftrace;
 pub mod input;
 pub mod replay;
 pub mod timeline;
+
+#[cfg(test)]
+mod fixture_tests;

@@ -18,7 +18,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::ftrace;
 use crate::{
@@ -31,7 +30,7 @@ use crate::{
     names::GfpNames,
     output::view::EventView,
     topology::Dev,
-    trace::{Record, StackRecord, TraceReader},
+    trace::{json_cost, Record, StackRecord, TopologyRecord, TraceReader},
 };
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,10 +62,10 @@ pub struct Report {
     /// What the replay found.
     pub findings: Vec<Finding>,
     /// Every finding the recording agent wrote (what `record` printed live).
-    pub recorded: Vec<Value>,
+    pub recorded: Vec<Finding>,
     /// Those of them the replay cannot derive from events alone (deadlocks
     /// come from /proc observations at record time).
-    pub recorded_only: Vec<Value>,
+    pub recorded_only: Vec<Finding>,
     pub servicers: Vec<ServicerSummary>,
     pub timelines: Vec<Timeline>,
     /// Where a damaged file stopped being readable.
@@ -80,7 +79,7 @@ impl Report {
     /// records and events stay those of the whole input.
     pub fn keep_process(&mut self, pid: u32) {
         self.findings.retain(|f| f.servicer.tgid == pid);
-        let of_pid = |f: &Value| f["servicer"]["tgid"].as_u64() == Some(pid as u64);
+        let of_pid = |f: &Finding| f.servicer.tgid == pid;
         self.recorded.retain(of_pid);
         self.recorded_only.retain(of_pid);
         self.servicers.retain(|s| s.tgid == pid);
@@ -305,11 +304,10 @@ impl Timelines {
     }
 }
 
-/// The stack index a topology value holds, its strings cut at
+/// The stack index a topology record holds, its strings cut at
 /// [`MAX_INDEX_STRING`] (no path is longer).
-fn index_from(mut v: Value) -> StackIndex {
-    let mut index: StackIndex =
-        v.get_mut("index").map(Value::take).and_then(|i| serde_json::from_value(i).ok()).unwrap_or_default();
+fn index_from(t: TopologyRecord) -> StackIndex {
+    let mut index = t.index;
     let cut = |s: &mut String| {
         let mut end = s.len().min(MAX_INDEX_STRING);
         while !s.is_char_boundary(end) {
@@ -331,15 +329,10 @@ fn index_from(mut v: Value) -> StackIndex {
     index
 }
 
-/// An upper bound on the memory a decoded JSON value takes, as
-/// [`json_cost`](crate::trace::json_cost) estimates it for the text.
-fn value_cost(v: &Value) -> usize {
-    64 + match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(value_cost).sum(),
-        Value::Object(o) => o.iter().map(|(k, v)| 64 + k.len() + value_cost(v)).sum(),
-        _ => 0,
-    }
+/// An upper bound on the memory a decoded finding takes, as [`json_cost`]
+/// estimates it for its text.
+fn finding_cost(f: &Finding) -> usize {
+    serde_json::to_vec(f).map_or(usize::MAX, |v| json_cost(&v))
 }
 
 /// Replays a trace file written by `reclaimscope record` (opened with
@@ -397,10 +390,10 @@ fn replay_trace<R: Read>(
                 }
             }
             Record::Finding(f) => {
-                let cost = value_cost(&f);
+                let cost = finding_cost(&f);
                 if report.recorded.len() < MAX_RECORDED && recorded_bytes + cost <= RECORDED_BYTES {
                     recorded_bytes += cost;
-                    report.recorded.push(f);
+                    report.recorded.push(*f);
                 } else {
                     recorded_left_out += 1;
                 }
@@ -438,12 +431,7 @@ fn replay_trace<R: Read>(
     report.recorded_only = report
         .recorded
         .iter()
-        .filter(|f| {
-            !report.findings.iter().any(|x| {
-                Some(x.rule.as_str()) == f["rule"].as_str()
-                    && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()
-            })
-        })
+        .filter(|f| !report.findings.iter().any(|x| x.rule == f.rule && x.servicer.tid == f.servicer.tid))
         .cloned()
         .collect();
     Ok(report)

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::*;
 use crate::detect::finding::{LockHolder, ServicerDesc, Severity};
-use crate::trace::{EventRecord, Frame, StackRecord, TraceHeader, TraceWriter};
+use crate::trace::{EventRecord, Frame, Opaque, StackRecord, TopologyRecord, TraceHeader, TraceWriter};
 
 const QSD: (u32, u32) = (4242, 4243);
 const READ_LAG: u64 = 1_764_000_000_000_000_000;
@@ -60,8 +60,8 @@ fn header(offset: Option<i64>) -> TraceHeader {
         hostname: "h".into(),
         started_unix_ns: READ_LAG,
         command: "reclaimscope record".into(),
-        topology: json!({}),
-        attach: json!({}),
+        topology: TopologyRecord::default(),
+        attach: Opaque::default(),
         gfp_format: None,
         monotonic_to_unix_ns: offset,
     }

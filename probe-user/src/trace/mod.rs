@@ -29,8 +29,8 @@ pub use clock::{monotonic_to_unix_ns, OffsetEstimate};
 pub use frame::{Damage, DamageReason, MAX_PAYLOAD};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
 pub use record::{
-    json_cost, EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, MAX_FRAMES, MAX_JSON_COST,
-    MAX_SYMBOL,
+    json_cost, EventRecord, Frame, Opaque, Record, StackRecord, SymbolRecord, TopologyRecord, TraceHeader, MAX_FRAMES,
+    MAX_JSON_COST, MAX_SYMBOL,
 };
 pub use writer::{TraceWriter, MAX_FILES};
 

@@ -61,6 +61,26 @@ fn symbol(addr: u64) -> Record {
     Record::Symbol(SymbolRecord { addr, symbol: "super_cache_scan".into() })
 }
 
+/// A topology whose one loop device is backed by `path`.
+fn topology(path: &str) -> TopologyRecord {
+    let dev = |minor| crate::topology::Dev { major: 7, minor };
+    let edge = crate::detect::index::BackingEdge { file_dev: dev(1), path: path.into(), backs: dev(0) };
+    let index = crate::detect::index::StackIndex { backing: vec![edge], ..Default::default() };
+    TopologyRecord { index, topology: Opaque::of(&json!({"devices": [{"dev": "7:0", "backing": path}]})).unwrap() }
+}
+
+/// A finding record whose detail is `detail`.
+fn finding(detail: &str) -> Record {
+    let f = json!({
+        "rule": "RS001", "severity": "hazard", "title": "t",
+        "servicer": {"comm": "qemu-storage-dae", "tgid": 4242, "tid": 4243, "flags": "-", "protection": "Unprotected"},
+        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
+        "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": detail, "stack": [],
+        "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
+    });
+    Record::Finding(Box::new(serde_json::from_value(f).unwrap()))
+}
+
 pub(super) fn header() -> TraceHeader {
     TraceHeader {
         agent_version: "0.1.0".into(),
@@ -68,8 +88,8 @@ pub(super) fn header() -> TraceHeader {
         hostname: "testhost".into(),
         started_unix_ns: 1_764_000_000_000_000_000,
         command: "reclaimscope record -o t.rst".into(),
-        topology: json!({"devices": [{"dev": "7:0", "backing": "/srv/fuse.img"}]}),
-        attach: json!({"reclaim": "tracepoint"}),
+        topology: topology("/srv/fuse.img"),
+        attach: Opaque::of(&json!({"reclaim": "tracepoint"})).unwrap(),
         gfp_format: Some(include_str!("../../tests/data/gfp_print_fmt_6.18.txt").into()),
         monotonic_to_unix_ns: None,
     }
@@ -83,8 +103,8 @@ fn sample(dir: &Path) -> (PathBuf, Vec<Record>) {
         reclaim(0, 3),
         symbol(0xffff_ffff_8170_0000),
         shrink(1, 0xffff_ffff_8170_0000),
-        Record::Finding(json!({"rule": "servicer-reclaim-fs", "severity": "high", "tid": 4243})),
-        Record::Topology(json!({"devices": []})),
+        finding("d"),
+        Record::Topology(topology("/srv/other.img")),
         reclaim(2, 3),
         reclaim(3, -1),
     ];
@@ -188,7 +208,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
             w.write(&stack(id)).unwrap();
         }
         if i == 500 {
-            w.write(&Record::Topology(json!({"devices": ["late"]}))).unwrap();
+            w.write(&Record::Topology(topology("/srv/late.img"))).unwrap();
         }
         let e = if i % 5 == 0 { shrink(i, scan_fn) } else { reclaim(i, id) };
         w.write(&e).unwrap();
@@ -205,13 +225,13 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
         assert_eq!(r.header(), &header());
         let mut stacks = std::collections::HashSet::new();
         let mut symbols = std::collections::HashSet::new();
-        let mut topology = None;
+        let mut latest = None;
         let mut events = Vec::new();
         for rec in r.by_ref() {
             match &rec {
                 Record::Stack(s) => _ = stacks.insert(s.id),
                 Record::Symbol(s) => _ = symbols.insert(s.addr),
-                Record::Topology(t) => topology = Some(t.clone()),
+                Record::Topology(t) => latest = Some(t.clone()),
                 Record::Event(e) => {
                     if let Some(id) = e.stack_id() {
                         assert!(stacks.contains(&id), "{name}: stack {id} used before its record");
@@ -226,7 +246,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
         }
         assert_eq!(r.damage(), None, "{name}");
         assert!(!events.is_empty(), "{name}");
-        assert_eq!(topology, Some(json!({"devices": ["late"]})), "{name} lacks the latest topology");
+        assert_eq!(latest, Some(topology("/srv/late.img")), "{name} lacks the latest topology");
         files_events.push(events);
     }
     // The kept files hold the newest events, in order, with nothing missing.
@@ -255,7 +275,7 @@ fn a_record_larger_than_max_size_is_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.rst");
     let mut w = TraceWriter::create(&path, header(), Some(1024), 2, false).unwrap();
-    let big = Record::Finding(json!({"text": "x".repeat(4000)}));
+    let big = finding(&"x".repeat(4000));
     w.write(&big).unwrap();
     w.write(&big).unwrap();
     w.finish().unwrap();
@@ -331,6 +351,20 @@ fn damaged_header_is_a_one_line_error() {
         one_line_error(&bytes),
         "trace: the trace header is damaged: stopped at byte 12 (record 0): checksum mismatch"
     );
+}
+
+/// A header whose topology has no index (the schema drifted, or the file
+/// is hostile) is refused in one line, not replayed with an empty stack.
+#[test]
+fn a_header_without_a_topology_index_is_a_one_line_error() {
+    let mut header = serde_json::to_value(header()).unwrap();
+    header["topology"] = json!({"topology": {}});
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    frame::encode(&mut bytes, frame::RecordType::Header, &serde_json::to_vec(&header).unwrap()).unwrap();
+    let msg = one_line_error(&bytes);
+    assert!(msg.starts_with("trace: the trace header is damaged: "), "{msg}");
+    assert!(msg.contains("missing field `index`"), "{msg}");
 }
 
 #[test]

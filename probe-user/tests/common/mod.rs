@@ -326,9 +326,22 @@ pub fn test_header(gfp_format: Option<String>) -> reclaimscope::trace::TraceHead
         hostname: "h".into(),
         started_unix_ns: 0,
         command: "reclaimscope record".into(),
-        topology: serde_json::json!({}),
-        attach: serde_json::json!({}),
+        topology: Default::default(),
+        attach: Default::default(),
         gfp_format,
         monotonic_to_unix_ns: None,
     }
+}
+
+/// A finding as the agent writes it, with the given words where a hostile
+/// file could put any.
+pub fn test_finding(rule: &str, detail: &str, comm: &str) -> reclaimscope::detect::finding::Finding {
+    serde_json::from_value(serde_json::json!({
+        "rule": rule, "severity": "deadlock", "title": "t",
+        "servicer": {"comm": comm, "tgid": 1, "tid": 1, "flags": "-", "protection": "Unprotected"},
+        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
+        "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": detail, "stack": [],
+        "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
+    }))
+    .unwrap()
 }

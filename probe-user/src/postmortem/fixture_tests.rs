@@ -1,0 +1,25 @@
+//! A trace written by an earlier agent still replays to the same findings:
+//! the qsd deadlock as `record` wrote it before the trace's findings and
+//! topology records were typed.
+
+use std::time::Duration;
+
+use super::replay;
+
+const QSD: &[u8] = include_bytes!("../../tests/data/trace/qsd-deadlock.trace");
+
+#[test]
+fn the_recorded_qsd_deadlock_replays_to_its_findings() {
+    let r = replay::trace_bytes(QSD, "qsd-deadlock.trace", Duration::from_secs(5)).unwrap();
+    assert_eq!((r.damage.as_deref(), r.limits.len()), (None, 0));
+    assert_eq!((r.records, r.events), (136, 106));
+    let replayed: Vec<_> =
+        r.findings.iter().map(|f| (f.rule.as_str(), f.servicer.tgid, f.servicer.tid, f.count)).collect();
+    assert_eq!(replayed, [("RS001", 1541, 1559, 27), ("RS102", 1541, 1559, 1)]);
+    assert_eq!(r.findings[1].detail, "folio_wait_writeback on 7:0 (ino 131, index 0) from inside reclaim");
+    // The agent's own findings decode, and the replay derives them all.
+    let recorded: Vec<_> = r.recorded.iter().map(|f| (f.rule.as_str(), f.servicer.tid)).collect();
+    assert_eq!(recorded, [("RS001", 1559), ("RS102", 1559)]);
+    assert!(r.recorded_only.is_empty());
+    assert_eq!(r.recorded[1].holders[0].comm, "dd");
+}
