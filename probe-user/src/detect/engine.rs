@@ -8,7 +8,9 @@ use std::{
 };
 
 use probe_common::{
-    events::{ReclaimKind, TaskCtx},
+    events::{
+        DirtyThrottleEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent, TaskCtx, WritebackWaitEvent,
+    },
     flags::{effective_gfp, GFP_FS, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC},
 };
 
@@ -55,6 +57,37 @@ struct Pending {
     gfp: u32,
     waited_on: Option<Dev>,
     stack: Arc<[String]>,
+}
+
+/// What one rule saw in one event or blocked thread, before it is counted
+/// into the finding of its (rule, process, upper filesystem).
+struct Sighting {
+    rule: &'static Rule,
+    /// The servicer thread as the event saw it; it names the served device.
+    ctx: TaskCtx,
+    /// The device the event names, if any: the filesystem on it is the one
+    /// the finding is about.
+    about: Option<Dev>,
+    /// The allocation's gfp mask (0: not known).
+    gfp: u32,
+    obs: Observed,
+    detail: String,
+    /// Deadlock: the tasks waiting on the servicer.
+    chain: Vec<String>,
+}
+
+impl Sighting {
+    fn new(rule: &'static Rule, ctx: TaskCtx, obs: &Observed, detail: String) -> Sighting {
+        Sighting { rule, ctx, about: None, gfp: 0, obs: obs.clone(), detail, chain: Vec::new() }
+    }
+
+    fn about(self, dev: Dev) -> Sighting {
+        Sighting { about: Some(dev), ..self }
+    }
+
+    fn gfp(self, gfp: u32) -> Sighting {
+        Sighting { gfp, ..self }
+    }
 }
 
 /// A task's comm as the kernel keeps it: at most 15 bytes and a NUL.
@@ -225,152 +258,129 @@ impl Engine {
     /// Applies the rules to one event; returns the findings it created (a
     /// repeat only bumps the count of the existing one).
     pub fn on_event(&mut self, ev: &Event, obs: &Observed) -> Vec<Finding> {
-        if let Event::OomVictim(e) = ev {
-            return self.on_oom_victim(e.data.pid, e.ctx.ts_ns).into_iter().collect();
-        }
-        let ctx = *ev.ctx();
-        if ctx.serving_dev == 0 {
-            return vec![];
-        }
-        let serving = Dev::from_kernel(ctx.serving_dev);
-        let mut out = Vec::new();
-        match ev {
-            Event::ReclaimBegin(e) => {
-                let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
-                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
-                    let p = Pending {
-                        ctx,
-                        stuck: Stuck::Reclaim,
-                        gfp: e.data.gfp,
-                        waited_on: None,
-                        stack: obs.stack.clone(),
-                    };
-                    self.pending.insert(ctx.tid, p);
-                }
-                let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
-                let busy = obs.inflight.is_none_or(|n| n > 0) || !self.holders_of(serving, obs).is_empty();
-                // Without __GFP_FS reclaim neither runs filesystem
-                // shrinkers (super_cache_scan) nor waits on file writeback
-                // (may_enter_fs): only swap I/O is left, which reaches the
-                // stack only when swap lives on it.
-                if gfp & GFP_FS != 0 && busy && self.upper_mount(serving).is_some() {
-                    let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
-                    let detail =
-                        format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
-                    out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, (serving, None), gfp, obs, detail, vec![]));
-                }
+        let sighting = match ev {
+            Event::OomVictim(e) => self.oom_victim(e.data.pid, e.ctx.ts_ns),
+            _ if ev.ctx().serving_dev == 0 => None,
+            Event::ReclaimBegin(e) => self.reclaim_begin(e, obs),
+            Event::ReclaimEnd(e) => {
+                self.pending.remove(&e.ctx.tid);
+                None
             }
-            Event::ReclaimEnd(_) => {
-                self.pending.remove(&ctx.tid);
-            }
-            Event::Shrinker(e) => {
-                let sb = Dev::from_kernel(e.data.sb_dev);
-                // super_cache_scan() returns SHRINK_STOP at once without
-                // __GFP_FS (fs/super.c): entered, but no recursion. A mask
-                // of 0 is one the probe could not know.
-                let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
-                if e.data.sb_dev != 0 && can_recurse && self.is_upper(serving, sb) {
-                    let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
-                    out.extend(self.report(
-                        &rules::SHRINKER_UPPER,
-                        &ctx,
-                        (serving, Some(sb)),
-                        e.data.gfp,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-            }
-            Event::WritebackWait(e) => {
-                let Some(dev) = wait_dev(e) else { return out };
-                if e.data.in_reclaim == 0 || !self.is_upper(serving, dev) {
-                    return out;
-                }
-                let gfp = match self.pending.get_mut(&ctx.tid) {
-                    Some(p) => {
-                        p.waited_on = Some(dev);
-                        p.gfp
-                    }
-                    None => 0,
-                };
-                let detail = format!(
-                    "folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim",
-                    e.data.ino, e.data.index
-                );
-                out.extend(self.report(
-                    &rules::WAIT_UPPER_WRITEBACK,
-                    &ctx,
-                    (serving, Some(dev)),
-                    gfp,
-                    obs,
-                    detail,
-                    vec![],
-                ));
-            }
-            Event::ReclaimWrite(e) => {
-                let dev = Dev::from_kernel(e.data.dev);
-                if self.is_upper(serving, dev) {
-                    let gfp = self.pending.get(&ctx.tid).map(|p| p.gfp).unwrap_or(0);
-                    let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
-                    out.extend(self.report(
-                        &rules::WRITE_UPPER_FOLIO,
-                        &ctx,
-                        (serving, Some(dev)),
-                        gfp,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-            }
-            Event::DirtyThrottle(e) => {
-                let Some(upper) = self.upper_mount(serving) else { return out };
-                let (fs, dev) = (upper.fs_type.clone(), upper.dev);
-                if ctx.task_flags & PF_LOCAL_THROTTLE == 0 {
-                    let domain = match e.data.cgroup_ino {
-                        0 | 1 => "the machine's".to_owned(),
-                        ino => format!("its memory cgroup's (ino {ino})"),
-                    };
-                    let detail = format!(
-                        "balance_dirty_pages() paused it writing to bdi {}: {} of {domain} dirty pages, limit {}; \
-                         among them may be the {fs} on {dev} it must write back itself",
-                        cstr(&e.data.bdi),
-                        e.data.dirty,
-                        e.data.limit
-                    );
-                    out.extend(self.report(
-                        &rules::HAZARD_DIRTY_THROTTLE,
-                        &ctx,
-                        (serving, None),
-                        0,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-                // A thread already inside reclaim stays pending as such.
-                if self.may_follow(ctx.tid) {
-                    let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
-                        ctx,
-                        stuck: Stuck::DirtyThrottle,
-                        gfp: 0,
-                        waited_on: None,
-                        stack: obs.stack.clone(),
-                    });
-                    if entry.stuck == Stuck::DirtyThrottle {
-                        entry.ctx = ctx;
-                    }
-                }
-            }
-            Event::OomVictim(_) => {}
-        }
-        out
+            Event::Shrinker(e) => self.shrinker(e, obs),
+            Event::WritebackWait(e) => self.writeback_wait(e, obs),
+            Event::ReclaimWrite(e) => self.reclaim_write(e, obs),
+            Event::DirtyThrottle(e) => self.dirty_throttle(e, obs),
+        };
+        sighting.and_then(|s| self.report(s)).into_iter().collect()
     }
 
-    /// The OOM killer chose `pid`: a finding when it is a servicer, whose
-    /// death leaves every filesystem above it failing I/O.
-    fn on_oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Finding> {
+    /// RS001: a servicer entering reclaim that may run the shrinkers of,
+    /// or wait on writeback to, the busy filesystem above it. A direct or
+    /// memcg reclaim is followed until it ends, for RS201.
+    fn reclaim_begin(&mut self, e: &ReclaimEvent, obs: &Observed) -> Option<Sighting> {
+        let ctx = e.ctx;
+        let serving = Dev::from_kernel(ctx.serving_dev);
+        let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
+        if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
+            let p = Pending { ctx, stuck: Stuck::Reclaim, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() };
+            self.pending.insert(ctx.tid, p);
+        }
+        let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
+        let busy = obs.inflight.is_none_or(|n| n > 0) || !self.holders_of(serving, obs).is_empty();
+        // Without __GFP_FS reclaim neither runs filesystem shrinkers
+        // (super_cache_scan) nor waits on file writeback (may_enter_fs):
+        // only swap I/O is left, which reaches the stack only when swap
+        // lives on it.
+        if gfp & GFP_FS == 0 || !busy || self.upper_mount(serving).is_none() {
+            return None;
+        }
+        let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
+        let detail = format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
+        Some(Sighting::new(&rules::HAZARD_FS_IO, ctx, obs, detail).gfp(gfp))
+    }
+
+    /// RS101: reclaim in a servicer calls the shrinker of a filesystem
+    /// above the device it serves.
+    fn shrinker(&self, e: &ShrinkerEvent, obs: &Observed) -> Option<Sighting> {
+        let sb = Dev::from_kernel(e.data.sb_dev);
+        // super_cache_scan() returns SHRINK_STOP at once without __GFP_FS
+        // (fs/super.c): entered, but no recursion. A mask of 0 is one the
+        // probe could not know.
+        let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
+        if e.data.sb_dev == 0 || !can_recurse || !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), sb) {
+            return None;
+        }
+        let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
+        Some(Sighting::new(&rules::SHRINKER_UPPER, e.ctx, obs, detail).about(sb).gfp(e.data.gfp))
+    }
+
+    /// RS102: reclaim in a servicer waits on writeback of a device above
+    /// the one it serves.
+    fn writeback_wait(&mut self, e: &WritebackWaitEvent, obs: &Observed) -> Option<Sighting> {
+        let dev = wait_dev(e)?;
+        if e.data.in_reclaim == 0 || !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), dev) {
+            return None;
+        }
+        let gfp = self.pending.get_mut(&e.ctx.tid).map_or(0, |p| {
+            p.waited_on = Some(dev);
+            p.gfp
+        });
+        let detail =
+            format!("folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim", e.data.ino, e.data.index);
+        Some(Sighting::new(&rules::WAIT_UPPER_WRITEBACK, e.ctx, obs, detail).about(dev).gfp(gfp))
+    }
+
+    /// RS103: reclaim in a servicer writes out a folio of a filesystem
+    /// above the device it serves.
+    fn reclaim_write(&self, e: &ReclaimWriteEvent, obs: &Observed) -> Option<Sighting> {
+        let dev = Dev::from_kernel(e.data.dev);
+        if !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), dev) {
+            return None;
+        }
+        let gfp = self.pending.get(&e.ctx.tid).map_or(0, |p| p.gfp);
+        let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
+        Some(Sighting::new(&rules::WRITE_UPPER_FOLIO, e.ctx, obs, detail).about(dev).gfp(gfp))
+    }
+
+    /// RS002: a servicer without PF_LOCAL_THROTTLE paused for dirty pages
+    /// that may be those it must write back itself. The thread is followed
+    /// while the pauses go on, for RS201.
+    fn dirty_throttle(&mut self, e: &DirtyThrottleEvent, obs: &Observed) -> Option<Sighting> {
+        let ctx = e.ctx;
+        let (fs, dev) = self.upper_mount(Dev::from_kernel(ctx.serving_dev)).map(|m| (m.fs_type.clone(), m.dev))?;
+        // A thread already inside reclaim stays pending as such.
+        if self.may_follow(ctx.tid) {
+            let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
+                ctx,
+                stuck: Stuck::DirtyThrottle,
+                gfp: 0,
+                waited_on: None,
+                stack: obs.stack.clone(),
+            });
+            if entry.stuck == Stuck::DirtyThrottle {
+                entry.ctx = ctx;
+            }
+        }
+        if ctx.task_flags & PF_LOCAL_THROTTLE != 0 {
+            return None;
+        }
+        let domain = match e.data.cgroup_ino {
+            0 | 1 => "the machine's".to_owned(),
+            ino => format!("its memory cgroup's (ino {ino})"),
+        };
+        let detail = format!(
+            "balance_dirty_pages() paused it writing to bdi {}: {} of {domain} dirty pages, limit {}; among them may \
+             be the {fs} on {dev} it must write back itself",
+            cstr(&e.data.bdi),
+            e.data.dirty,
+            e.data.limit
+        );
+        Some(Sighting::new(&rules::HAZARD_DIRTY_THROTTLE, ctx, obs, detail))
+    }
+
+    /// RS301: the OOM killer chose `pid`, a servicer, whose death leaves
+    /// every filesystem above it failing I/O.
+    fn oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Sighting> {
         let s = self.index.servicer(pid)?.clone();
         let ctx = TaskCtx {
             ts_ns,
@@ -384,17 +394,22 @@ impl Engine {
         };
         self.pending.retain(|_, p| p.ctx.tgid != pid);
         let detail = format!("the OOM killer chose {} (pid {pid}), which completes the I/O of {}", s.comm, s.serves);
-        self.report(&rules::SERVICER_OOM_KILLED, &ctx, (s.serves, None), 0, &Observed::default(), detail, vec![])
+        Some(Sighting::new(&rules::SERVICER_OOM_KILLED, ctx, &Observed::default(), detail))
     }
 
     /// A thread in D state: a deadlock when it is a servicer inside reclaim,
     /// blocked past the threshold on a wait for the I/O it serves.
     pub fn on_blocked(&mut self, b: &Blocked) -> Option<Finding> {
+        let s = self.blocked(b)?;
+        self.report(s)
+    }
+
+    /// RS201: the sighting `b` makes, if any.
+    fn blocked(&self, b: &Blocked) -> Option<Sighting> {
         if b.blocked_for < self.deadlock_after {
             return None;
         }
-        let p = self.pending.get(&b.tid)?.clone();
-        let serving = Dev::from_kernel(p.ctx.serving_dev);
+        let p = self.pending.get(&b.tid)?;
         let waits = b.stack.iter().any(|f| rules::WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
         let detail = match p.stuck {
             // The kernel marks reclaim with PF_MEMALLOC: without it the
@@ -419,9 +434,10 @@ impl Engine {
         };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
         let obs = Observed { stack, inflight: None, holders: Arc::clone(&b.holders) };
-        let mut ctx = p.ctx;
-        ctx.ts_ns = b.now_ns;
-        self.report(&rules::BLOCKED_IN_RECLAIM, &ctx, (serving, None), p.gfp, &obs, detail, b.chain.clone())
+        let ctx = TaskCtx { ts_ns: b.now_ns, ..p.ctx };
+        let mut s = Sighting::new(&rules::BLOCKED_IN_RECLAIM, ctx, &obs, detail).gfp(p.gfp);
+        s.chain = b.chain.clone();
+        Some(s)
     }
 
     /// The holders in the filesystem above `serving`.
@@ -430,40 +446,29 @@ impl Engine {
         obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
     }
 
-    /// Adds one sighting to the finding of (rule, process, upper fs):
-    /// `serving` is the device the servicer serves, `about` the one the
-    /// event names, if any.
-    /// returns it when it is new, None when an existing one was updated or
-    /// the engine is full (counted in `folded`).
-    #[allow(clippy::too_many_arguments)]
-    fn report(
-        &mut self,
-        rule: &'static Rule,
-        ctx: &TaskCtx,
-        (serving, about): (Dev, Option<Dev>),
-        gfp: u32,
-        obs: &Observed,
-        detail: String,
-        chain: Vec<String>,
-    ) -> Option<Finding> {
+    /// Adds a sighting to the finding of (rule, process, upper fs): returns
+    /// it when it is new, None when an existing one was updated or the
+    /// engine is full (counted in `folded`).
+    fn report(&mut self, s: Sighting) -> Option<Finding> {
+        let serving = Dev::from_kernel(s.ctx.serving_dev);
         // The filesystem the sighting is about: the one whose shrinker,
         // writeback or folio the event names, else the one right above.
-        let upper = about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
-        let kernel = ctx.task_flags & PF_KTHREAD != 0;
-        let key = (rule.id, if kernel { 0 } else { ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
+        let upper = s.about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
+        let kernel = s.ctx.task_flags & PF_KTHREAD != 0;
+        let key = (s.rule.id, if kernel { 0 } else { s.ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
         let holders: Vec<LockHolder> =
-            obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
+            s.obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
-            f.last_ns = ctx.ts_ns;
-            see_thread(f, ctx);
-            see_stack(f, &obs.stack);
+            f.last_ns = s.ctx.ts_ns;
+            see_thread(f, &s.ctx);
+            see_stack(f, &s.obs.stack);
             if !holders.is_empty() {
                 f.holders = holders;
             }
-            if !chain.is_empty() {
-                f.chain = chain;
+            if !s.chain.is_empty() {
+                f.chain = s.chain;
             }
             return None;
         }
@@ -471,6 +476,17 @@ impl Engine {
             self.folded += 1;
             return None;
         }
+        let f = self.new_finding(s, upper, holders);
+        self.seen.insert(key, self.findings.len());
+        self.findings.push(f.clone());
+        Some(f)
+    }
+
+    /// The first sighting of a finding, with the storage stack it names.
+    fn new_finding(&self, s: Sighting, upper: Option<MountRef>, holders: Vec<LockHolder>) -> Finding {
+        let ctx = &s.ctx;
+        let serving = Dev::from_kernel(ctx.serving_dev);
+        let kernel = ctx.task_flags & PF_KTHREAD != 0;
         let comm = comm(ctx);
         let name = self.index.servicer(ctx.tgid).and_then(|s| s.program.clone()).unwrap_or_else(|| comm.clone());
         // Name the block device the upper filesystem sits on: a FUSE
@@ -478,9 +494,9 @@ impl Engine {
         let device = upper.as_ref().map(|m| m.dev).unwrap_or(serving);
         let backing = self.index.backing_of(device);
         let mut f = Finding {
-            rule: rule.id.to_owned(),
-            severity: rule.severity,
-            title: rule.title.to_owned(),
+            rule: s.rule.id.to_owned(),
+            severity: s.rule.severity,
+            title: s.rule.title.to_owned(),
             servicer: ServicerDesc {
                 name: name.clone(),
                 comm,
@@ -494,27 +510,25 @@ impl Engine {
             backing_file: backing.map(|b| b.path.clone()),
             lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
             bottom_fs: self.index.bottom_mount(device).map(fs_desc),
-            gfp: self.gfp.decode(gfp as u64),
-            gfp_raw: gfp,
-            upper_inflight: obs.inflight,
-            detail,
-            stack: obs.stack.clone(),
+            gfp: self.gfp.decode(s.gfp as u64),
+            gfp_raw: s.gfp,
+            upper_inflight: s.obs.inflight,
+            detail: s.detail,
+            stack: s.obs.stack.clone(),
             threads: Vec::new(),
             threads_folded: 0,
             stacks: Vec::new(),
             stacks_folded: 0,
             holders,
-            chain,
+            chain: s.chain,
             remedy: rules::remedy(&name, ctx.tgid, kernel),
             first_ns: ctx.ts_ns,
             last_ns: ctx.ts_ns,
             count: 1,
         };
         see_thread(&mut f, ctx);
-        see_stack(&mut f, &obs.stack);
-        self.seen.insert(key, self.findings.len());
-        self.findings.push(f.clone());
-        Some(f)
+        see_stack(&mut f, &s.obs.stack);
+        f
     }
 }
 
