@@ -15,8 +15,8 @@ use std::{sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
 use reclaimscope::{
-    cli::report::render,
     names::GfpNames,
+    output::report::{render, ReportView},
     postmortem::replay::{self, Report},
     topology::Dev,
     trace::{FORMAT_VERSION, MAGIC},
@@ -33,7 +33,7 @@ fn show(report: anyhow::Result<Report>) {
     let Ok(r) = report else { return };
     let text = render(&r);
     assert!(text.starts_with("report of "), "{text}");
-    serde_json::to_string(&r).expect("a report always serialises");
+    serde_json::to_string(&ReportView::new(&r)).expect("a report always serialises");
 }
 
 /// The framing of docs/trace-format.md, written out independently.

@@ -13,8 +13,11 @@ use crate::{
     detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
     events::decode::Event,
     kernel::preflight,
+    names::GfpNames,
     output::{
-        clock, http,
+        clock,
+        finding::FindingView,
+        http,
         metrics::{Losses, Metrics},
         stdout,
     },
@@ -45,6 +48,7 @@ pub struct MonitorArgs {
 
 struct MonitorSink {
     metrics: Arc<Metrics>,
+    gfp: GfpNames,
     active_window: Duration,
 }
 
@@ -62,7 +66,7 @@ impl Sink for MonitorSink {
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
         self.metrics.finding(&f.rule, f.severity.name());
-        line("finding", f)
+        line("finding", FindingView::new(f, &self.gfp))
     }
 
     fn summary(&mut self, s: &Summary, _findings: &[Finding], last: bool) -> Result<()> {
@@ -117,8 +121,8 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         None => None,
     };
     line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
-    let mut sink = MonitorSink { metrics, active_window };
-    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
+    let mut sink = MonitorSink { metrics, gfp, active_window };
+    let result = args.trace.run(&mut session, &mut sink, &refresher).await;
     if let Some(s) = server {
         s.abort();
     }

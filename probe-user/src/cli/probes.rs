@@ -20,7 +20,6 @@ use crate::{
     detect::{engine::Engine, engine::Observed, finding::Finding, index::StackIndex},
     events::decode::Event,
     kernel::preflight,
-    names::GfpNames,
     output::{fit, stdout},
     topology::{Extra, Topology},
 };
@@ -158,7 +157,7 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
         // SAFETY: signalling ourselves.
         unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     });
-    let engine = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+    let engine = Engine::new(StackIndex::default(), Duration::from_secs(5));
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;

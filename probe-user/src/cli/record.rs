@@ -14,7 +14,8 @@ use crate::{
     detect::{engine::Observed, finding::Finding, index::StackIndex},
     events::decode::Event,
     kernel::kallsyms::Kallsyms,
-    output::table::summary_table,
+    names::GfpNames,
+    output::{table::summary_table, words},
     topology::Topology,
     trace::{
         EventRecord, Frame, Opaque, Record, StackRecord, SymbolRecord, TopologyRecord, TraceHeader, TraceWriter,
@@ -67,6 +68,7 @@ pub struct RecordArgs {
 
 struct RecordSink {
     writer: TraceWriter,
+    gfp: GfpNames,
     kallsyms: Kallsyms,
     /// Findings written since the last fdatasync.
     unsynced_findings: bool,
@@ -102,7 +104,7 @@ impl Sink for RecordSink {
             f.servicer.name,
             f.servicer.tgid,
             f.servicer.tid,
-            f.detail
+            words::detail(f, &self.gfp)
         );
         Ok(())
     }
@@ -158,8 +160,8 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files.into(), args.force)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
-    let mut sink = RecordSink { writer, kallsyms: session.kallsyms.clone(), unsynced_findings: false };
-    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
+    let mut sink = RecordSink { writer, gfp, kallsyms: session.kallsyms.clone(), unsynced_findings: false };
+    let result = args.trace.run(&mut session, &mut sink, &refresher).await;
     sink.writer.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)
 }
@@ -237,14 +239,7 @@ mod tests {
     }
 
     fn finding() -> Finding {
-        serde_json::from_value(serde_json::json!({
-            "rule": "RS001", "severity": "hazard", "title": "t",
-            "servicer": {"comm": "qsd", "tgid": 7, "tid": 7, "flags": "-", "protection": "Unprotected"},
-            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-            "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": "d", "stack": [],
-            "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
-        }))
-        .unwrap()
+        Finding::sample("RS001", crate::detect::finding::Severity::Hazard)
     }
 
     #[test]
@@ -263,7 +258,8 @@ mod tests {
             eprintln!("skipped: the root filesystem is not ext4");
             return;
         }
-        let mut sink = RecordSink { writer, kallsyms: Kallsyms::parse(""), unsynced_findings: false };
+        let mut sink =
+            RecordSink { writer, gfp: GfpNames::builtin(), kallsyms: Kallsyms::parse(""), unsynced_findings: false };
         let trace = SyncTrace::start(ino);
         let (raw, ev) = event();
         for _ in 0..100 {

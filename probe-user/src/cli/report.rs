@@ -1,23 +1,21 @@
 //! `reclaimscope report FILE`: replays a trace (or an ftrace text capture)
 //! through the detection engine. Needs no root and no BPF.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use prettytable::{format, row, Table};
 
 use super::secs;
 use crate::{
     names::GfpNames,
     output::{
-        folded, stdout,
-        table::{finding_block, timeline_block},
-        terminal,
+        folded,
+        report::{render, ReportView},
+        stdout, terminal,
     },
     postmortem::{
         export::{self, Input},
-        input,
-        replay::{self, Report},
+        input, replay,
     },
     topology::Dev,
 };
@@ -76,61 +74,6 @@ pub struct ReportArgs {
     pub folded: bool,
 }
 
-/// The report as `reclaimscope report` prints it without --json. Every
-/// word of it may come from the file, so it is made terminal-safe.
-pub fn render(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "report of {}{}",
-        r.source,
-        r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default()
-    );
-    let _ = writeln!(out, "{} records, {} events, {} findings", r.records, r.events, r.findings.len());
-    if let Some(d) = &r.damage {
-        let _ = writeln!(out, "DAMAGED: {d}; everything before it was read");
-    }
-    for l in &r.limits {
-        let _ = writeln!(out, "limit: {l}");
-    }
-    for f in &r.findings {
-        let _ = writeln!(out, "\n{}", finding_block(f));
-    }
-    for f in &r.recorded_only {
-        let _ = writeln!(
-            out,
-            "\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}",
-            f.severity.name(),
-            f.rule,
-            f.servicer.comm,
-            f.servicer.tid,
-            f.detail
-        );
-    }
-    if !r.servicers.is_empty() {
-        let mut t = Table::new();
-        t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-        t.set_titles(row!["SERVICER", "PID", "THREADS", "RECLAIMS", "TOTAL ms", "MAX ms", "WB WAITS", "FINDINGS"]);
-        for s in &r.servicers {
-            t.add_row(row![
-                s.comm,
-                s.tgid,
-                s.threads,
-                s.reclaim_entries,
-                format!("{:.1}", s.reclaim_total_ms),
-                format!("{:.1}", s.reclaim_max_ms),
-                s.writeback_waits,
-                s.findings
-            ]);
-        }
-        let _ = write!(out, "\n{t}");
-    }
-    for tl in &r.timelines {
-        let _ = write!(out, "\n{}", timeline_block(tl));
-    }
-    terminal::text(&out).into_owned()
-}
-
 pub fn run(args: &ReportArgs) -> Result<i32> {
     let after = secs::positive("--deadlock-after", args.deadlock_after)?;
     let input = input::open(&args.file)?;
@@ -158,7 +101,7 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     if args.folded {
         stdout::write(&terminal::text(&folded::render(&export::findings(&report))))?;
     } else if args.json {
-        stdout::json_pretty(&report)?;
+        stdout::json_pretty(&ReportView::new(&report))?;
     } else {
         stdout::write(&render(&report))?;
     }

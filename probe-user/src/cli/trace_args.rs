@@ -150,12 +150,11 @@ impl TraceArgs {
     pub async fn run(
         &self,
         session: &mut Session,
-        gfp: GfpNames,
         sink: &mut dyn Sink,
         refresher: &Refresher,
     ) -> Result<crate::agent::run::Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
-        let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
+        let engine = Engine::new(StackIndex::default(), deadlock_after);
         let mut l = EventLoop::new(session, engine, sink, refresher);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,

@@ -13,7 +13,9 @@ use crate::{
     events::decode::Event,
     names::GfpNames,
     output::{
-        clock, stdout,
+        clock,
+        finding::FindingView,
+        stdout,
         table::{event_row, finding_block, summary_table, EVENT_HEADER},
         view::{memcg_of, EventView},
     },
@@ -79,12 +81,12 @@ impl Sink for WatchSink {
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
         if self.json {
-            let mut v = serde_json::to_value(f)?;
+            let mut v = serde_json::to_value(FindingView::new(f, &self.gfp))?;
             v["type"] = json!("finding");
             clock::stamp(&mut v);
             stdout::line(v)?;
         } else {
-            stdout::line(finding_block(f))?;
+            stdout::line(finding_block(&FindingView::new(f, &self.gfp)))?;
         }
         Ok(())
     }
@@ -98,7 +100,7 @@ impl Sink for WatchSink {
             v["type"] = json!(if last { "final_summary" } else { "summary" });
             if last {
                 // Every finding at its live count, with all its threads and stacks.
-                v["findings"] = serde_json::to_value(findings)?;
+                v["findings"] = serde_json::to_value(FindingView::all(findings, &self.gfp))?;
             }
             clock::stamp(&mut v);
             stdout::line(v)?;
@@ -135,6 +137,6 @@ pub async fn run(args: &WatchArgs) -> Result<i32> {
         eprintln!("Tracing memory reclaim in stacked storage... Hit Ctrl-C to end.");
     }
     let mut sink = WatchSink::new(args.json, args.all, gfp.clone());
-    args.trace.run(&mut session, gfp, &mut sink, &refresher).await?;
+    args.trace.run(&mut session, &mut sink, &refresher).await?;
     Ok(0)
 }

@@ -15,14 +15,13 @@ use probe_common::{
 };
 
 use super::{
-    finding::{Finding, FsDesc, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
+    finding::{Detail, Finding, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
     index::{MountRef, StackIndex},
     rules::{self, Rule},
 };
 use crate::{
     events::decode::{comm, cstr, wait_dev, Event},
-    names::{self, GfpNames},
-    topology::{protection_of, Dev},
+    topology::Dev,
 };
 
 /// What the agent knows about an event beyond its bytes.
@@ -71,13 +70,13 @@ struct Sighting {
     /// The allocation's gfp mask (0: not known).
     gfp: u32,
     obs: Observed,
-    detail: String,
+    detail: Detail,
     /// Deadlock: the tasks waiting on the servicer.
     chain: Vec<String>,
 }
 
 impl Sighting {
-    fn new(rule: &'static Rule, ctx: TaskCtx, obs: &Observed, detail: String) -> Sighting {
+    fn new(rule: &'static Rule, ctx: TaskCtx, obs: &Observed, detail: Detail) -> Sighting {
         Sighting { rule, ctx, about: None, gfp: 0, obs: obs.clone(), detail, chain: Vec::new() }
     }
 
@@ -131,7 +130,6 @@ type Key = (&'static str, u32, Dev);
 
 pub struct Engine {
     index: StackIndex,
-    gfp: GfpNames,
     deadlock_after: Duration,
     findings: Vec<Finding>,
     seen: HashMap<Key, usize>,
@@ -140,10 +138,6 @@ pub struct Engine {
     pending: HashMap<u32, Pending>,
     /// Threads not followed because `MAX_PENDING` were.
     untracked: u64,
-}
-
-fn fs_desc(m: &MountRef) -> FsDesc {
-    FsDesc { fs_type: m.fs_type.clone(), mount_point: m.mount_point.clone(), dev: m.dev.to_string() }
 }
 
 fn stack_hash(stack: &[String]) -> u64 {
@@ -156,10 +150,9 @@ fn stack_hash(stack: &[String]) -> u64 {
 }
 
 impl Engine {
-    pub fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Engine {
+    pub fn new(index: StackIndex, deadlock_after: Duration) -> Engine {
         Engine {
             index,
-            gfp,
             deadlock_after,
             findings: Vec::new(),
             seen: HashMap::new(),
@@ -294,8 +287,7 @@ impl Engine {
         if gfp & GFP_FS == 0 || !busy || self.upper_mount(serving).is_none() {
             return None;
         }
-        let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
-        let detail = format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
+        let detail = Detail::Reclaim { kind: e.data.reclaim_kind, order: e.data.order };
         Some(Sighting::new(&rules::HAZARD_FS_IO, ctx, obs, detail).gfp(gfp))
     }
 
@@ -310,7 +302,7 @@ impl Engine {
         if e.data.sb_dev == 0 || !can_recurse || !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), sb) {
             return None;
         }
-        let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
+        let detail = Detail::Shrinker { fs_type: cstr(&e.data.fs_type), sb };
         Some(Sighting::new(&rules::SHRINKER_UPPER, e.ctx, obs, detail).about(sb).gfp(e.data.gfp))
     }
 
@@ -325,8 +317,7 @@ impl Engine {
             p.waited_on = Some(dev);
             p.gfp
         });
-        let detail =
-            format!("folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim", e.data.ino, e.data.index);
+        let detail = Detail::WritebackWait { dev, ino: e.data.ino, index: e.data.index };
         Some(Sighting::new(&rules::WAIT_UPPER_WRITEBACK, e.ctx, obs, detail).about(dev).gfp(gfp))
     }
 
@@ -338,7 +329,7 @@ impl Engine {
             return None;
         }
         let gfp = self.pending.get(&e.ctx.tid).map_or(0, |p| p.gfp);
-        let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
+        let detail = Detail::Pageout { dev, ino: e.data.ino };
         Some(Sighting::new(&rules::WRITE_UPPER_FOLIO, e.ctx, obs, detail).about(dev).gfp(gfp))
     }
 
@@ -347,7 +338,7 @@ impl Engine {
     /// while the pauses go on, for RS201.
     fn dirty_throttle(&mut self, e: &DirtyThrottleEvent, obs: &Observed) -> Option<Sighting> {
         let ctx = e.ctx;
-        let (fs, dev) = self.upper_mount(Dev::from_kernel(ctx.serving_dev)).map(|m| (m.fs_type.clone(), m.dev))?;
+        self.upper_mount(Dev::from_kernel(ctx.serving_dev))?;
         // A thread already inside reclaim stays pending as such.
         if self.may_follow(ctx.tid) {
             let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
@@ -364,17 +355,12 @@ impl Engine {
         if ctx.task_flags & PF_LOCAL_THROTTLE != 0 {
             return None;
         }
-        let domain = match e.data.cgroup_ino {
-            0 | 1 => "the machine's".to_owned(),
-            ino => format!("its memory cgroup's (ino {ino})"),
+        let detail = Detail::DirtyThrottle {
+            bdi: cstr(&e.data.bdi),
+            dirty: e.data.dirty,
+            limit: e.data.limit,
+            cgroup_ino: e.data.cgroup_ino,
         };
-        let detail = format!(
-            "balance_dirty_pages() paused it writing to bdi {}: {} of {domain} dirty pages, limit {}; among them may \
-             be the {fs} on {dev} it must write back itself",
-            cstr(&e.data.bdi),
-            e.data.dirty,
-            e.data.limit
-        );
         Some(Sighting::new(&rules::HAZARD_DIRTY_THROTTLE, ctx, obs, detail))
     }
 
@@ -393,7 +379,7 @@ impl Engine {
             fs_depth: 0,
         };
         self.pending.retain(|_, p| p.ctx.tgid != pid);
-        let detail = format!("the OOM killer chose {} (pid {pid}), which completes the I/O of {}", s.comm, s.serves);
+        let detail = Detail::OomKilled { serves: s.serves };
         Some(Sighting::new(&rules::SERVICER_OOM_KILLED, ctx, &Observed::default(), detail))
     }
 
@@ -418,18 +404,13 @@ impl Engine {
                 if b.flags & PF_MEMALLOC == 0 || (p.waited_on.is_none() && !waits) {
                     return None;
                 }
-                let on = p.waited_on.map(|d| format!(" on writeback of {d}")).unwrap_or_default();
-                format!("blocked in D state inside reclaim{on} for {:.1} s", b.blocked_for.as_secs_f64())
+                Detail::BlockedInReclaim { waited_on: p.waited_on, blocked_ns: nanos(b.blocked_for) }
             }
             Stuck::DirtyThrottle => {
                 if !b.stack.iter().any(|f| f.starts_with("balance_dirty_pages")) {
                     return None;
                 }
-                format!(
-                    "blocked in D state in balance_dirty_pages() for {:.1} s: the dirty pages it waits on include \
-                     those of the filesystem above, which only it can write back",
-                    b.blocked_for.as_secs_f64()
-                )
+                Detail::BlockedThrottled { blocked_ns: nanos(b.blocked_for) }
             }
         };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
@@ -486,7 +467,6 @@ impl Engine {
     fn new_finding(&self, s: Sighting, upper: Option<MountRef>, holders: Vec<LockHolder>) -> Finding {
         let ctx = &s.ctx;
         let serving = Dev::from_kernel(ctx.serving_dev);
-        let kernel = ctx.task_flags & PF_KTHREAD != 0;
         let comm = comm(ctx);
         let name = self.index.servicer(ctx.tgid).and_then(|s| s.program.clone()).unwrap_or_else(|| comm.clone());
         // Name the block device the upper filesystem sits on: a FUSE
@@ -496,22 +476,13 @@ impl Engine {
         let mut f = Finding {
             rule: s.rule.id.to_owned(),
             severity: s.rule.severity,
-            title: s.rule.title.to_owned(),
-            servicer: ServicerDesc {
-                name: name.clone(),
-                comm,
-                tgid: ctx.tgid,
-                tid: ctx.tid,
-                flags: names::task_flags(ctx.task_flags),
-                protection: format!("{:?}", protection_of(ctx.task_flags)),
-            },
-            upper_fs: upper.as_ref().map(fs_desc),
-            device: device.to_string(),
+            servicer: ServicerDesc { name, comm, tgid: ctx.tgid, tid: ctx.tid, task_flags: ctx.task_flags },
+            upper_fs: upper,
+            device,
             backing_file: backing.map(|b| b.path.clone()),
-            lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
-            bottom_fs: self.index.bottom_mount(device).map(fs_desc),
-            gfp: self.gfp.decode(s.gfp as u64),
-            gfp_raw: s.gfp,
+            lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).cloned(),
+            bottom_fs: self.index.bottom_mount(device).cloned(),
+            gfp: s.gfp,
             upper_inflight: s.obs.inflight,
             detail: s.detail,
             stack: s.obs.stack.clone(),
@@ -521,7 +492,6 @@ impl Engine {
             stacks_folded: 0,
             holders,
             chain: s.chain,
-            remedy: rules::remedy(&name, ctx.tgid, kernel),
             first_ns: ctx.ts_ns,
             last_ns: ctx.ts_ns,
             count: 1,
@@ -530,6 +500,11 @@ impl Engine {
         see_stack(&mut f, &s.obs.stack);
         f
     }
+}
+
+/// A time blocked, in the nanoseconds a finding keeps.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Counts a sighting by `ctx`'s thread, keeping at most `MAX_THREADS`.
@@ -607,7 +582,7 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        Engine::new(index(), GfpNames::builtin(), Duration::from_secs(5))
+        Engine::new(index(), Duration::from_secs(5))
     }
 
     fn ctx(tid: u32, flags: u32, serving: Dev) -> TaskCtx {
@@ -673,11 +648,11 @@ mod tests {
         assert_eq!(f.len(), 1);
         let f = &f[0];
         assert_eq!((f.rule.as_str(), f.severity), ("RS001", Severity::Hazard));
-        assert_eq!(f.gfp, "GFP_HIGHUSER_MOVABLE");
+        assert_eq!(f.gfp, GFP_HIGHUSER_MOVABLE);
+        assert_eq!(f.detail, Detail::Reclaim { kind: ReclaimKind::Memcg as u32, order: 0 });
         assert_eq!(f.upper_fs.as_ref().unwrap().mount_point, "/mnt/upper");
-        assert_eq!(f.device, "7:0");
+        assert_eq!(f.device, LOOP0);
         assert_eq!(f.backing_file.as_deref(), Some("/srv/fuse.img"));
-        assert!(f.remedy.contains("PR_SET_IO_FLUSHER"));
         assert_eq!(f.upper_inflight, Some(4));
     }
 
@@ -700,7 +675,7 @@ mod tests {
         let mut e = engine();
         let idle = Observed { inflight: Some(0), ..obs() };
         assert!(e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &idle).is_empty());
-        let mut bare = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+        let mut bare = Engine::new(StackIndex::default(), Duration::from_secs(5));
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
@@ -771,7 +746,8 @@ mod tests {
         e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
         let f = e.on_event(&wait(101, "7:0"), &obs());
         assert_eq!(f[0].rule, "RS102");
-        assert_eq!(f[0].gfp, "GFP_HIGHUSER_MOVABLE");
+        assert_eq!(f[0].gfp, GFP_HIGHUSER_MOVABLE);
+        assert_eq!(f[0].detail, Detail::WritebackWait { dev: LOOP0, ino: 131, index: 7 });
         // Two levels up (XFS on loop1 whose file lives on loop0's XFS).
         assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: ["x".into()].into(), ..obs() })[0].rule, "RS102");
         // An unrelated device is not.
@@ -847,7 +823,7 @@ mod tests {
         assert_eq!((f.rule.as_str(), f.severity), ("RS201", Severity::Deadlock));
         assert_eq!(f.chain.len(), 1);
         assert_eq!(f.holders, vec![writer()]);
-        assert!(f.detail.contains("7:0"));
+        assert_eq!(f.detail, Detail::BlockedInReclaim { waited_on: Some(LOOP0), blocked_ns: 6_000_000_000 });
         // Once the thread leaves reclaim it is no longer a candidate.
         e.on_event(&end(101), &obs());
         assert!(e.pending(0).is_empty());
@@ -905,12 +881,13 @@ mod tests {
         let f = e.on_event(&throttle(101, 0, 1_000), &obs());
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].rule.as_str(), f[0].severity), ("RS002", Severity::Hazard));
-        assert!(f[0].detail.contains("memory cgroup"), "{}", f[0].detail);
+        let throttled = Detail::DirtyThrottle { bdi: "254:0".into(), dirty: 9000, limit: 8000, cgroup_ino: 77 };
+        assert_eq!(f[0].detail, throttled);
         // Blocked somewhere else is not this deadlock.
         assert!(e.on_blocked(&blocked_in(101, 0, "futex_wait")).is_none());
         let d = e.on_blocked(&blocked_in(101, 0, "balance_dirty_pages")).unwrap();
         assert_eq!((d.rule.as_str(), d.severity), ("RS201", Severity::Deadlock));
-        assert!(d.detail.contains("balance_dirty_pages"));
+        assert_eq!(d.detail, Detail::BlockedThrottled { blocked_ns: 9_000_000_000 });
         // Pauses stopped long ago: it moved on.
         assert!(e.pending(1_000 + THROTTLE_GONE_NS).is_empty());
     }

@@ -407,6 +407,7 @@ impl Render for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::finding::ServicerDesc;
 
     /// The value of the sample whose line starts with `series` (name and
     /// labels, as rendered).
@@ -494,14 +495,9 @@ mod tests {
     }
 
     fn finding(rule: &str, severity: &str, comm: &str, tid: u32, last_ns: u64) -> Finding {
-        serde_json::from_value(serde_json::json!({
-            "rule": rule, "severity": severity, "title": "t",
-            "servicer": {"comm": comm, "tgid": 1, "tid": tid, "flags": "-", "protection": "Unprotected"},
-            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-            "gfp": "", "gfp_raw": 0, "upper_inflight": null, "detail": "", "stack": [], "chain": [],
-            "remedy": "", "first_ns": 0, "last_ns": last_ns, "count": 1
-        }))
-        .unwrap()
+        let severity = serde_json::from_value(serde_json::json!(severity)).unwrap();
+        let servicer = ServicerDesc { name: String::new(), comm: comm.into(), tgid: 1, tid, task_flags: 0 };
+        Finding { servicer, last_ns, ..Finding::sample(rule, severity) }
     }
 
     #[test]

@@ -15,11 +15,10 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    detect::finding::Finding,
     events::decode::reclaim_kind_name,
     kernel::kallsyms::function,
     names::GfpNames,
-    output::table::held_name,
+    output::{finding::FindingView, table::held_name},
     postmortem::timeline::{Clock, Close, Item, Mark, Sink, Span, TaskInfo, Totals},
 };
 
@@ -192,7 +191,9 @@ impl<W: Write> PerfettoWriter<W> {
 
     fn mark(&self, mark: &Mark) -> (String, &'static str, Value) {
         match mark {
-            Mark::Finding(f) => (format!("{} {}", f.rule, f.severity.name()), "finding", finding_args(f)),
+            Mark::Finding(f) => {
+                (format!("{} {}", f.rule, f.severity.name()), "finding", finding_args(&FindingView::new(f, &self.gfp)))
+            }
             Mark::Shrinker { scan_fn, callback, nr_to_scan, fs_type, sb_dev } => {
                 let callback = callback.as_deref().map(function);
                 let name = match (callback, fs_type.is_empty()) {
@@ -220,7 +221,7 @@ impl<W: Write> PerfettoWriter<W> {
     }
 }
 
-fn finding_args(f: &Finding) -> Value {
+fn finding_args(f: &FindingView) -> Value {
     let mut a = Map::new();
     a.insert("rule".into(), json!(f.rule));
     a.insert("severity".into(), json!(f.severity.name()));

@@ -3,7 +3,10 @@
 
 use prettytable::{format, row, Table};
 
-use super::view::EventView;
+use super::{
+    finding::{FindingView, FsView},
+    view::EventView,
+};
 use crate::{
     agent::run::Summary,
     detect::{
@@ -42,10 +45,10 @@ fn event_columns(v: &EventView) -> String {
     format!("{:<16} {:<7} {:<7} {:<12} {:<36} {:<16} {lat}", v.comm, v.pid, v.tid, kind, gfp, v.task_flags)
 }
 
-pub fn finding_block(f: &Finding) -> String {
+pub fn finding_block(f: &FindingView) -> String {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_CLEAN);
-    let fs = |d: &Option<crate::detect::finding::FsDesc>| {
+    let fs = |d: &Option<FsView>| {
         d.as_ref().map(|d| format!("{} on {} ({})", d.fs_type, d.mount_point, d.dev)).unwrap_or_else(|| "-".into())
     };
     let s = &f.servicer;

@@ -53,7 +53,7 @@ pub struct Timeline {
     pub events: Vec<(f64, EventView)>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub source: String,
     pub kernel_release: Option<String>,
@@ -72,6 +72,9 @@ pub struct Report {
     pub damage: Option<String>,
     /// What the input cannot tell.
     pub limits: Vec<String>,
+    /// The names of the recording kernel's gfp flags (the built-in table's
+    /// when the input did not give them), to name the findings' masks.
+    pub gfp: GfpNames,
 }
 
 impl Report {
@@ -205,7 +208,7 @@ struct Replay {
 impl Replay {
     fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
         Replay {
-            engine: Engine::new(index, gfp.clone(), deadlock_after),
+            engine: Engine::new(index, deadlock_after),
             gfp,
             stacks: Stacks::default(),
             summaries: Summaries::default(),
@@ -269,6 +272,7 @@ impl Replay {
             gfp: self.gfp,
         };
         report.findings = findings;
+        report.gfp = t.gfp.clone();
         t
     }
 }

@@ -591,7 +591,7 @@ fn from_findings(findings: Findings<'_>, tracks: &mut BTreeMap<TaskKey, TaskInfo
             info.program = Some(s.name.clone());
         }
         if info.serving.is_none() {
-            info.serving = Dev::parse(&f.device);
+            info.serving = Some(f.device);
         }
         items.push(Item::Instant { ts: f.first_ns, task: servicer, mark: Mark::Finding(Box::new(f.clone())) });
     }

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use bytemuck::bytes_of;
 use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx, WritebackWaitData, WritebackWaitEvent};
-use serde_json::json;
 
 use super::*;
 use crate::detect::finding::{LockHolder, ServicerDesc, Severity};
@@ -92,18 +91,16 @@ fn write_trace(path: &Path, offset: Option<i64>) {
 }
 
 fn finding() -> Finding {
-    let f = json!({
-        "rule": "RS201", "severity": "deadlock", "title": "t",
-        "servicer": {"name": "qemu-storage-daemon", "comm": "qemu-storage-dae", "tgid": QSD.0, "tid": QSD.1,
-                     "flags": "", "protection": ""},
-        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-        "gfp": "GFP_NOFS", "gfp_raw": 0, "upper_inflight": null, "detail": "d", "stack": [],
-        "chain": ["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages"],
-        "remedy": "r", "first_ns": 3_500_000u64, "last_ns": 9_000_000u64, "count": 1,
-    });
-    let mut f: Finding = serde_json::from_value(f).unwrap();
-    f.severity = Severity::Deadlock;
-    f.servicer = ServicerDesc { tid: QSD.1, ..f.servicer };
+    let mut f = Finding::sample("RS201", Severity::Deadlock);
+    f.servicer = ServicerDesc {
+        name: "qemu-storage-daemon".into(),
+        comm: "qemu-storage-dae".into(),
+        tgid: QSD.0,
+        tid: QSD.1,
+        task_flags: 0,
+    };
+    f.chain = vec!["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages".into()];
+    (f.first_ns, f.last_ns) = (3_500_000, 9_000_000);
     f.holders = vec![LockHolder {
         tid: 900,
         tgid: 900,

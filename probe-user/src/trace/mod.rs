@@ -16,6 +16,7 @@
 
 mod clock;
 mod frame;
+mod legacy;
 mod reader;
 mod record;
 mod writer;
@@ -44,7 +45,9 @@ pub fn is_trace(head: &[u8]) -> bool {
 
 /// The format this build writes, and the newest it reads. Bump it for any
 /// change an older reader would misread; adding a record type counts.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 1's findings held words (trace/legacy.rs reads them); format 2's
+/// hold raw values.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes before the first record: the magic and the format version.
 const PREAMBLE_LEN: usize = MAGIC.len() + 4;

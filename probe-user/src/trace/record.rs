@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use serde::{de::IgnoredAny, Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::frame::RecordType;
+use super::{frame::RecordType, legacy::FindingV1};
 use crate::{
     detect::{finding::Finding, index::StackIndex},
     events::decode::Event,
@@ -241,8 +241,9 @@ impl Record {
         json.context("cannot encode a trace record")
     }
 
-    /// Decodes a checksummed payload; the error says what is wrong with it.
-    pub(crate) fn decode(ty: RecordType, payload: &[u8]) -> Result<Record, String> {
+    /// Decodes a checksummed payload of a file of format `version`; the
+    /// error says what is wrong with it.
+    pub(crate) fn decode(ty: RecordType, payload: &[u8], version: u32) -> Result<Record, String> {
         Ok(match ty {
             RecordType::Event => {
                 let (ts, data) = payload
@@ -252,6 +253,9 @@ impl Record {
             }
             RecordType::Stack => Record::Stack(decode_json(payload)?),
             RecordType::Symbol => Record::Symbol(decode_json(payload)?),
+            RecordType::Finding if version == 1 => {
+                Record::Finding(Box::new(decode_json::<FindingV1>(payload)?.into_finding()?))
+            }
             RecordType::Finding => Record::Finding(decode_json(payload)?),
             RecordType::Topology => Record::Topology(decode_json(payload)?),
             RecordType::Header => return Err("a second header record".into()),

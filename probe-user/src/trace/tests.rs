@@ -71,14 +71,9 @@ fn topology(path: &str) -> TopologyRecord {
 
 /// A finding record whose detail is `detail`.
 fn finding(detail: &str) -> Record {
-    let f = json!({
-        "rule": "RS001", "severity": "hazard", "title": "t",
-        "servicer": {"comm": "qemu-storage-dae", "tgid": 4242, "tid": 4243, "flags": "-", "protection": "Unprotected"},
-        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-        "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": detail, "stack": [],
-        "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
-    });
-    Record::Finding(Box::new(serde_json::from_value(f).unwrap()))
+    let detail = crate::detect::finding::Detail::Recorded(detail.into());
+    let f = crate::detect::finding::Finding::sample("RS001", crate::detect::finding::Severity::Hazard);
+    Record::Finding(Box::new(crate::detect::finding::Finding { detail, ..f }))
 }
 
 pub(super) fn header() -> TraceHeader {
@@ -141,7 +136,7 @@ fn round_trip() {
     let (path, records) = sample(dir.path());
     let mut r = TraceReader::open(&path).unwrap();
     assert_eq!(r.header(), &header());
-    assert_eq!(r.format_version(), 1);
+    assert_eq!(r.format_version(), FORMAT_VERSION);
     let got: Vec<Record> = r.by_ref().collect();
     assert_eq!(got, records);
     assert_eq!(r.damage(), None);
@@ -387,11 +382,11 @@ fn newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = sample(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(one_line_error(&bytes), "trace: trace format version 2 is newer than this reclaimscope supports (1)");
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    assert_eq!(one_line_error(&bytes), "trace: trace format version 3 is newer than this reclaimscope supports (2)");
     std::fs::write(&path, &bytes).unwrap();
     let e = TraceReader::open(&path).err().unwrap();
-    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NewerVersion(2))));
+    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NewerVersion(3))));
 }
 
 /// A checksummed frame built by hand, appended after the sample's records.

@@ -337,11 +337,12 @@ pub fn test_header(gfp_format: Option<String>) -> reclaimscope::trace::TraceHead
 /// file could put any.
 pub fn test_finding(rule: &str, detail: &str, comm: &str) -> reclaimscope::detect::finding::Finding {
     serde_json::from_value(serde_json::json!({
-        "rule": rule, "severity": "deadlock", "title": "t",
-        "servicer": {"comm": comm, "tgid": 1, "tid": 1, "flags": "-", "protection": "Unprotected"},
-        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-        "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": detail, "stack": [],
-        "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
+        "rule": rule, "severity": "deadlock",
+        "servicer": {"name": comm, "comm": comm, "tgid": 1, "tid": 1, "task_flags": 0},
+        "upper_fs": null, "device": {"major": 7, "minor": 0}, "backing_file": null, "lower_fs": null,
+        "bottom_fs": null, "gfp": 3264, "upper_inflight": null, "detail": {"recorded": detail}, "stack": [],
+        "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0, "holders": [],
+        "chain": [], "first_ns": 1, "last_ns": 1, "count": 1
     }))
     .unwrap()
 }
