@@ -3,6 +3,7 @@
 //! the filesystem above it. Needs no BPF; works without root as far as
 //! /proc lets it.
 
+use super::backing_file;
 use crate::output::{self, stdout};
 use crate::topology::{capture, Dev, Extra, Servicer, StackPath, Topology};
 use anyhow::Result;
@@ -46,7 +47,7 @@ pub struct AuditArgs {
     pub servicers: Vec<u32>,
     /// PATH holds the data of block device DEV ("major:minor"), e.g. an NBD
     /// server's image (repeatable).
-    #[arg(long = "backing-file", value_name = "PATH=DEV", value_parser = parse_backing_file)]
+    #[arg(long = "backing-file", value_name = "PATH=DEV", value_parser = backing_file::parse)]
     pub backing_files: Vec<(PathBuf, Dev)>,
     /// Audit a snapshot directory (written by --save-snapshot) instead of this machine.
     #[arg(long, value_name = "DIR")]
@@ -54,15 +55,6 @@ pub struct AuditArgs {
     /// Also save what discovery read into DIR, a snapshot that --root reads back.
     #[arg(long, value_name = "DIR", conflicts_with = "root")]
     pub save_snapshot: Option<PathBuf>,
-}
-
-fn parse_backing_file(s: &str) -> Result<(PathBuf, Dev), String> {
-    let (path, dev) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATH=MAJOR:MINOR"))?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number {}", Dev::FORMAT))?;
-    if path.is_empty() {
-        return Err(format!("{s:?} has an empty path"));
-    }
-    Ok((PathBuf::from(path), dev))
 }
 
 /// What `--json` prints: the same tree and verdict as the text.
@@ -165,18 +157,5 @@ fn report(topo: &Topology) -> Report<'_> {
         unseen_servicers: unseen,
         warnings: &topo.warnings,
         exit_code,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backing_file_argument() {
-        assert_eq!(parse_backing_file("/srv/a=b.img=43:0"), Ok((PathBuf::from("/srv/a=b.img"), Dev::new(43, 0))));
-        assert!(parse_backing_file("/srv/a.img").is_err());
-        assert!(parse_backing_file("/srv/a.img=43").is_err());
-        assert!(parse_backing_file("=43:0").is_err());
     }
 }

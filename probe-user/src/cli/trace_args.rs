@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use super::secs;
+use super::{backing_file, secs};
 use crate::{
     agent::{
         refresh::Refresher,
@@ -58,12 +58,6 @@ impl KernelArgs {
     }
 }
 
-fn parse_backing(s: &str) -> Result<(PathBuf, Dev), String> {
-    let (path, dev) = s.rsplit_once('=').ok_or("expected PATH=MAJOR:MINOR")?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected {})", Dev::FORMAT))?;
-    Ok((PathBuf::from(path), dev))
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct TraceArgs {
     /// Only events of this process.
@@ -76,7 +70,7 @@ pub struct TraceArgs {
     #[arg(long = "servicer", value_name = "PID")]
     pub servicers: Vec<u32>,
     /// A file that backs a stacked device (repeatable).
-    #[arg(long = "backing-file", value_name = "PATH=MAJOR:MINOR", value_parser = parse_backing)]
+    #[arg(long = "backing-file", value_name = "PATH=MAJOR:MINOR", value_parser = backing_file::parse)]
     pub backing_files: Vec<(PathBuf, Dev)>,
     /// How long a servicer may sit blocked inside reclaim before it is a
     /// deadlock (seconds, or 500ms, 1m).

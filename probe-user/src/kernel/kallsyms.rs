@@ -63,11 +63,6 @@ impl Kallsyms {
         self.name(s).strip_prefix(name).is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf)))
     }
 
-    /// True when addresses are real (kptr_restrict hides them as zeros).
-    pub fn has_addresses(&self) -> bool {
-        self.syms.iter().any(|s| s.addr != 0)
-    }
-
     /// The attachable symbol for `name`: the exact name if present, otherwise
     /// the first compiler-suffixed copy (`name.constprop.0`, `name.isra.0`, ...).
     pub fn resolve(&self, name: &str) -> Option<&str> {

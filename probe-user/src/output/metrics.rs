@@ -297,16 +297,9 @@ impl Metrics {
         self.loop_lag.set(loop_lag_s);
     }
 
-    /// Counts one reclaim entry the agent decoded from the ring buffer.
-    pub fn reclaim_event(&self, kind: &str) {
-        self.reclaim_events.get_or_create(&KindLabels { kind: label(kind) }).inc();
-    }
-
     /// Takes the kernel's own count of reclaim entries of `kind` (the per-CPU
-    /// counters summed). The kernel counts events the ring buffer dropped, so
-    /// it is the better number; the series becomes the larger of it and what
-    /// [`reclaim_event`](Self::reclaim_event) counted, which stays monotonic
-    /// and never counts an event twice whichever of the two the caller uses.
+    /// counters summed), which counts events the ring buffer dropped too.
+    /// The series stays monotonic when the kernel's counters start again.
     pub fn set_reclaim_events(&self, kind: &str, total: u64) {
         let total = self.follow(&format!("reclaim/{kind}"), total);
         self.reclaim_events
@@ -421,7 +414,7 @@ mod tests {
         m.declare_finding("servicer-fs-reclaim", "deadlock");
         m.finding("servicer-fs-reclaim", "hazard");
         m.finding("servicer-fs-reclaim", "hazard");
-        m.reclaim_event("memcg");
+        m.set_reclaim_events("memcg", 1);
         m.set_servicers("none", 2);
         m.set_servicers("NOIO|LOCAL_THROTTLE", 1);
         m.set_probe("reclaim", "fentry", false, true);
@@ -460,13 +453,8 @@ mod tests {
         let direct = |m: &Metrics| {
             sample(&m.render(Format::OpenMetrics), r#"reclaimscope_reclaim_events_total{kind="direct"}"#).unwrap()
         };
-        // Decoded events and the kernel's total do not add up: the larger wins.
-        m.reclaim_event("direct");
-        m.reclaim_event("direct");
-        assert_eq!(direct(&m), 2.0);
         m.set_reclaim_events("direct", 5);
         assert_eq!(direct(&m), 5.0);
-        m.reclaim_event("direct");
         m.set_reclaim_events("direct", 6);
         assert_eq!(direct(&m), 6.0);
         // BPF objects loaded again: the kernel starts from 0, the series goes on.
@@ -552,7 +540,7 @@ mod tests {
     fn text_format_describes_every_sample() {
         let m = Metrics::new();
         m.declare_finding("RS301", "failure");
-        m.reclaim_event("direct");
+        m.set_reclaim_events("direct", 1);
         m.set_probe("reclaim", "tracepoint", true, true);
         m.set_servicers("unprotected", 1);
         m.set_active_findings(&[finding("RS001", "hazard", "qsd", 1, 0)], 0, Duration::from_secs(60));
