@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     events::decode::{comm, cstr, wait_dev, Event},
+    kernel::markers::{function, on_stack, RECLAIM_FUNCTIONS, THROTTLE_FUNCTION, WAIT_FUNCTIONS},
     topology::Dev,
 };
 
@@ -144,7 +145,7 @@ fn stack_hash(stack: &[String]) -> u64 {
     let mut h = DefaultHasher::new();
     // Offsets vary with the call site inside a function; the functions don't.
     for f in stack {
-        f.split('+').next().hash(&mut h);
+        function(f).hash(&mut h);
     }
     h.finish()
 }
@@ -209,10 +210,9 @@ impl Engine {
     /// known. A thread already followed only has its throttling refreshed.
     pub fn adopt(&mut self, tgid: u32, tid: u32, comm: &str, task_flags: u32, stack: &[String], now_ns: u64) {
         let Some(serves) = self.index.servicer(tgid).map(|s| s.serves) else { return };
-        let has = |f: &str| stack.iter().any(|s| crate::detect::holds::function(s) == f);
-        let stuck = if rules::RECLAIM_FUNCTIONS.iter().any(|f| has(f)) {
+        let stuck = if RECLAIM_FUNCTIONS.iter().any(|f| on_stack(stack, f)) {
             Stuck::Reclaim
-        } else if has(rules::THROTTLE_FUNCTION) {
+        } else if on_stack(stack, THROTTLE_FUNCTION) {
             Stuck::DirtyThrottle
         } else {
             return;
@@ -396,7 +396,7 @@ impl Engine {
             return None;
         }
         let p = self.pending.get(&b.tid)?;
-        let waits = b.stack.iter().any(|f| rules::WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
+        let waits = b.stack.iter().any(|f| WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
         let detail = match p.stuck {
             // The kernel marks reclaim with PF_MEMALLOC: without it the
             // recorded begin is stale (its end event was lost).
@@ -407,7 +407,7 @@ impl Engine {
                 Detail::BlockedInReclaim { waited_on: p.waited_on, blocked_ns: nanos(b.blocked_for) }
             }
             Stuck::DirtyThrottle => {
-                if !b.stack.iter().any(|f| f.starts_with("balance_dirty_pages")) {
+                if !b.stack.iter().any(|f| f.starts_with(THROTTLE_FUNCTION)) {
                     return None;
                 }
                 Detail::BlockedThrottled { blocked_ns: nanos(b.blocked_for) }

@@ -28,30 +28,6 @@ pub const ALL: &[&Rule] = &[
     &SERVICER_OOM_KILLED,
 ];
 
-/// Kernel functions that mean "waiting for writeback or for I/O" when they
-/// sit in a blocked task's stack.
-pub const WAIT_FUNCTIONS: &[&str] = &[
-    "folio_wait_writeback",
-    "folio_wait_bit",
-    "shrink_folio_list",
-    "io_schedule",
-    "balance_dirty_pages",
-    "wait_on_page_writeback",
-    // 5.16+: reclaim that finds folios under writeback sleeps here until
-    // writeback progresses (VMSCAN_THROTTLE_WRITEBACK), which under v2 is
-    // how memcg reclaim waits on the upper filesystem's I/O.
-    "reclaim_throttle",
-];
-
-/// Kernel functions that put a blocked task inside direct or memcg
-/// reclaim: a servicer thread found blocked under one of them, with no
-/// begin event seen (it entered before the agent started), is followed as
-/// if the event had come.
-pub const RECLAIM_FUNCTIONS: &[&str] = &["try_to_free_mem_cgroup_pages", "try_to_free_pages", "do_try_to_free_pages"];
-
-/// The function under which a blocked task is dirty-throttled.
-pub const THROTTLE_FUNCTION: &str = "balance_dirty_pages";
-
 #[cfg(test)]
 mod tests {
     use super::*;

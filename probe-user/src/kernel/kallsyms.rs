@@ -5,6 +5,8 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 
+use super::markers::function;
+
 pub const DEFAULT: &str = "/proc/kallsyms";
 
 /// One text symbol; its name is `names[start..start + len]`.
@@ -91,13 +93,6 @@ impl Kallsyms {
             _ => format!("0x{addr:x}"),
         }
     }
-}
-
-/// The function of a symbolized address: "shrink_folio_list+0x3a/0x9f0"
-/// (what [`Kallsyms::symbolize`] and /proc/PID/stack print) to
-/// "shrink_folio_list", so that stacks differing only in offsets read alike.
-pub fn function(symbol: &str) -> &str {
-    symbol.split('+').next().unwrap_or(symbol).trim()
 }
 
 /// A stack taken from inside a probe, without the probe's own frames on

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     detect::finding::Finding,
-    kernel::kallsyms::{function, without_probe_frames},
+    kernel::{kallsyms::without_probe_frames, markers::function},
 };
 
 /// The folded lines, sorted (inferno wants equal stacks adjacent; sorting

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     events::decode::reclaim_kind_name,
-    kernel::kallsyms::function,
+    kernel::markers::function,
     names::GfpNames,
     output::{finding::FindingView, table::held_name},
     postmortem::timeline::{Clock, Close, Item, Mark, Sink, Span, TaskInfo, Totals},
