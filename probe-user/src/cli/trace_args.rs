@@ -9,12 +9,13 @@ use super::{backing_file, secs};
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{EventLoop, RunOptions, Sink},
+        run::{EventLoop, RunOptions},
         session::{KernelPaths, Session, SessionOptions},
     },
     attach::table::Family,
     detect::{engine::Engine, index::StackIndex},
     names::{self, GfpNames, GfpSource},
+    output::{sink::Sink, summary::Summary},
     topology::{Dev, Extra},
 };
 
@@ -141,12 +142,7 @@ impl TraceArgs {
     }
 
     /// Runs the shared loop over `sink` until the duration ends or a signal.
-    pub async fn run(
-        &self,
-        session: &mut Session,
-        sink: &mut dyn Sink,
-        refresher: &Refresher,
-    ) -> Result<crate::agent::run::Summary> {
+    pub async fn run(&self, session: &mut Session, sink: &mut dyn Sink, refresher: &Refresher) -> Result<Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
         let engine = Engine::new(StackIndex::default(), deadlock_after);
         let mut l = EventLoop::new(session, engine, sink, refresher);

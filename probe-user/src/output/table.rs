@@ -5,10 +5,10 @@ use prettytable::{format, row, Table};
 
 use super::{
     finding::{FindingView, FsView},
+    summary::Summary,
     view::EventView,
 };
 use crate::{
-    agent::run::Summary,
     detect::{
         finding::{Finding, LockHolder},
         holds::Held,
