@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::trace_args::TraceArgs;
-use crate::output::watch::WatchSink;
+use crate::{agent::memcg::memcg_of, output::watch::WatchSink};
 
 /// Shown under every `--help` of `watch` (a doc comment on the
 /// subcommand would hide examples written there).
@@ -33,7 +33,7 @@ pub async fn run(args: &WatchArgs) -> Result<i32> {
     if !args.json {
         eprintln!("Tracing memory reclaim in stacked storage... Hit Ctrl-C to end.");
     }
-    let mut sink = WatchSink::new(args.json, args.all, gfp.clone());
+    let mut sink = WatchSink::new(args.json, args.all, gfp, memcg_of);
     args.trace.run(&mut session, &mut sink, &refresher).await?;
     Ok(0)
 }

@@ -28,9 +28,26 @@ pub fn parse_stack(text: &str) -> Vec<String> {
     text.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect()
 }
 
+/// The memory cgroup a /proc/PID/cgroup names: the v1 `memory` line's
+/// path, or the v2 unified line's.
+pub fn parse_memcg(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
+    line.splitn(3, ':').nth(2).map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_cgroup_of_v1_and_v2() {
+        assert_eq!(parse_memcg("5:memory:/qsd\n0::/other\n"), Some("/qsd".into()));
+        assert_eq!(parse_memcg("0::/system.slice/qsd.service\n"), Some("/system.slice/qsd.service".into()));
+        assert_eq!(parse_memcg("3:cpu:/x\n"), None);
+    }
 
     #[test]
     fn a_stat_line_whose_comm_holds_parentheses() {

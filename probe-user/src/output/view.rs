@@ -37,17 +37,6 @@ pub struct EventView {
     pub stack: Arc<[String]>,
 }
 
-/// The memory cgroup of a process, from /proc/PID/cgroup (v1 `memory:` line,
-/// or the v2 unified line).
-pub fn memcg_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
-    line.splitn(3, ':').nth(2).map(str::to_owned)
-}
-
 impl EventView {
     pub fn new(ev: &Event, obs: &Observed, gfp: &GfpNames, memcg: Option<String>) -> EventView {
         let c = ev.ctx();

@@ -14,7 +14,7 @@ use super::{
     stdout,
     summary::Summary,
     table::{event_row, finding_block, summary_table, EVENT_HEADER},
-    view::{memcg_of, EventView},
+    view::EventView,
 };
 use crate::{
     detect::{engine::Observed, finding::Finding, index::StackIndex},
@@ -28,12 +28,16 @@ pub struct WatchSink {
     all: bool,
     gfp: GfpNames,
     t0: Option<u64>,
+    /// Each process's memory cgroup, looked up once with `memcg_of`.
     memcgs: HashMap<u32, Option<String>>,
+    memcg_of: fn(u32) -> Option<String>,
 }
 
 impl WatchSink {
-    pub fn new(json: bool, all: bool, gfp: GfpNames) -> WatchSink {
-        WatchSink { json, all, gfp, t0: None, memcgs: HashMap::new() }
+    /// Prints JSON lines or tables, every event too when `all` (with the
+    /// memory cgroup `memcg_of` gives for its process).
+    pub fn new(json: bool, all: bool, gfp: GfpNames, memcg_of: fn(u32) -> Option<String>) -> WatchSink {
+        WatchSink { json, all, gfp, t0: None, memcgs: HashMap::new(), memcg_of }
     }
 }
 
@@ -43,7 +47,7 @@ impl Sink for WatchSink {
             return Ok(());
         }
         let pid = ev.ctx().tgid;
-        let memcg = self.memcgs.entry(pid).or_insert_with(|| memcg_of(pid)).clone();
+        let memcg = self.memcgs.entry(pid).or_insert_with(|| (self.memcg_of)(pid)).clone();
         let v = EventView::new(ev, obs, &self.gfp, memcg);
         if self.json {
             let mut v = serde_json::to_value(&v)?;
