@@ -189,7 +189,7 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         "bottom_fs": null, "gfp": 0x100cca, "upper_inflight": null,
         "detail": {"blocked_in_reclaim": {"waited_on": {"major": 7, "minor": 0}, "blocked_ns": 6_000_000_000u64}},
         "stack": frames, "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0,
-        "holders": [{"tid": 900, "tgid": 900, "comm": "dd", "held": ["IOLOCK_EXCL"], "ino": 131,
+        "lock_holders": [{"tid": 900, "tgid": 900, "comm": "dd", "held": ["IOLOCK_EXCL"], "ino": 131,
                      "blocked_in": "balance_dirty_pages", "seen_ms_ago": 0}],
         "chain": ["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages"],
         "first_ns": 9_000_000u64, "last_ns": 9_000_000u64, "count": 1,

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     detect::{
         engine::{Blocked, Engine, Observed},
-        index::StackIndex,
+        index::StorageIndex,
     },
     events::decode::Event,
     output::{sink::Sink, summary::Summary},
@@ -185,7 +185,7 @@ impl<'a> EventLoop<'a> {
                 out.errors.first().map(String::as_str).unwrap_or("")
             );
         }
-        let index = StackIndex::from_topology(&self.topo);
+        let index = StorageIndex::from_topology(&self.topo);
         if &index != self.engine.index() {
             self.sink.topology(&self.topo, &index)?;
             self.engine.set_index(index);
@@ -210,7 +210,7 @@ impl<'a> EventLoop<'a> {
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
         let inflight = (ctx.serving_dev != 0).then(|| self.inflight.of(Dev::from_kernel(ctx.serving_dev))).flatten();
         let holders = if ctx.serving_dev != 0 { self.lock_holders.current() } else { Default::default() };
-        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, holders };
+        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, lock_holders: holders };
         self.sink.event(raw, &ev, &obs, &stack)?;
         for f in self.engine.on_event(&ev, &obs) {
             self.sink.finding(&f)?;
@@ -241,7 +241,7 @@ impl<'a> EventLoop<'a> {
                 now_ns: now_ns(),
                 stack: blocked::kernel_stack(&format!("/proc/{tid}")).into(),
                 chain: blocked::waiting_chain(all, tid, 12),
-                holders: self.lock_holders.update(all),
+                lock_holders: self.lock_holders.update(all),
             };
             if let Some(f) = self.engine.on_blocked(&b) {
                 self.sink.finding(&f)?;

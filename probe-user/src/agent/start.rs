@@ -13,7 +13,7 @@ use super::{
     session::{Session, SessionOptions},
 };
 use crate::{
-    detect::{engine::Engine, index::StackIndex},
+    detect::{engine::Engine, index::StorageIndex},
     names::{self, GfpNames, GfpSource},
     output::{sink::Sink, summary::Summary},
 };
@@ -39,7 +39,7 @@ pub async fn run(
     deadlock_after: Duration,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let engine = Engine::new(StackIndex::default(), deadlock_after);
+    let engine = Engine::new(StorageIndex::default(), deadlock_after);
     let mut l = EventLoop::new(session, engine, sink, refresher);
     l.run(opts).await?;
     Ok(l.summary.clone())

@@ -17,7 +17,7 @@ use crate::{
         loader::{attach_all, verify_all},
         measure::{costs, ImplCost},
     },
-    detect::{engine::Engine, index::StackIndex},
+    detect::{engine::Engine, index::StorageIndex},
     kernel::preflight,
     output::{
         probes::{print_costs, print_report, print_verified},
@@ -92,7 +92,7 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
         // SAFETY: signalling ourselves.
         unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     });
-    let engine = Engine::new(StackIndex::default(), Duration::from_secs(5));
+    let engine = Engine::new(StorageIndex::default(), Duration::from_secs(5));
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;

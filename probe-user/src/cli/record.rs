@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use super::trace_args::TraceArgs;
 use crate::{
-    detect::index::StackIndex,
+    detect::index::StorageIndex,
     output::record::{unix_ns, RecordSink},
     topology::Topology,
     trace::{Opaque, TopologyRecord, TraceHeader, TraceWriter, MAX_FILES},
@@ -77,7 +77,7 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
         started_unix_ns: unix_ns(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        topology: TopologyRecord { index: StackIndex::from_topology(&topo), topology: Opaque::of(&*topo)? },
+        topology: TopologyRecord { index: StorageIndex::from_topology(&topo), topology: Opaque::of(&*topo)? },
         attach: Opaque::of(&session.attach)?,
         gfp_format,
         monotonic_to_unix_ns: crate::trace::monotonic_to_unix_ns(),

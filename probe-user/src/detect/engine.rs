@@ -16,7 +16,7 @@ use probe_common::{
 
 use super::{
     finding::{Detail, Finding, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
-    index::{MountRef, StackIndex},
+    index::{MountRef, StorageIndex},
     rules::{self, Rule},
 };
 use crate::{
@@ -36,7 +36,7 @@ pub struct Observed {
     pub inflight: Option<i64>,
     /// Who holds what in each filesystem now, by its device (empty: not
     /// known, as in a replayed trace).
-    pub holders: Arc<[(Dev, LockHolder)]>,
+    pub lock_holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// What a pending servicer thread is stuck in.
@@ -114,7 +114,7 @@ pub struct Blocked {
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
     /// Who holds what in each filesystem now.
-    pub holders: Arc<[(Dev, LockHolder)]>,
+    pub lock_holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// Distinct findings kept; beyond, new ones are counted in `folded`.
@@ -130,7 +130,7 @@ pub const MAX_PENDING: usize = 1 << 16;
 type Key = (&'static str, u32, Dev);
 
 pub struct Engine {
-    index: StackIndex,
+    index: StorageIndex,
     deadlock_after: Duration,
     findings: Vec<Finding>,
     seen: HashMap<Key, usize>,
@@ -151,7 +151,7 @@ fn stack_hash(stack: &[String]) -> u64 {
 }
 
 impl Engine {
-    pub fn new(index: StackIndex, deadlock_after: Duration) -> Engine {
+    pub fn new(index: StorageIndex, deadlock_after: Duration) -> Engine {
         Engine {
             index,
             deadlock_after,
@@ -164,11 +164,11 @@ impl Engine {
     }
 
     /// The topology changed (new loop device, mount, servicer).
-    pub fn set_index(&mut self, index: StackIndex) {
+    pub fn set_index(&mut self, index: StorageIndex) {
         self.index = index;
     }
 
-    pub fn index(&self) -> &StackIndex {
+    pub fn index(&self) -> &StorageIndex {
         &self.index
     }
 
@@ -279,7 +279,7 @@ impl Engine {
             self.pending.insert(ctx.tid, p);
         }
         let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
-        let busy = obs.inflight.is_none_or(|n| n > 0) || !self.holders_of(serving, obs).is_empty();
+        let busy = obs.inflight.is_none_or(|n| n > 0) || !self.lock_holders_of(serving, obs).is_empty();
         // Without __GFP_FS reclaim neither runs filesystem shrinkers
         // (super_cache_scan) nor waits on file writeback (may_enter_fs):
         // only swap I/O is left, which reaches the stack only when swap
@@ -414,17 +414,17 @@ impl Engine {
             }
         };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
-        let obs = Observed { stack, inflight: None, holders: Arc::clone(&b.holders) };
+        let obs = Observed { stack, inflight: None, lock_holders: Arc::clone(&b.lock_holders) };
         let ctx = TaskCtx { ts_ns: b.now_ns, ..p.ctx };
         let mut s = Sighting::new(&rules::BLOCKED_IN_RECLAIM, ctx, &obs, detail).gfp(p.gfp);
         s.chain = b.chain.clone();
         Some(s)
     }
 
-    /// The holders in the filesystem above `serving`.
-    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
+    /// The lock_holders in the filesystem above `serving`.
+    fn lock_holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
         let Some(upper) = self.upper_mount(serving) else { return Vec::new() };
-        obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
+        obs.lock_holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
     }
 
     /// Adds a sighting to the finding of (rule, process, upper fs): returns
@@ -437,16 +437,16 @@ impl Engine {
         let upper = s.about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
         let kernel = s.ctx.task_flags & PF_KTHREAD != 0;
         let key = (s.rule.id, if kernel { 0 } else { s.ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
-        let holders: Vec<LockHolder> =
-            s.obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
+        let lock_holders: Vec<LockHolder> =
+            s.obs.lock_holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
             f.last_ns = s.ctx.ts_ns;
             see_thread(f, &s.ctx);
             see_stack(f, &s.obs.stack);
-            if !holders.is_empty() {
-                f.holders = holders;
+            if !lock_holders.is_empty() {
+                f.lock_holders = lock_holders;
             }
             if !s.chain.is_empty() {
                 f.chain = s.chain;
@@ -457,14 +457,14 @@ impl Engine {
             self.folded += 1;
             return None;
         }
-        let f = self.new_finding(s, upper, holders);
+        let f = self.new_finding(s, upper, lock_holders);
         self.seen.insert(key, self.findings.len());
         self.findings.push(f.clone());
         Some(f)
     }
 
     /// The first sighting of a finding, with the storage stack it names.
-    fn new_finding(&self, s: Sighting, upper: Option<MountRef>, holders: Vec<LockHolder>) -> Finding {
+    fn new_finding(&self, s: Sighting, upper: Option<MountRef>, lock_holders: Vec<LockHolder>) -> Finding {
         let ctx = &s.ctx;
         let serving = Dev::from_kernel(ctx.serving_dev);
         let comm = comm(ctx);
@@ -490,7 +490,7 @@ impl Engine {
             threads_folded: 0,
             stacks: Vec::new(),
             stacks_folded: 0,
-            holders,
+            lock_holders,
             chain: s.chain,
             first_ns: ctx.ts_ns,
             last_ns: ctx.ts_ns,
@@ -559,9 +559,9 @@ mod tests {
 
     /// XFS on loop0 on qsd's FUSE file on ext4, and XFS on loop1 on a file in
     /// the first XFS.
-    fn index() -> StackIndex {
+    fn index() -> StorageIndex {
         let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
-        StackIndex {
+        StorageIndex {
             mounts: vec![
                 m(Dev { major: 254, minor: 1 }, "ext4", "/"),
                 m(LOOP0, "xfs", "/mnt/upper"),
@@ -637,7 +637,7 @@ mod tests {
         Observed {
             stack: ["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()].into(),
             inflight: Some(4),
-            holders: Default::default(),
+            lock_holders: Default::default(),
         }
     }
 
@@ -675,7 +675,7 @@ mod tests {
         let mut e = engine();
         let idle = Observed { inflight: Some(0), ..obs() };
         assert!(e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &idle).is_empty());
-        let mut bare = Engine::new(StackIndex::default(), Duration::from_secs(5));
+        let mut bare = Engine::new(StorageIndex::default(), Duration::from_secs(5));
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
@@ -733,11 +733,11 @@ mod tests {
     fn a_hazard_names_who_holds_what_in_the_upper_fs() {
         let mut e = engine();
         let unrelated = LockHolder { tid: 300, ..writer() };
-        let holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
+        let lock_holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
         // No request in flight, but a writer holds the upper XFS's locks: busy.
-        let o = Observed { inflight: Some(0), holders, ..obs() };
+        let o = Observed { inflight: Some(0), lock_holders, ..obs() };
         let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &o);
-        assert_eq!(f[0].holders, vec![writer()], "only the XFS on loop0, which the servicer serves");
+        assert_eq!(f[0].lock_holders, vec![writer()], "only the XFS on loop0, which the servicer serves");
     }
 
     #[test]
@@ -796,11 +796,11 @@ mod tests {
             now_ns: 9_000,
             stack: stack.into(),
             chain: vec![],
-            holders: Arc::from(vec![(LOOP0, writer())]),
+            lock_holders: Arc::from(vec![(LOOP0, writer())]),
         };
         let f = e.on_blocked(&blocked).unwrap();
         assert_eq!(f.rule, "RS201");
-        assert_eq!(f.holders, vec![writer()]);
+        assert_eq!(f.lock_holders, vec![writer()]);
         assert_eq!(f.servicer.comm, "qemu-storage-d");
     }
 
@@ -816,13 +816,13 @@ mod tests {
             now_ns: 9_000,
             stack: ["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()].into(),
             chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
-            holders: Arc::from(vec![(LOOP0, writer())]),
+            lock_holders: Arc::from(vec![(LOOP0, writer())]),
         };
         assert!(e.on_blocked(&blocked(3)).is_none());
         let f = e.on_blocked(&blocked(6)).unwrap();
         assert_eq!((f.rule.as_str(), f.severity), ("RS201", Severity::Deadlock));
         assert_eq!(f.chain.len(), 1);
-        assert_eq!(f.holders, vec![writer()]);
+        assert_eq!(f.lock_holders, vec![writer()]);
         assert_eq!(f.detail, Detail::BlockedInReclaim { waited_on: Some(LOOP0), blocked_ns: 6_000_000_000 });
         // Once the thread leaves reclaim it is no longer a candidate.
         e.on_event(&end(101), &obs());
@@ -861,7 +861,7 @@ mod tests {
             now_ns: 9_000,
             stack: [format!("{top}+0x5"), "vfs_write+0x9".into()].into(),
             chain: vec![],
-            holders: Default::default(),
+            lock_holders: Default::default(),
         }
     }
 

@@ -142,7 +142,7 @@ pub struct Finding {
     /// Sightings whose stack was new beyond `MAX_STACKS`.
     pub stacks_folded: u64,
     /// Who holds what in the upper filesystem while blocked, when last seen.
-    pub holders: Vec<LockHolder>,
+    pub lock_holders: Vec<LockHolder>,
     /// Deadlock: the tasks waiting on the servicer, up the stack.
     pub chain: Vec<String>,
     pub first_ns: u64,
@@ -183,7 +183,7 @@ impl Finding {
             threads_folded: 0,
             stacks: vec![],
             stacks_folded: 0,
-            holders: vec![],
+            lock_holders: vec![],
             chain: vec![],
             first_ns: 0,
             last_ns: 0,

@@ -1,4 +1,4 @@
-//! The rules, as data: stable ids and severities (`output::words` says
+//! The rules, as data: stable ids and severities (`output::finding` says
 //! what each one means). docs/rules.md documents the same ids; never
 //! renumber or reuse one.
 

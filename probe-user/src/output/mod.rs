@@ -20,4 +20,3 @@ pub mod table;
 pub mod terminal;
 pub mod view;
 pub mod watch;
-pub mod words;

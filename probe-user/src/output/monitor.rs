@@ -15,7 +15,7 @@ use super::{
     summary::Summary,
 };
 use crate::{
-    detect::{engine::Observed, finding::Finding, index::StackIndex},
+    detect::{engine::Observed, finding::Finding, index::StorageIndex},
     events::decode::Event,
     names::GfpNames,
     topology::Topology,
@@ -69,7 +69,7 @@ impl Sink for MonitorSink {
         Ok(())
     }
 
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
+    fn topology(&mut self, topo: &Topology, index: &StorageIndex) -> Result<()> {
         let unprotected = topo.unprotected().len();
         self.metrics.set_servicers("unprotected", unprotected as i64);
         self.metrics.set_servicers("protected", topo.servicers.len().saturating_sub(unprotected) as i64);

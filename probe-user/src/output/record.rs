@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::{sink::Sink, summary::Summary, table::summary_table, words};
+use super::{finding, sink::Sink, summary::Summary, table::summary_table};
 use crate::{
-    detect::{engine::Observed, finding::Finding, index::StackIndex},
+    detect::{engine::Observed, finding::Finding, index::StorageIndex},
     events::decode::Event,
     kernel::kallsyms::Kallsyms,
     names::GfpNames,
@@ -68,7 +68,7 @@ impl Sink for RecordSink {
             f.servicer.name,
             f.servicer.tgid,
             f.servicer.tid,
-            words::detail(f, &self.gfp)
+            finding::detail(f, &self.gfp)
         );
         Ok(())
     }
@@ -81,7 +81,7 @@ impl Sink for RecordSink {
         Ok(())
     }
 
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
+    fn topology(&mut self, topo: &Topology, index: &StorageIndex) -> Result<()> {
         self.writer.write(&Record::Topology(TopologyRecord { index: index.clone(), topology: Opaque::of(topo)? }))
     }
 

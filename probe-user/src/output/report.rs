@@ -7,9 +7,9 @@ use prettytable::{format, row, Table};
 use serde::Serialize;
 
 use super::{
-    finding::FindingView,
+    finding::{self, FindingView},
     table::{finding_block, timeline_block},
-    terminal, words,
+    terminal,
 };
 use crate::postmortem::replay::{Report, ServicerSummary, Timeline};
 
@@ -75,7 +75,7 @@ pub fn render(r: &Report) -> String {
             f.rule,
             f.servicer.comm,
             f.servicer.tid,
-            words::detail(f, &r.gfp)
+            finding::detail(f, &r.gfp)
         );
     }
     if !r.servicers.is_empty() {

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::summary::Summary;
 use crate::{
-    detect::{engine::Observed, finding::Finding, index::StackIndex},
+    detect::{engine::Observed, finding::Finding, index::StorageIndex},
     events::decode::Event,
     topology::Topology,
 };
@@ -17,7 +17,7 @@ pub trait Sink {
     /// A summary (every `--summary-every`, and at the end), with every
     /// finding so far at its live count.
     fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()>;
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()>;
+    fn topology(&mut self, topo: &Topology, index: &StorageIndex) -> Result<()>;
     /// Called after each batch: the events of one ring-buffer wakeup, or
     /// one round of D-state checks, and the findings they made.
     fn end_batch(&mut self) -> Result<()> {
@@ -44,7 +44,7 @@ impl Sink for Discard {
     fn summary(&mut self, _: &Summary, _: &[Finding], _: bool) -> Result<()> {
         Ok(())
     }
-    fn topology(&mut self, _: &Topology, _: &StackIndex) -> Result<()> {
+    fn topology(&mut self, _: &Topology, _: &StorageIndex) -> Result<()> {
         Ok(())
     }
 }

@@ -72,8 +72,8 @@ pub fn finding_block(f: &FindingView) -> String {
     if !f.stack.is_empty() {
         t.add_row(row!["stack", f.stack.iter().take(16).cloned().collect::<Vec<_>>().join("\n")]);
     }
-    if !f.holders.is_empty() {
-        t.add_row(row!["holders", f.holders.iter().take(8).map(holder_line).collect::<Vec<_>>().join("\n")]);
+    if !f.lock_holders.is_empty() {
+        t.add_row(row!["holders", f.lock_holders.iter().take(8).map(holder_line).collect::<Vec<_>>().join("\n")]);
     }
     if !f.chain.is_empty() {
         t.add_row(row!["waiting", f.chain.join("\n")]);
@@ -136,7 +136,7 @@ pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
                 x.stacks.len(),
                 x.count,
                 up,
-                x.holders.len()
+                x.lock_holders.len()
             ]);
         }
         out.push_str(&f.to_string());

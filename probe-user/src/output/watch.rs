@@ -17,7 +17,7 @@ use super::{
     view::EventView,
 };
 use crate::{
-    detect::{engine::Observed, finding::Finding, index::StackIndex},
+    detect::{engine::Observed, finding::Finding, index::StorageIndex},
     events::decode::Event,
     names::GfpNames,
     topology::Topology,
@@ -97,7 +97,7 @@ impl Sink for WatchSink {
         Ok(())
     }
 
-    fn topology(&mut self, _topo: &Topology, index: &StackIndex) -> Result<()> {
+    fn topology(&mut self, _topo: &Topology, index: &StorageIndex) -> Result<()> {
         let msg = format!(
             "watching {} servicer process(es) and {} backing file(s)",
             index.servicers.len(),

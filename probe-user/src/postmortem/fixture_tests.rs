@@ -7,7 +7,7 @@ use std::time::Duration;
 use probe_common::flags::PF_MEMALLOC;
 
 use super::replay;
-use crate::{detect::finding::Detail, output::words};
+use crate::{detect::finding::Detail, output::finding};
 
 const QSD: &[u8] = include_bytes!("../../tests/data/trace/qsd-deadlock.trace");
 
@@ -20,12 +20,12 @@ fn the_recorded_qsd_deadlock_replays_to_its_findings() {
         r.findings.iter().map(|f| (f.rule.as_str(), f.servicer.tgid, f.servicer.tid, f.count)).collect();
     assert_eq!(replayed, [("RS001", 1541, 1559, 27), ("RS102", 1541, 1559, 1)]);
     let waited = "folio_wait_writeback on 7:0 (ino 131, index 0) from inside reclaim";
-    assert_eq!(words::detail(&r.findings[1], &r.gfp), waited);
+    assert_eq!(finding::detail(&r.findings[1], &r.gfp), waited);
     // The agent's own findings decode, and the replay derives them all.
     let recorded: Vec<_> = r.recorded.iter().map(|f| (f.rule.as_str(), f.servicer.tid)).collect();
     assert_eq!(recorded, [("RS001", 1559), ("RS102", 1559)]);
     assert!(r.recorded_only.is_empty());
-    assert_eq!(r.recorded[1].holders[0].comm, "dd");
+    assert_eq!(r.recorded[1].lock_holders[0].comm, "dd");
     // Format 1 recorded words: they are kept, and the flags read back.
     assert_eq!(r.recorded[1].detail, Detail::Recorded(waited.into()));
     assert_eq!(r.recorded[1].servicer.task_flags, PF_MEMALLOC);

@@ -24,7 +24,7 @@ use crate::{
     detect::{
         engine::{Blocked, Engine, Observed},
         finding::Finding,
-        index::{MountRef, StackIndex},
+        index::{MountRef, StorageIndex},
     },
     events::decode::Event,
     names::GfpNames,
@@ -206,7 +206,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
+    fn new(index: StorageIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
         Replay {
             engine: Engine::new(index, deadlock_after),
             gfp,
@@ -308,9 +308,9 @@ impl Timelines {
     }
 }
 
-/// The stack index a topology record holds, its strings cut at
+/// The storage index a topology record holds, its strings cut at
 /// [`MAX_INDEX_STRING`] (no path is longer).
-fn index_from(t: TopologyRecord) -> StackIndex {
+fn index_from(t: TopologyRecord) -> StorageIndex {
     let mut index = t.index;
     let cut = |s: &mut String| {
         let mut end = s.len().min(MAX_INDEX_STRING);
@@ -479,7 +479,7 @@ fn replay_ftrace<R: BufRead>(
     gfp: GfpNames,
     deadlock_after: Duration,
 ) -> Result<Report> {
-    let index = StackIndex {
+    let index = StorageIndex {
         mounts: servicers
             .iter()
             .map(|(_, d)| MountRef {
@@ -517,7 +517,7 @@ fn replay_ftrace<R: BufRead>(
                 now_ns: until,
                 stack: Arc::default(),
                 chain: vec![],
-                holders: Default::default(),
+                lock_holders: Default::default(),
             });
         }
     })

@@ -599,7 +599,7 @@ fn from_findings(findings: Findings<'_>, tracks: &mut BTreeMap<TaskKey, TaskInfo
     for f in findings.live.iter().chain(replayed_only) {
         let servicer = (f.servicer.tgid, f.servicer.tid);
         let at = f.last_ns;
-        for h in &f.holders {
+        for h in &f.lock_holders {
             let task = (h.tgid, h.tid);
             let info =
                 tracks.entry(task).or_insert_with(|| TaskInfo { tgid: h.tgid, tid: h.tid, ..Default::default() });

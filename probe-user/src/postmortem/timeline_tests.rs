@@ -101,7 +101,7 @@ fn finding() -> Finding {
     };
     f.chain = vec!["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages".into()];
     (f.first_ns, f.last_ns) = (3_500_000, 9_000_000);
-    f.holders = vec![LockHolder {
+    f.lock_holders = vec![LockHolder {
         tid: 900,
         tgid: 900,
         comm: "dd".into(),
@@ -242,7 +242,7 @@ fn a_capture_places_its_d_states_and_findings_in_time_and_leaves_out_a_sleep_its
         ],
     );
     let mut f = finding();
-    (f.first_ns, f.last_ns, f.holders, f.chain) = (1_000_250_000, 1_000_250_000, vec![], vec![]);
+    (f.first_ns, f.last_ns, f.lock_holders, f.chain) = (1_000_250_000, 1_000_250_000, vec![], vec![]);
     f.servicer = ServicerDesc { tgid: 4242, tid: 4243, ..f.servicer };
     let mut items = Items::default();
     let servicers = [(4242, Dev { major: 7, minor: 0 })];
@@ -285,7 +285,7 @@ fn holders_are_timed_by_the_live_finding_not_the_replays_later_copy() {
     write_trace(&path, Some(0));
     let live = [finding()];
     let mut replayed = finding();
-    (replayed.last_ns, replayed.holders, replayed.chain) = (20_000_000, vec![], vec![]);
+    (replayed.last_ns, replayed.lock_holders, replayed.chain) = (20_000_000, vec![], vec![]);
     let mut items = Items::default();
     let file = std::fs::File::open(&path).unwrap();
     from_trace(&file, "qsd.trace", Findings { all: &[replayed], live: &live }, &mut items).unwrap();

@@ -95,7 +95,7 @@ impl FindingV1 {
             threads_folded: self.threads_folded,
             stacks: self.stacks,
             stacks_folded: self.stacks_folded,
-            holders: self.holders,
+            lock_holders: self.holders,
             chain: self.chain,
             first_ns: self.first_ns,
             last_ns: self.last_ns,

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::{frame::RecordType, legacy::FindingV1};
 use crate::{
-    detect::{finding::Finding, index::StackIndex},
+    detect::{finding::Finding, index::StorageIndex},
     events::decode::Event,
 };
 
@@ -44,7 +44,7 @@ impl PartialEq for Opaque {
 /// empty one), and the whole topology as discovered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TopologyRecord {
-    pub index: StackIndex,
+    pub index: StorageIndex,
     pub topology: Opaque,
 }
 

@@ -65,7 +65,7 @@ fn symbol(addr: u64) -> Record {
 fn topology(path: &str) -> TopologyRecord {
     let dev = |minor| crate::topology::Dev { major: 7, minor };
     let edge = crate::detect::index::BackingEdge { file_dev: dev(1), path: path.into(), backs: dev(0) };
-    let index = crate::detect::index::StackIndex { backing: vec![edge], ..Default::default() };
+    let index = crate::detect::index::StorageIndex { backing: vec![edge], ..Default::default() };
     TopologyRecord { index, topology: Opaque::of(&json!({"devices": [{"dev": "7:0", "backing": path}]})).unwrap() }
 }
 

@@ -341,7 +341,7 @@ pub fn test_finding(rule: &str, detail: &str, comm: &str) -> reclaimscope::detec
         "servicer": {"name": comm, "comm": comm, "tgid": 1, "tid": 1, "task_flags": 0},
         "upper_fs": null, "device": {"major": 7, "minor": 0}, "backing_file": null, "lower_fs": null,
         "bottom_fs": null, "gfp": 3264, "upper_inflight": null, "detail": {"recorded": detail}, "stack": [],
-        "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0, "holders": [],
+        "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0, "lock_holders": [],
         "chain": [], "first_ns": 1, "last_ns": 1, "count": 1
     }))
     .unwrap()
