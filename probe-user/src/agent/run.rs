@@ -292,6 +292,31 @@ impl<'a> EventLoop<'a> {
 
     /// Runs until the duration passes or SIGINT/SIGTERM; SIGHUP asks for a
     /// new discovery. Always drains the ring and prints the final summary.
+    /// Once a second: probes for modules loaded since, loss logs, D-state
+    /// checks, and the findings' live counts to the sink.
+    fn every_second(&mut self) -> Result<()> {
+        match self.session.refresh_modules() {
+            Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
+        }
+        self.log_drops(false);
+        self.check_blocked()?;
+        self.sink.end_batch()?;
+        self.sink.findings_now(self.engine.findings(), now_ns())
+    }
+
+    /// A periodic summary, marked as news when it says something
+    /// `last_news` (the previous one's) did not.
+    fn periodic_summary(&mut self, last_news: &mut Option<[u64; 16]>) -> Result<()> {
+        self.refresh_summary();
+        self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
+        let now = Some(news(&self.summary));
+        self.summary.news = now != *last_news;
+        *last_news = now;
+        self.sink.summary(&self.summary, self.engine.findings(), false)
+    }
+
     pub async fn run(&mut self, opts: &RunOptions) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -327,23 +352,10 @@ impl<'a> EventLoop<'a> {
                 }
                 due = lag_probe.tick() => self.lag.observe(due.elapsed()),
                 _ = tick.tick() => {
-                    match self.session.refresh_modules() {
-                        Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
-                        Ok(_) => {}
-                        Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
-                    }
-                    self.log_drops(false);
-                    self.check_blocked()?;
-                    self.sink.end_batch()?;
-                    self.sink.findings_now(self.engine.findings(), now_ns())?;
+                    self.every_second()?;
                     if last_summary.elapsed() >= opts.summary_every {
                         last_summary = Instant::now();
-                        self.refresh_summary();
-                        self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
-                        let now = Some(news(&self.summary));
-                        self.summary.news = now != last_news;
-                        last_news = now;
-                        self.sink.summary(&self.summary, self.engine.findings(), false)?;
+                        self.periodic_summary(&mut last_news)?;
                     }
                 }
                 _ = &mut sleep, if deadline.is_some() => break,

@@ -369,21 +369,10 @@ fn replay_trace<R: Read>(
         kernel_release: Some(std::mem::take(&mut header.kernel_release)),
         ..Default::default()
     };
-    // The header comes from whoever made the file: a table that does not
-    // parse is said, not fatal, and the masks get the built-in names.
-    let gfp = match header.gfp_format.take().as_deref().map(GfpNames::parse_format) {
-        Some(Ok(g)) => g,
-        Some(Err(e)) => {
-            report.limits.push(format!(
-                "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
-            ));
-            GfpNames::builtin()
-        }
-        None => GfpNames::builtin(),
-    };
+    let gfp = header_gfp(header.gfp_format.take(), &mut report);
     let index = index_from(std::mem::take(&mut header.topology));
     let mut r = Replay::new(index, gfp, deadlock_after);
-    let (mut recorded_bytes, mut recorded_left_out) = (0, 0u64);
+    let mut recorded = Recorded::default();
     for rec in reader.by_ref() {
         match rec {
             Record::Stack(s) => r.stacks.insert(s),
@@ -393,15 +382,7 @@ fn replay_trace<R: Read>(
                     r.event(&ev, stack);
                 }
             }
-            Record::Finding(f) => {
-                let cost = finding_cost(&f);
-                if report.recorded.len() < MAX_RECORDED && recorded_bytes + cost <= RECORDED_BYTES {
-                    recorded_bytes += cost;
-                    report.recorded.push(*f);
-                } else {
-                    recorded_left_out += 1;
-                }
-            }
+            Record::Finding(f) => recorded.keep(*f, &mut report),
             Record::Topology(t) => r.engine.set_index(index_from(t)),
             Record::Symbol(_) => {}
         }
@@ -409,12 +390,7 @@ fn replay_trace<R: Read>(
     report.damage = reader.damage().map(|d| d.to_string());
     report.records = reader.records_read();
     drop(reader);
-    if recorded_left_out > 0 {
-        report.limits.push(format!(
-            "{recorded_left_out} recorded findings past the first {MAX_RECORDED} (or {} MiB) are not shown",
-            RECORDED_BYTES >> 20
-        ));
-    }
+    recorded.finish(&mut report);
     let mut timelines = r.finish(&mut report);
     if timelines.wanted() {
         // The same records again, up to where the first pass stopped.
@@ -439,6 +415,52 @@ fn replay_trace<R: Read>(
         .cloned()
         .collect();
     Ok(report)
+}
+
+/// The recording kernel's gfp names from the trace header. The header
+/// comes from whoever made the file: a table that does not parse is said
+/// in the report's limits, not fatal, and the masks get the built-in names.
+fn header_gfp(format: Option<String>, report: &mut Report) -> GfpNames {
+    match format.as_deref().map(GfpNames::parse_format) {
+        Some(Ok(g)) => g,
+        Some(Err(e)) => {
+            report.limits.push(format!(
+                "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
+            ));
+            GfpNames::builtin()
+        }
+        None => GfpNames::builtin(),
+    }
+}
+
+/// The findings the recording agent wrote, kept within [`MAX_RECORDED`]
+/// and [`RECORDED_BYTES`].
+#[derive(Default)]
+struct Recorded {
+    bytes: usize,
+    left_out: u64,
+}
+
+impl Recorded {
+    fn keep(&mut self, f: Finding, report: &mut Report) {
+        let cost = finding_cost(&f);
+        if report.recorded.len() < MAX_RECORDED && self.bytes + cost <= RECORDED_BYTES {
+            self.bytes += cost;
+            report.recorded.push(f);
+        } else {
+            self.left_out += 1;
+        }
+    }
+
+    fn finish(self, report: &mut Report) {
+        if self.left_out > 0 {
+            report.limits.push(format!(
+                "{} recorded findings past the first {MAX_RECORDED} (or {} MiB) are not shown",
+                self.left_out,
+                RECORDED_BYTES >> 20
+            ));
+        }
+    }
 }
 
 /// Replays a `trace-cmd report` or tracefs `trace` text capture (opened
@@ -472,14 +494,10 @@ pub fn ftrace_bytes(
     replay_ftrace(|| Ok(bytes), name, servicers, gfp, deadlock_after)
 }
 
-fn replay_ftrace<R: BufRead>(
-    open: impl Fn() -> Result<R>,
-    name: &str,
-    servicers: &[(u32, Dev)],
-    gfp: GfpNames,
-    deadlock_after: Duration,
-) -> Result<Report> {
-    let index = StorageIndex {
+/// The storage index of a capture: only the devices `servicers` serve,
+/// with no filesystem known on them.
+fn capture_index(servicers: &[(u32, Dev)]) -> StorageIndex {
+    StorageIndex {
         mounts: servicers
             .iter()
             .map(|(_, d)| MountRef {
@@ -489,7 +507,48 @@ fn replay_ftrace<R: BufRead>(
             })
             .collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// A thread a capture shows in D state, blocked until `until_ns` (or, when
+/// the capture ends first, until its last event at `end_ns`).
+fn captured_blocked(b: &ftrace::DStateInterval, end_ns: u64) -> Blocked {
+    let until = b.until_ns.unwrap_or(end_ns);
+    Blocked {
+        tid: b.tid,
+        // A capture has no task flags: its reclaim begin without an end
+        // stands for the kernel's in-reclaim mark.
+        flags: probe_common::flags::PF_MEMALLOC,
+        blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
+        now_ns: until,
+        stack: Arc::default(),
+        chain: vec![],
+        lock_holders: Default::default(),
+    }
+}
+
+/// What a capture's import could not read, as the report's limits.
+fn capture_limits(import: ftrace::Import) -> Vec<String> {
+    let mut limits = import.limits;
+    if import.skipped_lines > 0 {
+        limits.push(format!(
+            "{} lines of the capture were other events or unreadable, and were skipped",
+            import.skipped_lines
+        ));
+    }
+    if import.lost_events > 0 {
+        limits.push(format!("the capture lost {} events", import.lost_events));
+    }
+    limits
+}
+
+fn replay_ftrace<R: BufRead>(
+    open: impl Fn() -> Result<R>,
+    name: &str,
+    servicers: &[(u32, Dev)],
+    gfp: GfpNames,
+    deadlock_after: Duration,
+) -> Result<Report> {
     // The capture names no servicer: the user does.
     let serve = |ev: &mut Event| {
         let c = ev.ctx_mut();
@@ -497,7 +556,7 @@ fn replay_ftrace<R: BufRead>(
             c.serving_dev = dev.to_kernel();
         }
     };
-    let mut r = Replay::new(index, gfp.clone(), deadlock_after);
+    let mut r = Replay::new(capture_index(servicers), gfp.clone(), deadlock_after);
     let mut end = 0;
     let not_a_capture = || format!("{name}: not an ftrace text capture");
     let import = ftrace::stream(open()?, &gfp, |item| match item {
@@ -507,31 +566,11 @@ fn replay_ftrace<R: BufRead>(
             r.event(&ev, Arc::default());
         }
         ftrace::Item::Blocked(b) => {
-            let until = b.until_ns.unwrap_or(end);
-            r.engine.on_blocked(&Blocked {
-                tid: b.tid,
-                // A capture has no task flags: its reclaim begin without an end
-                // stands for the kernel's in-reclaim mark.
-                flags: probe_common::flags::PF_MEMALLOC,
-                blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
-                now_ns: until,
-                stack: Arc::default(),
-                chain: vec![],
-                lock_holders: Default::default(),
-            });
+            r.engine.on_blocked(&captured_blocked(&b, end));
         }
     })
     .with_context(not_a_capture)?;
-    let mut report = Report { source: name.to_string(), limits: import.limits, ..Default::default() };
-    if import.skipped_lines > 0 {
-        report.limits.push(format!(
-            "{} lines of the capture were other events or unreadable, and were skipped",
-            import.skipped_lines
-        ));
-    }
-    if import.lost_events > 0 {
-        report.limits.push(format!("the capture lost {} events", import.lost_events));
-    }
+    let mut report = Report { source: name.to_string(), limits: capture_limits(import), ..Default::default() };
     let mut timelines = r.finish(&mut report);
     report.records = report.events;
     if timelines.wanted() {
