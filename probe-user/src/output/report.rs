@@ -1,7 +1,7 @@
 //! `reclaimscope report`'s two views of a replay: the text, and the JSON
 //! document docs/json.md describes.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use prettytable::{format, row, Table};
 use serde::Serialize;
@@ -10,8 +10,33 @@ use super::{
     finding::{self, FindingView},
     table::{finding_block, timeline_block},
     terminal,
+    view::EventView,
 };
-use crate::postmortem::replay::{Report, ServicerSummary, Timeline};
+use crate::{
+    detect::engine::Observed,
+    events::decode::Event,
+    names::GfpNames,
+    postmortem::replay::{Report, ServicerSummary, Timeline},
+};
+
+/// A finding's timeline as the report shows it: each event in words.
+#[derive(Serialize)]
+pub struct TimelineView {
+    pub rule: String,
+    pub tid: u32,
+    /// Relative times in seconds.
+    pub events: Vec<(f64, EventView)>,
+}
+
+impl TimelineView {
+    pub fn new(tl: &Timeline, gfp: &GfpNames) -> TimelineView {
+        let view = |(t, ev, stack): &(f64, Event, Arc<[String]>)| {
+            let obs = Observed { stack: Arc::clone(stack), ..Default::default() };
+            (*t, EventView::new(ev, &obs, gfp, None))
+        };
+        TimelineView { rule: tl.rule.clone(), tid: tl.tid, events: tl.events.iter().map(view).collect() }
+    }
+}
 
 /// The report as `report --json` writes it: the findings in words.
 #[derive(Serialize)]
@@ -24,7 +49,7 @@ pub struct ReportView<'a> {
     recorded: Vec<FindingView>,
     recorded_only: Vec<FindingView>,
     servicers: &'a [ServicerSummary],
-    timelines: &'a [Timeline],
+    timelines: Vec<TimelineView>,
     damage: &'a Option<String>,
     limits: &'a [String],
 }
@@ -40,7 +65,7 @@ impl<'a> ReportView<'a> {
             recorded: FindingView::all(&r.recorded, &r.gfp),
             recorded_only: FindingView::all(&r.recorded_only, &r.gfp),
             servicers: &r.servicers,
-            timelines: &r.timelines,
+            timelines: r.timelines.iter().map(|tl| TimelineView::new(tl, &r.gfp)).collect(),
             damage: &r.damage,
             limits: &r.limits,
         }
@@ -82,7 +107,7 @@ pub fn render(r: &Report) -> String {
         let _ = write!(out, "\n{}", servicer_table(&r.servicers));
     }
     for tl in &r.timelines {
-        let _ = write!(out, "\n{}", timeline_block(tl));
+        let _ = write!(out, "\n{}", timeline_block(&TimelineView::new(tl, &r.gfp)));
     }
     terminal::text(&out).into_owned()
 }

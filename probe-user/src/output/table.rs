@@ -5,15 +5,13 @@ use prettytable::{format, row, Table};
 
 use super::{
     finding::{FindingView, FsView},
+    report::TimelineView,
     summary::Summary,
     view::EventView,
 };
-use crate::{
-    detect::{
-        finding::{Finding, LockHolder},
-        holds::Held,
-    },
-    postmortem::replay::Timeline,
+use crate::detect::{
+    finding::{Finding, LockHolder},
+    holds::Held,
 };
 
 pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
@@ -29,7 +27,7 @@ pub fn event_row(v: &EventView, t0: u64) -> String {
 pub const TIMELINE_HEADER: &str = "T-FINDING(s) COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
 
 /// The events around a finding, under a header; times from the finding.
-pub fn timeline_block(tl: &Timeline) -> String {
+pub fn timeline_block(tl: &TimelineView) -> String {
     let mut out = format!("timeline around {} (tid {}):\n  {TIMELINE_HEADER}\n", tl.rule, tl.tid);
     for (t, v) in &tl.events {
         out.push_str(&format!("  {t:<+12.6} {}\n", event_columns(v)));
@@ -159,7 +157,7 @@ mod tests {
                 ReclaimEvent::new(EventKind::ReclaimBegin, ctx, ReclaimData { reclaim_kind: 2, ..Default::default() });
             EventView::new(&Event::ReclaimBegin(e), &Observed::default(), &GfpNames::builtin(), None)
         };
-        let tl = Timeline { rule: "RS001".into(), tid: 2, events: vec![(-0.25, view(750)), (0.5, view(1_500))] };
+        let tl = TimelineView { rule: "RS001".into(), tid: 2, events: vec![(-0.25, view(750)), (0.5, view(1_500))] };
         let text = timeline_block(&tl);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1].trim(), TIMELINE_HEADER);

@@ -1,6 +1,5 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
-pub mod export;
 pub mod ftrace;
 pub mod input;
 pub mod replay;

@@ -28,7 +28,6 @@ use crate::{
     },
     events::decode::Event,
     names::GfpNames,
-    output::view::EventView,
     topology::Dev,
     trace::{json_cost, Record, StackRecord, TopologyRecord, TraceReader},
 };
@@ -45,12 +44,13 @@ pub struct ServicerSummary {
     pub findings: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Timeline {
     pub rule: String,
     pub tid: u32,
-    /// Events within a second either side of the finding, relative times in seconds.
-    pub events: Vec<(f64, EventView)>,
+    /// Events within a second either side of the finding, with their
+    /// stacks, and their time from it in seconds.
+    pub events: Vec<(f64, Event, Arc<[String]>)>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +78,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every finding of the report once: the replay's, and those only the
+    /// recording agent could make (deadlocks, from /proc).
+    pub fn all_findings(&self) -> Vec<Finding> {
+        self.findings.iter().chain(&self.recorded_only).cloned().collect()
+    }
+
     /// Keeps what concerns process `pid` only (`report -p`). The counts of
     /// records and events stay those of the whole input.
     pub fn keep_process(&mut self, pid: u32) {
@@ -269,10 +275,9 @@ impl Replay {
                 .map(|f| Timeline { rule: f.rule.clone(), tid: f.servicer.tid, events: Vec::new() })
                 .zip(findings.iter().map(|f| f.first_ns))
                 .collect(),
-            gfp: self.gfp,
         };
         report.findings = findings;
-        report.gfp = t.gfp.clone();
+        report.gfp = self.gfp;
         t
     }
 }
@@ -281,7 +286,6 @@ impl Replay {
 /// sighting, [`TIMELINE_EVENTS`] at most, in input order.
 struct Timelines {
     windows: Vec<(Timeline, u64)>,
-    gfp: GfpNames,
 }
 
 impl Timelines {
@@ -296,9 +300,8 @@ impl Timelines {
         let ts = ev.ctx().ts_ns;
         for (tl, first_ns) in &mut self.windows {
             if tl.events.len() < TIMELINE_EVENTS && ts.abs_diff(*first_ns) <= 1_000_000_000 {
-                let obs = Observed { stack: Arc::clone(stack), ..Default::default() };
                 let t = (ts as f64 - *first_ns as f64) / 1e9;
-                tl.events.push((t, EventView::new(ev, &obs, &self.gfp, None)));
+                tl.events.push((t, *ev, Arc::clone(stack)));
             }
         }
     }
