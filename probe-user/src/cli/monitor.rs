@@ -11,11 +11,7 @@ use super::{secs, trace_args::TraceArgs};
 use crate::{
     detect::rules,
     kernel::preflight,
-    output::{
-        http,
-        metrics::Metrics,
-        monitor::{line, MonitorSink},
-    },
+    output::{clock::json_line, http, metrics::Metrics, monitor::MonitorSink},
 };
 
 /// Shown under every `--help` of `monitor` (a doc comment on the
@@ -58,7 +54,7 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         }
         None => None,
     };
-    line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
+    json_line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
     let mut sink = MonitorSink { metrics, gfp, active_window };
     let result = args.trace.run(&mut session, &mut sink, &refresher).await;
     if let Some(s) = server {

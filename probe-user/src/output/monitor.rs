@@ -7,11 +7,10 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::{
-    clock,
+    clock::json_line,
     finding::FindingView,
     metrics::{Losses, Metrics},
     sink::Sink,
-    stdout,
     summary::Summary,
 };
 use crate::{
@@ -29,14 +28,6 @@ pub struct MonitorSink {
     pub active_window: Duration,
 }
 
-/// One JSON line of type `kind`, stamped with the time.
-pub fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
-    let mut v = serde_json::to_value(v)?;
-    v["type"] = json!(kind);
-    clock::stamp(&mut v);
-    stdout::line(v)
-}
-
 impl Sink for MonitorSink {
     fn event(&mut self, _raw: &[u8], _ev: &Event, _obs: &Observed, _stack: &[(u64, String)]) -> Result<()> {
         Ok(())
@@ -44,7 +35,7 @@ impl Sink for MonitorSink {
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
         self.metrics.finding(&f.rule, f.severity.name());
-        line("finding", FindingView::new(f, &self.gfp))
+        json_line("finding", FindingView::new(f, &self.gfp))
     }
 
     fn summary(&mut self, s: &Summary, _findings: &[Finding], last: bool) -> Result<()> {
@@ -61,7 +52,7 @@ impl Sink for MonitorSink {
         self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
         // Every summary, news or not: a service's log and its supervisor
         // see it alive (watch prints only the ones with news).
-        line(if last { "final_summary" } else { "summary" }, s)
+        json_line(if last { "final_summary" } else { "summary" }, s)
     }
 
     fn findings_now(&mut self, findings: &[Finding], now_ns: u64) -> Result<()> {
@@ -73,7 +64,7 @@ impl Sink for MonitorSink {
         let unprotected = topo.unprotected().len();
         self.metrics.set_servicers("unprotected", unprotected as i64);
         self.metrics.set_servicers("protected", topo.servicers.len().saturating_sub(unprotected) as i64);
-        line(
+        json_line(
             "topology",
             json!({ "servicers": index.servicers, "backing_files": index.backing, "unprotected": unprotected }),
         )

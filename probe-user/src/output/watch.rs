@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::{
-    clock,
+    clock::json_line,
     finding::FindingView,
     sink::Sink,
     stdout,
@@ -50,9 +50,7 @@ impl Sink for WatchSink {
         let memcg = self.memcgs.entry(pid).or_insert_with(|| (self.memcg_of)(pid)).clone();
         let v = EventView::new(ev, obs, &self.gfp, memcg);
         if self.json {
-            let mut v = serde_json::to_value(&v)?;
-            clock::stamp(&mut v);
-            stdout::line(v)?;
+            json_line("event", &v)?;
         } else {
             if self.t0.is_none() {
                 stdout::line(EVENT_HEADER)?;
@@ -65,10 +63,7 @@ impl Sink for WatchSink {
 
     fn finding(&mut self, f: &Finding) -> Result<()> {
         if self.json {
-            let mut v = serde_json::to_value(FindingView::new(f, &self.gfp))?;
-            v["type"] = json!("finding");
-            clock::stamp(&mut v);
-            stdout::line(v)?;
+            json_line("finding", FindingView::new(f, &self.gfp))?;
         } else {
             stdout::line(finding_block(&FindingView::new(f, &self.gfp)))?;
         }
@@ -81,13 +76,11 @@ impl Sink for WatchSink {
         }
         if self.json {
             let mut v = serde_json::to_value(s)?;
-            v["type"] = json!(if last { "final_summary" } else { "summary" });
             if last {
                 // Every finding at its live count, with all its threads and stacks.
                 v["findings"] = serde_json::to_value(FindingView::all(findings, &self.gfp))?;
             }
-            clock::stamp(&mut v);
-            stdout::line(v)?;
+            json_line(if last { "final_summary" } else { "summary" }, v)?;
         } else {
             stdout::line(summary_table(s, findings))?;
             if s.dropped > 0 {
@@ -104,9 +97,7 @@ impl Sink for WatchSink {
             index.backing.len()
         );
         if self.json {
-            let mut v = json!({"type": "topology", "message": msg, "index": index});
-            clock::stamp(&mut v);
-            stdout::line(v)?;
+            json_line("topology", json!({"message": msg, "index": index}))?;
         } else {
             eprintln!("{msg}");
         }
