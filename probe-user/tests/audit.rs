@@ -7,7 +7,7 @@
 //!
 //! Run: cargo test -p probe-user --test audit -- --test-threads=1
 
-use reclaimscope::cli::audit::{audit, EXIT_INCOMPLETE, EXIT_OK, EXIT_UNPROTECTED};
+use reclaimscope::output::audit::{audit, EXIT_INCOMPLETE, EXIT_OK, EXIT_UNPROTECTED};
 use reclaimscope::topology::{capture, Confidence, Dev, Extra, Protection, ServicerKind, StackPath, Topology};
 use std::collections::BTreeSet;
 use std::fs;

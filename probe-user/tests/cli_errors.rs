@@ -82,8 +82,7 @@ fn trace_file(dir: &std::path::Path, gfp_format: Option<String>) -> std::path::P
     let path = dir.join("t.trace");
     let header = common::test_header(gfp_format);
     let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
-    w.write(&Record::Finding(serde_json::json!({"rule": "RS201", "severity": "deadlock", "servicer": {"tid": 1}})))
-        .unwrap();
+    w.write(&Record::Finding(Box::new(common::test_finding("RS201", "d", "qsd")))).unwrap();
     w.finish().unwrap();
     path
 }
@@ -235,14 +234,13 @@ fn report_prints_no_terminal_escape_from_the_file() {
         hostname: hostile.into(),
         started_unix_ns: 0,
         command: hostile.into(),
-        topology: serde_json::json!({}),
-        attach: serde_json::json!({}),
+        topology: Default::default(),
+        attach: Default::default(),
         gfp_format: Some(hostile.into()),
         monotonic_to_unix_ns: None,
     };
     let mut w = TraceWriter::create(&path, header, None, 1, false).unwrap();
-    let finding = serde_json::json!({"rule": hostile, "severity": hostile, "detail": hostile, "servicer": {"comm": hostile, "tid": 1}});
-    w.write(&Record::Finding(finding)).unwrap();
+    w.write(&Record::Finding(Box::new(common::test_finding(hostile, hostile, hostile)))).unwrap();
     w.finish().unwrap();
     for json in [false, true] {
         let mut args = vec!["report", path.to_str().unwrap()];

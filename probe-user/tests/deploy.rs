@@ -114,7 +114,7 @@ fn every_series() -> String {
         m.set_probe(h.name, "none", false, h.required);
     }
     m.finding("RS001", "hazard");
-    m.reclaim_event("memcg");
+    m.set_reclaim_events("memcg", 1);
     m.set_servicers("unprotected", 1);
     m.set_losses(&Losses {
         dropped_events: 1,

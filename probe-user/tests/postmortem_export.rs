@@ -12,7 +12,7 @@ use std::{
 
 use bytemuck::bytes_of;
 use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx, WritebackWaitData, WritebackWaitEvent};
-use reclaimscope::trace::{EventRecord, Frame, Record, StackRecord, TraceHeader, TraceWriter};
+use reclaimscope::trace::{EventRecord, Frame, Opaque, Record, StackRecord, TopologyRecord, TraceHeader, TraceWriter};
 use serde_json::{json, Value};
 
 fn data(name: &str) -> PathBuf {
@@ -158,8 +158,8 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         hostname: "h".into(),
         started_unix_ns: 1_764_000_000_000_000_000,
         command: "reclaimscope record -o qsd.trace".into(),
-        topology: json!({}),
-        attach: json!({}),
+        topology: TopologyRecord::default(),
+        attach: Opaque::default(),
         gfp_format: None,
         monotonic_to_unix_ns: Some(1_763_990_000_000_000_000),
     };
@@ -182,17 +182,17 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         frames: frames.iter().enumerate().map(|(i, s)| Frame { addr: i as u64, symbol: s.to_string() }).collect(),
     });
     let finding = json!({
-        "rule": "RS201", "severity": "deadlock", "title": "servicer blocked in reclaim",
+        "rule": "RS201", "severity": "deadlock",
         "servicer": {"name": "/usr/bin/qemu-storage-daemon", "comm": "qemu-storage-dae", "tgid": QSD.0, "tid": QSD.1,
-                     "flags": "PF_MEMALLOC", "protection": "none"},
-        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-        "gfp": "GFP_HIGHUSER_MOVABLE", "gfp_raw": 0x100cca, "upper_inflight": null,
-        "detail": "blocked in D state inside reclaim on writeback of 7:0 for 6.0 s",
-        "stack": frames,
-        "holders": [{"tid": 900, "tgid": 900, "comm": "dd", "held": ["IOLOCK_EXCL"], "ino": 131,
+                     "task_flags": 0x800},
+        "upper_fs": null, "device": {"major": 7, "minor": 0}, "backing_file": null, "lower_fs": null,
+        "bottom_fs": null, "gfp": 0x100cca, "upper_inflight": null,
+        "detail": {"blocked_in_reclaim": {"waited_on": {"major": 7, "minor": 0}, "blocked_ns": 6_000_000_000u64}},
+        "stack": frames, "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0,
+        "lock_holders": [{"tid": 900, "tgid": 900, "comm": "dd", "held": ["IOLOCK_EXCL"], "ino": 131,
                      "blocked_in": "balance_dirty_pages", "seen_ms_ago": 0}],
         "chain": ["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages"],
-        "remedy": "call prctl(PR_SET_IO_FLUSHER, 1)", "first_ns": 9_000_000u64, "last_ns": 9_000_000u64, "count": 1,
+        "first_ns": 9_000_000u64, "last_ns": 9_000_000u64, "count": 1,
     });
     for r in [
         reclaim(EventKind::ReclaimBegin, 1_000_000),
@@ -200,7 +200,7 @@ fn qsd_trace(dir: &Path) -> PathBuf {
         reclaim(EventKind::ReclaimBegin, 3_000_000),
         stack,
         Record::Event(EventRecord { unix_ns: 0, data: bytes_of(&wait).to_vec() }),
-        Record::Finding(finding),
+        Record::Finding(Box::new(serde_json::from_value(finding).unwrap())),
     ] {
         w.write(&r).unwrap();
     }

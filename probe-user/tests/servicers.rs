@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reclaimscope::cli::audit::audit;
+use reclaimscope::output::audit::audit;
 use reclaimscope::topology::{Dev, Extra, Protection, ServicerKind, Topology};
 use serde_json::{json, Value};
 use testbed::{Dm, Servicer, StorageStack, StorageStackSpec};

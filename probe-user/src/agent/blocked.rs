@@ -7,36 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::detect::holds::function;
-
-/// Kernel functions that place a blocked task in the storage stack.
-const STACK_MARKERS: &[&str] = &[
-    "xfs_",
-    "iomap_",
-    "ext4_",
-    "jbd2",
-    "folio_wait",
-    "balance_dirty_pages",
-    "fuse_",
-    "loop_",
-    "blk_mq_",
-    "writeback",
-    "shrink_",
-];
+use crate::kernel::{
+    markers::{function, STORAGE_FUNCTIONS},
+    proc_task::{parse_stack, parse_stat},
+};
 
 #[derive(Default)]
 pub struct BlockedTracker {
     since: HashMap<u32, Instant>,
 }
 
-/// State (field 3) and task flags (field 9) of /proc/TID/stat.
+/// State and task flags of a task, from /proc/TID/stat.
 fn stat_of(tid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: the fields follow the last ')'.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let flags = fields.nth(5)?.parse().ok()?;
-    Some((state, flags))
+    let s = parse_stat(&fs::read(format!("/proc/{tid}/stat")).ok()?)?;
+    Some((s.state, s.flags))
 }
 
 pub fn state_of(tid: u32) -> Option<char> {
@@ -47,11 +31,10 @@ fn comm_of(path: &str) -> String {
     fs::read_to_string(format!("{path}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-/// Kernel stack of a task, innermost first, as function names.
+/// Kernel stack of a task, innermost first (empty: not readable, as when
+/// the task has exited).
 pub fn kernel_stack(path: &str) -> Vec<String> {
-    fs::read_to_string(format!("{path}/stack"))
-        .map(|s| s.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
-        .unwrap_or_default()
+    fs::read_to_string(format!("{path}/stack")).map(|s| parse_stack(&s)).unwrap_or_default()
 }
 
 impl BlockedTracker {
@@ -111,7 +94,7 @@ pub fn blocked_in(pids: impl IntoIterator<Item = u32>) -> Vec<BlockedTask> {
 pub fn waiting_chain(blocked: &[BlockedTask], except: u32, limit: usize) -> Vec<String> {
     blocked
         .iter()
-        .filter(|t| t.tid != except && t.frames.iter().any(|f| STACK_MARKERS.iter().any(|m| f.contains(m))))
+        .filter(|t| t.tid != except && t.frames.iter().any(|f| STORAGE_FUNCTIONS.iter().any(|m| f.contains(m))))
         .take(limit)
         .map(|t| {
             let top: Vec<&str> = t.frames.iter().take(4).map(|f| function(f)).collect();

@@ -103,7 +103,7 @@ fn holder(t: &BlockedTask) -> Option<(Dev, LockHolder)> {
         return None;
     }
     let (dev, ino) = file_of(t.pid, t.tid)?;
-    let blocked_in = t.frames.first().map(|f| crate::detect::holds::function(f).to_owned());
+    let blocked_in = t.frames.first().map(|f| crate::kernel::markers::function(f).to_owned());
     Some((dev, LockHolder { tid: t.tid, tgid: t.pid, comm: t.comm.clone(), held, ino, blocked_in, seen_ms_ago: 0 }))
 }
 

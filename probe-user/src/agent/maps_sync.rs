@@ -14,9 +14,8 @@ use std::{collections::BTreeMap, io};
 
 use aya::maps::{HashMap, MapData, MapError};
 use probe_common::maps::{BackingInfo, BackingKey, ServicerInfo, MAX_BACKING_FILES, MAX_SERVICERS};
-use serde::Serialize;
 
-use crate::topology::Topology;
+use crate::{output::summary::LeftOut, topology::Topology};
 
 /// One of the kernel's filter maps, as the sync writes it: a trait so that
 /// the sync's logic runs in tests without a kernel.
@@ -62,22 +61,6 @@ pub struct Changes {
 impl Changes {
     pub fn any(&self) -> bool {
         *self != Changes::default()
-    }
-}
-
-/// Topology entries that are not in the kernel's maps after a sync: their
-/// I/O is not followed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LeftOut {
-    /// Servicer processes (SERVICERS holds [`MAX_SERVICERS`]).
-    pub servicers: usize,
-    /// Backing files (BACKING_FILES holds [`MAX_BACKING_FILES`]).
-    pub backing_files: usize,
-}
-
-impl LeftOut {
-    pub fn total(&self) -> usize {
-        self.servicers + self.backing_files
     }
 }
 

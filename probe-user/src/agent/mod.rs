@@ -5,6 +5,7 @@ pub mod blocked;
 pub mod inflight;
 pub mod lock_holders;
 pub mod maps_sync;
+pub mod memcg;
 #[cfg(test)]
 mod object_check;
 pub mod ratelimit;
@@ -12,3 +13,4 @@ pub mod refresh;
 pub mod run;
 pub mod session;
 pub mod stacks;
+pub mod start;

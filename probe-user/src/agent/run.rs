@@ -19,7 +19,6 @@ use super::{
     blocked,
     inflight::Inflight,
     lock_holders::LockHolders,
-    maps_sync::LeftOut,
     ratelimit::{GrowthLog, LOSS_LOG_EVERY},
     refresh::{Published, Refresher},
     session::Session,
@@ -27,65 +26,15 @@ use super::{
 use crate::{
     detect::{
         engine::{Blocked, Engine, Observed},
-        finding::Finding,
-        index::StackIndex,
+        index::StorageIndex,
     },
     events::decode::Event,
+    output::{sink::Sink, summary::Summary},
     topology::{Dev, Topology},
 };
 
 /// How often the loop checks how late it runs.
 const LAG_PROBE: Duration = Duration::from_millis(100);
-
-/// Totals for the periodic and final summaries.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Summary {
-    pub elapsed_s: f64,
-    pub events: u64,
-    pub decode_errors: u64,
-    pub reclaim_direct: u64,
-    pub reclaim_memcg: u64,
-    pub shrinker_calls: u64,
-    pub writeback_waits: u64,
-    pub dropped: u64,
-    pub task_state_full: u64,
-    /// Waits on writeback outside reclaim, every task: counted in the kernel, not sent.
-    pub waits_outside_reclaim: u64,
-    /// Events that went out without their kernel stack (not walkable, or no free stack element).
-    pub stacks_lost: u64,
-    /// Reclaim starts whose end never came (missed return probe): replaced by the next start.
-    pub stale_reclaim: u64,
-    /// Topology entries left out of the kernel's filter maps (full, or the
-    /// kernel refused the write), counted at every sync that left them out:
-    /// it keeps rising while any are left out.
-    pub filter_map_full: u64,
-    /// What the latest sync left out: the I/O of these is not followed.
-    pub left_out: LeftOut,
-    pub slowpath_entries: u64,
-    pub oom_kills: u64,
-    pub findings: usize,
-    /// Sightings of findings, repeats included: the live count.
-    pub sightings: u64,
-    /// Distinct findings not kept because the engine holds its maximum.
-    pub findings_folded: u64,
-    pub servicers: usize,
-    /// The event loop's worst lag since the previous summary (the final
-    /// summary: since the start), in ms: how late a 100 ms timer fired,
-    /// which is how long the loop was busy elsewhere and left the ring
-    /// buffer undrained.
-    pub loop_lag_max_ms: f64,
-    /// Topology discoveries that completed, and that failed.
-    pub topology_refreshes: u64,
-    pub topology_errors: u64,
-    /// How long the latest discovery took, and the longest one so far.
-    pub discovery_ms: f64,
-    pub discovery_max_ms: f64,
-    /// Seconds since the topology in force was discovered (None: not yet).
-    pub topology_age_s: Option<f64>,
-    /// Something other than the clocks changed since the previous summary:
-    /// `watch` prints periodic ones only then (`monitor` prints every one).
-    pub news: bool,
-}
 
 /// What a periodic summary reports that can be news: everything but the
 /// clocks (elapsed time, loop lag, discovery times, topology age).
@@ -108,26 +57,6 @@ fn news(s: &Summary) -> [u64; 16] {
         s.servicers as u64,
         s.topology_errors,
     ]
-}
-
-/// Where the loop's output goes.
-pub trait Sink {
-    fn event(&mut self, raw: &[u8], ev: &Event, obs: &Observed, stack: &[(u64, String)]) -> Result<()>;
-    fn finding(&mut self, f: &Finding) -> Result<()>;
-    /// A summary (every `--summary-every`, and at the end), with every
-    /// finding so far at its live count.
-    fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()>;
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()>;
-    /// Called after each batch: the events of one ring-buffer wakeup, or
-    /// one round of D-state checks, and the findings they made.
-    fn end_batch(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// Called every second with every finding so far (repeats update their
-    /// `last_ns`), and the kernel's monotonic clock now.
-    fn findings_now(&mut self, _findings: &[Finding], _now_ns: u64) -> Result<()> {
-        Ok(())
-    }
 }
 
 pub struct RunOptions {
@@ -259,7 +188,7 @@ impl<'a> EventLoop<'a> {
                 out.errors.first().map(String::as_str).unwrap_or("")
             );
         }
-        let index = StackIndex::from_topology(&self.topo);
+        let index = StorageIndex::from_topology(&self.topo);
         if &index != self.engine.index() {
             self.sink.topology(&self.topo, &index)?;
             self.engine.set_index(index);
@@ -284,7 +213,7 @@ impl<'a> EventLoop<'a> {
         let stack = self.session.stacks.frames(ctx.stack_id, &self.session.kallsyms).to_vec();
         let inflight = (ctx.serving_dev != 0).then(|| self.inflight.of(Dev::from_kernel(ctx.serving_dev))).flatten();
         let holders = if ctx.serving_dev != 0 { self.lock_holders.current() } else { Default::default() };
-        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, holders };
+        let obs = Observed { stack: stack.iter().map(|(_, s)| s.clone()).collect(), inflight, lock_holders: holders };
         self.sink.event(raw, &ev, &obs, &stack)?;
         for f in self.engine.on_event(&ev, &obs) {
             self.sink.finding(&f)?;
@@ -315,7 +244,7 @@ impl<'a> EventLoop<'a> {
                 now_ns: now_ns(),
                 stack: blocked::kernel_stack(&format!("/proc/{tid}")).into(),
                 chain: blocked::waiting_chain(all, tid, 12),
-                holders: self.lock_holders.update(all),
+                lock_holders: self.lock_holders.update(all),
             };
             if let Some(f) = self.engine.on_blocked(&b) {
                 self.sink.finding(&f)?;
@@ -366,6 +295,31 @@ impl<'a> EventLoop<'a> {
 
     /// Runs until the duration passes or SIGINT/SIGTERM; SIGHUP asks for a
     /// new discovery. Always drains the ring and prints the final summary.
+    /// Once a second: probes for modules loaded since, loss logs, D-state
+    /// checks, and the findings' live counts to the sink.
+    fn every_second(&mut self) -> Result<()> {
+        match self.session.refresh_modules() {
+            Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
+        }
+        self.log_drops(false);
+        self.check_blocked()?;
+        self.sink.end_batch()?;
+        self.sink.findings_now(self.engine.findings(), now_ns())
+    }
+
+    /// A periodic summary, marked as news when it says something
+    /// `last_news` (the previous one's) did not.
+    fn periodic_summary(&mut self, last_news: &mut Option<[u64; 16]>) -> Result<()> {
+        self.refresh_summary();
+        self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
+        let now = Some(news(&self.summary));
+        self.summary.news = now != *last_news;
+        *last_news = now;
+        self.sink.summary(&self.summary, self.engine.findings(), false)
+    }
+
     pub async fn run(&mut self, opts: &RunOptions) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -401,23 +355,10 @@ impl<'a> EventLoop<'a> {
                 }
                 due = lag_probe.tick() => self.lag.observe(due.elapsed()),
                 _ = tick.tick() => {
-                    match self.session.refresh_modules() {
-                        Ok(now) if !now.is_empty() => log::warn!("attached after a module load: {}", now.join(", ")),
-                        Ok(_) => {}
-                        Err(e) => log::warn!("cannot re-read the kernel after a module load: {e:#}"),
-                    }
-                    self.log_drops(false);
-                    self.check_blocked()?;
-                    self.sink.end_batch()?;
-                    self.sink.findings_now(self.engine.findings(), now_ns())?;
+                    self.every_second()?;
                     if last_summary.elapsed() >= opts.summary_every {
                         last_summary = Instant::now();
-                        self.refresh_summary();
-                        self.summary.loop_lag_max_ms = std::mem::take(&mut self.lag.interval).as_secs_f64() * 1e3;
-                        let now = Some(news(&self.summary));
-                        self.summary.news = now != last_news;
-                        last_news = now;
-                        self.sink.summary(&self.summary, self.engine.findings(), false)?;
+                        self.periodic_summary(&mut last_news)?;
                     }
                 }
                 _ = &mut sleep, if deadline.is_some() => break,

@@ -3,21 +3,11 @@
 //! the filesystem above it. Needs no BPF; works without root as far as
 //! /proc lets it.
 
-use crate::output::{self, stdout};
-use crate::topology::{capture, Dev, Extra, Servicer, StackPath, Topology};
+use super::backing_file;
+use crate::output::{audit::audit, stdout};
+use crate::topology::{capture, Dev, Extra, Topology};
 use anyhow::Result;
-use serde::Serialize;
 use std::path::PathBuf;
-
-/// No unprotected servicer sits under a mounted filesystem.
-pub const EXIT_OK: i32 = 0;
-/// Discovery failed or the arguments were bad (returned as `Err` by [`run`]).
-pub const EXIT_ERROR: i32 = 1;
-/// At least one unprotected servicer sits under a mounted filesystem.
-pub const EXIT_UNPROTECTED: i32 = 3;
-/// None seen, but the daemon of a FUSE filesystem under a mounted
-/// filesystem could not be seen (typically: not root), so no all-clear.
-pub const EXIT_INCOMPLETE: i32 = 4;
 
 /// Shown under every `--help` of `audit` (a doc comment on the
 /// subcommand would hide examples written there).
@@ -46,7 +36,7 @@ pub struct AuditArgs {
     pub servicers: Vec<u32>,
     /// PATH holds the data of block device DEV ("major:minor"), e.g. an NBD
     /// server's image (repeatable).
-    #[arg(long = "backing-file", value_name = "PATH=DEV", value_parser = parse_backing_file)]
+    #[arg(long = "backing-file", value_name = "PATH=DEV", value_parser = backing_file::parse)]
     pub backing_files: Vec<(PathBuf, Dev)>,
     /// Audit a snapshot directory (written by --save-snapshot) instead of this machine.
     #[arg(long, value_name = "DIR")]
@@ -54,39 +44,6 @@ pub struct AuditArgs {
     /// Also save what discovery read into DIR, a snapshot that --root reads back.
     #[arg(long, value_name = "DIR", conflicts_with = "root")]
     pub save_snapshot: Option<PathBuf>,
-}
-
-fn parse_backing_file(s: &str) -> Result<(PathBuf, Dev), String> {
-    let (path, dev) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATH=MAJOR:MINOR"))?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("{dev:?} is not a device number {}", Dev::FORMAT))?;
-    if path.is_empty() {
-        return Err(format!("{s:?} has an empty path"));
-    }
-    Ok((PathBuf::from(path), dev))
-}
-
-/// What `--json` prints: the same tree and verdict as the text.
-#[derive(Serialize)]
-pub(crate) struct Report<'a> {
-    pub(crate) stacks: Vec<StackPath>,
-    /// Servicers whose device is unknown or not on this host.
-    pub(crate) unplaced_servicers: Vec<&'a Servicer>,
-    pub(crate) unprotected: Vec<Verdict<'a>>,
-    /// FUSE filesystems under a mounted filesystem whose daemon was not found.
-    pub(crate) unseen_servicers: Vec<String>,
-    pub(crate) warnings: &'a [String],
-    pub(crate) exit_code: i32,
-}
-
-/// An unprotected servicer under a mounted filesystem, and what to change.
-#[derive(Serialize)]
-pub(crate) struct Verdict<'a> {
-    pub(crate) tgid: Option<u32>,
-    pub(crate) comm: &'a str,
-    pub(crate) serves: String,
-    pub(crate) under_mounts: &'a [PathBuf],
-    pub(crate) unprotected_threads: Vec<u32>,
-    pub(crate) remedy: &'a str,
 }
 
 /// Runs the audit and returns the exit code (errors are the caller's exit 1).
@@ -111,72 +68,4 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         stdout::write(&out.text)?;
     }
     Ok(out.exit_code)
-}
-
-/// The audit of one topology, in both forms.
-pub struct AuditOutput {
-    /// The tree and verdict as printed.
-    pub text: String,
-    /// The same tree and verdict, as `--json` prints it.
-    pub json: serde_json::Value,
-    pub exit_code: i32,
-}
-
-/// Builds the report once and renders it both ways, so text and JSON cannot disagree.
-pub fn audit(topo: &Topology) -> AuditOutput {
-    let report = report(topo);
-    AuditOutput {
-        text: output::audit::render(&report),
-        json: serde_json::to_value(&report).expect("the report is plain data and always serializes"),
-        exit_code: report.exit_code,
-    }
-}
-
-fn report(topo: &Topology) -> Report<'_> {
-    let stacks = topo.stacks();
-    let placed =
-        |s: &Servicer| topo.devices.iter().any(|d| d.dev == s.serves) || topo.mount_for_dev(s.serves).is_some();
-    let unprotected: Vec<Verdict> = topo
-        .unprotected()
-        .into_iter()
-        .map(|s| Verdict {
-            tgid: s.tgid,
-            comm: &s.comm,
-            serves: s.serves_name.clone(),
-            under_mounts: &s.under_mounts,
-            unprotected_threads: s.threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid).collect(),
-            remedy: &s.remedy,
-        })
-        .collect();
-    let unseen: Vec<String> = topo
-        .unseen_servicers()
-        .into_iter()
-        .map(|d| topo.mount_for_dev(d).map_or(d.to_string(), |m| m.label()))
-        .collect();
-    let exit_code = match (unprotected.is_empty(), unseen.is_empty()) {
-        (false, _) => EXIT_UNPROTECTED,
-        (true, false) => EXIT_INCOMPLETE,
-        (true, true) => EXIT_OK,
-    };
-    Report {
-        stacks,
-        unplaced_servicers: topo.servicers.iter().filter(|s| !placed(s)).collect(),
-        unprotected,
-        unseen_servicers: unseen,
-        warnings: &topo.warnings,
-        exit_code,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backing_file_argument() {
-        assert_eq!(parse_backing_file("/srv/a=b.img=43:0"), Ok((PathBuf::from("/srv/a=b.img"), Dev::new(43, 0))));
-        assert!(parse_backing_file("/srv/a.img").is_err());
-        assert!(parse_backing_file("/srv/a.img=43").is_err());
-        assert!(parse_backing_file("=43:0").is_err());
-    }
 }

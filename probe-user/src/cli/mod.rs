@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod audit;
+pub mod backing_file;
 pub mod exec;
 pub mod generate;
 pub mod monitor;

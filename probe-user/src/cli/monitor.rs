@@ -2,23 +2,16 @@
 //! periodic summaries as JSON lines on stdout (for journald or a log
 //! shipper), and Prometheus metrics on --metrics-addr.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Result;
 use serde_json::json;
 
 use super::{secs, trace_args::TraceArgs};
 use crate::{
-    agent::run::{Sink, Summary},
-    detect::{engine::Observed, finding::Finding, index::StackIndex, rules},
-    events::decode::Event,
+    detect::rules,
     kernel::preflight,
-    output::{
-        clock, http,
-        metrics::{Losses, Metrics},
-        stdout,
-    },
-    topology::Topology,
+    output::{clock::json_line, http, metrics::Metrics, monitor::MonitorSink},
 };
 
 /// Shown under every `--help` of `monitor` (a doc comment on the
@@ -43,61 +36,6 @@ pub struct MonitorArgs {
     pub trace: TraceArgs,
 }
 
-struct MonitorSink {
-    metrics: Arc<Metrics>,
-    active_window: Duration,
-}
-
-fn line(kind: &str, v: impl serde::Serialize) -> Result<()> {
-    let mut v = serde_json::to_value(v)?;
-    v["type"] = json!(kind);
-    clock::stamp(&mut v);
-    stdout::line(v)
-}
-
-impl Sink for MonitorSink {
-    fn event(&mut self, _raw: &[u8], _ev: &Event, _obs: &Observed, _stack: &[(u64, String)]) -> Result<()> {
-        Ok(())
-    }
-
-    fn finding(&mut self, f: &Finding) -> Result<()> {
-        self.metrics.finding(&f.rule, f.severity.name());
-        line("finding", f)
-    }
-
-    fn summary(&mut self, s: &Summary, _findings: &[Finding], last: bool) -> Result<()> {
-        self.metrics.set_reclaim_events("direct", s.reclaim_direct);
-        self.metrics.set_reclaim_events("memcg", s.reclaim_memcg);
-        self.metrics.set_losses(&Losses {
-            dropped_events: s.dropped,
-            task_state_full: s.task_state_full,
-            stacks_lost: s.stacks_lost,
-            stale_reclaim: s.stale_reclaim,
-            decode_errors: s.decode_errors,
-            filter_map_full: s.filter_map_full,
-        });
-        self.metrics.set_agent_health(s.topology_errors, s.topology_age_s, s.loop_lag_max_ms / 1e3);
-        // Every summary, news or not: a service's log and its supervisor
-        // see it alive (watch prints only the ones with news).
-        line(if last { "final_summary" } else { "summary" }, s)
-    }
-
-    fn findings_now(&mut self, findings: &[Finding], now_ns: u64) -> Result<()> {
-        self.metrics.set_active_findings(findings, now_ns, self.active_window);
-        Ok(())
-    }
-
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
-        let unprotected = topo.unprotected().len();
-        self.metrics.set_servicers("unprotected", unprotected as i64);
-        self.metrics.set_servicers("protected", topo.servicers.len().saturating_sub(unprotected) as i64);
-        line(
-            "topology",
-            json!({ "servicers": index.servicers, "backing_files": index.backing, "unprotected": unprotected }),
-        )
-    }
-}
-
 pub async fn run(args: &MonitorArgs) -> Result<i32> {
     let active_window = secs::positive("--active-window", args.active_window)?;
     let (mut session, gfp) = args.trace.start("monitor", false)?;
@@ -116,9 +54,9 @@ pub async fn run(args: &MonitorArgs) -> Result<i32> {
         }
         None => None,
     };
-    line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
-    let mut sink = MonitorSink { metrics, active_window };
-    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
+    json_line("started", json!({ "attach": session.attach, "metrics_addr": args.metrics_addr }))?;
+    let mut sink = MonitorSink { metrics, gfp, active_window };
+    let result = args.trace.run(&mut session, &mut sink, &refresher).await;
     if let Some(s) = server {
         s.abort();
     }

@@ -9,20 +9,22 @@ use super::trace_args::KernelArgs;
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{EventLoop, RunOptions, Sink, Summary},
+        run::{EventLoop, RunOptions},
         session::{load_object, Session, SessionOptions},
     },
     attach::{
         config,
-        loader::{attach_all, verify_all, AttachReport, Verified},
+        loader::{attach_all, verify_all},
         measure::{costs, ImplCost},
     },
-    detect::{engine::Engine, engine::Observed, finding::Finding, index::StackIndex},
-    events::decode::Event,
+    detect::{engine::Engine, index::StorageIndex},
     kernel::preflight,
-    names::GfpNames,
-    output::{fit, stdout},
-    topology::{Extra, Topology},
+    output::{
+        probes::{print_costs, print_report, print_verified},
+        sink::Discard,
+        stdout,
+    },
+    topology::Extra,
 };
 
 /// Shown under every `--help` of `probes` (a doc comment on the
@@ -51,74 +53,6 @@ pub struct ProbesArgs {
     pub workload: Vec<String>,
     #[command(flatten)]
     pub kernel: KernelArgs,
-}
-
-fn print_report(r: &AttachReport) -> Result<()> {
-    let mut rows = Vec::new();
-    for c in &r.hooks {
-        let chosen = c.family.map(|f| f.name()).unwrap_or(if c.required { "MISSING" } else { "missing" });
-        let skipped: Vec<String> = c.skipped.iter().map(|s| format!("{}: {}", s.family.name(), s.reason)).collect();
-        rows.push(vec![c.hook.to_string(), chosen.to_owned(), c.targets.join("\n"), skipped.join("\n")]);
-    }
-    let titles = ["HOOK", "CHOSEN", "TARGET", "SKIPPED (kernel's reason)"];
-    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())?;
-    // The notes wrap too, their continuation lines indented.
-    let note = |s: String| fit::wrap(&s, fit::terminal_width().saturating_sub(2)).replace('\n', "\n  ");
-    for c in &r.hooks {
-        if let (Some(f), Some(lacks)) = (c.family, c.lacks) {
-            stdout::line(note(format!("limited: {} through {}: {lacks}", c.hook, f.name())))?;
-        }
-    }
-    for (hook, lost) in r.weakened() {
-        stdout::line(note(format!("weakened: {hook} missing, {lost}")))?;
-    }
-    Ok(())
-}
-
-fn print_verified(v: &[Verified]) -> Result<()> {
-    let rows: Vec<Vec<String>> = v
-        .iter()
-        .map(|x| {
-            let res =
-                if x.loaded { "loaded".to_owned() } else { format!("failed: {}", x.error.as_deref().unwrap_or("")) };
-            vec![x.program.to_string(), x.family.name().to_owned(), x.target.to_string(), res]
-        })
-        .collect();
-    let titles = ["PROGRAM", "FAMILY", "TARGET", "VERIFIER"];
-    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())
-}
-
-fn print_costs(costs: &[ImplCost]) -> Result<()> {
-    let mut rows = Vec::new();
-    for c in costs {
-        let ns = match (&c.error, c.ns_per_call) {
-            (Some(_), _) => "not attached".to_owned(),
-            (None, Some(ns)) => format!("{ns:.0}"),
-            (None, None) => "-".to_owned(),
-        };
-        rows.push(vec![c.hook.to_string(), c.family.name().to_owned(), c.calls.to_string(), ns, c.targets.join(" ")]);
-    }
-    let titles = ["HOOK", "IMPLEMENTATION", "CALLS", "NS/CALL", "TARGET"];
-    stdout::write(&fit::table(&titles, &rows, fit::terminal_width()).to_string())
-}
-
-/// Counts what the loop delivers and shows nothing: only the kernel-side
-/// cost is measured.
-struct Discard;
-
-impl Sink for Discard {
-    fn event(&mut self, _: &[u8], _: &Event, _: &Observed, _: &[(u64, String)]) -> Result<()> {
-        Ok(())
-    }
-    fn finding(&mut self, _: &Finding) -> Result<()> {
-        Ok(())
-    }
-    fn summary(&mut self, _: &Summary, _: &[Finding], _: bool) -> Result<()> {
-        Ok(())
-    }
-    fn topology(&mut self, _: &Topology, _: &StackIndex) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// `probes --measure`: every implementation attached, the servicer maps
@@ -158,7 +92,7 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
         // SAFETY: signalling ourselves.
         unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     });
-    let engine = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+    let engine = Engine::new(StorageIndex::default(), Duration::from_secs(5));
     // The workload builds its storage stack after start: rediscover often.
     let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
     let mut sink = Discard;

@@ -1,23 +1,16 @@
 //! `reclaimscope record -o FILE`: every relevant event and every finding
 //! into a trace file that `report` reads later, here or elsewhere.
 
-use std::{
-    path::PathBuf,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use super::trace_args::TraceArgs;
 use crate::{
-    agent::run::{Sink, Summary},
-    detect::{engine::Observed, finding::Finding, index::StackIndex},
-    events::decode::Event,
-    kernel::kallsyms::Kallsyms,
-    output::table::summary_table,
+    detect::index::StorageIndex,
+    output::record::{unix_ns, RecordSink},
     topology::Topology,
-    trace::{EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, TraceWriter, MAX_FILES},
+    trace::{Opaque, TopologyRecord, TraceHeader, TraceWriter, MAX_FILES},
 };
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -63,70 +56,6 @@ pub struct RecordArgs {
     pub trace: TraceArgs,
 }
 
-struct RecordSink {
-    writer: TraceWriter,
-    kallsyms: Kallsyms,
-    /// Findings written since the last fdatasync.
-    unsynced_findings: bool,
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-impl Sink for RecordSink {
-    fn event(&mut self, raw: &[u8], ev: &Event, _obs: &Observed, stack: &[(u64, String)]) -> Result<()> {
-        let id = ev.ctx().stack_id;
-        if id >= 0 && !stack.is_empty() && !self.writer.has_stack_as(id, stack) {
-            let frames = stack.iter().map(|(addr, symbol)| Frame { addr: *addr, symbol: symbol.clone() }).collect();
-            self.writer.write(&Record::Stack(StackRecord { id, frames }))?;
-        }
-        if let Event::Shrinker(s) = ev {
-            let addr = s.data.scan_fn;
-            if addr != 0 && !self.writer.has_symbol(addr) {
-                self.writer.write(&Record::Symbol(SymbolRecord { addr, symbol: self.kallsyms.symbolize(addr) }))?;
-            }
-        }
-        self.writer.write(&Record::Event(EventRecord { unix_ns: unix_ns(), data: raw.to_vec() }))
-    }
-
-    fn finding(&mut self, f: &Finding) -> Result<()> {
-        self.writer.write(&Record::Finding(serde_json::to_value(f)?))?;
-        self.unsynced_findings = true;
-        eprintln!(
-            "[{}] {} {} (pid {} tid {}): {}",
-            f.severity.name().to_uppercase(),
-            f.rule,
-            f.servicer.name,
-            f.servicer.tgid,
-            f.servicer.tid,
-            f.detail
-        );
-        Ok(())
-    }
-
-    fn summary(&mut self, s: &Summary, findings: &[Finding], last: bool) -> Result<()> {
-        self.writer.flush()?;
-        if last {
-            eprintln!("{}", summary_table(s, findings));
-        }
-        Ok(())
-    }
-
-    fn topology(&mut self, topo: &Topology, index: &StackIndex) -> Result<()> {
-        self.writer.write(&Record::Topology(json!({ "topology": topo, "index": index })))
-    }
-
-    /// A finding must survive the power cut or reset that may follow it:
-    /// the batch that made findings is synced to disk before the loop goes on.
-    fn end_batch(&mut self) -> Result<()> {
-        if std::mem::take(&mut self.unsynced_findings) {
-            self.writer.sync()?;
-        }
-        Ok(())
-    }
-}
-
 pub async fn run(args: &RecordArgs) -> Result<i32> {
     args.trace.validate()?;
     // Loading the probes takes seconds: a wrong -o is refused before.
@@ -148,137 +77,16 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
         started_unix_ns: unix_ns(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        topology: json!({ "topology": &*topo, "index": StackIndex::from_topology(&topo) }),
-        attach: serde_json::to_value(&session.attach)?,
+        topology: TopologyRecord { index: StorageIndex::from_topology(&topo), topology: Opaque::of(&*topo)? },
+        attach: Opaque::of(&session.attach)?,
         gfp_format,
         monotonic_to_unix_ns: crate::trace::monotonic_to_unix_ns(),
     };
     let writer = TraceWriter::create(&args.output, header, args.max_size, args.max_files.into(), args.force)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     eprintln!("Recording to {}... Hit Ctrl-C to end.", args.output.display());
-    let mut sink = RecordSink { writer, kallsyms: session.kallsyms.clone(), unsynced_findings: false };
-    let result = args.trace.run(&mut session, gfp, &mut sink, &refresher).await;
-    sink.writer.finish().context("cannot finish the trace file")?;
+    let mut sink = RecordSink::new(writer, gfp, session.kallsyms.clone());
+    let result = args.trace.run(&mut session, &mut sink, &refresher).await;
+    sink.finish().context("cannot finish the trace file")?;
     result.map(|_| 0)
-}
-
-#[cfg(test)]
-mod tests {
-    //! What reaches the disk: the kernel's own ext4_sync_file_enter
-    //! tracepoint says when the trace file is fdatasynced.
-
-    use std::{
-        fs,
-        os::unix::fs::MetadataExt,
-        path::{Path, PathBuf},
-    };
-
-    use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx};
-
-    use super::*;
-
-    const TRACEFS: &str = "/sys/kernel/tracing";
-    const EVENT: &str = "events/ext4/ext4_sync_file_enter";
-
-    /// A tracing instance recording fsyncs of one inode; removed on drop.
-    struct SyncTrace(PathBuf);
-
-    impl SyncTrace {
-        fn start(ino: u64) -> SyncTrace {
-            let dir = Path::new(TRACEFS).join(format!("instances/reclaimscope-sync-{}", std::process::id()));
-            fs::create_dir(&dir).unwrap();
-            let t = SyncTrace(dir);
-            fs::write(t.0.join(EVENT).join("filter"), format!("ino == {ino}")).unwrap();
-            fs::write(t.0.join(EVENT).join("enable"), "1").unwrap();
-            t
-        }
-
-        /// fdatasync()s seen so far (`datasync 1`), and clears the buffer.
-        fn datasyncs(&self) -> usize {
-            let text = fs::read_to_string(self.0.join("trace")).unwrap();
-            fs::write(self.0.join("trace"), "").unwrap();
-            text.lines().filter(|l| !l.starts_with('#') && l.contains("datasync 1")).count()
-        }
-    }
-
-    impl Drop for SyncTrace {
-        fn drop(&mut self) {
-            let _ = fs::write(self.0.join(EVENT).join("enable"), "0");
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
-
-    fn header() -> TraceHeader {
-        TraceHeader {
-            agent_version: "0".into(),
-            kernel_release: "6.18".into(),
-            hostname: "h".into(),
-            started_unix_ns: 0,
-            command: "record".into(),
-            topology: json!({}),
-            attach: json!({}),
-            gfp_format: None,
-            monotonic_to_unix_ns: None,
-        }
-    }
-
-    fn event() -> (Vec<u8>, Event) {
-        let ctx = TaskCtx { tgid: 7, tid: 7, stack_id: -1, serving_dev: 7 << 20, ..Default::default() };
-        let e = ReclaimEvent {
-            kind: EventKind::ReclaimBegin as u32,
-            _pad: 0,
-            ctx,
-            data: ReclaimData { reclaim_kind: 2, gfp: 0xcc0, ..Default::default() },
-        };
-        let ev = Event::ReclaimBegin(e);
-        (ev.to_bytes(), ev)
-    }
-
-    fn finding() -> Finding {
-        serde_json::from_value(json!({
-            "rule": "RS001", "severity": "hazard", "title": "t",
-            "servicer": {"comm": "qsd", "tgid": 7, "tid": 7, "flags": "-", "protection": "Unprotected"},
-            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-            "gfp": "GFP_KERNEL", "gfp_raw": 3264, "upper_inflight": null, "detail": "d", "stack": [],
-            "chain": [], "remedy": "r", "first_ns": 1, "last_ns": 1, "count": 1
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_findings_batch_is_fdatasynced_and_an_events_batch_is_not() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !Path::new(TRACEFS).join(EVENT).exists() {
-            eprintln!("skipped: needs root and the ext4_sync_file_enter tracepoint");
-            return;
-        }
-        // /var/tmp is on the ext4 root here, unlike a tmpfs /tmp.
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("d.trace");
-        let writer = TraceWriter::create(&path, header(), None, 1, false).unwrap();
-        let ino = fs::metadata(&path).unwrap().ino();
-        if fs::read_to_string("/proc/self/mounts").unwrap().lines().all(|l| !l.contains(" / ext4 ")) {
-            eprintln!("skipped: the root filesystem is not ext4");
-            return;
-        }
-        let mut sink = RecordSink { writer, kallsyms: Kallsyms::parse(""), unsynced_findings: false };
-        let trace = SyncTrace::start(ino);
-        let (raw, ev) = event();
-        for _ in 0..100 {
-            sink.event(&raw, &ev, &Observed::default(), &[]).unwrap();
-        }
-        sink.end_batch().unwrap();
-        assert_eq!(trace.datasyncs(), 0, "a batch of events alone must not cost a disk flush");
-
-        sink.finding(&finding()).unwrap();
-        sink.finding(&finding()).unwrap();
-        sink.end_batch().unwrap();
-        assert_eq!(trace.datasyncs(), 1, "one fdatasync per findings batch");
-        // What was synced is on disk and reads back: both findings.
-        let findings =
-            crate::trace::TraceReader::open(&path).unwrap().filter(|r| matches!(r, Record::Finding(_))).count();
-        assert_eq!(findings, 2);
-        sink.end_batch().unwrap();
-        assert_eq!(trace.datasyncs(), 0, "nothing new, nothing synced");
-    }
 }

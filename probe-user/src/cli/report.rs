@@ -1,25 +1,30 @@
 //! `reclaimscope report FILE`: replays a trace (or an ftrace text capture)
 //! through the detection engine. Needs no root and no BPF.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{
+    fs::File,
+    io::BufWriter,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{bail, Result};
-use prettytable::{format, row, Table};
+use anyhow::{bail, Context, Result};
 
 use super::secs;
 use crate::{
     names::GfpNames,
     output::{
-        folded, stdout,
-        table::{finding_block, timeline_block},
-        terminal,
+        folded,
+        perfetto::{self, PerfettoWriter},
+        report::{render, ReportView},
+        stdout, terminal,
     },
     postmortem::{
-        export::{self, Input},
         input,
         replay::{self, Report},
+        timeline::{self, Clock},
     },
     topology::Dev,
+    trace::TraceReader,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,57 +81,6 @@ pub struct ReportArgs {
     pub folded: bool,
 }
 
-/// The report as `reclaimscope report` prints it without --json. Every
-/// word of it may come from the file, so it is made terminal-safe.
-pub fn render(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "report of {}{}",
-        r.source,
-        r.kernel_release.as_ref().map(|k| format!(" (kernel {k})")).unwrap_or_default()
-    );
-    let _ = writeln!(out, "{} records, {} events, {} findings", r.records, r.events, r.findings.len());
-    if let Some(d) = &r.damage {
-        let _ = writeln!(out, "DAMAGED: {d}; everything before it was read");
-    }
-    for l in &r.limits {
-        let _ = writeln!(out, "limit: {l}");
-    }
-    for f in &r.findings {
-        let _ = writeln!(out, "\n{}", finding_block(f));
-    }
-    for f in &r.recorded_only {
-        let _ = writeln!(
-            out,
-            "\nrecorded live (not derivable from events): [{}] {} {} tid {}: {}",
-            f["severity"], f["rule"], f["servicer"]["comm"], f["servicer"]["tid"], f["detail"]
-        );
-    }
-    if !r.servicers.is_empty() {
-        let mut t = Table::new();
-        t.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
-        t.set_titles(row!["SERVICER", "PID", "THREADS", "RECLAIMS", "TOTAL ms", "MAX ms", "WB WAITS", "FINDINGS"]);
-        for s in &r.servicers {
-            t.add_row(row![
-                s.comm,
-                s.tgid,
-                s.threads,
-                s.reclaim_entries,
-                format!("{:.1}", s.reclaim_total_ms),
-                format!("{:.1}", s.reclaim_max_ms),
-                s.writeback_waits,
-                s.findings
-            ]);
-        }
-        let _ = write!(out, "\n{t}");
-    }
-    for tl in &r.timelines {
-        let _ = write!(out, "\n{}", timeline_block(tl));
-    }
-    terminal::text(&out).into_owned()
-}
-
 pub fn run(args: &ReportArgs) -> Result<i32> {
     let after = secs::positive("--deadlock-after", args.deadlock_after)?;
     let input = input::open(&args.file)?;
@@ -149,14 +103,65 @@ pub fn run(args: &ReportArgs) -> Result<i32> {
     if let Some(out) = &args.perfetto {
         let trace = matches!(args.format, InputFormat::Trace) || (args.format == InputFormat::Auto && input.is_trace);
         let from = if trace { Input::Trace(file, name) } else { Input::Capture(file, name, &args.servicers) };
-        eprintln!("{}", terminal::line(&export::perfetto(from, &report, out)?));
+        eprintln!("{}", terminal::line(&perfetto(from, &report, out)?));
     }
     if args.folded {
-        stdout::write(&terminal::text(&folded::render(&export::findings(&report, &export::recorded(&report)))))?;
+        stdout::write(&terminal::text(&folded::render(&report.all_findings())))?;
     } else if args.json {
-        stdout::json_pretty(&report)?;
+        stdout::json_pretty(&ReportView::new(&report))?;
     } else {
         stdout::write(&render(&report))?;
     }
     Ok(0)
+}
+
+/// What `--perfetto` reads: the report's own input again, through the file
+/// `report` opened (see `postmortem::input`), with its name for messages.
+pub enum Input<'a> {
+    /// A trace from `reclaimscope record`.
+    Trace(&'a File, &'a str),
+    /// A text capture, with the servicers given on the command line.
+    Capture(&'a File, &'a str, &'a [(u32, Dev)]),
+}
+
+/// Writes the timeline of `input` with the report's findings to `out`, and
+/// returns the line to tell the user.
+pub fn perfetto(input: Input<'_>, report: &Report, out: &Path) -> Result<String> {
+    let all = report.all_findings();
+    let findings = timeline::Findings { all: &all, live: &report.recorded };
+    let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let sink = BufWriter::with_capacity(256 << 10, file);
+    let (clock, totals) = match input {
+        Input::Trace(file, name) => {
+            let clock = timeline::trace_clock(file, name)?;
+            let mut w = PerfettoWriter::new(sink, trace_gfp(file, name)?, clock)?;
+            let totals = timeline::from_trace(file, name, findings, &mut w)?;
+            w.finish(name, clock, &totals)?;
+            (clock, totals)
+        }
+        Input::Capture(file, name, servicers) => {
+            // As the report reads captures: with the built-in GFP names.
+            let gfp = GfpNames::builtin();
+            let mut w = PerfettoWriter::new(sink, gfp.clone(), Clock::Boot)?;
+            let totals = timeline::from_capture(file, name, servicers, &gfp, findings, &mut w)?;
+            w.finish(name, Clock::Boot, &totals)?;
+            (Clock::Boot, totals)
+        }
+    };
+    Ok(perfetto::written_line(out, clock, &totals))
+}
+
+/// The recording kernel's GFP names, as the replay uses them (the built-in
+/// table when the header has none, or one that does not parse: the replay
+/// has said so already).
+fn trace_gfp(file: &File, name: &str) -> Result<GfpNames> {
+    let mut f = file.try_clone().with_context(|| format!("{name}: cannot read it again"))?;
+    std::io::Seek::rewind(&mut f).with_context(|| format!("{name}: cannot read it again"))?;
+    let reader = TraceReader::new(std::io::BufReader::new(f), name)?;
+    Ok(reader
+        .header()
+        .gfp_format
+        .as_deref()
+        .and_then(|f| GfpNames::parse_format(f).ok())
+        .unwrap_or_else(GfpNames::builtin))
 }

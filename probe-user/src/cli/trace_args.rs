@@ -1,20 +1,22 @@
 //! Options shared by every command that loads the probes (watch, monitor,
-//! record), and the code that turns them into a running loop.
+//! record), checked and turned into the agent's options (agent/start.rs
+//! brings it up and runs it).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use super::secs;
+use super::{backing_file, secs};
 use crate::{
     agent::{
         refresh::Refresher,
-        run::{EventLoop, RunOptions, Sink},
+        run::RunOptions,
         session::{KernelPaths, Session, SessionOptions},
+        start,
     },
     attach::table::Family,
-    detect::{engine::Engine, index::StackIndex},
-    names::{self, GfpNames, GfpSource},
+    names::GfpNames,
+    output::{sink::Sink, summary::Summary},
     topology::{Dev, Extra},
 };
 
@@ -58,12 +60,6 @@ impl KernelArgs {
     }
 }
 
-fn parse_backing(s: &str) -> Result<(PathBuf, Dev), String> {
-    let (path, dev) = s.rsplit_once('=').ok_or("expected PATH=MAJOR:MINOR")?;
-    let dev = Dev::parse(dev).ok_or_else(|| format!("bad device number `{dev}` (expected {})", Dev::FORMAT))?;
-    Ok((PathBuf::from(path), dev))
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct TraceArgs {
     /// Only events of this process.
@@ -76,7 +72,7 @@ pub struct TraceArgs {
     #[arg(long = "servicer", value_name = "PID")]
     pub servicers: Vec<u32>,
     /// A file that backs a stacked device (repeatable).
-    #[arg(long = "backing-file", value_name = "PATH=MAJOR:MINOR", value_parser = parse_backing)]
+    #[arg(long = "backing-file", value_name = "PATH=MAJOR:MINOR", value_parser = backing_file::parse)]
     pub backing_files: Vec<(PathBuf, Dev)>,
     /// How long a servicer may sit blocked inside reclaim before it is a
     /// deadlock (seconds, or 500ms, 1m).
@@ -122,22 +118,17 @@ impl TraceArgs {
         Ok(())
     }
 
-    /// Loads and attaches the probes.
+    /// Loads and attaches the probes for `command`.
     pub fn start(&self, command: &'static str, trace_all: bool) -> Result<(Session, GfpNames)> {
         self.validate()?;
-        let session = Session::start(&SessionOptions {
+        start::start(&SessionOptions {
             command,
             paths: self.kernel.paths(),
             target_tgid: self.pid,
             trace_all,
             force: self.kernel.attach.family(),
             every_impl: false,
-        })?;
-        let (gfp, source) = names::load(session.tracefs.root());
-        if let GfpSource::Builtin { reason } = source {
-            log::warn!("GFP names from the built-in 6.18 table: {reason}");
-        }
-        Ok((session, gfp))
+        })
     }
 
     /// Starts discovering the topology in the background (see
@@ -147,21 +138,12 @@ impl TraceArgs {
     }
 
     /// Runs the shared loop over `sink` until the duration ends or a signal.
-    pub async fn run(
-        &self,
-        session: &mut Session,
-        gfp: GfpNames,
-        sink: &mut dyn Sink,
-        refresher: &Refresher,
-    ) -> Result<crate::agent::run::Summary> {
+    pub async fn run(&self, session: &mut Session, sink: &mut dyn Sink, refresher: &Refresher) -> Result<Summary> {
         let deadlock_after = secs::positive("--deadlock-after", self.deadlock_after)?;
-        let engine = Engine::new(StackIndex::default(), gfp, deadlock_after);
-        let mut l = EventLoop::new(session, engine, sink, refresher);
         let opts = RunOptions {
             duration: self.duration.map(|d| secs::whole("--duration", d)).transpose()?,
             summary_every: secs::whole("--summary-every", self.summary_every.max(1))?,
         };
-        l.run(&opts).await?;
-        Ok(l.summary.clone())
+        start::run(session, sink, refresher, deadlock_after, &opts).await
     }
 }

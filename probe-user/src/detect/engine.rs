@@ -8,19 +8,21 @@ use std::{
 };
 
 use probe_common::{
-    events::{ReclaimKind, TaskCtx},
+    events::{
+        DirtyThrottleEvent, ReclaimEvent, ReclaimKind, ReclaimWriteEvent, ShrinkerEvent, TaskCtx, WritebackWaitEvent,
+    },
     flags::{effective_gfp, GFP_FS, PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC},
 };
 
 use super::{
-    finding::{Finding, FsDesc, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
-    index::{MountRef, StackIndex},
+    finding::{Detail, Finding, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
+    index::{MountRef, StorageIndex},
     rules::{self, Rule},
 };
 use crate::{
     events::decode::{comm, cstr, wait_dev, Event},
-    names::{self, GfpNames},
-    topology::{protection_of, Dev},
+    kernel::markers::{function, on_stack, RECLAIM_FUNCTIONS, THROTTLE_FUNCTION, WAIT_FUNCTIONS},
+    topology::Dev,
 };
 
 /// What the agent knows about an event beyond its bytes.
@@ -34,7 +36,7 @@ pub struct Observed {
     pub inflight: Option<i64>,
     /// Who holds what in each filesystem now, by its device (empty: not
     /// known, as in a replayed trace).
-    pub holders: Arc<[(Dev, LockHolder)]>,
+    pub lock_holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// What a pending servicer thread is stuck in.
@@ -55,6 +57,37 @@ struct Pending {
     gfp: u32,
     waited_on: Option<Dev>,
     stack: Arc<[String]>,
+}
+
+/// What one rule saw in one event or blocked thread, before it is counted
+/// into the finding of its (rule, process, upper filesystem).
+struct Sighting {
+    rule: &'static Rule,
+    /// The servicer thread as the event saw it; it names the served device.
+    ctx: TaskCtx,
+    /// The device the event names, if any: the filesystem on it is the one
+    /// the finding is about.
+    about: Option<Dev>,
+    /// The allocation's gfp mask (0: not known).
+    gfp: u32,
+    obs: Observed,
+    detail: Detail,
+    /// Deadlock: the tasks waiting on the servicer.
+    chain: Vec<String>,
+}
+
+impl Sighting {
+    fn new(rule: &'static Rule, ctx: TaskCtx, obs: &Observed, detail: Detail) -> Sighting {
+        Sighting { rule, ctx, about: None, gfp: 0, obs: obs.clone(), detail, chain: Vec::new() }
+    }
+
+    fn about(self, dev: Dev) -> Sighting {
+        Sighting { about: Some(dev), ..self }
+    }
+
+    fn gfp(self, gfp: u32) -> Sighting {
+        Sighting { gfp, ..self }
+    }
 }
 
 /// A task's comm as the kernel keeps it: at most 15 bytes and a NUL.
@@ -81,7 +114,7 @@ pub struct Blocked {
     /// The tasks waiting on it, up the stack.
     pub chain: Vec<String>,
     /// Who holds what in each filesystem now.
-    pub holders: Arc<[(Dev, LockHolder)]>,
+    pub lock_holders: Arc<[(Dev, LockHolder)]>,
 }
 
 /// Distinct findings kept; beyond, new ones are counted in `folded`.
@@ -97,8 +130,7 @@ pub const MAX_PENDING: usize = 1 << 16;
 type Key = (&'static str, u32, Dev);
 
 pub struct Engine {
-    index: StackIndex,
-    gfp: GfpNames,
+    index: StorageIndex,
     deadlock_after: Duration,
     findings: Vec<Finding>,
     seen: HashMap<Key, usize>,
@@ -109,24 +141,19 @@ pub struct Engine {
     untracked: u64,
 }
 
-fn fs_desc(m: &MountRef) -> FsDesc {
-    FsDesc { fs_type: m.fs_type.clone(), mount_point: m.mount_point.clone(), dev: m.dev.to_string() }
-}
-
 fn stack_hash(stack: &[String]) -> u64 {
     let mut h = DefaultHasher::new();
     // Offsets vary with the call site inside a function; the functions don't.
     for f in stack {
-        f.split('+').next().hash(&mut h);
+        function(f).hash(&mut h);
     }
     h.finish()
 }
 
 impl Engine {
-    pub fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Engine {
+    pub fn new(index: StorageIndex, deadlock_after: Duration) -> Engine {
         Engine {
             index,
-            gfp,
             deadlock_after,
             findings: Vec::new(),
             seen: HashMap::new(),
@@ -137,11 +164,11 @@ impl Engine {
     }
 
     /// The topology changed (new loop device, mount, servicer).
-    pub fn set_index(&mut self, index: StackIndex) {
+    pub fn set_index(&mut self, index: StorageIndex) {
         self.index = index;
     }
 
-    pub fn index(&self) -> &StackIndex {
+    pub fn index(&self) -> &StorageIndex {
         &self.index
     }
 
@@ -183,10 +210,9 @@ impl Engine {
     /// known. A thread already followed only has its throttling refreshed.
     pub fn adopt(&mut self, tgid: u32, tid: u32, comm: &str, task_flags: u32, stack: &[String], now_ns: u64) {
         let Some(serves) = self.index.servicer(tgid).map(|s| s.serves) else { return };
-        let has = |f: &str| stack.iter().any(|s| crate::detect::holds::function(s) == f);
-        let stuck = if rules::RECLAIM_FUNCTIONS.iter().any(|f| has(f)) {
+        let stuck = if RECLAIM_FUNCTIONS.iter().any(|f| on_stack(stack, f)) {
             Stuck::Reclaim
-        } else if has(rules::THROTTLE_FUNCTION) {
+        } else if on_stack(stack, THROTTLE_FUNCTION) {
             Stuck::DirtyThrottle
         } else {
             return;
@@ -225,152 +251,122 @@ impl Engine {
     /// Applies the rules to one event; returns the findings it created (a
     /// repeat only bumps the count of the existing one).
     pub fn on_event(&mut self, ev: &Event, obs: &Observed) -> Vec<Finding> {
-        if let Event::OomVictim(e) = ev {
-            return self.on_oom_victim(e.data.pid, e.ctx.ts_ns).into_iter().collect();
-        }
-        let ctx = *ev.ctx();
-        if ctx.serving_dev == 0 {
-            return vec![];
-        }
-        let serving = Dev::from_kernel(ctx.serving_dev);
-        let mut out = Vec::new();
-        match ev {
-            Event::ReclaimBegin(e) => {
-                let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
-                if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
-                    let p = Pending {
-                        ctx,
-                        stuck: Stuck::Reclaim,
-                        gfp: e.data.gfp,
-                        waited_on: None,
-                        stack: obs.stack.clone(),
-                    };
-                    self.pending.insert(ctx.tid, p);
-                }
-                let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
-                let busy = obs.inflight.is_none_or(|n| n > 0) || !self.holders_of(serving, obs).is_empty();
-                // Without __GFP_FS reclaim neither runs filesystem
-                // shrinkers (super_cache_scan) nor waits on file writeback
-                // (may_enter_fs): only swap I/O is left, which reaches the
-                // stack only when swap lives on it.
-                if gfp & GFP_FS != 0 && busy && self.upper_mount(serving).is_some() {
-                    let what = kind.map(|k| crate::events::decode::reclaim_kind_name(k as u32)).unwrap_or("reclaim");
-                    let detail =
-                        format!("{what} reclaim of order {} with {}", e.data.order, self.gfp.decode(gfp as u64));
-                    out.extend(self.report(&rules::HAZARD_FS_IO, &ctx, (serving, None), gfp, obs, detail, vec![]));
-                }
+        let sighting = match ev {
+            Event::OomVictim(e) => self.oom_victim(e.data.pid, e.ctx.ts_ns),
+            _ if ev.ctx().serving_dev == 0 => None,
+            Event::ReclaimBegin(e) => self.reclaim_begin(e, obs),
+            Event::ReclaimEnd(e) => {
+                self.pending.remove(&e.ctx.tid);
+                None
             }
-            Event::ReclaimEnd(_) => {
-                self.pending.remove(&ctx.tid);
-            }
-            Event::Shrinker(e) => {
-                let sb = Dev::from_kernel(e.data.sb_dev);
-                // super_cache_scan() returns SHRINK_STOP at once without
-                // __GFP_FS (fs/super.c): entered, but no recursion. A mask
-                // of 0 is one the probe could not know.
-                let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
-                if e.data.sb_dev != 0 && can_recurse && self.is_upper(serving, sb) {
-                    let detail = format!("super_cache_scan of the {} super block on {sb}", cstr(&e.data.fs_type));
-                    out.extend(self.report(
-                        &rules::SHRINKER_UPPER,
-                        &ctx,
-                        (serving, Some(sb)),
-                        e.data.gfp,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-            }
-            Event::WritebackWait(e) => {
-                let Some(dev) = wait_dev(e) else { return out };
-                if e.data.in_reclaim == 0 || !self.is_upper(serving, dev) {
-                    return out;
-                }
-                let gfp = match self.pending.get_mut(&ctx.tid) {
-                    Some(p) => {
-                        p.waited_on = Some(dev);
-                        p.gfp
-                    }
-                    None => 0,
-                };
-                let detail = format!(
-                    "folio_wait_writeback on {dev} (ino {}, index {}) from inside reclaim",
-                    e.data.ino, e.data.index
-                );
-                out.extend(self.report(
-                    &rules::WAIT_UPPER_WRITEBACK,
-                    &ctx,
-                    (serving, Some(dev)),
-                    gfp,
-                    obs,
-                    detail,
-                    vec![],
-                ));
-            }
-            Event::ReclaimWrite(e) => {
-                let dev = Dev::from_kernel(e.data.dev);
-                if self.is_upper(serving, dev) {
-                    let gfp = self.pending.get(&ctx.tid).map(|p| p.gfp).unwrap_or(0);
-                    let detail = format!("pageout() of ino {} on {dev}", e.data.ino);
-                    out.extend(self.report(
-                        &rules::WRITE_UPPER_FOLIO,
-                        &ctx,
-                        (serving, Some(dev)),
-                        gfp,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-            }
-            Event::DirtyThrottle(e) => {
-                let Some(upper) = self.upper_mount(serving) else { return out };
-                let (fs, dev) = (upper.fs_type.clone(), upper.dev);
-                if ctx.task_flags & PF_LOCAL_THROTTLE == 0 {
-                    let domain = match e.data.cgroup_ino {
-                        0 | 1 => "the machine's".to_owned(),
-                        ino => format!("its memory cgroup's (ino {ino})"),
-                    };
-                    let detail = format!(
-                        "balance_dirty_pages() paused it writing to bdi {}: {} of {domain} dirty pages, limit {}; \
-                         among them may be the {fs} on {dev} it must write back itself",
-                        cstr(&e.data.bdi),
-                        e.data.dirty,
-                        e.data.limit
-                    );
-                    out.extend(self.report(
-                        &rules::HAZARD_DIRTY_THROTTLE,
-                        &ctx,
-                        (serving, None),
-                        0,
-                        obs,
-                        detail,
-                        vec![],
-                    ));
-                }
-                // A thread already inside reclaim stays pending as such.
-                if self.may_follow(ctx.tid) {
-                    let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
-                        ctx,
-                        stuck: Stuck::DirtyThrottle,
-                        gfp: 0,
-                        waited_on: None,
-                        stack: obs.stack.clone(),
-                    });
-                    if entry.stuck == Stuck::DirtyThrottle {
-                        entry.ctx = ctx;
-                    }
-                }
-            }
-            Event::OomVictim(_) => {}
-        }
-        out
+            Event::Shrinker(e) => self.shrinker(e, obs),
+            Event::WritebackWait(e) => self.writeback_wait(e, obs),
+            Event::ReclaimWrite(e) => self.reclaim_write(e, obs),
+            Event::DirtyThrottle(e) => self.dirty_throttle(e, obs),
+        };
+        sighting.and_then(|s| self.report(s)).into_iter().collect()
     }
 
-    /// The OOM killer chose `pid`: a finding when it is a servicer, whose
-    /// death leaves every filesystem above it failing I/O.
-    fn on_oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Finding> {
+    /// RS001: a servicer entering reclaim that may run the shrinkers of,
+    /// or wait on writeback to, the busy filesystem above it. A direct or
+    /// memcg reclaim is followed until it ends, for RS201.
+    fn reclaim_begin(&mut self, e: &ReclaimEvent, obs: &Observed) -> Option<Sighting> {
+        let ctx = e.ctx;
+        let serving = Dev::from_kernel(ctx.serving_dev);
+        let kind = ReclaimKind::from_u32(e.data.reclaim_kind);
+        if matches!(kind, Some(ReclaimKind::Direct | ReclaimKind::Memcg)) && self.may_follow(ctx.tid) {
+            let p = Pending { ctx, stuck: Stuck::Reclaim, gfp: e.data.gfp, waited_on: None, stack: obs.stack.clone() };
+            self.pending.insert(ctx.tid, p);
+        }
+        let gfp = effective_gfp(e.data.gfp, ctx.task_flags);
+        let busy = obs.inflight.is_none_or(|n| n > 0) || !self.lock_holders_of(serving, obs).is_empty();
+        // Without __GFP_FS reclaim neither runs filesystem shrinkers
+        // (super_cache_scan) nor waits on file writeback (may_enter_fs):
+        // only swap I/O is left, which reaches the stack only when swap
+        // lives on it.
+        if gfp & GFP_FS == 0 || !busy || self.upper_mount(serving).is_none() {
+            return None;
+        }
+        let detail = Detail::Reclaim { kind: e.data.reclaim_kind, order: e.data.order };
+        Some(Sighting::new(&rules::HAZARD_FS_IO, ctx, obs, detail).gfp(gfp))
+    }
+
+    /// RS101: reclaim in a servicer calls the shrinker of a filesystem
+    /// above the device it serves.
+    fn shrinker(&self, e: &ShrinkerEvent, obs: &Observed) -> Option<Sighting> {
+        let sb = Dev::from_kernel(e.data.sb_dev);
+        // super_cache_scan() returns SHRINK_STOP at once without __GFP_FS
+        // (fs/super.c): entered, but no recursion. A mask of 0 is one the
+        // probe could not know.
+        let can_recurse = e.data.gfp == 0 || e.data.gfp & GFP_FS != 0;
+        if e.data.sb_dev == 0 || !can_recurse || !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), sb) {
+            return None;
+        }
+        let detail = Detail::Shrinker { fs_type: cstr(&e.data.fs_type), sb };
+        Some(Sighting::new(&rules::SHRINKER_UPPER, e.ctx, obs, detail).about(sb).gfp(e.data.gfp))
+    }
+
+    /// RS102: reclaim in a servicer waits on writeback of a device above
+    /// the one it serves.
+    fn writeback_wait(&mut self, e: &WritebackWaitEvent, obs: &Observed) -> Option<Sighting> {
+        let dev = wait_dev(e)?;
+        if e.data.in_reclaim == 0 || !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), dev) {
+            return None;
+        }
+        let gfp = self.pending.get_mut(&e.ctx.tid).map_or(0, |p| {
+            p.waited_on = Some(dev);
+            p.gfp
+        });
+        let detail = Detail::WritebackWait { dev, ino: e.data.ino, index: e.data.index };
+        Some(Sighting::new(&rules::WAIT_UPPER_WRITEBACK, e.ctx, obs, detail).about(dev).gfp(gfp))
+    }
+
+    /// RS103: reclaim in a servicer writes out a folio of a filesystem
+    /// above the device it serves.
+    fn reclaim_write(&self, e: &ReclaimWriteEvent, obs: &Observed) -> Option<Sighting> {
+        let dev = Dev::from_kernel(e.data.dev);
+        if !self.is_upper(Dev::from_kernel(e.ctx.serving_dev), dev) {
+            return None;
+        }
+        let gfp = self.pending.get(&e.ctx.tid).map_or(0, |p| p.gfp);
+        let detail = Detail::Pageout { dev, ino: e.data.ino };
+        Some(Sighting::new(&rules::WRITE_UPPER_FOLIO, e.ctx, obs, detail).about(dev).gfp(gfp))
+    }
+
+    /// RS002: a servicer without PF_LOCAL_THROTTLE paused for dirty pages
+    /// that may be those it must write back itself. The thread is followed
+    /// while the pauses go on, for RS201.
+    fn dirty_throttle(&mut self, e: &DirtyThrottleEvent, obs: &Observed) -> Option<Sighting> {
+        let ctx = e.ctx;
+        self.upper_mount(Dev::from_kernel(ctx.serving_dev))?;
+        // A thread already inside reclaim stays pending as such.
+        if self.may_follow(ctx.tid) {
+            let entry = self.pending.entry(ctx.tid).or_insert_with(|| Pending {
+                ctx,
+                stuck: Stuck::DirtyThrottle,
+                gfp: 0,
+                waited_on: None,
+                stack: obs.stack.clone(),
+            });
+            if entry.stuck == Stuck::DirtyThrottle {
+                entry.ctx = ctx;
+            }
+        }
+        if ctx.task_flags & PF_LOCAL_THROTTLE != 0 {
+            return None;
+        }
+        let detail = Detail::DirtyThrottle {
+            bdi: cstr(&e.data.bdi),
+            dirty: e.data.dirty,
+            limit: e.data.limit,
+            cgroup_ino: e.data.cgroup_ino,
+        };
+        Some(Sighting::new(&rules::HAZARD_DIRTY_THROTTLE, ctx, obs, detail))
+    }
+
+    /// RS301: the OOM killer chose `pid`, a servicer, whose death leaves
+    /// every filesystem above it failing I/O.
+    fn oom_victim(&mut self, pid: u32, ts_ns: u64) -> Option<Sighting> {
         let s = self.index.servicer(pid)?.clone();
         let ctx = TaskCtx {
             ts_ns,
@@ -383,19 +379,24 @@ impl Engine {
             fs_depth: 0,
         };
         self.pending.retain(|_, p| p.ctx.tgid != pid);
-        let detail = format!("the OOM killer chose {} (pid {pid}), which completes the I/O of {}", s.comm, s.serves);
-        self.report(&rules::SERVICER_OOM_KILLED, &ctx, (s.serves, None), 0, &Observed::default(), detail, vec![])
+        let detail = Detail::OomKilled { serves: s.serves };
+        Some(Sighting::new(&rules::SERVICER_OOM_KILLED, ctx, &Observed::default(), detail))
     }
 
     /// A thread in D state: a deadlock when it is a servicer inside reclaim,
     /// blocked past the threshold on a wait for the I/O it serves.
     pub fn on_blocked(&mut self, b: &Blocked) -> Option<Finding> {
+        let s = self.blocked(b)?;
+        self.report(s)
+    }
+
+    /// RS201: the sighting `b` makes, if any.
+    fn blocked(&self, b: &Blocked) -> Option<Sighting> {
         if b.blocked_for < self.deadlock_after {
             return None;
         }
-        let p = self.pending.get(&b.tid)?.clone();
-        let serving = Dev::from_kernel(p.ctx.serving_dev);
-        let waits = b.stack.iter().any(|f| rules::WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
+        let p = self.pending.get(&b.tid)?;
+        let waits = b.stack.iter().any(|f| WAIT_FUNCTIONS.iter().any(|w| f.starts_with(w)));
         let detail = match p.stuck {
             // The kernel marks reclaim with PF_MEMALLOC: without it the
             // recorded begin is stale (its end event was lost).
@@ -403,67 +404,52 @@ impl Engine {
                 if b.flags & PF_MEMALLOC == 0 || (p.waited_on.is_none() && !waits) {
                     return None;
                 }
-                let on = p.waited_on.map(|d| format!(" on writeback of {d}")).unwrap_or_default();
-                format!("blocked in D state inside reclaim{on} for {:.1} s", b.blocked_for.as_secs_f64())
+                Detail::BlockedInReclaim { waited_on: p.waited_on, blocked_ns: nanos(b.blocked_for) }
             }
             Stuck::DirtyThrottle => {
-                if !b.stack.iter().any(|f| f.starts_with("balance_dirty_pages")) {
+                if !b.stack.iter().any(|f| f.starts_with(THROTTLE_FUNCTION)) {
                     return None;
                 }
-                format!(
-                    "blocked in D state in balance_dirty_pages() for {:.1} s: the dirty pages it waits on include \
-                     those of the filesystem above, which only it can write back",
-                    b.blocked_for.as_secs_f64()
-                )
+                Detail::BlockedThrottled { blocked_ns: nanos(b.blocked_for) }
             }
         };
         let stack = if b.stack.is_empty() { p.stack.clone() } else { b.stack.clone() };
-        let obs = Observed { stack, inflight: None, holders: Arc::clone(&b.holders) };
-        let mut ctx = p.ctx;
-        ctx.ts_ns = b.now_ns;
-        self.report(&rules::BLOCKED_IN_RECLAIM, &ctx, (serving, None), p.gfp, &obs, detail, b.chain.clone())
+        let obs = Observed { stack, inflight: None, lock_holders: Arc::clone(&b.lock_holders) };
+        let ctx = TaskCtx { ts_ns: b.now_ns, ..p.ctx };
+        let mut s = Sighting::new(&rules::BLOCKED_IN_RECLAIM, ctx, &obs, detail).gfp(p.gfp);
+        s.chain = b.chain.clone();
+        Some(s)
     }
 
-    /// The holders in the filesystem above `serving`.
-    fn holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
+    /// The lock_holders in the filesystem above `serving`.
+    fn lock_holders_of(&self, serving: Dev, obs: &Observed) -> Vec<LockHolder> {
         let Some(upper) = self.upper_mount(serving) else { return Vec::new() };
-        obs.holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
+        obs.lock_holders.iter().filter(|(d, _)| *d == upper.dev).map(|(_, h)| h.clone()).collect()
     }
 
-    /// Adds one sighting to the finding of (rule, process, upper fs):
-    /// `serving` is the device the servicer serves, `about` the one the
-    /// event names, if any.
-    /// returns it when it is new, None when an existing one was updated or
-    /// the engine is full (counted in `folded`).
-    #[allow(clippy::too_many_arguments)]
-    fn report(
-        &mut self,
-        rule: &'static Rule,
-        ctx: &TaskCtx,
-        (serving, about): (Dev, Option<Dev>),
-        gfp: u32,
-        obs: &Observed,
-        detail: String,
-        chain: Vec<String>,
-    ) -> Option<Finding> {
+    /// Adds a sighting to the finding of (rule, process, upper fs): returns
+    /// it when it is new, None when an existing one was updated or the
+    /// engine is full (counted in `folded`).
+    fn report(&mut self, s: Sighting) -> Option<Finding> {
+        let serving = Dev::from_kernel(s.ctx.serving_dev);
         // The filesystem the sighting is about: the one whose shrinker,
         // writeback or folio the event names, else the one right above.
-        let upper = about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
-        let kernel = ctx.task_flags & PF_KTHREAD != 0;
-        let key = (rule.id, if kernel { 0 } else { ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
-        let holders: Vec<LockHolder> =
-            obs.holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
+        let upper = s.about.and_then(|d| self.index.mount_on(d)).or_else(|| self.upper_mount(serving)).cloned();
+        let kernel = s.ctx.task_flags & PF_KTHREAD != 0;
+        let key = (s.rule.id, if kernel { 0 } else { s.ctx.tgid }, upper.as_ref().map(|m| m.dev).unwrap_or(serving));
+        let lock_holders: Vec<LockHolder> =
+            s.obs.lock_holders.iter().filter(|(d, _)| *d == key.2).map(|(_, h)| h.clone()).collect();
         if let Some(&i) = self.seen.get(&key) {
             let f = &mut self.findings[i];
             f.count += 1;
-            f.last_ns = ctx.ts_ns;
-            see_thread(f, ctx);
-            see_stack(f, &obs.stack);
-            if !holders.is_empty() {
-                f.holders = holders;
+            f.last_ns = s.ctx.ts_ns;
+            see_thread(f, &s.ctx);
+            see_stack(f, &s.obs.stack);
+            if !lock_holders.is_empty() {
+                f.lock_holders = lock_holders;
             }
-            if !chain.is_empty() {
-                f.chain = chain;
+            if !s.chain.is_empty() {
+                f.chain = s.chain;
             }
             return None;
         }
@@ -471,6 +457,16 @@ impl Engine {
             self.folded += 1;
             return None;
         }
+        let f = self.new_finding(s, upper, lock_holders);
+        self.seen.insert(key, self.findings.len());
+        self.findings.push(f.clone());
+        Some(f)
+    }
+
+    /// The first sighting of a finding, with the storage stack it names.
+    fn new_finding(&self, s: Sighting, upper: Option<MountRef>, lock_holders: Vec<LockHolder>) -> Finding {
+        let ctx = &s.ctx;
+        let serving = Dev::from_kernel(ctx.serving_dev);
         let comm = comm(ctx);
         let name = self.index.servicer(ctx.tgid).and_then(|s| s.program.clone()).unwrap_or_else(|| comm.clone());
         // Name the block device the upper filesystem sits on: a FUSE
@@ -478,44 +474,37 @@ impl Engine {
         let device = upper.as_ref().map(|m| m.dev).unwrap_or(serving);
         let backing = self.index.backing_of(device);
         let mut f = Finding {
-            rule: rule.id.to_owned(),
-            severity: rule.severity,
-            title: rule.title.to_owned(),
-            servicer: ServicerDesc {
-                name: name.clone(),
-                comm,
-                tgid: ctx.tgid,
-                tid: ctx.tid,
-                flags: names::task_flags(ctx.task_flags),
-                protection: format!("{:?}", protection_of(ctx.task_flags)),
-            },
-            upper_fs: upper.as_ref().map(fs_desc),
-            device: device.to_string(),
+            rule: s.rule.id.to_owned(),
+            severity: s.rule.severity,
+            servicer: ServicerDesc { name, comm, tgid: ctx.tgid, tid: ctx.tid, task_flags: ctx.task_flags },
+            upper_fs: upper,
+            device,
             backing_file: backing.map(|b| b.path.clone()),
-            lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).map(fs_desc),
-            bottom_fs: self.index.bottom_mount(device).map(fs_desc),
-            gfp: self.gfp.decode(gfp as u64),
-            gfp_raw: gfp,
-            upper_inflight: obs.inflight,
-            detail,
-            stack: obs.stack.clone(),
+            lower_fs: backing.and_then(|b| self.index.mount_on(b.file_dev)).cloned(),
+            bottom_fs: self.index.bottom_mount(device).cloned(),
+            gfp: s.gfp,
+            upper_inflight: s.obs.inflight,
+            detail: s.detail,
+            stack: s.obs.stack.clone(),
             threads: Vec::new(),
             threads_folded: 0,
             stacks: Vec::new(),
             stacks_folded: 0,
-            holders,
-            chain,
-            remedy: rules::remedy(&name, ctx.tgid, kernel),
+            lock_holders,
+            chain: s.chain,
             first_ns: ctx.ts_ns,
             last_ns: ctx.ts_ns,
             count: 1,
         };
         see_thread(&mut f, ctx);
-        see_stack(&mut f, &obs.stack);
-        self.seen.insert(key, self.findings.len());
-        self.findings.push(f.clone());
-        Some(f)
+        see_stack(&mut f, &s.obs.stack);
+        f
     }
+}
+
+/// A time blocked, in the nanoseconds a finding keeps.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Counts a sighting by `ctx`'s thread, keeping at most `MAX_THREADS`.
@@ -570,9 +559,9 @@ mod tests {
 
     /// XFS on loop0 on qsd's FUSE file on ext4, and XFS on loop1 on a file in
     /// the first XFS.
-    fn index() -> StackIndex {
+    fn index() -> StorageIndex {
         let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
-        StackIndex {
+        StorageIndex {
             mounts: vec![
                 m(Dev { major: 254, minor: 1 }, "ext4", "/"),
                 m(LOOP0, "xfs", "/mnt/upper"),
@@ -593,7 +582,7 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        Engine::new(index(), GfpNames::builtin(), Duration::from_secs(5))
+        Engine::new(index(), Duration::from_secs(5))
     }
 
     fn ctx(tid: u32, flags: u32, serving: Dev) -> TaskCtx {
@@ -648,7 +637,7 @@ mod tests {
         Observed {
             stack: ["try_to_free_mem_cgroup_pages+0x10".into(), "ext4_da_write_begin+0x20".into()].into(),
             inflight: Some(4),
-            holders: Default::default(),
+            lock_holders: Default::default(),
         }
     }
 
@@ -659,11 +648,11 @@ mod tests {
         assert_eq!(f.len(), 1);
         let f = &f[0];
         assert_eq!((f.rule.as_str(), f.severity), ("RS001", Severity::Hazard));
-        assert_eq!(f.gfp, "GFP_HIGHUSER_MOVABLE");
+        assert_eq!(f.gfp, GFP_HIGHUSER_MOVABLE);
+        assert_eq!(f.detail, Detail::Reclaim { kind: ReclaimKind::Memcg as u32, order: 0 });
         assert_eq!(f.upper_fs.as_ref().unwrap().mount_point, "/mnt/upper");
-        assert_eq!(f.device, "7:0");
+        assert_eq!(f.device, LOOP0);
         assert_eq!(f.backing_file.as_deref(), Some("/srv/fuse.img"));
-        assert!(f.remedy.contains("PR_SET_IO_FLUSHER"));
         assert_eq!(f.upper_inflight, Some(4));
     }
 
@@ -686,7 +675,7 @@ mod tests {
         let mut e = engine();
         let idle = Observed { inflight: Some(0), ..obs() };
         assert!(e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &idle).is_empty());
-        let mut bare = Engine::new(StackIndex::default(), GfpNames::builtin(), Duration::from_secs(5));
+        let mut bare = Engine::new(StorageIndex::default(), Duration::from_secs(5));
         assert!(bare.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs()).is_empty());
     }
 
@@ -744,11 +733,11 @@ mod tests {
     fn a_hazard_names_who_holds_what_in_the_upper_fs() {
         let mut e = engine();
         let unrelated = LockHolder { tid: 300, ..writer() };
-        let holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
+        let lock_holders: Arc<[(Dev, LockHolder)]> = Arc::from(vec![(LOOP0, writer()), (LOOP1, unrelated)]);
         // No request in flight, but a writer holds the upper XFS's locks: busy.
-        let o = Observed { inflight: Some(0), holders, ..obs() };
+        let o = Observed { inflight: Some(0), lock_holders, ..obs() };
         let f = e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &o);
-        assert_eq!(f[0].holders, vec![writer()], "only the XFS on loop0, which the servicer serves");
+        assert_eq!(f[0].lock_holders, vec![writer()], "only the XFS on loop0, which the servicer serves");
     }
 
     #[test]
@@ -757,7 +746,8 @@ mod tests {
         e.on_event(&begin(101, 0, GFP_HIGHUSER_MOVABLE, ReclaimKind::Memcg), &obs());
         let f = e.on_event(&wait(101, "7:0"), &obs());
         assert_eq!(f[0].rule, "RS102");
-        assert_eq!(f[0].gfp, "GFP_HIGHUSER_MOVABLE");
+        assert_eq!(f[0].gfp, GFP_HIGHUSER_MOVABLE);
+        assert_eq!(f[0].detail, Detail::WritebackWait { dev: LOOP0, ino: 131, index: 7 });
         // Two levels up (XFS on loop1 whose file lives on loop0's XFS).
         assert_eq!(e.on_event(&wait(101, "7:1"), &Observed { stack: ["x".into()].into(), ..obs() })[0].rule, "RS102");
         // An unrelated device is not.
@@ -806,11 +796,11 @@ mod tests {
             now_ns: 9_000,
             stack: stack.into(),
             chain: vec![],
-            holders: Arc::from(vec![(LOOP0, writer())]),
+            lock_holders: Arc::from(vec![(LOOP0, writer())]),
         };
         let f = e.on_blocked(&blocked).unwrap();
         assert_eq!(f.rule, "RS201");
-        assert_eq!(f.holders, vec![writer()]);
+        assert_eq!(f.lock_holders, vec![writer()]);
         assert_eq!(f.servicer.comm, "qemu-storage-d");
     }
 
@@ -826,14 +816,14 @@ mod tests {
             now_ns: 9_000,
             stack: ["folio_wait_writeback+0x5".into(), "shrink_folio_list+0x9".into()].into(),
             chain: vec!["dd[200] folio_wait_writeback <- xfs_file_fsync".into()],
-            holders: Arc::from(vec![(LOOP0, writer())]),
+            lock_holders: Arc::from(vec![(LOOP0, writer())]),
         };
         assert!(e.on_blocked(&blocked(3)).is_none());
         let f = e.on_blocked(&blocked(6)).unwrap();
         assert_eq!((f.rule.as_str(), f.severity), ("RS201", Severity::Deadlock));
         assert_eq!(f.chain.len(), 1);
-        assert_eq!(f.holders, vec![writer()]);
-        assert!(f.detail.contains("7:0"));
+        assert_eq!(f.lock_holders, vec![writer()]);
+        assert_eq!(f.detail, Detail::BlockedInReclaim { waited_on: Some(LOOP0), blocked_ns: 6_000_000_000 });
         // Once the thread leaves reclaim it is no longer a candidate.
         e.on_event(&end(101), &obs());
         assert!(e.pending(0).is_empty());
@@ -871,7 +861,7 @@ mod tests {
             now_ns: 9_000,
             stack: [format!("{top}+0x5"), "vfs_write+0x9".into()].into(),
             chain: vec![],
-            holders: Default::default(),
+            lock_holders: Default::default(),
         }
     }
 
@@ -891,12 +881,13 @@ mod tests {
         let f = e.on_event(&throttle(101, 0, 1_000), &obs());
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].rule.as_str(), f[0].severity), ("RS002", Severity::Hazard));
-        assert!(f[0].detail.contains("memory cgroup"), "{}", f[0].detail);
+        let throttled = Detail::DirtyThrottle { bdi: "254:0".into(), dirty: 9000, limit: 8000, cgroup_ino: 77 };
+        assert_eq!(f[0].detail, throttled);
         // Blocked somewhere else is not this deadlock.
         assert!(e.on_blocked(&blocked_in(101, 0, "futex_wait")).is_none());
         let d = e.on_blocked(&blocked_in(101, 0, "balance_dirty_pages")).unwrap();
         assert_eq!((d.rule.as_str(), d.severity), ("RS201", Severity::Deadlock));
-        assert!(d.detail.contains("balance_dirty_pages"));
+        assert_eq!(d.detail, Detail::BlockedThrottled { blocked_ns: 9_000_000_000 });
         // Pauses stopped long ago: it moved on.
         assert!(e.pending(1_000 + THROTTLE_GONE_NS).is_empty());
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::holds::Held;
+use super::{holds::Held, index::MountRef};
+use crate::topology::Dev;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,15 +34,13 @@ impl Severity {
 pub struct ServicerDesc {
     /// The program's full name (/proc/PID/exe), where the topology knows
     /// it; else the comm.
-    #[serde(default)]
     pub name: String,
     pub comm: String,
     pub tgid: u32,
     /// The first thread seen (all of them: `Finding::threads`).
     pub tid: u32,
-    /// task_struct.flags as decoded PF_* names.
-    pub flags: String,
-    pub protection: String,
+    /// Its task_struct.flags at the first sighting.
+    pub task_flags: u32,
 }
 
 /// One servicer thread that made the finding.
@@ -85,50 +84,67 @@ pub struct LockHolder {
     pub seen_ms_ago: u64,
 }
 
+/// What the rule saw at the first sighting, as the kernel reported it;
+/// `output/` says it in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FsDesc {
-    pub fs_type: String,
-    pub mount_point: String,
-    pub dev: String,
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// RS001: entered reclaim of this kind (`ReclaimKind`'s number) and
+    /// order, with the finding's gfp mask.
+    Reclaim { kind: u32, order: i32 },
+    /// RS002: paused in balance_dirty_pages() writing to `bdi`, with
+    /// `dirty` pages of a limit of `limit` in its domain: the machine's
+    /// (`cgroup_ino` 0 or 1) or a memory cgroup's.
+    DirtyThrottle { bdi: String, dirty: u64, limit: u64, cgroup_ino: u64 },
+    /// RS101: super_cache_scan() of the `fs_type` super block on `sb`.
+    Shrinker { fs_type: String, sb: Dev },
+    /// RS102: folio_wait_writeback() on `dev` from inside reclaim.
+    WritebackWait { dev: Dev, ino: u64, index: u64 },
+    /// RS103: pageout() of a folio of inode `ino` on `dev`.
+    Pageout { dev: Dev, ino: u64 },
+    /// RS201: in D state inside reclaim for `blocked_ns`, having waited
+    /// on writeback of `waited_on` when that was seen.
+    BlockedInReclaim { waited_on: Option<Dev>, blocked_ns: u64 },
+    /// RS201: in D state in balance_dirty_pages() for `blocked_ns`.
+    BlockedThrottled { blocked_ns: u64 },
+    /// RS301: the OOM killer chose the servicer of `serves`.
+    OomKilled { serves: Dev },
+    /// A finding read from a trace of format 1, whose findings held words:
+    /// those it recorded.
+    Recorded(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// Its rule's id (`rules::ALL`).
     pub rule: String,
     pub severity: Severity,
-    pub title: String,
     pub servicer: ServicerDesc,
-    pub upper_fs: Option<FsDesc>,
+    pub upper_fs: Option<MountRef>,
     /// The stacked device the servicer completes I/O for.
-    pub device: String,
+    pub device: Dev,
     pub backing_file: Option<String>,
-    pub lower_fs: Option<FsDesc>,
-    pub bottom_fs: Option<FsDesc>,
-    pub gfp: String,
-    pub gfp_raw: u32,
+    pub lower_fs: Option<MountRef>,
+    pub bottom_fs: Option<MountRef>,
+    /// The allocation's gfp mask (0: not known).
+    pub gfp: u32,
     /// Requests in flight on the device when seen (None: not known).
     pub upper_inflight: Option<i64>,
-    pub detail: String,
+    pub detail: Detail,
     /// The first kernel stack seen (all distinct ones: `stacks`).
     pub stack: Arc<[String]>,
     /// Every servicer thread that made it, at most `MAX_THREADS`.
-    #[serde(default)]
     pub threads: Vec<ThreadSeen>,
     /// Sightings by threads beyond `MAX_THREADS`.
-    #[serde(default)]
     pub threads_folded: u64,
     /// Distinct kernel stacks, at most `MAX_STACKS`.
-    #[serde(default)]
     pub stacks: Vec<StackSeen>,
     /// Sightings whose stack was new beyond `MAX_STACKS`.
-    #[serde(default)]
     pub stacks_folded: u64,
     /// Who holds what in the upper filesystem while blocked, when last seen.
-    #[serde(default)]
-    pub holders: Vec<LockHolder>,
+    pub lock_holders: Vec<LockHolder>,
     /// Deadlock: the tasks waiting on the servicer, up the stack.
     pub chain: Vec<String>,
-    pub remedy: String,
     pub first_ns: u64,
     pub last_ns: u64,
     pub count: u64,
@@ -138,3 +154,40 @@ pub struct Finding {
 /// libfuse start and stop workers) must not grow it without end.
 pub const MAX_THREADS: usize = 32;
 pub const MAX_STACKS: usize = 8;
+
+#[cfg(test)]
+impl Finding {
+    /// A finding of `rule` by qemu-storage-daemon (4242, thread 4243) on
+    /// 7:0, seen once at time 0, for tests to adjust.
+    pub(crate) fn sample(rule: &str, severity: Severity) -> Finding {
+        Finding {
+            rule: rule.into(),
+            severity,
+            servicer: ServicerDesc {
+                name: "/usr/bin/qemu-storage-daemon".into(),
+                comm: "qemu-storage-da".into(),
+                tgid: 4242,
+                tid: 4243,
+                task_flags: 0,
+            },
+            upper_fs: None,
+            device: Dev::new(7, 0),
+            backing_file: None,
+            lower_fs: None,
+            bottom_fs: None,
+            gfp: 0,
+            upper_inflight: None,
+            detail: Detail::Recorded(String::new()),
+            stack: Arc::default(),
+            threads: vec![],
+            threads_folded: 0,
+            stacks: vec![],
+            stacks_folded: 0,
+            lock_holders: vec![],
+            chain: vec![],
+            first_ns: 0,
+            last_ns: 0,
+            count: 1,
+        }
+    }
+}

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::markers::function;
+
 /// One kind of thing held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -83,11 +85,6 @@ const HOLDERS: &[(&str, &[Held])] = &[
 /// the callers further out list as a transaction is not held yet.
 const TRANS_NOT_YET: &[&str] = &["xfs_trans_alloc", "xfs_trans_reserve"];
 
-/// The function name of a /proc/PID/stack frame ("xfs_ilock+0x3a/0x90").
-pub fn function(frame: &str) -> &str {
-    frame.split('+').next().unwrap_or(frame)
-}
-
 /// What a task holds, from its kernel stack (innermost frame first), in
 /// a stable order and without repeats.
 pub fn held_by(frames: &[String]) -> Vec<Held> {
@@ -145,11 +142,5 @@ mod tests {
             stack(&["folio_wait_bit_common", "folio_wait_writeback", "__filemap_fdatawait_range", "xfs_file_fsync"]);
         assert!(held_by(&s).is_empty());
         assert!(held_by(&[]).is_empty());
-    }
-
-    #[test]
-    fn frames_are_named_without_offsets() {
-        assert_eq!(function("xfs_ilock+0x3a/0x90"), "xfs_ilock");
-        assert_eq!(function("xfs_ilock"), "xfs_ilock");
     }
 }

@@ -36,7 +36,7 @@ pub struct ServicerRef {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StackIndex {
+pub struct StorageIndex {
     pub mounts: Vec<MountRef>,
     pub backing: Vec<BackingEdge>,
     pub servicers: Vec<ServicerRef>,
@@ -48,9 +48,9 @@ pub struct StackIndex {
     pub below: Vec<(Dev, Dev)>,
 }
 
-impl StackIndex {
-    pub fn from_topology(t: &Topology) -> StackIndex {
-        StackIndex {
+impl StorageIndex {
+    pub fn from_topology(t: &Topology) -> StorageIndex {
+        StorageIndex {
             mounts: t
                 .mounts
                 .iter()
@@ -142,9 +142,9 @@ mod tests {
 
     /// XFS on loop1, whose file is on the XFS on loop0, whose file is a FUSE
     /// file (0:50) on ext4 (254:0).
-    fn three_levels() -> StackIndex {
+    fn three_levels() -> StorageIndex {
         let m = |dev, fs: &str, mp: &str| MountRef { dev, fs_type: fs.into(), mount_point: mp.into() };
-        StackIndex {
+        StorageIndex {
             mounts: vec![
                 m(d(254, 0), "ext4", "/"),
                 m(d(0, 50), "fuse", "/t/fuse.img"),
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn upper_devs_follow_device_edges_too() {
         // XFS on dm-0 (253:0), whose slave is nbd0 (43:0).
-        let idx = StackIndex { below: vec![(d(253, 0), d(43, 0))], ..Default::default() };
+        let idx = StorageIndex { below: vec![(d(253, 0), d(43, 0))], ..Default::default() };
         assert_eq!(idx.upper_devs(d(43, 0)), BTreeSet::from([d(43, 0), d(253, 0)]));
         assert_eq!(idx.upper_devs(d(253, 0)), BTreeSet::from([d(253, 0)]));
     }

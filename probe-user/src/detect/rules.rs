@@ -1,50 +1,22 @@
-//! The rules, as data: stable ids, severities and what each one means.
-//! docs/rules.md documents the same ids; never renumber or reuse one.
+//! The rules, as data: stable ids and severities (`output::finding` says
+//! what each one means). docs/rules.md documents the same ids; never
+//! renumber or reuse one.
 
 use super::finding::Severity;
 
 pub struct Rule {
     pub id: &'static str,
     pub severity: Severity,
-    pub title: &'static str,
 }
 
-pub const HAZARD_FS_IO: Rule = Rule {
-    id: "RS001",
-    severity: Severity::Hazard,
-    title: "servicer of a stacked device reclaims with __GFP_FS while the filesystem above is busy",
-};
-pub const HAZARD_DIRTY_THROTTLE: Rule = Rule {
-    id: "RS002",
-    severity: Severity::Hazard,
-    title: "servicer of a stacked device is dirty-throttled without PF_LOCAL_THROTTLE",
-};
-pub const SHRINKER_UPPER: Rule = Rule {
-    id: "RS101",
-    severity: Severity::Recursion,
-    title: "reclaim in a servicer calls the shrinker of the filesystem it serves",
-};
-pub const WAIT_UPPER_WRITEBACK: Rule = Rule {
-    id: "RS102",
-    severity: Severity::Recursion,
-    title: "reclaim in a servicer waits on writeback of the device it serves",
-};
-pub const WRITE_UPPER_FOLIO: Rule = Rule {
-    id: "RS103",
-    severity: Severity::Recursion,
-    title: "reclaim in a servicer writes a folio of the filesystem it serves",
-};
-pub const BLOCKED_IN_RECLAIM: Rule = Rule {
-    id: "RS201",
-    severity: Severity::Deadlock,
-    title: "servicer blocked, in reclaim or dirty throttling, on the I/O it is meant to complete",
-};
+pub const HAZARD_FS_IO: Rule = Rule { id: "RS001", severity: Severity::Hazard };
+pub const HAZARD_DIRTY_THROTTLE: Rule = Rule { id: "RS002", severity: Severity::Hazard };
+pub const SHRINKER_UPPER: Rule = Rule { id: "RS101", severity: Severity::Recursion };
+pub const WAIT_UPPER_WRITEBACK: Rule = Rule { id: "RS102", severity: Severity::Recursion };
+pub const WRITE_UPPER_FOLIO: Rule = Rule { id: "RS103", severity: Severity::Recursion };
+pub const BLOCKED_IN_RECLAIM: Rule = Rule { id: "RS201", severity: Severity::Deadlock };
 
-pub const SERVICER_OOM_KILLED: Rule = Rule {
-    id: "RS301",
-    severity: Severity::Failure,
-    title: "servicer of a stacked device killed by the OOM killer: the filesystems above it now fail I/O",
-};
+pub const SERVICER_OOM_KILLED: Rule = Rule { id: "RS301", severity: Severity::Failure };
 
 pub const ALL: &[&Rule] = &[
     &HAZARD_FS_IO,
@@ -55,45 +27,6 @@ pub const ALL: &[&Rule] = &[
     &BLOCKED_IN_RECLAIM,
     &SERVICER_OOM_KILLED,
 ];
-
-/// Kernel functions that mean "waiting for writeback or for I/O" when they
-/// sit in a blocked task's stack.
-pub const WAIT_FUNCTIONS: &[&str] = &[
-    "folio_wait_writeback",
-    "folio_wait_bit",
-    "shrink_folio_list",
-    "io_schedule",
-    "balance_dirty_pages",
-    "wait_on_page_writeback",
-    // 5.16+: reclaim that finds folios under writeback sleeps here until
-    // writeback progresses (VMSCAN_THROTTLE_WRITEBACK), which under v2 is
-    // how memcg reclaim waits on the upper filesystem's I/O.
-    "reclaim_throttle",
-];
-
-/// Kernel functions that put a blocked task inside direct or memcg
-/// reclaim: a servicer thread found blocked under one of them, with no
-/// begin event seen (it entered before the agent started), is followed as
-/// if the event had come.
-pub const RECLAIM_FUNCTIONS: &[&str] = &["try_to_free_mem_cgroup_pages", "try_to_free_pages", "do_try_to_free_pages"];
-
-/// The function under which a blocked task is dirty-throttled.
-pub const THROTTLE_FUNCTION: &str = "balance_dirty_pages";
-
-pub fn remedy(comm: &str, tgid: u32, kernel_thread: bool) -> String {
-    if kernel_thread {
-        format!(
-            "{comm} is a kernel thread: submit its I/O under memalloc_noio_save()/memalloc_noio_restore(), \
-             as loop_process_work() does"
-        )
-    } else {
-        format!(
-            "call prctl(PR_SET_IO_FLUSHER, 1) in {comm} (pid {tgid}) in every thread that serves I/O: it sets \
-             PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE so its allocations cannot recurse into filesystems or block I/O \
-             (needs CAP_SYS_RESOURCE)"
-        )
-    }
-}
 
 #[cfg(test)]
 mod tests {

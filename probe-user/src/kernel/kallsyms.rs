@@ -5,6 +5,8 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 
+use super::markers::function;
+
 pub const DEFAULT: &str = "/proc/kallsyms";
 
 /// One text symbol; its name is `names[start..start + len]`.
@@ -63,11 +65,6 @@ impl Kallsyms {
         self.name(s).strip_prefix(name).is_some_and(|rest| SUFFIXES.iter().any(|suf| rest.starts_with(suf)))
     }
 
-    /// True when addresses are real (kptr_restrict hides them as zeros).
-    pub fn has_addresses(&self) -> bool {
-        self.syms.iter().any(|s| s.addr != 0)
-    }
-
     /// The attachable symbol for `name`: the exact name if present, otherwise
     /// the first compiler-suffixed copy (`name.constprop.0`, `name.isra.0`, ...).
     pub fn resolve(&self, name: &str) -> Option<&str> {
@@ -96,13 +93,6 @@ impl Kallsyms {
             _ => format!("0x{addr:x}"),
         }
     }
-}
-
-/// The function of a symbolized address: "shrink_folio_list+0x3a/0x9f0"
-/// (what [`Kallsyms::symbolize`] and /proc/PID/stack print) to
-/// "shrink_folio_list", so that stacks differing only in offsets read alike.
-pub fn function(symbol: &str) -> &str {
-    symbol.split('+').next().unwrap_or(symbol).trim()
 }
 
 /// A stack taken from inside a probe, without the probe's own frames on

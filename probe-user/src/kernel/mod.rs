@@ -3,5 +3,7 @@
 
 pub mod btf;
 pub mod kallsyms;
+pub mod markers;
 pub mod preflight;
+pub mod proc_task;
 pub mod tracefs;

@@ -56,6 +56,13 @@ pub fn load(tracefs: &Path) -> (GfpNames, GfpSource) {
     }
 }
 
+/// The built-in table, as [`GfpNames::builtin`].
+impl Default for GfpNames {
+    fn default() -> GfpNames {
+        GfpNames::builtin()
+    }
+}
+
 impl GfpNames {
     /// Reads the table from a mounted tracefs (e.g. `/sys/kernel/tracing`).
     pub fn from_tracefs(tracefs: &Path) -> Result<GfpNames> {
@@ -99,6 +106,7 @@ impl GfpNames {
     }
 
     /// The table captured from Linux 6.18 (probe-user/tests/data).
+    /// The 6.18 table, for masks whose kernel did not say its own.
     pub fn builtin() -> GfpNames {
         // The fixture is a constant checked by the unit tests below.
         Self::parse_format(BUILTIN_FORMAT).expect("the built-in 6.18 GFP table parses")

@@ -25,6 +25,15 @@ pub fn task_flags(flags: u32) -> String {
     }
 }
 
+/// The bits [`task_flags`] names in `names` (`-`: none), or None when a
+/// name is not one of them.
+pub fn task_flags_named(names: &str) -> Option<u32> {
+    if names == "-" {
+        return Some(0);
+    }
+    names.split('|').try_fold(0, |bits, n| Some(bits | TASK_FLAG_NAMES.iter().find(|(_, name)| *name == n)?.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +45,13 @@ mod tests {
         assert_eq!(task_flags(PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), "NOIO|LOCAL_THROTTLE");
         assert_eq!(task_flags(PF_MEMALLOC_NOFS | PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), "NOFS|NOIO|LOCAL_THROTTLE");
         assert_eq!(task_flags(PF_KTHREAD | PF_KSWAPD | PF_MEMALLOC), "MEMALLOC|KSWAPD|KTHREAD");
+    }
+
+    #[test]
+    fn names_read_back_to_their_bits() {
+        for flags in [0, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE, PF_KTHREAD | PF_KSWAPD | PF_MEMALLOC] {
+            assert_eq!(task_flags_named(&task_flags(flags)), Some(flags));
+        }
+        assert_eq!(task_flags_named("NOIO|RANDOMIZE"), None);
     }
 }

@@ -1,12 +1,102 @@
-//! The text form of `reclaimscope audit`: each storage stack as a tree from
-//! the mounted filesystem down to its servicers, then the verdict. The JSON
-//! form is the same report serialized (cli::audit builds it once).
+//! What `reclaimscope audit` prints: each storage stack as a tree from the
+//! mounted filesystem down to its servicers, then the verdict, and the exit
+//! code. The report is built once and rendered as text or serialized as
+//! JSON, so the two cannot disagree.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, path::PathBuf};
 
-use crate::cli::audit::Report;
+use serde::Serialize;
+
 use crate::names::task_flags;
-use crate::topology::{Servicer, StackPath};
+use crate::topology::{Servicer, StackPath, Topology};
+
+/// No unprotected servicer sits under a mounted filesystem.
+pub const EXIT_OK: i32 = 0;
+/// Discovery failed or the arguments were bad (`cli::audit::run` returns the error).
+pub const EXIT_ERROR: i32 = 1;
+/// At least one unprotected servicer sits under a mounted filesystem.
+pub const EXIT_UNPROTECTED: i32 = 3;
+/// None seen, but the daemon of a FUSE filesystem under a mounted
+/// filesystem could not be seen (typically: not root), so no all-clear.
+pub const EXIT_INCOMPLETE: i32 = 4;
+
+/// What `--json` prints: the same tree and verdict as the text.
+#[derive(Serialize)]
+pub(crate) struct Report<'a> {
+    pub(crate) stacks: Vec<StackPath>,
+    /// Servicers whose device is unknown or not on this host.
+    pub(crate) unplaced_servicers: Vec<&'a Servicer>,
+    pub(crate) unprotected: Vec<Verdict<'a>>,
+    /// FUSE filesystems under a mounted filesystem whose daemon was not found.
+    pub(crate) unseen_servicers: Vec<String>,
+    pub(crate) warnings: &'a [String],
+    pub(crate) exit_code: i32,
+}
+
+/// An unprotected servicer under a mounted filesystem, and what to change.
+#[derive(Serialize)]
+pub(crate) struct Verdict<'a> {
+    pub(crate) tgid: Option<u32>,
+    pub(crate) comm: &'a str,
+    pub(crate) serves: String,
+    pub(crate) under_mounts: &'a [PathBuf],
+    pub(crate) unprotected_threads: Vec<u32>,
+    pub(crate) remedy: &'a str,
+}
+/// The audit of one topology, in both forms.
+pub struct AuditOutput {
+    /// The tree and verdict as printed.
+    pub text: String,
+    /// The same tree and verdict, as `--json` prints it.
+    pub json: serde_json::Value,
+    pub exit_code: i32,
+}
+
+/// Builds the report once and renders it both ways, so text and JSON cannot disagree.
+pub fn audit(topo: &Topology) -> AuditOutput {
+    let report = report(topo);
+    AuditOutput {
+        text: render(&report),
+        json: serde_json::to_value(&report).expect("the report is plain data and always serializes"),
+        exit_code: report.exit_code,
+    }
+}
+
+fn report(topo: &Topology) -> Report<'_> {
+    let stacks = topo.stacks();
+    let placed =
+        |s: &Servicer| topo.devices.iter().any(|d| d.dev == s.serves) || topo.mount_for_dev(s.serves).is_some();
+    let unprotected: Vec<Verdict> = topo
+        .unprotected()
+        .into_iter()
+        .map(|s| Verdict {
+            tgid: s.tgid,
+            comm: &s.comm,
+            serves: s.serves_name.clone(),
+            under_mounts: &s.under_mounts,
+            unprotected_threads: s.threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid).collect(),
+            remedy: &s.remedy,
+        })
+        .collect();
+    let unseen: Vec<String> = topo
+        .unseen_servicers()
+        .into_iter()
+        .map(|d| topo.mount_for_dev(d).map_or(d.to_string(), |m| m.label()))
+        .collect();
+    let exit_code = match (unprotected.is_empty(), unseen.is_empty()) {
+        (false, _) => EXIT_UNPROTECTED,
+        (true, false) => EXIT_INCOMPLETE,
+        (true, true) => EXIT_OK,
+    };
+    Report {
+        stacks,
+        unplaced_servicers: topo.servicers.iter().filter(|s| !placed(s)).collect(),
+        unprotected,
+        unseen_servicers: unseen,
+        warnings: &topo.warnings,
+        exit_code,
+    }
+}
 
 /// A node of the printed tree: its lines and its children.
 struct Node {

@@ -41,6 +41,15 @@ pub fn stamp(v: &mut Value) {
     }
 }
 
+/// Writes `v` as one JSON line on stdout, of type `kind` (docs/json.md),
+/// stamped with its times.
+pub fn json_line(kind: &str, v: impl serde::Serialize) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(v)?;
+    v["type"] = Value::String(kind.to_owned());
+    stamp(&mut v);
+    super::stdout::line(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

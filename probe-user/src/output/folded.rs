@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     detect::finding::Finding,
-    kernel::kallsyms::{function, without_probe_frames},
+    kernel::{kallsyms::without_probe_frames, markers::function},
 };
 
 /// The folded lines, sorted (inferno wants equal stacks adjacent; sorting
@@ -52,33 +52,11 @@ fn frame(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::finding::{ServicerDesc, Severity, StackSeen};
+    use crate::detect::finding::{Severity, StackSeen};
 
     fn finding(rule: &str, stacks: &[(&[&str], u64)]) -> Finding {
         Finding {
-            rule: rule.into(),
-            severity: Severity::Hazard,
-            title: String::new(),
-            servicer: ServicerDesc {
-                name: "/usr/bin/qemu-storage-daemon".into(),
-                comm: "qemu-storage-da".into(),
-                tgid: 4242,
-                tid: 4243,
-                flags: String::new(),
-                protection: String::new(),
-            },
-            upper_fs: None,
-            device: "7:0".into(),
-            backing_file: None,
-            lower_fs: None,
-            bottom_fs: None,
-            gfp: String::new(),
-            gfp_raw: 0,
-            upper_inflight: None,
-            detail: String::new(),
             stack: stacks.first().map(|(s, _)| s.iter().map(|f| f.to_string()).collect()).unwrap_or_default(),
-            threads: vec![],
-            threads_folded: 0,
             stacks: stacks
                 .iter()
                 .map(|(s, count)| StackSeen {
@@ -87,13 +65,8 @@ mod tests {
                     hash: 0,
                 })
                 .collect(),
-            stacks_folded: 0,
-            holders: vec![],
-            chain: vec![],
-            remedy: String::new(),
-            first_ns: 0,
-            last_ns: 0,
             count: stacks.iter().map(|(_, c)| c).sum(),
+            ..Finding::sample(rule, Severity::Hazard)
         }
     }
 

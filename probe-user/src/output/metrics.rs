@@ -297,16 +297,9 @@ impl Metrics {
         self.loop_lag.set(loop_lag_s);
     }
 
-    /// Counts one reclaim entry the agent decoded from the ring buffer.
-    pub fn reclaim_event(&self, kind: &str) {
-        self.reclaim_events.get_or_create(&KindLabels { kind: label(kind) }).inc();
-    }
-
     /// Takes the kernel's own count of reclaim entries of `kind` (the per-CPU
-    /// counters summed). The kernel counts events the ring buffer dropped, so
-    /// it is the better number; the series becomes the larger of it and what
-    /// [`reclaim_event`](Self::reclaim_event) counted, which stays monotonic
-    /// and never counts an event twice whichever of the two the caller uses.
+    /// counters summed), which counts events the ring buffer dropped too.
+    /// The series stays monotonic when the kernel's counters start again.
     pub fn set_reclaim_events(&self, kind: &str, total: u64) {
         let total = self.follow(&format!("reclaim/{kind}"), total);
         self.reclaim_events
@@ -407,6 +400,7 @@ impl Render for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::finding::ServicerDesc;
 
     /// The value of the sample whose line starts with `series` (name and
     /// labels, as rendered).
@@ -420,7 +414,7 @@ mod tests {
         m.declare_finding("servicer-fs-reclaim", "deadlock");
         m.finding("servicer-fs-reclaim", "hazard");
         m.finding("servicer-fs-reclaim", "hazard");
-        m.reclaim_event("memcg");
+        m.set_reclaim_events("memcg", 1);
         m.set_servicers("none", 2);
         m.set_servicers("NOIO|LOCAL_THROTTLE", 1);
         m.set_probe("reclaim", "fentry", false, true);
@@ -459,13 +453,8 @@ mod tests {
         let direct = |m: &Metrics| {
             sample(&m.render(Format::OpenMetrics), r#"reclaimscope_reclaim_events_total{kind="direct"}"#).unwrap()
         };
-        // Decoded events and the kernel's total do not add up: the larger wins.
-        m.reclaim_event("direct");
-        m.reclaim_event("direct");
-        assert_eq!(direct(&m), 2.0);
         m.set_reclaim_events("direct", 5);
         assert_eq!(direct(&m), 5.0);
-        m.reclaim_event("direct");
         m.set_reclaim_events("direct", 6);
         assert_eq!(direct(&m), 6.0);
         // BPF objects loaded again: the kernel starts from 0, the series goes on.
@@ -494,14 +483,9 @@ mod tests {
     }
 
     fn finding(rule: &str, severity: &str, comm: &str, tid: u32, last_ns: u64) -> Finding {
-        serde_json::from_value(serde_json::json!({
-            "rule": rule, "severity": severity, "title": "t",
-            "servicer": {"comm": comm, "tgid": 1, "tid": tid, "flags": "-", "protection": "Unprotected"},
-            "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-            "gfp": "", "gfp_raw": 0, "upper_inflight": null, "detail": "", "stack": [], "chain": [],
-            "remedy": "", "first_ns": 0, "last_ns": last_ns, "count": 1
-        }))
-        .unwrap()
+        let severity = serde_json::from_value(serde_json::json!(severity)).unwrap();
+        let servicer = ServicerDesc { name: String::new(), comm: comm.into(), tgid: 1, tid, task_flags: 0 };
+        Finding { servicer, last_ns, ..Finding::sample(rule, severity) }
     }
 
     #[test]
@@ -556,7 +540,7 @@ mod tests {
     fn text_format_describes_every_sample() {
         let m = Metrics::new();
         m.declare_finding("RS301", "failure");
-        m.reclaim_event("direct");
+        m.set_reclaim_events("direct", 1);
         m.set_probe("reclaim", "tracepoint", true, true);
         m.set_servicers("unprotected", 1);
         m.set_active_findings(&[finding("RS001", "hazard", "qsd", 1, 0)], 0, Duration::from_secs(60));

@@ -15,11 +15,11 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    detect::finding::Finding,
+    detect::holds::Held,
     events::decode::reclaim_kind_name,
-    kernel::kallsyms::function,
+    kernel::markers::function,
     names::GfpNames,
-    output::table::held_name,
+    output::{finding::FindingView, table::held_name},
     postmortem::timeline::{Clock, Close, Item, Mark, Sink, Span, TaskInfo, Totals},
 };
 
@@ -120,25 +120,28 @@ impl<W: Write> PerfettoWriter<W> {
         )
     }
 
+    /// A reclaim's slice: named by its kind, with its gfp mask named.
+    fn reclaim_span(&self, kind: u32, gfp: u32, order: i32) -> (String, &'static str, Value) {
+        let kind = reclaim_kind_name(kind);
+        let name = match kind {
+            "memcg" => "memcg reclaim".to_owned(),
+            "direct" => "direct reclaim".to_owned(),
+            "slowpath" => "allocation slow path".to_owned(),
+            other => other.to_owned(),
+        };
+        let args = json!({
+            "reclaim": kind,
+            "gfp": self.gfp.decode(u64::from(gfp)),
+            "gfp_raw": format!("{gfp:#x}"),
+            "order": order,
+            "memcg": if kind == "memcg" { "the task's memory cgroup (its id is not recorded)" } else { "-" },
+        });
+        (name, "reclaim", args)
+    }
+
     fn span(&self, span: &Span) -> (String, &'static str, Value) {
         match span {
-            Span::Reclaim { kind, gfp, order } => {
-                let kind = reclaim_kind_name(*kind);
-                let name = match kind {
-                    "memcg" => "memcg reclaim".to_owned(),
-                    "direct" => "direct reclaim".to_owned(),
-                    "slowpath" => "allocation slow path".to_owned(),
-                    other => other.to_owned(),
-                };
-                let args = json!({
-                    "reclaim": kind,
-                    "gfp": self.gfp.decode(u64::from(*gfp)),
-                    "gfp_raw": format!("{gfp:#x}"),
-                    "order": order,
-                    "memcg": if kind == "memcg" { "the task's memory cgroup (its id is not recorded)" } else { "-" },
-                });
-                (name, "reclaim", args)
-            }
+            Span::Reclaim { kind, gfp, order } => self.reclaim_span(*kind, *gfp, *order),
             Span::WritebackWait { dev, ino, index, in_reclaim, stack } => {
                 let dev = dev.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
                 let args = json!({
@@ -172,27 +175,15 @@ impl<W: Write> PerfettoWriter<W> {
                     json!({ "blocking_function": f.as_deref().map(function).unwrap_or("(not in the capture)") }),
                 )
             }
-            Span::Holding { held, ino, blocked_in, sightings } => {
-                let held = held.iter().map(|h| held_name(*h)).collect::<Vec<_>>().join(", ");
-                let blocked = blocked_in.as_deref().map(function);
-                let args = json!({
-                    "held": held,
-                    "ino": ino,
-                    "blocking_function": blocked,
-                    "seen": format!("blocked holding it in {sightings} finding(s), from the first to the last of them"),
-                });
-                let name = match blocked {
-                    Some(b) => format!("holds {held}, blocked in {b}"),
-                    None => format!("holds {held}"),
-                };
-                (name, "holder", args)
-            }
+            Span::Holding { held, ino, blocked_in, sightings } => holding_span(held, *ino, blocked_in, *sightings),
         }
     }
 
     fn mark(&self, mark: &Mark) -> (String, &'static str, Value) {
         match mark {
-            Mark::Finding(f) => (format!("{} {}", f.rule, f.severity.name()), "finding", finding_args(f)),
+            Mark::Finding(f) => {
+                (format!("{} {}", f.rule, f.severity.name()), "finding", finding_args(&FindingView::new(f, &self.gfp)))
+            }
             Mark::Shrinker { scan_fn, callback, nr_to_scan, fs_type, sb_dev } => {
                 let callback = callback.as_deref().map(function);
                 let name = match (callback, fs_type.is_empty()) {
@@ -220,7 +211,24 @@ impl<W: Write> PerfettoWriter<W> {
     }
 }
 
-fn finding_args(f: &Finding) -> Value {
+/// A lock holder's slice: what it holds, and where it is blocked.
+fn holding_span(held: &[Held], ino: u64, blocked_in: &Option<String>, sightings: u32) -> (String, &'static str, Value) {
+    let held = held.iter().map(|h| held_name(*h)).collect::<Vec<_>>().join(", ");
+    let blocked = blocked_in.as_deref().map(function);
+    let args = json!({
+        "held": held,
+        "ino": ino,
+        "blocking_function": blocked,
+        "seen": format!("blocked holding it in {sightings} finding(s), from the first to the last of them"),
+    });
+    let name = match blocked {
+        Some(b) => format!("holds {held}, blocked in {b}"),
+        None => format!("holds {held}"),
+    };
+    (name, "holder", args)
+}
+
+fn finding_args(f: &FindingView) -> Value {
     let mut a = Map::new();
     a.insert("rule".into(), json!(f.rule));
     a.insert("severity".into(), json!(f.severity.name()));

@@ -3,14 +3,15 @@
 
 use prettytable::{format, row, Table};
 
-use super::view::EventView;
-use crate::{
-    agent::run::Summary,
-    detect::{
-        finding::{Finding, LockHolder},
-        holds::Held,
-    },
-    postmortem::replay::Timeline,
+use super::{
+    finding::{FindingView, FsView},
+    report::TimelineView,
+    summary::Summary,
+    view::EventView,
+};
+use crate::detect::{
+    finding::{Finding, LockHolder},
+    holds::Held,
 };
 
 pub const EVENT_HEADER: &str = "TIME(s)      COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
@@ -26,7 +27,7 @@ pub fn event_row(v: &EventView, t0: u64) -> String {
 pub const TIMELINE_HEADER: &str = "T-FINDING(s) COMM             PID     TID     KIND         GFP                                  TASK-FLAGS       LAT(us)";
 
 /// The events around a finding, under a header; times from the finding.
-pub fn timeline_block(tl: &Timeline) -> String {
+pub fn timeline_block(tl: &TimelineView) -> String {
     let mut out = format!("timeline around {} (tid {}):\n  {TIMELINE_HEADER}\n", tl.rule, tl.tid);
     for (t, v) in &tl.events {
         out.push_str(&format!("  {t:<+12.6} {}\n", event_columns(v)));
@@ -42,10 +43,10 @@ fn event_columns(v: &EventView) -> String {
     format!("{:<16} {:<7} {:<7} {:<12} {:<36} {:<16} {lat}", v.comm, v.pid, v.tid, kind, gfp, v.task_flags)
 }
 
-pub fn finding_block(f: &Finding) -> String {
+pub fn finding_block(f: &FindingView) -> String {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_CLEAN);
-    let fs = |d: &Option<crate::detect::finding::FsDesc>| {
+    let fs = |d: &Option<FsView>| {
         d.as_ref().map(|d| format!("{} on {} ({})", d.fs_type, d.mount_point, d.dev)).unwrap_or_else(|| "-".into())
     };
     let s = &f.servicer;
@@ -69,8 +70,8 @@ pub fn finding_block(f: &Finding) -> String {
     if !f.stack.is_empty() {
         t.add_row(row!["stack", f.stack.iter().take(16).cloned().collect::<Vec<_>>().join("\n")]);
     }
-    if !f.holders.is_empty() {
-        t.add_row(row!["holders", f.holders.iter().take(8).map(holder_line).collect::<Vec<_>>().join("\n")]);
+    if !f.lock_holders.is_empty() {
+        t.add_row(row!["holders", f.lock_holders.iter().take(8).map(holder_line).collect::<Vec<_>>().join("\n")]);
     }
     if !f.chain.is_empty() {
         t.add_row(row!["waiting", f.chain.join("\n")]);
@@ -133,7 +134,7 @@ pub fn summary_table(s: &Summary, findings: &[Finding]) -> String {
                 x.stacks.len(),
                 x.count,
                 up,
-                x.holders.len()
+                x.lock_holders.len()
             ]);
         }
         out.push_str(&f.to_string());
@@ -156,7 +157,7 @@ mod tests {
                 ReclaimEvent::new(EventKind::ReclaimBegin, ctx, ReclaimData { reclaim_kind: 2, ..Default::default() });
             EventView::new(&Event::ReclaimBegin(e), &Observed::default(), &GfpNames::builtin(), None)
         };
-        let tl = Timeline { rule: "RS001".into(), tid: 2, events: vec![(-0.25, view(750)), (0.5, view(1_500))] };
+        let tl = TimelineView { rule: "RS001".into(), tid: 2, events: vec![(-0.25, view(750)), (0.5, view(1_500))] };
         let text = timeline_block(&tl);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1].trim(), TIMELINE_HEADER);

@@ -37,17 +37,6 @@ pub struct EventView {
     pub stack: Arc<[String]>,
 }
 
-/// The memory cgroup of a process, from /proc/PID/cgroup (v1 `memory:` line,
-/// or the v2 unified line).
-pub fn memcg_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")))
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
-    line.splitn(3, ':').nth(2).map(str::to_owned)
-}
-
 impl EventView {
     pub fn new(ev: &Event, obs: &Observed, gfp: &GfpNames, memcg: Option<String>) -> EventView {
         let c = ev.ctx();
@@ -72,13 +61,9 @@ impl EventView {
             upper_inflight: obs.inflight,
             stack: obs.stack.clone(),
         };
-        let mut set_gfp = |mask: u32| {
-            v.gfp = Some(gfp.decode(mask as u64));
-            v.gfp_raw = Some(mask);
-        };
         match ev {
             Event::ReclaimBegin(e) | Event::ReclaimEnd(e) => {
-                set_gfp(e.data.gfp);
+                v.set_gfp(e.data.gfp, gfp);
                 v.kind = Some(reclaim_kind_name(e.data.reclaim_kind));
                 v.order = Some(e.data.order);
                 if matches!(ev, Event::ReclaimEnd(_)) {
@@ -86,40 +71,46 @@ impl EventView {
                     v.nr_reclaimed = Some(e.data.nr_reclaimed);
                 }
             }
-            Event::Shrinker(e) => {
-                set_gfp(e.data.gfp);
-                v.detail = Some(format!(
-                    "shrinker {:#x} fs={} sb_dev={} nr_to_scan={}",
-                    e.data.shrinker,
-                    cstr(&e.data.fs_type),
-                    Dev::from_kernel(e.data.sb_dev),
-                    e.data.nr_to_scan
-                ));
-            }
-            Event::WritebackWait(e) => {
-                let dev = wait_dev(e).map(|d| d.to_string()).unwrap_or_else(|| "?".into());
-                v.detail = Some(format!(
-                    "wait on {dev} ino={} index={} in_reclaim={}",
-                    e.data.ino, e.data.index, e.data.in_reclaim
-                ));
-            }
-            Event::ReclaimWrite(e) => {
-                v.detail = Some(format!("pageout dev={} ino={}", Dev::from_kernel(e.data.dev), e.data.ino));
-            }
-            Event::OomVictim(e) => {
-                v.detail = Some(format!("OOM killer chose pid {}", e.data.pid));
-            }
-            Event::DirtyThrottle(e) => {
-                v.detail = Some(format!(
-                    "dirty-throttled writing to bdi {}: {} dirty pages, limit {}, pause {} ms, memcg ino {}",
-                    cstr(&e.data.bdi),
-                    e.data.dirty,
-                    e.data.limit,
-                    e.data.pause,
-                    e.data.cgroup_ino
-                ));
-            }
+            Event::Shrinker(e) => v.set_gfp(e.data.gfp, gfp),
+            _ => {}
         }
+        v.detail = detail(ev);
         v
     }
+}
+
+impl EventView {
+    fn set_gfp(&mut self, mask: u32, gfp: &GfpNames) {
+        self.gfp = Some(gfp.decode(u64::from(mask)));
+        self.gfp_raw = Some(mask);
+    }
+}
+
+/// What an event says beyond its task, gfp mask and reclaim, in a line
+/// (None: a reclaim's begin or end, which say nothing more).
+fn detail(ev: &Event) -> Option<String> {
+    Some(match ev {
+        Event::ReclaimBegin(_) | Event::ReclaimEnd(_) => return None,
+        Event::Shrinker(e) => format!(
+            "shrinker {:#x} fs={} sb_dev={} nr_to_scan={}",
+            e.data.shrinker,
+            cstr(&e.data.fs_type),
+            Dev::from_kernel(e.data.sb_dev),
+            e.data.nr_to_scan
+        ),
+        Event::WritebackWait(e) => {
+            let dev = wait_dev(e).map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+            format!("wait on {dev} ino={} index={} in_reclaim={}", e.data.ino, e.data.index, e.data.in_reclaim)
+        }
+        Event::ReclaimWrite(e) => format!("pageout dev={} ino={}", Dev::from_kernel(e.data.dev), e.data.ino),
+        Event::OomVictim(e) => format!("OOM killer chose pid {}", e.data.pid),
+        Event::DirtyThrottle(e) => format!(
+            "dirty-throttled writing to bdi {}: {} dirty pages, limit {}, pause {} ms, memcg ino {}",
+            cstr(&e.data.bdi),
+            e.data.dirty,
+            e.data.limit,
+            e.data.pause,
+            e.data.cgroup_ino
+        ),
+    })
 }

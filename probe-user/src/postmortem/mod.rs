@@ -1,7 +1,9 @@
 //! Offline analysis of recorded traces and ftrace captures.
 
-pub mod export;
 pub mod ftrace;
 pub mod input;
 pub mod replay;
 pub mod timeline;
+
+#[cfg(test)]
+mod fixture_tests;

@@ -18,20 +18,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::ftrace;
 use crate::{
     detect::{
         engine::{Blocked, Engine, Observed},
         finding::Finding,
-        index::{MountRef, StackIndex},
+        index::{MountRef, StorageIndex},
     },
     events::decode::Event,
     names::GfpNames,
-    output::view::EventView,
     topology::Dev,
-    trace::{Record, StackRecord, TraceReader},
+    trace::{json_cost, Record, StackRecord, TopologyRecord, TraceReader},
 };
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -46,15 +44,16 @@ pub struct ServicerSummary {
     pub findings: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Timeline {
     pub rule: String,
     pub tid: u32,
-    /// Events within a second either side of the finding, relative times in seconds.
-    pub events: Vec<(f64, EventView)>,
+    /// Events within a second either side of the finding, with their
+    /// stacks, and their time from it in seconds.
+    pub events: Vec<(f64, Event, Arc<[String]>)>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub source: String,
     pub kernel_release: Option<String>,
@@ -63,24 +62,33 @@ pub struct Report {
     /// What the replay found.
     pub findings: Vec<Finding>,
     /// Every finding the recording agent wrote (what `record` printed live).
-    pub recorded: Vec<Value>,
+    pub recorded: Vec<Finding>,
     /// Those of them the replay cannot derive from events alone (deadlocks
     /// come from /proc observations at record time).
-    pub recorded_only: Vec<Value>,
+    pub recorded_only: Vec<Finding>,
     pub servicers: Vec<ServicerSummary>,
     pub timelines: Vec<Timeline>,
     /// Where a damaged file stopped being readable.
     pub damage: Option<String>,
     /// What the input cannot tell.
     pub limits: Vec<String>,
+    /// The names of the recording kernel's gfp flags (the built-in table's
+    /// when the input did not give them), to name the findings' masks.
+    pub gfp: GfpNames,
 }
 
 impl Report {
+    /// Every finding of the report once: the replay's, and those only the
+    /// recording agent could make (deadlocks, from /proc).
+    pub fn all_findings(&self) -> Vec<Finding> {
+        self.findings.iter().chain(&self.recorded_only).cloned().collect()
+    }
+
     /// Keeps what concerns process `pid` only (`report -p`). The counts of
     /// records and events stay those of the whole input.
     pub fn keep_process(&mut self, pid: u32) {
         self.findings.retain(|f| f.servicer.tgid == pid);
-        let of_pid = |f: &Value| f["servicer"]["tgid"].as_u64() == Some(pid as u64);
+        let of_pid = |f: &Finding| f.servicer.tgid == pid;
         self.recorded.retain(of_pid);
         self.recorded_only.retain(of_pid);
         self.servicers.retain(|s| s.tgid == pid);
@@ -204,9 +212,9 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(index: StackIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
+    fn new(index: StorageIndex, gfp: GfpNames, deadlock_after: Duration) -> Replay {
         Replay {
-            engine: Engine::new(index, gfp.clone(), deadlock_after),
+            engine: Engine::new(index, deadlock_after),
             gfp,
             stacks: Stacks::default(),
             summaries: Summaries::default(),
@@ -267,9 +275,9 @@ impl Replay {
                 .map(|f| Timeline { rule: f.rule.clone(), tid: f.servicer.tid, events: Vec::new() })
                 .zip(findings.iter().map(|f| f.first_ns))
                 .collect(),
-            gfp: self.gfp,
         };
         report.findings = findings;
+        report.gfp = self.gfp;
         t
     }
 }
@@ -278,7 +286,6 @@ impl Replay {
 /// sighting, [`TIMELINE_EVENTS`] at most, in input order.
 struct Timelines {
     windows: Vec<(Timeline, u64)>,
-    gfp: GfpNames,
 }
 
 impl Timelines {
@@ -293,9 +300,8 @@ impl Timelines {
         let ts = ev.ctx().ts_ns;
         for (tl, first_ns) in &mut self.windows {
             if tl.events.len() < TIMELINE_EVENTS && ts.abs_diff(*first_ns) <= 1_000_000_000 {
-                let obs = Observed { stack: Arc::clone(stack), ..Default::default() };
                 let t = (ts as f64 - *first_ns as f64) / 1e9;
-                tl.events.push((t, EventView::new(ev, &obs, &self.gfp, None)));
+                tl.events.push((t, *ev, Arc::clone(stack)));
             }
         }
     }
@@ -305,11 +311,10 @@ impl Timelines {
     }
 }
 
-/// The stack index a topology value holds, its strings cut at
+/// The storage index a topology record holds, its strings cut at
 /// [`MAX_INDEX_STRING`] (no path is longer).
-fn index_from(mut v: Value) -> StackIndex {
-    let mut index: StackIndex =
-        v.get_mut("index").map(Value::take).and_then(|i| serde_json::from_value(i).ok()).unwrap_or_default();
+fn index_from(t: TopologyRecord) -> StorageIndex {
+    let mut index = t.index;
     let cut = |s: &mut String| {
         let mut end = s.len().min(MAX_INDEX_STRING);
         while !s.is_char_boundary(end) {
@@ -331,15 +336,10 @@ fn index_from(mut v: Value) -> StackIndex {
     index
 }
 
-/// An upper bound on the memory a decoded JSON value takes, as
-/// [`json_cost`](crate::trace::json_cost) estimates it for the text.
-fn value_cost(v: &Value) -> usize {
-    64 + match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(value_cost).sum(),
-        Value::Object(o) => o.iter().map(|(k, v)| 64 + k.len() + value_cost(v)).sum(),
-        _ => 0,
-    }
+/// An upper bound on the memory a decoded finding takes, as [`json_cost`]
+/// estimates it for its text.
+fn finding_cost(f: &Finding) -> usize {
+    serde_json::to_vec(f).map_or(usize::MAX, |v| json_cost(&v))
 }
 
 /// Replays a trace file written by `reclaimscope record` (opened with
@@ -372,21 +372,10 @@ fn replay_trace<R: Read>(
         kernel_release: Some(std::mem::take(&mut header.kernel_release)),
         ..Default::default()
     };
-    // The header comes from whoever made the file: a table that does not
-    // parse is said, not fatal, and the masks get the built-in names.
-    let gfp = match header.gfp_format.take().as_deref().map(GfpNames::parse_format) {
-        Some(Ok(g)) => g,
-        Some(Err(e)) => {
-            report.limits.push(format!(
-                "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
-            ));
-            GfpNames::builtin()
-        }
-        None => GfpNames::builtin(),
-    };
+    let gfp = header_gfp(header.gfp_format.take(), &mut report);
     let index = index_from(std::mem::take(&mut header.topology));
     let mut r = Replay::new(index, gfp, deadlock_after);
-    let (mut recorded_bytes, mut recorded_left_out) = (0, 0u64);
+    let mut recorded = Recorded::default();
     for rec in reader.by_ref() {
         match rec {
             Record::Stack(s) => r.stacks.insert(s),
@@ -396,15 +385,7 @@ fn replay_trace<R: Read>(
                     r.event(&ev, stack);
                 }
             }
-            Record::Finding(f) => {
-                let cost = value_cost(&f);
-                if report.recorded.len() < MAX_RECORDED && recorded_bytes + cost <= RECORDED_BYTES {
-                    recorded_bytes += cost;
-                    report.recorded.push(f);
-                } else {
-                    recorded_left_out += 1;
-                }
-            }
+            Record::Finding(f) => recorded.keep(*f, &mut report),
             Record::Topology(t) => r.engine.set_index(index_from(t)),
             Record::Symbol(_) => {}
         }
@@ -412,12 +393,7 @@ fn replay_trace<R: Read>(
     report.damage = reader.damage().map(|d| d.to_string());
     report.records = reader.records_read();
     drop(reader);
-    if recorded_left_out > 0 {
-        report.limits.push(format!(
-            "{recorded_left_out} recorded findings past the first {MAX_RECORDED} (or {} MiB) are not shown",
-            RECORDED_BYTES >> 20
-        ));
-    }
+    recorded.finish(&mut report);
     let mut timelines = r.finish(&mut report);
     if timelines.wanted() {
         // The same records again, up to where the first pass stopped.
@@ -438,15 +414,56 @@ fn replay_trace<R: Read>(
     report.recorded_only = report
         .recorded
         .iter()
-        .filter(|f| {
-            !report.findings.iter().any(|x| {
-                Some(x.rule.as_str()) == f["rule"].as_str()
-                    && Some(x.servicer.tid as u64) == f["servicer"]["tid"].as_u64()
-            })
-        })
+        .filter(|f| !report.findings.iter().any(|x| x.rule == f.rule && x.servicer.tid == f.servicer.tid))
         .cloned()
         .collect();
     Ok(report)
+}
+
+/// The recording kernel's gfp names from the trace header. The header
+/// comes from whoever made the file: a table that does not parse is said
+/// in the report's limits, not fatal, and the masks get the built-in names.
+fn header_gfp(format: Option<String>, report: &mut Report) -> GfpNames {
+    match format.as_deref().map(GfpNames::parse_format) {
+        Some(Ok(g)) => g,
+        Some(Err(e)) => {
+            report.limits.push(format!(
+                "the trace's GFP name table does not parse ({e:#}); masks are named from the built-in 6.18 table"
+            ));
+            GfpNames::builtin()
+        }
+        None => GfpNames::builtin(),
+    }
+}
+
+/// The findings the recording agent wrote, kept within [`MAX_RECORDED`]
+/// and [`RECORDED_BYTES`].
+#[derive(Default)]
+struct Recorded {
+    bytes: usize,
+    left_out: u64,
+}
+
+impl Recorded {
+    fn keep(&mut self, f: Finding, report: &mut Report) {
+        let cost = finding_cost(&f);
+        if report.recorded.len() < MAX_RECORDED && self.bytes + cost <= RECORDED_BYTES {
+            self.bytes += cost;
+            report.recorded.push(f);
+        } else {
+            self.left_out += 1;
+        }
+    }
+
+    fn finish(self, report: &mut Report) {
+        if self.left_out > 0 {
+            report.limits.push(format!(
+                "{} recorded findings past the first {MAX_RECORDED} (or {} MiB) are not shown",
+                self.left_out,
+                RECORDED_BYTES >> 20
+            ));
+        }
+    }
 }
 
 /// Replays a `trace-cmd report` or tracefs `trace` text capture (opened
@@ -480,14 +497,10 @@ pub fn ftrace_bytes(
     replay_ftrace(|| Ok(bytes), name, servicers, gfp, deadlock_after)
 }
 
-fn replay_ftrace<R: BufRead>(
-    open: impl Fn() -> Result<R>,
-    name: &str,
-    servicers: &[(u32, Dev)],
-    gfp: GfpNames,
-    deadlock_after: Duration,
-) -> Result<Report> {
-    let index = StackIndex {
+/// The storage index of a capture: only the devices `servicers` serve,
+/// with no filesystem known on them.
+fn capture_index(servicers: &[(u32, Dev)]) -> StorageIndex {
+    StorageIndex {
         mounts: servicers
             .iter()
             .map(|(_, d)| MountRef {
@@ -497,7 +510,48 @@ fn replay_ftrace<R: BufRead>(
             })
             .collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// A thread a capture shows in D state, blocked until `until_ns` (or, when
+/// the capture ends first, until its last event at `end_ns`).
+fn captured_blocked(b: &ftrace::DStateInterval, end_ns: u64) -> Blocked {
+    let until = b.until_ns.unwrap_or(end_ns);
+    Blocked {
+        tid: b.tid,
+        // A capture has no task flags: its reclaim begin without an end
+        // stands for the kernel's in-reclaim mark.
+        flags: probe_common::flags::PF_MEMALLOC,
+        blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
+        now_ns: until,
+        stack: Arc::default(),
+        chain: vec![],
+        lock_holders: Default::default(),
+    }
+}
+
+/// What a capture's import could not read, as the report's limits.
+fn capture_limits(import: ftrace::Import) -> Vec<String> {
+    let mut limits = import.limits;
+    if import.skipped_lines > 0 {
+        limits.push(format!(
+            "{} lines of the capture were other events or unreadable, and were skipped",
+            import.skipped_lines
+        ));
+    }
+    if import.lost_events > 0 {
+        limits.push(format!("the capture lost {} events", import.lost_events));
+    }
+    limits
+}
+
+fn replay_ftrace<R: BufRead>(
+    open: impl Fn() -> Result<R>,
+    name: &str,
+    servicers: &[(u32, Dev)],
+    gfp: GfpNames,
+    deadlock_after: Duration,
+) -> Result<Report> {
     // The capture names no servicer: the user does.
     let serve = |ev: &mut Event| {
         let c = ev.ctx_mut();
@@ -505,7 +559,7 @@ fn replay_ftrace<R: BufRead>(
             c.serving_dev = dev.to_kernel();
         }
     };
-    let mut r = Replay::new(index, gfp.clone(), deadlock_after);
+    let mut r = Replay::new(capture_index(servicers), gfp.clone(), deadlock_after);
     let mut end = 0;
     let not_a_capture = || format!("{name}: not an ftrace text capture");
     let import = ftrace::stream(open()?, &gfp, |item| match item {
@@ -515,31 +569,11 @@ fn replay_ftrace<R: BufRead>(
             r.event(&ev, Arc::default());
         }
         ftrace::Item::Blocked(b) => {
-            let until = b.until_ns.unwrap_or(end);
-            r.engine.on_blocked(&Blocked {
-                tid: b.tid,
-                // A capture has no task flags: its reclaim begin without an end
-                // stands for the kernel's in-reclaim mark.
-                flags: probe_common::flags::PF_MEMALLOC,
-                blocked_for: Duration::from_nanos(until.saturating_sub(b.ts_ns)),
-                now_ns: until,
-                stack: Arc::default(),
-                chain: vec![],
-                holders: Default::default(),
-            });
+            r.engine.on_blocked(&captured_blocked(&b, end));
         }
     })
     .with_context(not_a_capture)?;
-    let mut report = Report { source: name.to_string(), limits: import.limits, ..Default::default() };
-    if import.skipped_lines > 0 {
-        report.limits.push(format!(
-            "{} lines of the capture were other events or unreadable, and were skipped",
-            import.skipped_lines
-        ));
-    }
-    if import.lost_events > 0 {
-        report.limits.push(format!("the capture lost {} events", import.lost_events));
-    }
+    let mut report = Report { source: name.to_string(), limits: capture_limits(import), ..Default::default() };
     let mut timelines = r.finish(&mut report);
     report.records = report.events;
     if timelines.wanted() {

@@ -18,10 +18,14 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use probe_common::events::{ReclaimEvent, TaskCtx};
 
 use super::ftrace::{self, DStateInterval};
 use crate::{
-    detect::{finding::Finding, holds::Held},
+    detect::{
+        finding::{Finding, LockHolder},
+        holds::Held,
+    },
     events::decode::{cstr, wait_dev, Event},
     kernel::kallsyms::without_probe_frames,
     names::GfpNames,
@@ -413,13 +417,9 @@ impl<'s, S: Sink> Builder<'s, S> {
         self.emit(Item::Complete { ts: d.ts_ns, dur: until - d.ts_ns, task, span })
     }
 
-    fn event(&mut self, ev: &Event) -> Result<()> {
-        self.events += 1;
-        let c = ev.ctx();
-        let task = (c.tgid, c.tid);
-        if !self.followed(task) {
-            return Ok(());
-        }
+    /// Names `task`'s track from `c` when it has no name yet; returns the
+    /// event's time, held at the track's last one when the input went back.
+    fn see_task(&mut self, task: TaskKey, c: &TaskCtx) -> u64 {
         let track = self.track(task);
         if track.info.comm.is_empty() {
             track.info.comm = cstr(&c.comm);
@@ -429,47 +429,45 @@ impl<'s, S: Sink> Builder<'s, S> {
             track.info.serving = Some(Dev::from_kernel(c.serving_dev));
         }
         let last = track.last_ts;
-        let ts = if c.ts_ns < last {
+        if c.ts_ns < last {
             self.reordered += 1;
             last
         } else {
             c.ts_ns
-        };
-        self.end_ns = self.end_ns.max(ts);
-        self.advance(task, ts, false)?;
-        // The task runs again: whatever it waited in is over.
-        while let Some(Open::Wait | Open::Throttle { .. }) = self.track(task).open.last() {
-            self.track(task).open.pop();
-            self.emit(Item::End { ts, task, close: Close::NextEvent })?;
         }
+    }
+
+    /// A reclaim returned: its slice ends, with the inner slices whose ends
+    /// were lost; or, its begin unseen, it is an instant.
+    fn reclaim_end(&mut self, task: TaskKey, ts: u64, e: &ReclaimEvent) -> Result<()> {
+        let kind = e.data.reclaim_kind;
+        let close = Close::Returned { nr_reclaimed: e.data.nr_reclaimed, duration_ns: e.data.duration_ns };
+        if !self.track(task).open.contains(&Open::Reclaim(kind)) {
+            let mark =
+                Mark::ReclaimEndOnly { kind, duration_ns: e.data.duration_ns, nr_reclaimed: e.data.nr_reclaimed };
+            return self.emit(Item::Instant { ts, task, mark });
+        }
+        while let Some(open) = self.track(task).open.pop() {
+            let inner = open != Open::Reclaim(kind);
+            self.emit(Item::End { ts, task, close: if inner { Close::NextEvent } else { close } })?;
+            if !inner {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the slice `ev` begins (or ends the one it ends), or marks the
+    /// instant it is.
+    fn slice_or_mark(&mut self, task: TaskKey, ts: u64, ev: &Event) -> Result<()> {
         match ev {
             Event::ReclaimBegin(e) => {
                 let span = Span::Reclaim { kind: e.data.reclaim_kind, gfp: e.data.gfp, order: e.data.order };
                 self.open(task, ts, Open::Reclaim(e.data.reclaim_kind), span)?;
             }
-            Event::ReclaimEnd(e) => {
-                let kind = e.data.reclaim_kind;
-                let close = Close::Returned { nr_reclaimed: e.data.nr_reclaimed, duration_ns: e.data.duration_ns };
-                if self.track(task).open.contains(&Open::Reclaim(kind)) {
-                    // Inner slices whose ends were lost end with it.
-                    while let Some(open) = self.track(task).open.pop() {
-                        let inner = open != Open::Reclaim(kind);
-                        self.emit(Item::End { ts, task, close: if inner { Close::NextEvent } else { close } })?;
-                        if !inner {
-                            break;
-                        }
-                    }
-                } else {
-                    let mark = Mark::ReclaimEndOnly {
-                        kind,
-                        duration_ns: e.data.duration_ns,
-                        nr_reclaimed: e.data.nr_reclaimed,
-                    };
-                    self.emit(Item::Instant { ts, task, mark })?;
-                }
-            }
+            Event::ReclaimEnd(e) => self.reclaim_end(task, ts, e)?,
             Event::WritebackWait(e) => {
-                let stack = self.stacks.get(&c.stack_id).cloned().unwrap_or_default();
+                let stack = self.stacks.get(&e.ctx.stack_id).cloned().unwrap_or_default();
                 let span = Span::WritebackWait {
                     dev: wait_dev(e),
                     ino: e.data.ino,
@@ -508,6 +506,25 @@ impl<'s, S: Sink> Builder<'s, S> {
             }
             Event::OomVictim(e) => self.emit(Item::Instant { ts, task, mark: Mark::OomKill { victim: e.data.pid } })?,
         }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: &Event) -> Result<()> {
+        self.events += 1;
+        let c = ev.ctx();
+        let task = (c.tgid, c.tid);
+        if !self.followed(task) {
+            return Ok(());
+        }
+        let ts = self.see_task(task, c);
+        self.end_ns = self.end_ns.max(ts);
+        self.advance(task, ts, false)?;
+        // The task runs again: whatever it waited in is over.
+        while let Some(Open::Wait | Open::Throttle { .. }) = self.track(task).open.last() {
+            self.track(task).open.pop();
+            self.emit(Item::End { ts, task, close: Close::NextEvent })?;
+        }
+        self.slice_or_mark(task, ts, ev)?;
         self.track(task).last_ts = ts;
         // What a finding says about this very moment goes inside the slice
         // the event opened.
@@ -572,34 +589,61 @@ pub struct Findings<'a> {
 /// What the findings tell beyond the events: the finding itself, who held
 /// what in the upper filesystem and who waited behind the servicer, with
 /// links from the servicer to them.
+/// Where each holder's span is in the items, by what it holds: a holder
+/// seen in the same state (same locks, inode and blocking function) by
+/// several findings is one span, from first to last sight.
+type HeldAt = HashMap<(u32, Vec<Held>, u64, Option<String>), usize>;
+
+/// Adds holder `h`, seen at `seen`, to its span (a new one, or the one
+/// that saw it so before, stretched and counted).
+fn hold(items: &mut Vec<Item>, held_at: &mut HeldAt, h: &LockHolder, seen: u64) {
+    let key = (h.tid, h.held.clone(), h.ino, h.blocked_in.clone());
+    match held_at.get(&key).map(|i| &mut items[*i]) {
+        Some(Item::Complete { ts, dur, span: Span::Holding { sightings, .. }, .. }) => {
+            let (from, to) = ((*ts).min(seen), (*ts + *dur).max(seen));
+            (*ts, *dur, *sightings) = (from, to - from, *sightings + 1);
+        }
+        _ => {
+            held_at.insert(key, items.len());
+            let span =
+                Span::Holding { held: h.held.clone(), ino: h.ino, blocked_in: h.blocked_in.clone(), sightings: 1 };
+            items.push(Item::Complete { ts: seen, dur: 0, task: (h.tgid, h.tid), span });
+        }
+    }
+}
+
+/// Names the track of `f`'s servicer from the finding where it has no
+/// name yet; returns the track.
+fn name_servicer(f: &Finding, tracks: &mut BTreeMap<TaskKey, TaskInfo>) -> TaskKey {
+    let s = &f.servicer;
+    let servicer = (s.tgid, s.tid);
+    let info = tracks.entry(servicer).or_insert_with(|| TaskInfo { tgid: s.tgid, tid: s.tid, ..Default::default() });
+    if info.comm.is_empty() {
+        info.comm = s.comm.clone();
+    }
+    if info.program.is_none() && !s.name.is_empty() && s.name != s.comm {
+        info.program = Some(s.name.clone());
+    }
+    if info.serving.is_none() {
+        info.serving = Some(f.device);
+    }
+    servicer
+}
+
 fn from_findings(findings: Findings<'_>, tracks: &mut BTreeMap<TaskKey, TaskInfo>) -> Vec<Item> {
     let mut items = Vec::new();
     let mut flow = 0u64;
-    // A holder seen in the same state (same locks, inode and blocking
-    // function) by several findings is one span, from first to last sight.
-    let mut held_at: HashMap<(u32, Vec<Held>, u64, Option<String>), usize> = HashMap::new();
+    let mut held_at: HeldAt = HashMap::new();
     let same = |a: &Finding, b: &Finding| a.rule == b.rule && a.servicer.tid == b.servicer.tid;
     for f in findings.all {
-        let s = &f.servicer;
-        let servicer = (s.tgid, s.tid);
-        let info =
-            tracks.entry(servicer).or_insert_with(|| TaskInfo { tgid: s.tgid, tid: s.tid, ..Default::default() });
-        if info.comm.is_empty() {
-            info.comm = s.comm.clone();
-        }
-        if info.program.is_none() && !s.name.is_empty() && s.name != s.comm {
-            info.program = Some(s.name.clone());
-        }
-        if info.serving.is_none() {
-            info.serving = Dev::parse(&f.device);
-        }
+        let servicer = name_servicer(f, tracks);
         items.push(Item::Instant { ts: f.first_ns, task: servicer, mark: Mark::Finding(Box::new(f.clone())) });
     }
     let replayed_only = findings.all.iter().filter(|f| !findings.live.iter().any(|l| same(l, f)));
     for f in findings.live.iter().chain(replayed_only) {
         let servicer = (f.servicer.tgid, f.servicer.tid);
         let at = f.last_ns;
-        for h in &f.holders {
+        for h in &f.lock_holders {
             let task = (h.tgid, h.tid);
             let info =
                 tracks.entry(task).or_insert_with(|| TaskInfo { tgid: h.tgid, tid: h.tid, ..Default::default() });
@@ -608,23 +652,7 @@ fn from_findings(findings: Findings<'_>, tracks: &mut BTreeMap<TaskKey, TaskInfo
                 info.comm = h.comm.clone();
             }
             let seen = at.saturating_sub(h.seen_ms_ago.saturating_mul(1_000_000));
-            let key = (h.tid, h.held.clone(), h.ino, h.blocked_in.clone());
-            match held_at.get(&key).map(|i| &mut items[*i]) {
-                Some(Item::Complete { ts, dur, span: Span::Holding { sightings, .. }, .. }) => {
-                    let (from, to) = ((*ts).min(seen), (*ts + *dur).max(seen));
-                    (*ts, *dur, *sightings) = (from, to - from, *sightings + 1);
-                }
-                _ => {
-                    held_at.insert(key, items.len());
-                    let span = Span::Holding {
-                        held: h.held.clone(),
-                        ino: h.ino,
-                        blocked_in: h.blocked_in.clone(),
-                        sightings: 1,
-                    };
-                    items.push(Item::Complete { ts: seen, dur: 0, task, span });
-                }
-            }
+            hold(&mut items, &mut held_at, h, seen);
             flow += 1;
             items.push(Item::FlowOut { ts: f.first_ns, task: servicer, id: flow });
             items.push(Item::FlowIn { ts: seen, task, id: flow });

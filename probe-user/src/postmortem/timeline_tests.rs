@@ -7,11 +7,10 @@ use std::path::Path;
 
 use bytemuck::bytes_of;
 use probe_common::events::{EventKind, ReclaimData, ReclaimEvent, TaskCtx, WritebackWaitData, WritebackWaitEvent};
-use serde_json::json;
 
 use super::*;
 use crate::detect::finding::{LockHolder, ServicerDesc, Severity};
-use crate::trace::{EventRecord, Frame, StackRecord, TraceHeader, TraceWriter};
+use crate::trace::{EventRecord, Frame, Opaque, StackRecord, TopologyRecord, TraceHeader, TraceWriter};
 
 const QSD: (u32, u32) = (4242, 4243);
 const READ_LAG: u64 = 1_764_000_000_000_000_000;
@@ -60,8 +59,8 @@ fn header(offset: Option<i64>) -> TraceHeader {
         hostname: "h".into(),
         started_unix_ns: READ_LAG,
         command: "reclaimscope record".into(),
-        topology: json!({}),
-        attach: json!({}),
+        topology: TopologyRecord::default(),
+        attach: Opaque::default(),
         gfp_format: None,
         monotonic_to_unix_ns: offset,
     }
@@ -92,19 +91,17 @@ fn write_trace(path: &Path, offset: Option<i64>) {
 }
 
 fn finding() -> Finding {
-    let f = json!({
-        "rule": "RS201", "severity": "deadlock", "title": "t",
-        "servicer": {"name": "qemu-storage-daemon", "comm": "qemu-storage-dae", "tgid": QSD.0, "tid": QSD.1,
-                     "flags": "", "protection": ""},
-        "upper_fs": null, "device": "7:0", "backing_file": null, "lower_fs": null, "bottom_fs": null,
-        "gfp": "GFP_NOFS", "gfp_raw": 0, "upper_inflight": null, "detail": "d", "stack": [],
-        "chain": ["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages"],
-        "remedy": "r", "first_ns": 3_500_000u64, "last_ns": 9_000_000u64, "count": 1,
-    });
-    let mut f: Finding = serde_json::from_value(f).unwrap();
-    f.severity = Severity::Deadlock;
-    f.servicer = ServicerDesc { tid: QSD.1, ..f.servicer };
-    f.holders = vec![LockHolder {
+    let mut f = Finding::sample("RS201", Severity::Deadlock);
+    f.servicer = ServicerDesc {
+        name: "qemu-storage-daemon".into(),
+        comm: "qemu-storage-dae".into(),
+        tgid: QSD.0,
+        tid: QSD.1,
+        task_flags: 0,
+    };
+    f.chain = vec!["kworker/u8:2+flush-7:0[77] folio_wait_writeback <- write_cache_pages".into()];
+    (f.first_ns, f.last_ns) = (3_500_000, 9_000_000);
+    f.lock_holders = vec![LockHolder {
         tid: 900,
         tgid: 900,
         comm: "dd".into(),
@@ -245,7 +242,7 @@ fn a_capture_places_its_d_states_and_findings_in_time_and_leaves_out_a_sleep_its
         ],
     );
     let mut f = finding();
-    (f.first_ns, f.last_ns, f.holders, f.chain) = (1_000_250_000, 1_000_250_000, vec![], vec![]);
+    (f.first_ns, f.last_ns, f.lock_holders, f.chain) = (1_000_250_000, 1_000_250_000, vec![], vec![]);
     f.servicer = ServicerDesc { tgid: 4242, tid: 4243, ..f.servicer };
     let mut items = Items::default();
     let servicers = [(4242, Dev { major: 7, minor: 0 })];
@@ -288,7 +285,7 @@ fn holders_are_timed_by_the_live_finding_not_the_replays_later_copy() {
     write_trace(&path, Some(0));
     let live = [finding()];
     let mut replayed = finding();
-    (replayed.last_ns, replayed.holders, replayed.chain) = (20_000_000, vec![], vec![]);
+    (replayed.last_ns, replayed.lock_holders, replayed.chain) = (20_000_000, vec![], vec![]);
     let mut items = Items::default();
     let file = std::fs::File::open(&path).unwrap();
     from_trace(&file, "qsd.trace", Findings { all: &[replayed], live: &live }, &mut items).unwrap();

@@ -16,6 +16,7 @@
 
 mod clock;
 mod frame;
+mod legacy;
 mod reader;
 mod record;
 mod writer;
@@ -29,8 +30,8 @@ pub use clock::{monotonic_to_unix_ns, OffsetEstimate};
 pub use frame::{Damage, DamageReason, MAX_PAYLOAD};
 pub use reader::{TraceError, TraceErrorKind, TraceReader};
 pub use record::{
-    json_cost, EventRecord, Frame, Record, StackRecord, SymbolRecord, TraceHeader, MAX_FRAMES, MAX_JSON_COST,
-    MAX_SYMBOL,
+    json_cost, EventRecord, Frame, Opaque, Record, StackRecord, SymbolRecord, TopologyRecord, TraceHeader, MAX_FRAMES,
+    MAX_JSON_COST, MAX_SYMBOL,
 };
 pub use writer::{TraceWriter, MAX_FILES};
 
@@ -44,7 +45,9 @@ pub fn is_trace(head: &[u8]) -> bool {
 
 /// The format this build writes, and the newest it reads. Bump it for any
 /// change an older reader would misread; adding a record type counts.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 1's findings held words (trace/legacy.rs reads them); format 2's
+/// hold raw values.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes before the first record: the magic and the format version.
 const PREAMBLE_LEN: usize = MAGIC.len() + 4;

@@ -167,7 +167,7 @@ impl<R: Read> Iterator for TraceReader<R> {
                 None
             }
             Next::Damaged(reason) => self.stop(reason),
-            Next::Record { ty, payload, len } => match Record::decode(ty, &payload) {
+            Next::Record { ty, payload, len } => match Record::decode(ty, &payload, self.version) {
                 Ok(record) => {
                     self.offset += len;
                     self.index += 1;

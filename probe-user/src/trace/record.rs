@@ -3,10 +3,50 @@
 
 use anyhow::{Context, Result};
 use serde::{de::IgnoredAny, Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::frame::RecordType;
-use crate::events::decode::Event;
+use super::{frame::RecordType, legacy::FindingV1};
+use crate::{
+    detect::{finding::Finding, index::StorageIndex},
+    events::decode::Event,
+};
+
+/// JSON kept as the agent wrote it, for people and other tools: the
+/// replay never interprets it, so its schema may grow freely.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Opaque(Box<RawValue>);
+
+impl Opaque {
+    pub fn of<T: Serialize>(value: &T) -> Result<Opaque> {
+        Ok(Opaque(serde_json::value::to_raw_value(value).context("cannot encode a trace record")?))
+    }
+
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl Default for Opaque {
+    fn default() -> Opaque {
+        Opaque(RawValue::from_string("{}".into()).expect("{} is JSON"))
+    }
+}
+
+impl PartialEq for Opaque {
+    fn eq(&self, other: &Opaque) -> bool {
+        self.json() == other.json()
+    }
+}
+
+/// A storage-topology snapshot: the index the rules read, which must
+/// decode (a trace whose index does not is refused, not replayed with an
+/// empty one), and the whole topology as discovered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopologyRecord {
+    pub index: StorageIndex,
+    pub topology: Opaque,
+}
 
 /// The first record of every file: what was recorded, where, and how. A
 /// rotated file repeats its recording's header unchanged.
@@ -22,9 +62,9 @@ pub struct TraceHeader {
     pub command: String,
     /// The storage topology when recording started; later snapshots are
     /// [`Record::Topology`] records.
-    pub topology: Value,
-    /// Which probe implementation each hook used.
-    pub attach: Value,
+    pub topology: TopologyRecord,
+    /// Which probe implementation each hook used (`attach::AttachReport`).
+    pub attach: Opaque,
     /// The recording kernel's GFP name table as it printed it: its
     /// `events/vmscan/mm_vmscan_direct_reclaim_begin/format` file (or just
     /// that file's `print fmt:` line), which `names::GfpNames::parse_format`
@@ -168,10 +208,10 @@ pub enum Record {
     Event(EventRecord),
     Stack(StackRecord),
     Symbol(SymbolRecord),
-    /// A finding object of the detection engine, as the agent emitted it.
-    Finding(Value),
+    /// A finding of the detection engine, as the agent emitted it.
+    Finding(Box<Finding>),
     /// A new topology snapshot, written when the storage stack changed.
-    Topology(Value),
+    Topology(TopologyRecord),
 }
 
 impl Record {
@@ -195,13 +235,15 @@ impl Record {
             }
             Record::Stack(s) => serde_json::to_vec(s),
             Record::Symbol(s) => serde_json::to_vec(s),
-            Record::Finding(v) | Record::Topology(v) => serde_json::to_vec(v),
+            Record::Finding(f) => serde_json::to_vec(f),
+            Record::Topology(t) => serde_json::to_vec(t),
         };
         json.context("cannot encode a trace record")
     }
 
-    /// Decodes a checksummed payload; the error says what is wrong with it.
-    pub(crate) fn decode(ty: RecordType, payload: &[u8]) -> Result<Record, String> {
+    /// Decodes a checksummed payload of a file of format `version`; the
+    /// error says what is wrong with it.
+    pub(crate) fn decode(ty: RecordType, payload: &[u8], version: u32) -> Result<Record, String> {
         Ok(match ty {
             RecordType::Event => {
                 let (ts, data) = payload
@@ -211,6 +253,9 @@ impl Record {
             }
             RecordType::Stack => Record::Stack(decode_json(payload)?),
             RecordType::Symbol => Record::Symbol(decode_json(payload)?),
+            RecordType::Finding if version == 1 => {
+                Record::Finding(Box::new(decode_json::<FindingV1>(payload)?.into_finding()?))
+            }
             RecordType::Finding => Record::Finding(decode_json(payload)?),
             RecordType::Topology => Record::Topology(decode_json(payload)?),
             RecordType::Header => return Err("a second header record".into()),

@@ -61,6 +61,21 @@ fn symbol(addr: u64) -> Record {
     Record::Symbol(SymbolRecord { addr, symbol: "super_cache_scan".into() })
 }
 
+/// A topology whose one loop device is backed by `path`.
+fn topology(path: &str) -> TopologyRecord {
+    let dev = |minor| crate::topology::Dev { major: 7, minor };
+    let edge = crate::detect::index::BackingEdge { file_dev: dev(1), path: path.into(), backs: dev(0) };
+    let index = crate::detect::index::StorageIndex { backing: vec![edge], ..Default::default() };
+    TopologyRecord { index, topology: Opaque::of(&json!({"devices": [{"dev": "7:0", "backing": path}]})).unwrap() }
+}
+
+/// A finding record whose detail is `detail`.
+fn finding(detail: &str) -> Record {
+    let detail = crate::detect::finding::Detail::Recorded(detail.into());
+    let f = crate::detect::finding::Finding::sample("RS001", crate::detect::finding::Severity::Hazard);
+    Record::Finding(Box::new(crate::detect::finding::Finding { detail, ..f }))
+}
+
 pub(super) fn header() -> TraceHeader {
     TraceHeader {
         agent_version: "0.1.0".into(),
@@ -68,8 +83,8 @@ pub(super) fn header() -> TraceHeader {
         hostname: "testhost".into(),
         started_unix_ns: 1_764_000_000_000_000_000,
         command: "reclaimscope record -o t.rst".into(),
-        topology: json!({"devices": [{"dev": "7:0", "backing": "/srv/fuse.img"}]}),
-        attach: json!({"reclaim": "tracepoint"}),
+        topology: topology("/srv/fuse.img"),
+        attach: Opaque::of(&json!({"reclaim": "tracepoint"})).unwrap(),
         gfp_format: Some(include_str!("../../tests/data/gfp_print_fmt_6.18.txt").into()),
         monotonic_to_unix_ns: None,
     }
@@ -83,8 +98,8 @@ fn sample(dir: &Path) -> (PathBuf, Vec<Record>) {
         reclaim(0, 3),
         symbol(0xffff_ffff_8170_0000),
         shrink(1, 0xffff_ffff_8170_0000),
-        Record::Finding(json!({"rule": "servicer-reclaim-fs", "severity": "high", "tid": 4243})),
-        Record::Topology(json!({"devices": []})),
+        finding("d"),
+        Record::Topology(topology("/srv/other.img")),
         reclaim(2, 3),
         reclaim(3, -1),
     ];
@@ -121,7 +136,7 @@ fn round_trip() {
     let (path, records) = sample(dir.path());
     let mut r = TraceReader::open(&path).unwrap();
     assert_eq!(r.header(), &header());
-    assert_eq!(r.format_version(), 1);
+    assert_eq!(r.format_version(), FORMAT_VERSION);
     let got: Vec<Record> = r.by_ref().collect();
     assert_eq!(got, records);
     assert_eq!(r.damage(), None);
@@ -188,7 +203,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
             w.write(&stack(id)).unwrap();
         }
         if i == 500 {
-            w.write(&Record::Topology(json!({"devices": ["late"]}))).unwrap();
+            w.write(&Record::Topology(topology("/srv/late.img"))).unwrap();
         }
         let e = if i % 5 == 0 { shrink(i, scan_fn) } else { reclaim(i, id) };
         w.write(&e).unwrap();
@@ -205,13 +220,13 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
         assert_eq!(r.header(), &header());
         let mut stacks = std::collections::HashSet::new();
         let mut symbols = std::collections::HashSet::new();
-        let mut topology = None;
+        let mut latest = None;
         let mut events = Vec::new();
         for rec in r.by_ref() {
             match &rec {
                 Record::Stack(s) => _ = stacks.insert(s.id),
                 Record::Symbol(s) => _ = symbols.insert(s.addr),
-                Record::Topology(t) => topology = Some(t.clone()),
+                Record::Topology(t) => latest = Some(t.clone()),
                 Record::Event(e) => {
                     if let Some(id) = e.stack_id() {
                         assert!(stacks.contains(&id), "{name}: stack {id} used before its record");
@@ -226,7 +241,7 @@ fn rotation_keeps_max_files_and_each_file_reads_alone() {
         }
         assert_eq!(r.damage(), None, "{name}");
         assert!(!events.is_empty(), "{name}");
-        assert_eq!(topology, Some(json!({"devices": ["late"]})), "{name} lacks the latest topology");
+        assert_eq!(latest, Some(topology("/srv/late.img")), "{name} lacks the latest topology");
         files_events.push(events);
     }
     // The kept files hold the newest events, in order, with nothing missing.
@@ -255,7 +270,7 @@ fn a_record_larger_than_max_size_is_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.rst");
     let mut w = TraceWriter::create(&path, header(), Some(1024), 2, false).unwrap();
-    let big = Record::Finding(json!({"text": "x".repeat(4000)}));
+    let big = finding(&"x".repeat(4000));
     w.write(&big).unwrap();
     w.write(&big).unwrap();
     w.finish().unwrap();
@@ -333,6 +348,20 @@ fn damaged_header_is_a_one_line_error() {
     );
 }
 
+/// A header whose topology has no index (the schema drifted, or the file
+/// is hostile) is refused in one line, not replayed with an empty stack.
+#[test]
+fn a_header_without_a_topology_index_is_a_one_line_error() {
+    let mut header = serde_json::to_value(header()).unwrap();
+    header["topology"] = json!({"topology": {}});
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    frame::encode(&mut bytes, frame::RecordType::Header, &serde_json::to_vec(&header).unwrap()).unwrap();
+    let msg = one_line_error(&bytes);
+    assert!(msg.starts_with("trace: the trace header is damaged: "), "{msg}");
+    assert!(msg.contains("missing field `index`"), "{msg}");
+}
+
 #[test]
 fn not_a_trace() {
     assert_eq!(one_line_error(b""), "trace: not a reclaimscope trace");
@@ -353,11 +382,11 @@ fn newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = sample(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(one_line_error(&bytes), "trace: trace format version 2 is newer than this reclaimscope supports (1)");
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    assert_eq!(one_line_error(&bytes), "trace: trace format version 3 is newer than this reclaimscope supports (2)");
     std::fs::write(&path, &bytes).unwrap();
     let e = TraceReader::open(&path).err().unwrap();
-    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NewerVersion(2))));
+    assert!(matches!(e.downcast_ref::<TraceError>().map(|e| &e.kind), Some(TraceErrorKind::NewerVersion(3))));
 }
 
 /// A checksummed frame built by hand, appended after the sample's records.

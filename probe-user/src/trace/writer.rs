@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
-use serde_json::Value;
 
 use super::frame::{self, RecordType};
-use super::record::{Record, StackRecord, SymbolRecord, TraceHeader};
+use super::record::{Record, StackRecord, SymbolRecord, TopologyRecord, TraceHeader};
 use super::{FORMAT_VERSION, MAGIC};
 
 /// Records are gathered into one buffer and written with a single
@@ -67,7 +66,7 @@ pub struct TraceWriter {
     /// record larger than `max_size` still gets written.
     preamble_size: u64,
     /// The latest topology written as a record.
-    topology: Option<Value>,
+    topology: Option<TopologyRecord>,
     stacks: HashMap<i32, StackRecord>,
     symbols: HashMap<u64, SymbolRecord>,
     /// Which of `stacks` and `symbols` the current file already holds.

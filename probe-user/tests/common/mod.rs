@@ -326,9 +326,23 @@ pub fn test_header(gfp_format: Option<String>) -> reclaimscope::trace::TraceHead
         hostname: "h".into(),
         started_unix_ns: 0,
         command: "reclaimscope record".into(),
-        topology: serde_json::json!({}),
-        attach: serde_json::json!({}),
+        topology: Default::default(),
+        attach: Default::default(),
         gfp_format,
         monotonic_to_unix_ns: None,
     }
+}
+
+/// A finding as the agent writes it, with the given words where a hostile
+/// file could put any.
+pub fn test_finding(rule: &str, detail: &str, comm: &str) -> reclaimscope::detect::finding::Finding {
+    serde_json::from_value(serde_json::json!({
+        "rule": rule, "severity": "deadlock",
+        "servicer": {"name": comm, "comm": comm, "tgid": 1, "tid": 1, "task_flags": 0},
+        "upper_fs": null, "device": {"major": 7, "minor": 0}, "backing_file": null, "lower_fs": null,
+        "bottom_fs": null, "gfp": 3264, "upper_inflight": null, "detail": {"recorded": detail}, "stack": [],
+        "threads": [], "threads_folded": 0, "stacks": [], "stacks_folded": 0, "lock_holders": [],
+        "chain": [], "first_ns": 1, "last_ns": 1, "count": 1
+    }))
+    .unwrap()
 }
