@@ -12,3 +12,4 @@ pub mod refresh;
 pub mod run;
 pub mod session;
 pub mod stacks;
+mod uevents;
