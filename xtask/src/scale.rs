@@ -344,4 +344,19 @@ mod tests {
         assert!(lists_mount(line, "/t/mnt0"));
         assert!(!lists_mount(line, "/t/mnt1"));
     }
+
+    #[test]
+    fn the_crowd_holds_its_descriptors_and_goes_with_it() {
+        let mut crowd = Crowd::new().unwrap();
+        crowd.grow_to(3).unwrap();
+        let pids = crowd.pids.clone();
+        for pid in &pids {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+            assert!(fds >= FDS_EACH, "pid {pid} holds {fds} descriptors");
+        }
+        drop(crowd);
+        for pid in &pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} survived");
+        }
+    }
 }
