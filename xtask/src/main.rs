@@ -116,9 +116,9 @@ enum Cmd {
     /// of extra processes (50 descriptors each), the idle agent's CPU and
     /// how soon it notices a new stack; writes docs/performance.md's table.
     ///
-    /// Example: cargo xtask scale --processes 1000,4000,10000,20000
+    /// Example: cargo xtask scale --processes 0,4000
     Scale {
-        #[arg(long, value_delimiter = ',', default_value = "1000,4000,10000,20000")]
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,4000,10000,20000")]
         processes: Vec<usize>,
         /// Seconds of the idle window the CPU is measured over.
         #[arg(long, default_value_t = 20)]
