@@ -278,8 +278,9 @@ fn render(rows: &[Row], idle: Duration) -> String {
          Each extra process holds {FDS_EACH} descriptors of /dev/null. Idle CPU is the agent's utime+stime \
          over {} s with nothing happening; the full pass is its first discovery (what every discovery cost \
          before), and its share is that pass spread over the 5 min between two. A new stack is XFS on a \
-         new loop device, built {STACKS} times in a row; noticed is the time from each one's mount to \
-         watch's `topology` line that lists it.\n\n",
+         new loop device, built {STACKS} times in a row; noticed is the time from the return \
+         of its `mount` command (the build's last step) to watch's `topology` line that lists it: 0 \
+         when that line came first.\n\n",
         date(),
         idle.as_secs()
     );
