@@ -20,7 +20,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread::{self, sleep},
@@ -35,7 +35,7 @@ use crate::{
     bench_noise::Noise,
     build::run_build,
     setup::run_setup,
-    util::{interrupt, is_root, root},
+    util::{interrupt, is_root, root, write_section},
 };
 
 /// What a run traces with.
@@ -163,13 +163,13 @@ fn delta(before: &BTreeMap<String, ProgStats>, after: &BTreeMap<String, ProgStat
 }
 
 /// CPU time (utime + stime, all threads) in clock ticks and memory of a process.
-struct Proc {
-    ticks: u64,
+pub(crate) struct Proc {
+    pub(crate) ticks: u64,
     rss_kib: u64,
     hwm_kib: u64,
 }
 
-fn proc_sample(pid: u32) -> Result<Proc> {
+pub(crate) fn proc_sample(pid: u32) -> Result<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("the tool is gone")?;
     // After the command name, which may hold spaces: utime and stime are fields 14 and 15.
     let rest: Vec<&str> = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1.split_whitespace().collect();
@@ -185,7 +185,7 @@ fn proc_sample(pid: u32) -> Result<Proc> {
     Ok(Proc { ticks: tick(11) + tick(12), rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
 }
 
-fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
@@ -574,18 +574,6 @@ fn render(s: &[ModeSummary], runs: u32, seconds: u32, idle: u32, noise: &str) ->
     o
 }
 
-/// Replaces the generated section of docs/performance.md.
-fn write_doc(section: &str) -> Result<PathBuf> {
-    let path = root().join("docs/performance.md");
-    let doc = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(b), Some(e)) = (doc.find(DOC_BEGIN), doc.find(DOC_END)) else {
-        bail!("{} has no generated-section markers", path.display());
-    };
-    let new = format!("{}{DOC_BEGIN}\n{section}{}", &doc[..b], &doc[e..]);
-    std::fs::write(&path, new)?;
-    Ok(path)
-}
-
 pub fn run(runs: u32, seconds: u32, idle: u32) -> Result<()> {
     if runs < 9 {
         eprintln!("bench: warning: {runs} rounds; the IOPS ratio is meant as a median of at least 9 pairs");
@@ -619,7 +607,7 @@ pub fn run(runs: u32, seconds: u32, idle: u32) -> Result<()> {
         .collect();
     let section = render(&summaries, runs, seconds, idle, noise);
     println!("{section}");
-    let path = write_doc(&section)?;
+    let path = write_section("docs/performance.md", DOC_BEGIN, DOC_END, &section)?;
     println!("bench: wrote {}", path.display());
     Ok(())
 }

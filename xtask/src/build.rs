@@ -60,3 +60,19 @@ pub fn run_build(release: bool) -> Result<PathBuf> {
     exec(&mut c)?;
     Ok(root().join("target").join(if release { "release" } else { "debug" }).join("reclaimscope"))
 }
+
+/// The release binary with the eBPF object embedded: RECLAIMSCOPE_BPF_OBJ
+/// when it is set (an object built elsewhere), else [`run_build`].
+pub fn release_binary() -> Result<PathBuf> {
+    match std::env::var_os("RECLAIMSCOPE_BPF_OBJ") {
+        Some(obj) => {
+            exec(
+                cargo()
+                    .args(["build", "--release", "-p", "probe-user", "--bin", "reclaimscope"])
+                    .env("RECLAIMSCOPE_BPF_OBJ", obj),
+            )?;
+            Ok(root().join("target/release/reclaimscope"))
+        }
+        None => run_build(true),
+    }
+}

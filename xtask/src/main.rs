@@ -1,4 +1,4 @@
-//! Build orchestration: `cargo xtask setup|build|test|demo|bench|soak`.
+//! Build orchestration: `cargo xtask setup|build|test|demo|bench|scale|soak`.
 
 mod bench;
 mod bench_noise;
@@ -9,6 +9,7 @@ mod flamegraph;
 mod fleet;
 mod kernels;
 mod package;
+mod scale;
 mod setup;
 mod soak;
 mod test;
@@ -111,6 +112,18 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         mb: u64,
     },
+    /// Measure topology discovery against the host's size: for each number
+    /// of extra processes (50 descriptors each), the idle agent's CPU and
+    /// how soon it notices a new stack; writes docs/performance.md's table.
+    ///
+    /// Example: cargo xtask scale --processes 0,4000
+    Scale {
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,4000,10000,20000")]
+        processes: Vec<usize>,
+        /// Seconds of the idle window the CPU is measured over.
+        #[arg(long, default_value_t = 20)]
+        idle: u64,
+    },
     /// Measure fio through the stacked device without tracing, under watch,
     /// monitor and a bpftrace script; writes docs/performance.md's table.
     Bench {
@@ -158,6 +171,7 @@ fn main() -> Result<()> {
             let done = vm::run(&opts, &cmd)?;
             std::process::exit(done.code)
         }
+        Cmd::Scale { processes, idle } => scale::run(&processes, idle),
         Cmd::Soak { minutes, interval } => soak::run(minutes, interval),
         Cmd::Kernels { kernels, no_host } => {
             let list = kernel_list(&kernels)?;

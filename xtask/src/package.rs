@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, exec, path_env, root};
+use crate::{
+    build::release_binary,
+    util::{cargo, exec, path_env, root},
+};
 
 /// Pinned: built with the machine's rustc.
 const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -99,22 +102,6 @@ pub fn setup() -> Result<()> {
         exec(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
     }
     Ok(())
-}
-
-/// The release binary with the eBPF object embedded: RECLAIMSCOPE_BPF_OBJ
-/// when it is set (an object built elsewhere), else `cargo xtask build --release`.
-fn release_binary() -> Result<PathBuf> {
-    match std::env::var_os("RECLAIMSCOPE_BPF_OBJ") {
-        Some(obj) => {
-            exec(
-                cargo()
-                    .args(["build", "--release", "-p", "probe-user", "--bin", "reclaimscope"])
-                    .env("RECLAIMSCOPE_BPF_OBJ", obj),
-            )?;
-            Ok(root().join("target/release/reclaimscope"))
-        }
-        None => crate::build::run_build(true),
-    }
 }
 
 /// Man pages (gzipped, as Debian installs them) and completions into

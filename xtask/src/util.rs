@@ -59,3 +59,16 @@ pub fn interrupt(mut child: Child, timeout: Duration) -> Result<()> {
     child.wait()?;
     bail!("reclaimscope did not exit within {timeout:?} of SIGINT")
 }
+
+/// Replaces what lies between `begin` and `end` in the document `doc`
+/// (relative to the workspace) with `section`; returns the document's path.
+pub fn write_section(doc: &str, begin: &str, end: &str, section: &str) -> Result<PathBuf> {
+    let path = root().join(doc);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        bail!("{} has no markers {begin} ... {end}", path.display());
+    };
+    let new = format!("{}{begin}\n{section}{}", &text[..b], &text[e..]);
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}

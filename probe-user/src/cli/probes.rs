@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::trace_args::KernelArgs;
 use crate::{
     agent::{
-        refresh::Refresher,
+        refresh::{Every, Refresher, FULL_SCAN_EVERY},
         run::{EventLoop, RunOptions},
         session::{load_object, Session, SessionOptions},
     },
@@ -93,8 +93,10 @@ async fn measure_costs(args: &ProbesArgs) -> Result<Vec<ImplCost>> {
         unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
     });
     let engine = Engine::new(StorageIndex::default(), Duration::from_secs(5));
-    // The workload builds its storage stack after start: rediscover often.
-    let refresher = Refresher::start(Extra::default(), Duration::from_secs(1));
+    // The workload builds its storage stack after start: rediscover often
+    // (its mounts and devices start a discovery at once anyway).
+    let every = Every { refresh: Duration::from_secs(1), full_scan: FULL_SCAN_EVERY };
+    let refresher = Refresher::start(Extra::default(), every);
     let mut sink = Discard;
     let mut l = EventLoop::new(&mut session, engine, &mut sink, &refresher);
     l.run(&RunOptions { duration: None, summary_every: Duration::from_secs(3600) }).await?;

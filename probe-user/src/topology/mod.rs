@@ -9,12 +9,16 @@
 
 mod block;
 mod dev;
+#[cfg(test)]
+mod fakeproc;
 mod fuse;
+mod incremental;
 mod known;
 mod loopdev;
 mod mountinfo;
 mod named;
 mod nbd;
+mod procindex;
 mod procs;
 mod servicer;
 mod snapshot;
@@ -26,7 +30,9 @@ mod ublk;
 pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;
 pub use fuse::connection_of;
+pub use incremental::{Discoverer, Done};
 pub use mountinfo::Mount;
+pub use procindex::{Pass, Scanned};
 pub use servicer::{protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;
@@ -34,6 +40,7 @@ pub use stack::StackPath;
 
 use anyhow::{bail, Context, Result};
 use mountinfo::{mount_of_path, path_may_block};
+use procindex::ProcIndex;
 use serde::Serialize;
 use source::Source;
 use std::path::{Path, PathBuf};
@@ -74,6 +81,17 @@ impl Topology {
     }
 
     pub(crate) fn discover_with(src: &Source, extra: &Extra) -> Result<Topology> {
+        Self::discover_indexed(src, extra, &mut ProcIndex::default(), Pass::Full).map(|(topo, _)| topo)
+    }
+
+    /// One discovery that takes who holds which device node from `index`,
+    /// after `pass` brought it up to date (see [`Discoverer`]).
+    pub(crate) fn discover_indexed(
+        src: &Source,
+        extra: &Extra,
+        index: &mut ProcIndex,
+        pass: Pass,
+    ) -> Result<(Topology, Scanned)> {
         let mountinfo = src.read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
         let mounts = mountinfo::parse(&mountinfo);
         let mut devices = block::scan(src);
@@ -85,20 +103,11 @@ impl Topology {
             name_backing_file(src, &mounts, &mut devices, path, *dev)?;
         }
 
-        // Sockets too while an nbd device is connected: its server is the
-        // peer of its connection.
         let nbd = devices.iter().any(|d| d.nbd_pid.is_some());
-        let holders = procs::holders(src, |node| {
-            node == fuse::DEV_FUSE
-                || node.starts_with("/dev/ublkc")
-                || node.starts_with("/dev/uio")
-                || (nbd && nbd::socket_inode(node).is_some())
-        });
+        let scanned = index.update(src, pass, nbd);
+        let holders = index.holders();
         if holders.unreadable > 0 {
-            warnings.push(format!(
-                "could not read the open files of {} processes (not root): servicers among them are missing",
-                holders.unreadable
-            ));
+            warnings.push(unreadable_warning(holders.unreadable));
         }
         let mut servicers = servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
@@ -111,7 +120,7 @@ impl Topology {
         }
         let mut topo = Topology { mounts, devices, servicers, warnings };
         topo.link_servicers();
-        Ok(topo)
+        Ok((topo, scanned))
     }
 
     pub fn device(&self, dev: Dev) -> Option<&BlockDevice> {
@@ -151,6 +160,12 @@ impl Topology {
     pub fn unprotected(&self) -> Vec<&Servicer> {
         self.servicers.iter().filter(|s| !s.protection.is_protected() && !s.under_mounts.is_empty()).collect()
     }
+}
+
+/// The warning of a discovery that could not see the open files of
+/// `processes` processes.
+fn unreadable_warning(processes: usize) -> String {
+    format!("could not read the open files of {processes} processes (not root): servicers among them are missing")
 }
 
 /// sysfs prints an unlinked backing file's path with this suffix.

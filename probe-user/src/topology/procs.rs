@@ -11,7 +11,6 @@ use super::servicer::{protection_of, ServicerThread};
 use super::source::Source;
 use procfs::FromRead;
 use std::collections::BTreeMap;
-use std::io;
 use std::path::PathBuf;
 
 /// Processes holding device nodes of interest open.
@@ -34,31 +33,6 @@ pub(crate) fn pids(src: &Source) -> Vec<u32> {
     let mut pids: Vec<u32> = src.read_dir("/proc").unwrap_or_default().iter().filter_map(|n| n.parse().ok()).collect();
     pids.sort_unstable();
     pids
-}
-
-/// Scans every process's open files for nodes `wanted` says yes to.
-pub(crate) fn holders(src: &Source, wanted: impl Fn(&str) -> bool) -> Holders {
-    let mut h = Holders::default();
-    for pid in pids(src) {
-        let fds = match src.read_dir(&format!("/proc/{pid}/fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                h.unreadable += 1;
-                continue;
-            }
-            Err(_) => continue, // exited meanwhile
-        };
-        for fd in fds.iter().filter_map(|f| f.parse::<u32>().ok()) {
-            let Ok(target) = src.read_link(&format!("/proc/{pid}/fd/{fd}")) else {
-                continue;
-            };
-            let target = target.to_string_lossy();
-            if wanted(&target) {
-                h.by_node.entry(target.into_owned()).or_default().push((pid, fd));
-            }
-        }
-    }
-    h
 }
 
 /// /proc/PID/fdinfo/FD as key → value ("mnt_id" → "27").
@@ -84,6 +58,13 @@ pub(crate) fn tgid_of(src: &Source, tid: u32) -> Option<u32> {
 pub(crate) fn parent(src: &Source, pid: u32) -> Option<u32> {
     let raw = src.read_bytes(&format!("/proc/{pid}/stat")).ok()?;
     procfs::process::Stat::from_read(raw.as_slice()).ok().map(|s| s.ppid as u32)
+}
+
+/// When a process started (field 22 of /proc/PID/stat, clock ticks since
+/// boot): with the pid, it names one process for good.
+pub(crate) fn start_time(src: &Source, pid: u32) -> Option<u64> {
+    let raw = src.read_bytes(&format!("/proc/{pid}/stat")).ok()?;
+    procfs::process::Stat::from_read(raw.as_slice()).ok().map(|s| s.starttime)
 }
 
 /// Every thread with its task flags (field 9 of /proc/PID/task/TID/stat).

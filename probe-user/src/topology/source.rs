@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Name of the file holding a snapshot's non-file answers.
@@ -157,19 +157,29 @@ impl Source {
     /// Entry names, sorted; a missing directory is empty (git keeps no empty
     /// directories, so a snapshot has none).
     pub fn read_dir(&self, path: &str) -> io::Result<Vec<String>> {
+        Ok(self.read_dir_ino(path)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Entry names with their inode numbers, sorted by name. For /proc the
+    /// inode of a /proc/PID directory is handed out when that process's
+    /// entry is first looked up and dropped when it exits, so it tells a
+    /// process from a later one with the same pid without reading anything.
+    pub fn read_dir_ino(&self, path: &str) -> io::Result<Vec<(String, u64)>> {
         let listing = fs::read_dir(self.real(path)).and_then(|entries| {
-            entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<io::Result<Vec<_>>>()
+            entries
+                .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.ino())))
+                .collect::<io::Result<Vec<_>>>()
         });
-        let mut names = match self.checked(path, listing) {
-            Ok(names) => names,
+        let mut entries = match self.checked(path, listing) {
+            Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        names.sort();
+        entries.sort();
         self.record(|r| {
-            r.dirs.insert(path.to_string(), names.clone());
+            r.dirs.insert(path.to_string(), entries.iter().map(|(name, _)| name.clone()).collect());
         });
-        Ok(names)
+        Ok(entries)
     }
 
     /// The loop driver's view of /dev/`name`'s backing file (see [`loopdev`]).
