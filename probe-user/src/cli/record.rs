@@ -71,6 +71,12 @@ pub async fn run(args: &RecordArgs) -> Result<i32> {
     let tracefs = session.tracefs.root().to_owned();
     let gfp_format = std::fs::read_to_string(tracefs.join("events/vmscan/mm_vmscan_direct_reclaim_begin/format")).ok();
     let topo = first.topology.unwrap_or_else(|| std::sync::Arc::new(Topology::empty()));
+    // The file's existence says the recording runs (scripts wait for it):
+    // the kernel's filter holds the header's topology before it is created,
+    // not only once the event loop applies it. The loop's own sync then
+    // finds nothing to change, and reports what did not fit.
+    session.gate_hooks(&topo)?;
+    session.maps.sync(&topo);
     let header = TraceHeader {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
