@@ -63,17 +63,31 @@ pub fn attach(ebpf: &mut Ebpf, prog: &Prog, resolved: &str) -> Result<LinkId> {
     })
 }
 
-fn detach(ebpf: &mut Ebpf, name: &str, link: LinkId) -> Result<()> {
+/// An attached link, owned: dropping it detaches the program.
+type OwnedLink = Box<dyn Send>;
+
+/// Takes `link` out of its program. Dropping the result detaches it; that
+/// waits for an RCU grace period per tracepoint (tens of ms each here), so
+/// it is done off the event loop (see [`release`]).
+fn take(ebpf: &mut Ebpf, name: &str, link: LinkId) -> Result<OwnedLink> {
     let program = ebpf.program_mut(name).context("program vanished")?;
-    match (program, link) {
-        (Program::KProbe(p), LinkId::KProbe(l)) => p.detach(l)?,
-        (Program::TracePoint(p), LinkId::TracePoint(l)) => p.detach(l)?,
-        (Program::FEntry(p), LinkId::FEntry(l)) => p.detach(l)?,
-        (Program::FExit(p), LinkId::FExit(l)) => p.detach(l)?,
-        (Program::BtfTracePoint(p), LinkId::BtfTracePoint(l)) => p.detach(l)?,
+    Ok(match (program, link) {
+        (Program::KProbe(p), LinkId::KProbe(l)) => Box::new(p.take_link(l)?),
+        (Program::TracePoint(p), LinkId::TracePoint(l)) => Box::new(p.take_link(l)?),
+        (Program::FEntry(p), LinkId::FEntry(l)) => Box::new(p.take_link(l)?),
+        (Program::FExit(p), LinkId::FExit(l)) => Box::new(p.take_link(l)?),
+        (Program::BtfTracePoint(p), LinkId::BtfTracePoint(l)) => Box::new(p.take_link(l)?),
         _ => bail!("{name}: link of another program type"),
+    })
+}
+
+/// Detaches taken links on a thread of their own: parking a hook must not
+/// stall the event loop for the grace periods (six tracepoints cost about
+/// 400 ms on this machine's kind).
+fn release(links: Vec<OwnedLink>) {
+    if !links.is_empty() {
+        let _ = std::thread::Builder::new().name("detach".into()).spawn(move || drop(links));
     }
-    Ok(())
 }
 
 /// One gated hook's chosen implementation, attached or parked.
@@ -122,9 +136,9 @@ impl Gates {
                         match attach(ebpf, prog, target) {
                             Ok(l) => links.push(l),
                             Err(e) => {
-                                for (p, l) in g.imp.progs.iter().zip(links) {
-                                    let _ = detach(ebpf, p.program, l);
-                                }
+                                let taken =
+                                    g.imp.progs.iter().zip(links).filter_map(|(p, l)| take(ebpf, p.program, l).ok());
+                                release(taken.collect());
                                 return Err(e.context(format!("cannot attach hook {} again", g.hook)));
                             }
                         }
@@ -133,9 +147,17 @@ impl Gates {
                     changed.push((g.hook, true));
                 }
                 (false, Some(links)) => {
+                    let mut taken = Vec::new();
                     for (p, l) in g.imp.progs.iter().zip(links) {
-                        detach(ebpf, p.program, l).with_context(|| format!("cannot park hook {}", g.hook))?;
+                        match take(ebpf, p.program, l) {
+                            Ok(t) => taken.push(t),
+                            Err(e) => {
+                                release(taken);
+                                return Err(e.context(format!("cannot park hook {}", g.hook)));
+                            }
+                        }
                     }
+                    release(taken);
                     changed.push((g.hook, false));
                 }
                 (_, links) => g.links = links,
