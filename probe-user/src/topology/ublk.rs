@@ -3,6 +3,8 @@
 
 use probe_common::flags::PF_IO_WORKER;
 
+use crate::kernel::markers;
+
 use super::block::BlockDevice;
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
@@ -40,7 +42,7 @@ pub(super) fn queue_threads(src: &Source, pid: u32, threads: &[ServicerThread]) 
     let queues: Vec<u32> = threads
         .iter()
         .filter(|t| t.flags & PF_IO_WORKER == 0)
-        .filter(|t| procs::kernel_stack(src, pid, t.tid).is_some_and(|s| s.contains("io_cqring_wait")))
+        .filter(|t| procs::call_stack(src, pid, t.tid).is_some_and(|s| markers::on_stack(&s, "io_cqring_wait")))
         .map(|t| t.tid)
         .collect();
     let workers = threads.iter().filter(|t| {
