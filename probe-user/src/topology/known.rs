@@ -1,81 +1,45 @@
-//! What the known servicers do about reclaim recursion, from their own
-//! source and binaries. The verdict always comes from the threads' real
-//! flags; this table only sharpens the remedy, and explains a verdict that
-//! contradicts what the program is known to do.
+//! The servicer programs discovery recognises, by executable name. The
+//! verdict always comes from the threads' real flags; knowing the program
+//! only sharpens the remedy, and explains a verdict that contradicts what
+//! the program is known to do. What each one does and how to fix it, in
+//! words, is output/remedy.rs's table.
 
-use super::servicer::Protection;
-
-/// One program: how it is recognised (its executable's file name) and what
-/// it does.
-pub(crate) struct Known {
-    /// Executable names (/proc/PID/exe's file name).
-    pub exe: &'static [&'static str],
-    /// What it does about PR_SET_IO_FLUSHER, as its source shows.
-    pub does: &'static str,
-    /// The remedy when it is unprotected.
-    pub remedy: &'static str,
-    /// True when a correct, current build sets PR_SET_IO_FLUSHER itself.
-    pub sets_io_flusher: bool,
+/// A program whose handling of reclaim recursion is known from its own
+/// source and binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownServicer {
+    TcmuRunner,
+    /// nbd-server and nbd-client.
+    Nbd,
+    Iscsid,
+    /// libublk and ublksrv servers.
+    Ublk,
+    /// qemu-storage-daemon, qemu-nbd, qemu-system.
+    Qemu,
+    /// FUSE daemons built on libfuse.
+    FuseDaemon,
 }
 
-pub(crate) const KNOWN: &[Known] = &[
-    Known {
-        exe: &["tcmu-runner"],
-        does: "tcmu-runner sets no reclaim scope: it never calls prctl() (Debian's 1.5.4 binary does not even import it)",
-        remedy: "patch tcmu-runner to call prctl(PR_SET_IO_FLUSHER, 1) before it starts its handler threads, \
-                 and run it with CAP_SYS_RESOURCE",
-        sets_io_flusher: false,
-    },
-    Known {
-        exe: &["nbd-server", "nbd-client"],
-        does: "nbd-server and nbd-client set no reclaim scope: neither calls prctl() (Debian's 3.24 binaries do not import it)",
-        remedy: "run the NBD server on another host, or patch it to call prctl(PR_SET_IO_FLUSHER, 1) in the \
-                 process that serves each connection (a forked child)",
-        sets_io_flusher: false,
-    },
-    Known {
-        exe: &["iscsid"],
-        does: "iscsid sets PR_SET_IO_FLUSHER since open-iscsi 2.1.5",
-        remedy: "upgrade open-iscsi to 2.1.5 or later, and give iscsid CAP_SYS_RESOURCE",
-        sets_io_flusher: true,
-    },
-    Known {
-        exe: &["rublk", "ublk"],
-        does: "libublk before 0.4.7 and ublksrv before 1.8 call prctl(PR_SET_IO_FLUSHER, 0), which clears the flag; \
-               later ones call it with 1",
-        remedy: "upgrade the ublk server (libublk 0.4.7+, ublksrv 1.8+), and give it CAP_SYS_RESOURCE",
-        sets_io_flusher: true,
-    },
-    Known {
-        exe: &["qemu-storage-daemon", "qemu-nbd", "qemu-system-x86_64"],
-        does: "QEMU sets no reclaim scope for its I/O threads",
-        remedy: "call prctl(PR_SET_IO_FLUSHER, 1) in QEMU's I/O threads (none of its options does), or serve the \
-                 export from outside the memory pressure: its own memory cgroup with room, or another host",
-        sets_io_flusher: false,
-    },
-    Known {
-        exe: &["bindfs", "sshfs", "fuse-overlayfs", "fuse2fs", "s3fs"],
-        does: "libfuse has no option to set PR_SET_IO_FLUSHER (libfuse issue #700 is open), and this daemon does not set it",
-        remedy: "patch the daemon to call prctl(PR_SET_IO_FLUSHER, 1) in every thread that serves requests \
-                 (libfuse's worker threads inherit it when it is set before fuse_session_loop_mt)",
-        sets_io_flusher: false,
-    },
+/// Executable names (/proc/PID/exe's file name) of each program.
+const EXES: &[(KnownServicer, &[&str])] = &[
+    (KnownServicer::TcmuRunner, &["tcmu-runner"]),
+    (KnownServicer::Nbd, &["nbd-server", "nbd-client"]),
+    (KnownServicer::Iscsid, &["iscsid"]),
+    (KnownServicer::Ublk, &["rublk", "ublk"]),
+    (KnownServicer::Qemu, &["qemu-storage-daemon", "qemu-nbd", "qemu-system-x86_64"]),
+    (KnownServicer::FuseDaemon, &["bindfs", "sshfs", "fuse-overlayfs", "fuse2fs", "s3fs"]),
 ];
 
-pub(crate) fn lookup(exe: &str) -> Option<&'static Known> {
-    KNOWN.iter().find(|k| k.exe.contains(&exe))
-}
+impl KnownServicer {
+    /// The program an executable's file name is.
+    pub fn of_exe(exe: &str) -> Option<KnownServicer> {
+        EXES.iter().find(|(_, names)| names.contains(&exe)).map(|(k, _)| *k)
+    }
 
-/// The note for a known program: what it does, and why the verdict here
-/// differs when it does.
-pub(crate) fn note(k: &Known, protection: Protection) -> String {
-    match (k.sets_io_flusher, protection.is_protected()) {
-        (true, false) => format!(
-            "{}; this one is unprotected all the same: an older release, or it lacks CAP_SYS_RESOURCE so its prctl() fails",
-            k.does
-        ),
-        (false, true) => format!("{}; this one is protected all the same: patched, or started inside a scope", k.does),
-        _ => k.does.to_owned(),
+    /// A correct, current build sets PR_SET_IO_FLUSHER itself (iscsid
+    /// since open-iscsi 2.1.5, libublk 0.4.7+, ublksrv 1.8+).
+    pub fn sets_io_flusher(self) -> bool {
+        matches!(self, KnownServicer::Iscsid | KnownServicer::Ublk)
     }
 }
 
@@ -84,12 +48,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_mismatch_is_explained() {
-        let iscsid = lookup("iscsid").unwrap();
-        assert!(note(iscsid, Protection::Unprotected).contains("older release"));
-        assert!(!note(iscsid, Protection::IoFlusher).contains("older"));
-        let tcmu = lookup("tcmu-runner").unwrap();
-        assert!(note(tcmu, Protection::IoFlusher).contains("patched"));
-        assert!(lookup("no-such-daemon").is_none());
+    fn recognised_by_executable_name() {
+        assert_eq!(KnownServicer::of_exe("qemu-nbd"), Some(KnownServicer::Qemu));
+        assert!(KnownServicer::of_exe("iscsid").is_some_and(KnownServicer::sets_io_flusher));
+        assert_eq!(KnownServicer::of_exe("no-such-daemon"), None);
     }
 }

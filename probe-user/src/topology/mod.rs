@@ -31,9 +31,12 @@ pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;
 pub use fuse::connection_of;
 pub use incremental::{Discoverer, Done};
+pub use known::KnownServicer;
 pub use mountinfo::Mount;
 pub use procindex::{Pass, Scanned};
-pub use servicer::{protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread};
+pub use servicer::{
+    protection_of, Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,
+};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;
 pub use stack::StackPath;

@@ -10,7 +10,7 @@
 
 use super::block::{BlockDevice, DeviceKind};
 use super::dev::Dev;
-use super::known;
+use super::known::KnownServicer;
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
 use super::source::Source;
@@ -182,8 +182,37 @@ pub struct Servicer {
     pub under_mounts: Vec<PathBuf>,
     /// Stacked block devices whose I/O completes through it.
     pub supports: Vec<Dev>,
-    pub remedy: String,
-    pub note: Option<String>,
+    pub remedy: Remedy,
+    pub note: Option<Note>,
+}
+
+/// Which change stops reclaim in a servicer from recursing into what it
+/// serves. Serialized and printed in words by output/remedy.rs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Every serving thread is protected.
+    NoneNeeded,
+    /// A kernel loop worker: the driver scopes each work item itself.
+    LoopDriverScopes,
+    /// An unprotected kernel thread: scope the kernel code that completes the I/O.
+    KernelScope,
+    /// An unprotected program whose own fix is known.
+    Known(KnownServicer),
+    /// No serving thread is protected: PR_SET_IO_FLUSHER before any starts.
+    IoFlusherDaemon,
+    /// These serving threads lack the flag that others have.
+    IoFlusherThreads(Vec<u32>),
+}
+
+/// What explains a servicer's verdict beyond its threads' flags.
+/// Serialized and printed in words by output/remedy.rs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// Loop workers carry PF_MEMALLOC_NOIO only while they run a work item.
+    LoopWorkItems,
+    /// A recognised program (its verdict is `protected`), and the threads
+    /// the verdict was judged by when only some serve I/O.
+    Process { known: Option<KnownServicer>, protected: bool, judged_by: Vec<u32> },
 }
 
 impl Servicer {
@@ -208,12 +237,14 @@ impl Servicer {
             serving_tids: Vec::new(),
             protection: Protection::NoIo,
             kernel: true,
-            confidence: Confidence::Certain { why: "the loop driver completes this device's I/O in its workqueue".into() },
+            confidence: Confidence::Certain {
+                why: "the loop driver completes this device's I/O in its workqueue".into(),
+            },
             data_files: Vec::new(),
             under_mounts: Vec::new(),
             supports: Vec::new(),
-            remedy: "none needed: loop_process_work() runs every work item inside memalloc_noio_save() (drivers/block/loop.c)".into(),
-            note: Some("PF_MEMALLOC_NOIO is set per work item, so idle kworkers do not show it".into()),
+            remedy: Remedy::LoopDriverScopes,
+            note: Some(Note::LoopWorkItems),
         }
     }
 
@@ -260,23 +291,16 @@ impl Servicer {
             .as_ref()
             .and_then(|e| e.file_name())
             .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
-        let recognised = program.as_deref().and_then(known::lookup);
-        let remedy = match recognised {
-            Some(k) if !protection.is_protected() && !kernel => k.remedy.to_owned(),
+        let known = program.as_deref().and_then(KnownServicer::of_exe);
+        let remedy = match known {
+            Some(k) if !protection.is_protected() && !kernel => Remedy::Known(k),
             _ => remedy(kernel, protection, &serving),
         };
-        let mut note = recognised.map(|k| known::note(k, protection));
-        if !serving_tids.is_empty() {
-            let judged = format!(
-                "judged by threads {} (queue threads waiting on their io_uring, and their io-wq workers); \
-                 the other threads complete no I/O",
-                serving_tids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-            );
-            note = Some(match note {
-                Some(n) => format!("{n}; {judged}"),
-                None => judged,
-            });
-        }
+        let note = (known.is_some() || !serving_tids.is_empty()).then(|| Note::Process {
+            known,
+            protected: protection.is_protected(),
+            judged_by: serving_tids.clone(),
+        });
         Some(Servicer {
             kind,
             tgid: Some(pid),
@@ -299,25 +323,18 @@ impl Servicer {
 }
 
 /// What to change so that reclaim in this servicer cannot recurse.
-fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> String {
+fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> Remedy {
     if protection.is_protected() {
-        return "none needed".into();
+        return Remedy::NoneNeeded;
     }
     if kernel {
-        return "wrap the kernel code that completes this I/O in a memalloc_noio_save()/memalloc_noio_restore() scope"
-            .into();
+        return Remedy::KernelScope;
     }
-    let bare: Vec<String> =
-        threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid.to_string()).collect();
+    let bare: Vec<u32> = threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid).collect();
     if bare.len() == threads.len() {
-        "call prctl(PR_SET_IO_FLUSHER, 1) in the daemon before it creates threads or serves I/O (needs CAP_SYS_RESOURCE; \
-         the flag is per thread and inherited by threads created afterwards)"
-            .into()
+        Remedy::IoFlusherDaemon
     } else {
-        format!(
-            "call prctl(PR_SET_IO_FLUSHER, 1) in threads {} too, or before they are created (the flag is per thread)",
-            bare.join(", ")
-        )
+        Remedy::IoFlusherThreads(bare)
     }
 }
 
@@ -387,11 +404,10 @@ mod tests {
     #[test]
     fn remedy_names_the_fix() {
         let all_bare = [thread(1, 0), thread(2, 0)];
-        assert!(remedy(false, Protection::Unprotected, &all_bare)
-            .starts_with("call prctl(PR_SET_IO_FLUSHER, 1) in the daemon"));
+        assert_eq!(remedy(false, Protection::Unprotected, &all_bare), Remedy::IoFlusherDaemon);
         let some = [thread(1, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), thread(2, 0)];
-        assert!(remedy(false, Protection::Unprotected, &some).contains("in threads 2 too"));
-        assert!(remedy(true, Protection::Unprotected, &all_bare).contains("memalloc_noio_save()"));
-        assert_eq!(remedy(false, Protection::IoFlusher, &some[..1]), "none needed");
+        assert_eq!(remedy(false, Protection::Unprotected, &some), Remedy::IoFlusherThreads(vec![2]));
+        assert_eq!(remedy(true, Protection::Unprotected, &all_bare), Remedy::KernelScope);
+        assert_eq!(remedy(false, Protection::IoFlusher, &some[..1]), Remedy::NoneNeeded);
     }
 }
