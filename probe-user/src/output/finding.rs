@@ -16,7 +16,6 @@ use crate::{
     events::decode::reclaim_kind_name,
     names::{self, GfpNames},
     output::remedy,
-    topology::protection_of,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +87,7 @@ impl FindingView {
                 tgid: s.tgid,
                 tid: s.tid,
                 flags: names::task_flags(s.task_flags),
-                protection: format!("{:?}", protection_of(s.task_flags)),
+                protection: format!("{:?}", s.protection()),
             },
             upper_fs: f.upper_fs.as_ref().map(FsView::of),
             device: f.device.to_string(),
