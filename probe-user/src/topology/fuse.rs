@@ -9,9 +9,9 @@
 //! of every mount; several holders leave the match ambiguous.
 
 use super::dev::Dev;
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -15,16 +15,19 @@ mod fuse;
 mod incremental;
 mod known;
 mod loopdev;
+mod model;
 mod mountinfo;
 mod named;
 mod nbd;
+mod process;
 mod procindex;
 mod procs;
-mod servicer;
+mod serving;
 mod snapshot;
 mod source;
 mod stack;
 mod tcmu;
+mod transport;
 mod ublk;
 
 pub use block::{BackingFile, BlockDevice, DeviceKind};
@@ -32,11 +35,11 @@ pub use dev::Dev;
 pub use fuse::connection_of;
 pub use incremental::{Discoverer, Done};
 pub use known::KnownServicer;
-pub use mountinfo::Mount;
-pub use procindex::{Pass, Scanned};
-pub use servicer::{
+pub use model::{
     protection_of, Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,
 };
+pub use mountinfo::Mount;
+pub use procindex::{Pass, Scanned};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;
 pub use stack::StackPath;
@@ -112,7 +115,7 @@ impl Topology {
         if holders.unreadable > 0 {
             warnings.push(unreadable_warning(holders.unreadable));
         }
-        let mut servicers = servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
+        let mut servicers = transport::discover_block(src, &mounts, &devices, &holders, &mut warnings);
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
         fuse::settle_named(&mut servicers, &extra.servicers);
         for &pid in &extra.servicers {

@@ -3,9 +3,9 @@
 
 use super::block::BlockDevice;
 use super::dev::Dev;
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::mountinfo::Mount;
 use super::procs;
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use anyhow::{bail, Result};
 use std::path::Path;

@@ -10,9 +10,9 @@
 //! connected the device itself (`-c`) is the device's own pid.
 
 use super::block::{BlockDevice, DeviceKind};
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::mountinfo::Mount;
 use super::procs::{self, Holders};
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 

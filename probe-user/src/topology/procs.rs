@@ -7,7 +7,7 @@
 //! is avoided: it takes the target's mmap lock, which a task stuck in
 //! reclaim may hold.
 
-use super::servicer::{protection_of, ServicerThread};
+use super::model::{protection_of, ServicerThread};
 use super::source::Source;
 use crate::kernel::proc_task::{self, TaskStat};
 use std::collections::BTreeMap;

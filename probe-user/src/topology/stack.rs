@@ -8,8 +8,8 @@
 //! mounted element down to a plain disk gives the storage stack.
 
 use super::dev::Dev;
+use super::model::Servicer;
 use super::mountinfo::{mount_of_path, Mount};
-use super::servicer::Servicer;
 use super::{connection_of, Topology};
 use serde::Serialize;
 use std::collections::BTreeSet;

@@ -10,9 +10,10 @@
 
 use super::block::BlockDevice;
 use super::dev::Dev;
+use super::model::{Servicer, ServicerKind};
 use super::mountinfo::Mount;
+use super::process::holder_servicers;
 use super::procs::Holders;
-use super::servicer::{holder_servicers, Servicer, ServicerKind};
 use super::source::Source;
 
 const CONFIGFS: &str = "/sys/kernel/config/target";

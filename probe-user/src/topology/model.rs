@@ -8,13 +8,9 @@
 //! (current_gfp_context()), so a servicer is protected when each of its
 //! threads carries one.
 
-use super::block::{BlockDevice, DeviceKind};
 use super::dev::Dev;
 use super::known::KnownServicer;
-use super::mountinfo::Mount;
-use super::procs::{self, Holders};
-use super::source::Source;
-use probe_common::flags::{PF_KTHREAD, PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
+use probe_common::flags::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -38,7 +34,7 @@ impl Protection {
     }
 
     /// Weakest first, to reduce a set of threads to the protection they all have.
-    fn strength(self) -> u8 {
+    pub(super) fn strength(self) -> u8 {
         match self {
             Protection::Unprotected => 0,
             Protection::NoFs => 1,
@@ -223,161 +219,6 @@ impl Servicer {
             None => self.comm.clone(),
         }
     }
-
-    /// The kernel loop worker of `d`, protected by the driver itself.
-    fn kernel_loop(d: &BlockDevice) -> Servicer {
-        Servicer {
-            kind: ServicerKind::KernelLoop,
-            tgid: None,
-            comm: format!("kworker (workqueue {})", d.name),
-            program: None,
-            serves: d.dev,
-            serves_name: d.label(),
-            threads: Vec::new(),
-            serving_tids: Vec::new(),
-            protection: Protection::NoIo,
-            kernel: true,
-            confidence: Confidence::Certain {
-                why: "the loop driver completes this device's I/O in its workqueue".into(),
-            },
-            data_files: Vec::new(),
-            under_mounts: Vec::new(),
-            supports: Vec::new(),
-            remedy: Remedy::LoopDriverScopes,
-            note: Some(Note::LoopWorkItems),
-        }
-    }
-
-    /// A process servicer; `None` when the process is gone.
-    pub(crate) fn process(
-        src: &Source,
-        mounts: &[Mount],
-        kind: ServicerKind,
-        pid: u32,
-        serves: Dev,
-        serves_name: String,
-        confidence: Confidence,
-    ) -> Option<Servicer> {
-        let threads = procs::threads(src, pid);
-        let main = threads.iter().find(|t| t.tid == pid).or(threads.first())?;
-        let kernel = main.flags & PF_KTHREAD != 0;
-        let comm = procs::comm(src, pid).unwrap_or_else(|| main.comm.clone());
-        let serving_tids = match kind {
-            ServicerKind::Ublk => super::ublk::queue_threads(src, pid, &threads),
-            _ => Vec::new(),
-        };
-        let serving: Vec<ServicerThread> =
-            threads.iter().filter(|t| serving_tids.is_empty() || serving_tids.contains(&t.tid)).cloned().collect();
-        let protection =
-            serving.iter().map(|t| t.protection).min_by_key(|p| p.strength()).unwrap_or(Protection::Unprotected);
-        let data_files = procs::open_files(src, pid)
-            .into_iter()
-            .filter(|f| f.read_write)
-            .filter_map(|f| {
-                let m = mounts.iter().find(|m| m.mount_id == f.mnt_id)?;
-                Some(DataFile {
-                    dev: m.dev,
-                    mount_point: m.mount_point.clone(),
-                    fs_type: m.fs_type.clone(),
-                    path: f.path,
-                    ino: f.ino,
-                })
-            })
-            .collect();
-        // The full program name (comm is cut at 15 bytes): readlink of
-        // /proc/PID/exe prints kernel state, safe even on a wedged mount.
-        let exe = src.read_link(&format!("/proc/{pid}/exe")).ok();
-        let program = exe
-            .as_ref()
-            .and_then(|e| e.file_name())
-            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
-        let known = program.as_deref().and_then(KnownServicer::of_exe);
-        let remedy = match known {
-            Some(k) if !protection.is_protected() && !kernel => Remedy::Known(k),
-            _ => remedy(kernel, protection, &serving),
-        };
-        let note = (known.is_some() || !serving_tids.is_empty()).then(|| Note::Process {
-            known,
-            protected: protection.is_protected(),
-            judged_by: serving_tids.clone(),
-        });
-        Some(Servicer {
-            kind,
-            tgid: Some(pid),
-            comm,
-            program,
-            serves,
-            serves_name,
-            threads,
-            serving_tids,
-            protection,
-            kernel,
-            confidence,
-            data_files,
-            under_mounts: Vec::new(),
-            supports: Vec::new(),
-            remedy,
-            note,
-        })
-    }
-}
-
-/// What to change so that reclaim in this servicer cannot recurse.
-fn remedy(kernel: bool, protection: Protection, threads: &[ServicerThread]) -> Remedy {
-    if protection.is_protected() {
-        return Remedy::NoneNeeded;
-    }
-    if kernel {
-        return Remedy::KernelScope;
-    }
-    let bare: Vec<u32> = threads.iter().filter(|t| !t.protection.is_protected()).map(|t| t.tid).collect();
-    if bare.len() == threads.len() {
-        Remedy::IoFlusherDaemon
-    } else {
-        Remedy::IoFlusherThreads(bare)
-    }
-}
-
-/// Kernel loop workers, nbd clients, ublk servers and tcmu handlers.
-pub(crate) fn discover_block(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &[BlockDevice],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
-    let mut out = Vec::new();
-    for d in devices {
-        match d.kind {
-            DeviceKind::Loop if d.backing_file.is_some() => out.push(Servicer::kernel_loop(d)),
-            DeviceKind::Ublk => out.extend(super::ublk::servers(src, mounts, holders, d, warnings)),
-            _ => {}
-        }
-    }
-    out.extend(super::nbd::discover(src, mounts, devices, holders, warnings));
-    out.extend(super::tcmu::discover(src, mounts, devices, holders, warnings));
-    out
-}
-
-/// One servicer per process holding `node` open.
-pub(crate) fn holder_servicers(
-    src: &Source,
-    mounts: &[Mount],
-    holders: &Holders,
-    node: &str,
-    kind: ServicerKind,
-    serves: Dev,
-    serves_name: String,
-) -> Vec<Servicer> {
-    let mut pids: Vec<u32> = holders.of(node).iter().map(|(pid, _)| *pid).collect();
-    pids.dedup();
-    let why = |n: usize| {
-        let also = if n > 1 { format!(" (one of {n} holders)") } else { String::new() };
-        Confidence::Certain { why: format!("holds {node} open{also}") }
-    };
-    pids.iter()
-        .filter_map(|&pid| Servicer::process(src, mounts, kind, pid, serves, serves_name.clone(), why(pids.len())))
-        .collect()
 }
 
 #[cfg(test)]
@@ -395,19 +236,5 @@ mod tests {
         assert_eq!(protection_of(PF_LOCAL_THROTTLE), Protection::Unprotected);
         // In direct reclaim right now: not a protection.
         assert_eq!(protection_of(probe_common::flags::PF_MEMALLOC), Protection::Unprotected);
-    }
-
-    fn thread(tid: u32, flags: u32) -> ServicerThread {
-        ServicerThread { tid, comm: "t".into(), flags, protection: protection_of(flags) }
-    }
-
-    #[test]
-    fn remedy_names_the_fix() {
-        let all_bare = [thread(1, 0), thread(2, 0)];
-        assert_eq!(remedy(false, Protection::Unprotected, &all_bare), Remedy::IoFlusherDaemon);
-        let some = [thread(1, PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE), thread(2, 0)];
-        assert_eq!(remedy(false, Protection::Unprotected, &some), Remedy::IoFlusherThreads(vec![2]));
-        assert_eq!(remedy(true, Protection::Unprotected, &all_bare), Remedy::KernelScope);
-        assert_eq!(remedy(false, Protection::IoFlusher, &some[..1]), Remedy::NoneNeeded);
     }
 }
