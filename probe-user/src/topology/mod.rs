@@ -8,12 +8,10 @@
 //! BPF, mostly without root, and never blocks on a wedged FUSE daemon.
 
 mod block;
-mod dev;
 #[cfg(test)]
 mod fakeproc;
 mod fuse;
 mod incremental;
-mod known;
 mod loopdev;
 mod model;
 mod mountinfo;
@@ -30,15 +28,12 @@ mod tcmu;
 mod transport;
 mod ublk;
 
-pub use block::{BackingFile, BlockDevice, DeviceKind};
-pub use dev::Dev;
 pub use fuse::connection_of;
 pub use incremental::{Discoverer, Done};
-pub use known::KnownServicer;
 pub use model::{
-    protection_of, Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,
+    protection_of, BackingFile, BlockDevice, Confidence, DataFile, Dev, DeviceKind, KnownServicer, Mount, Note,
+    Protection, Remedy, Servicer, ServicerKind, ServicerThread,
 };
-pub use mountinfo::Mount;
 pub use procindex::{Pass, Scanned};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;

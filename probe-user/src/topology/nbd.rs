@@ -9,9 +9,9 @@
 //! does), or that the configuring process holds; and a qemu-nbd that
 //! connected the device itself (`-c`) is the device's own pid.
 
-use super::block::{BlockDevice, DeviceKind};
+use super::model::Mount;
+use super::model::{BlockDevice, DeviceKind};
 use super::model::{Confidence, Servicer, ServicerKind};
-use super::mountinfo::Mount;
 use super::procs::{self, Holders};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};

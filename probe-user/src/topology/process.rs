@@ -3,10 +3,11 @@
 //! and the verdict on it. Every transport's discovery ends here once it
 //! has found the pid.
 
-use super::dev::Dev;
-use super::known::KnownServicer;
-use super::model::{Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread};
-use super::mountinfo::Mount;
+use super::model::Dev;
+use super::model::Mount;
+use super::model::{
+    Confidence, DataFile, KnownServicer, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,
+};
 use super::procs::{self, Holders};
 use super::serving;
 use super::source::Source;

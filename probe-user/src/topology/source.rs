@@ -8,8 +8,8 @@
 //! the same topology as the live discovery that recorded it, which is how
 //! the test fixtures are captured and how a user can send in their stack.
 
-use super::dev::Dev;
 use super::loopdev;
+use super::model::Dev;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;

@@ -8,10 +8,10 @@
 //!   0x80, for fabrics whose disk sysfs shows that page (not every kernel
 //!   reads it for tcm_loop disks: Debian's 6.1 does not).
 
-use super::block::BlockDevice;
-use super::dev::Dev;
+use super::model::BlockDevice;
+use super::model::Dev;
+use super::model::Mount;
 use super::model::{Servicer, ServicerKind};
-use super::mountinfo::Mount;
 use super::process::holder_servicers;
 use super::procs::Holders;
 use super::source::Source;

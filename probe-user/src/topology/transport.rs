@@ -3,9 +3,9 @@
 //! returns the servicers it finds (FUSE, which serves a filesystem and not
 //! a block device, is fuse.rs's). A new transport is one more line here.
 
-use super::block::{BlockDevice, DeviceKind};
+use super::model::Mount;
+use super::model::{BlockDevice, DeviceKind};
 use super::model::{Confidence, Note, Protection, Remedy, Servicer, ServicerKind};
-use super::mountinfo::Mount;
 use super::procs::Holders;
 use super::source::Source;
 use super::{nbd, tcmu, ublk};

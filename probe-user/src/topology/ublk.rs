@@ -1,9 +1,9 @@
 //! ublk: a block device (ublkbN) whose I/O a userspace server completes
 //! through the character device /dev/ublkcN, which the server holds open.
 
-use super::block::BlockDevice;
+use super::model::BlockDevice;
+use super::model::Mount;
 use super::model::{Servicer, ServicerKind};
-use super::mountinfo::Mount;
 use super::process::holder_servicers;
 use super::procs::Holders;
 use super::source::Source;

@@ -34,7 +34,7 @@ impl Protection {
     }
 
     /// Weakest first, to reduce a set of threads to the protection they all have.
-    pub(super) fn strength(self) -> u8 {
+    pub(crate) fn strength(self) -> u8 {
         match self {
             Protection::Unprotected => 0,
             Protection::NoFs => 1,
