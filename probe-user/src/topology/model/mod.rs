@@ -7,6 +7,7 @@ mod dev;
 mod known;
 mod mount;
 mod servicer;
+mod topology;
 
 pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::Dev;
@@ -15,3 +16,4 @@ pub use mount::Mount;
 pub use servicer::{
     protection_of, Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,
 };
+pub use topology::Topology;
