@@ -10,7 +10,7 @@ mod servicer;
 mod topology;
 
 pub use block::{BackingFile, BlockDevice, DeviceKind};
-pub use dev::Dev;
+pub use dev::{Dev, FileId};
 pub use known::KnownServicer;
 pub use mount::Mount;
 pub use servicer::{
