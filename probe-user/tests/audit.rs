@@ -8,7 +8,9 @@
 //! Run: cargo test -p probe-user --test audit -- --test-threads=1
 
 use reclaimscope::output::audit::{audit, EXIT_INCOMPLETE, EXIT_OK, EXIT_UNPROTECTED};
-use reclaimscope::topology::{capture, Confidence, Dev, Extra, Protection, ServicerKind, StackPath, Topology};
+use reclaimscope::topology::{
+    capture, Confidence, Dev, Extra, Note, Protection, Remedy, ServicerKind, StackPath, Topology,
+};
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -165,7 +167,7 @@ fn synthetic_tcmu_and_ublk() {
     let prot: Vec<(u32, Protection)> = runner.threads.iter().map(|t| (t.tid, t.protection)).collect();
     assert_eq!(prot, vec![(900, Protection::NoIo), (901, Protection::Unprotected), (905, Protection::Unprotected)]);
     assert_eq!(runner.protection, Protection::Unprotected, "one bare thread is enough");
-    assert!(runner.remedy.contains("threads 901, 905"), "{}", runner.remedy);
+    assert_eq!(runner.remedy, Remedy::IoFlusherThreads(vec![901, 905]));
     assert_eq!(runner.under_mounts, vec![PathBuf::from("/mnt/lun")]);
 
     let server = t.servicer_by_tgid(1000).expect("ublk server holds /dev/ublkc0");
@@ -174,11 +176,7 @@ fn synthetic_tcmu_and_ublk() {
     // worker; the main thread and the control ring's worker are bare.
     assert_eq!(server.threads.len(), 4);
     assert_eq!(server.serving_tids, vec![1001, 1002]);
-    assert!(
-        server.note.as_deref().is_some_and(|n| n.contains("judged by threads 1001, 1002 (queue")),
-        "{:?}",
-        server.note
-    );
+    assert_eq!(server.note, Some(Note::Process { known: None, protected: true, judged_by: vec![1001, 1002] }));
     assert!(t.servicer_by_tgid(1100).is_none(), "a non-tcmu uio user is no servicer");
 
     let p = t.path_of(sdb1).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{holds::Held, index::MountRef};
-use crate::topology::Dev;
+use crate::topology::{protection_of, Dev, Protection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +41,14 @@ pub struct ServicerDesc {
     pub tid: u32,
     /// Its task_struct.flags at the first sighting.
     pub task_flags: u32,
+}
+
+impl ServicerDesc {
+    /// The reclaim scope its flags gave it. Derived, not stored: the flags
+    /// are the raw value, and a trace's finding records keep their shape.
+    pub fn protection(&self) -> Protection {
+        protection_of(self.task_flags)
+    }
 }
 
 /// One servicer thread that made the finding.

@@ -13,12 +13,21 @@ pub struct TaskStat {
     pub ppid: u32,
     /// task_struct.flags (field 9).
     pub flags: u32,
+    /// Clock ticks after boot the task started (field 22): with the pid,
+    /// it names one process for good.
+    pub start_time: u64,
 }
 
 /// Parses a /proc/TID/stat line (a comm may hold spaces and parentheses).
 pub fn parse_stat(raw: &[u8]) -> Option<TaskStat> {
     let s = procfs::process::Stat::from_read(raw).ok()?;
-    Some(TaskStat { comm: s.comm, state: s.state, ppid: u32::try_from(s.ppid).ok()?, flags: s.flags })
+    Some(TaskStat {
+        comm: s.comm,
+        state: s.state,
+        ppid: u32::try_from(s.ppid).ok()?,
+        flags: s.flags,
+        start_time: s.starttime,
+    })
 }
 
 /// Parses a /proc/TID/stack (root only; the kernel prints it without

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use serde::Serialize;
 
 use crate::names::task_flags;
-use crate::topology::{Servicer, StackPath, Topology};
+use crate::topology::{Remedy, Servicer, StackPath, Topology};
 
 /// No unprotected servicer sits under a mounted filesystem.
 pub const EXIT_OK: i32 = 0;
@@ -41,7 +41,7 @@ pub(crate) struct Verdict<'a> {
     pub(crate) serves: String,
     pub(crate) under_mounts: &'a [PathBuf],
     pub(crate) unprotected_threads: Vec<u32>,
-    pub(crate) remedy: &'a str,
+    pub(crate) remedy: &'a Remedy,
 }
 /// The audit of one topology, in both forms.
 pub struct AuditOutput {

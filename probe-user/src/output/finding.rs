@@ -1,21 +1,21 @@
-//! A finding in words: each rule's title, the remedy, what the rule saw,
-//! and the finding as every view shows it (its raw values beside their
+//! A finding in words: each rule's title, what the rule saw (the remedy is
+//! output/remedy.rs's), and the finding as every view shows it (its raw values beside their
 //! names, in the shape docs/json.md describes). The engine keeps raw
 //! values; this is the one place that says them.
 
 use std::{sync::Arc, time::Duration};
 
-use probe_common::{events::ReclaimKind, flags::PF_KTHREAD};
+use probe_common::events::ReclaimKind;
 use serde::Serialize;
 
 use crate::{
     detect::{
-        finding::{Detail, Finding, LockHolder, ServicerDesc, Severity, StackSeen, ThreadSeen},
+        finding::{Detail, Finding, LockHolder, Severity, StackSeen, ThreadSeen},
         index::MountRef,
     },
     events::decode::reclaim_kind_name,
     names::{self, GfpNames},
-    topology::protection_of,
+    output::remedy,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,7 +87,7 @@ impl FindingView {
                 tgid: s.tgid,
                 tid: s.tid,
                 flags: names::task_flags(s.task_flags),
-                protection: format!("{:?}", protection_of(s.task_flags)),
+                protection: format!("{:?}", s.protection()),
             },
             upper_fs: f.upper_fs.as_ref().map(FsView::of),
             device: f.device.to_string(),
@@ -105,7 +105,7 @@ impl FindingView {
             stacks_folded: f.stacks_folded,
             lock_holders: f.lock_holders.clone(),
             chain: f.chain.clone(),
-            remedy: remedy(s),
+            remedy: remedy::for_finding(s),
             first_ns: f.first_ns,
             last_ns: f.last_ns,
             count: f.count,
@@ -133,25 +133,6 @@ const TITLES: &[(&str, &str)] = &[
 /// build does not know: then the id itself).
 pub fn title(id: &str) -> &str {
     TITLES.iter().find(|(r, _)| *r == id).map_or(id, |(_, t)| t)
-}
-
-/// What the servicer must change so that its reclaim cannot recurse into
-/// the storage it serves.
-pub fn remedy(s: &ServicerDesc) -> String {
-    let name = &s.name;
-    if s.task_flags & PF_KTHREAD != 0 {
-        format!(
-            "{name} is a kernel thread: submit its I/O under memalloc_noio_save()/memalloc_noio_restore(), \
-             as loop_process_work() does"
-        )
-    } else {
-        format!(
-            "call prctl(PR_SET_IO_FLUSHER, 1) in {name} (pid {}) in every thread that serves I/O: it sets \
-             PF_MEMALLOC_NOIO|PF_LOCAL_THROTTLE so its allocations cannot recurse into filesystems or block I/O \
-             (needs CAP_SYS_RESOURCE)",
-            s.tgid
-        )
-    }
 }
 
 /// What the rule saw at the first sighting, with gfp masks named by `gfp`.

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use super::exposition::{self, Format};
 use super::http::{Render, Rendered};
@@ -133,114 +133,30 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family registered under "reclaimscope_", in the order the
+    /// fields are written here, which is the order a scrape lists them.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("reclaimscope");
-        let findings = Family::<FindingLabels, Counter>::default();
-        registry.register(
-            "findings",
-            "New findings reported, by rule and severity (hazard, recursion, deadlock); repeats are not counted",
-            findings.clone(),
-        );
-        let findings_active = Family::<ActiveLabels, Gauge>::default();
-        registry.register(
-            "findings_active",
-            "Findings seen within the active window (a deadlock: while it lasts), by rule, severity and servicer",
-            findings_active.clone(),
-        );
-        let topology_errors = Counter::default();
-        registry.register(
-            "topology_errors",
-            "Topology discoveries that failed; the view before them stayed in force",
-            topology_errors.clone(),
-        );
-        let topology_age = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "topology_age",
-            "Time since the topology in force was discovered",
-            Unit::Seconds,
-            topology_age.clone(),
-        );
-        let loop_lag = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "event_loop_lag",
-            "The event loop's worst lag over the last summary interval",
-            Unit::Seconds,
-            loop_lag.clone(),
-        );
-        let reclaim_events = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "reclaim_events",
-            "Reclaim entries seen, by kind (direct, memcg, ...), including those the ring buffer dropped",
-            reclaim_events.clone(),
-        );
-        let dropped_events = Counter::default();
-        registry.register("dropped_events", "Events lost because the BPF ring buffer was full", dropped_events.clone());
-        let task_state_full = Counter::default();
-        registry.register(
-            "task_state_full",
-            "Reclaim entries whose task state the kernel could not record because its TASKS map was full",
-            task_state_full.clone(),
-        );
-        let stacks_lost = Counter::default();
-        registry.register(
-            "stacks_lost",
-            "Events sent without their kernel stack (the kernel could not walk it, or had no free stack element)",
-            stacks_lost.clone(),
-        );
-        let stale_reclaim = Counter::default();
-        registry.register(
-            "stale_reclaim",
-            "Reclaim starts whose end was never seen (a missed return probe); the next start replaced them",
-            stale_reclaim.clone(),
-        );
-        let decode_errors = Counter::default();
-        registry.register("decode_errors", "Ring-buffer events the agent could not decode", decode_errors.clone());
-        let filter_map_full = Counter::default();
-        registry.register(
-            "filter_map_full",
-            "Servicer processes and backing files left out of the kernel's filter maps because they were full, \
-             counted at every topology sync that left them out; their reclaim is not followed",
-            filter_map_full.clone(),
-        );
-        let servicers = Family::<ProtectionLabels, Gauge>::default();
-        registry.register(
-            "servicers",
-            "Storage servicer threads watched, by their reclaim protection",
-            servicers.clone(),
-        );
-        let probe_attached = Family::<ProbeLabels, Gauge>::default();
-        registry.register(
-            "probe_attached",
-            "1 when the hook is attached with this implementation, 0 when it is not",
-            probe_attached.clone(),
-        );
-        let uptime = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit("uptime", "Time since the agent started", Unit::Seconds, uptime.clone());
-        registry.register(
-            "build",
-            "The agent's version, as a constant 1 labelled with it",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        let mut r = Registry::with_prefix("reclaimscope");
         Metrics {
-            registry,
             started: Instant::now(),
-            findings,
-            findings_active,
+            findings: counted(&mut r, "findings"),
+            findings_active: counted(&mut r, "findings_active"),
             active_series: Mutex::new(BTreeSet::new()),
-            topology_errors,
-            topology_age,
-            loop_lag,
-            reclaim_events,
-            dropped_events,
-            task_state_full,
-            stacks_lost,
-            stale_reclaim,
-            decode_errors,
-            filter_map_full,
-            servicers,
-            probe_attached,
-            uptime,
+            topology_errors: counted(&mut r, "topology_errors"),
+            topology_age: seconds(&mut r, "topology_age"),
+            loop_lag: seconds(&mut r, "event_loop_lag"),
+            reclaim_events: counted(&mut r, "reclaim_events"),
+            dropped_events: counted(&mut r, "dropped_events"),
+            task_state_full: counted(&mut r, "task_state_full"),
+            stacks_lost: counted(&mut r, "stacks_lost"),
+            stale_reclaim: counted(&mut r, "stale_reclaim"),
+            decode_errors: counted(&mut r, "decode_errors"),
+            filter_map_full: counted(&mut r, "filter_map_full"),
+            servicers: counted(&mut r, "servicers"),
+            probe_attached: counted(&mut r, "probe_attached"),
+            uptime: seconds(&mut r, "uptime"),
             kernel_totals: Mutex::new(HashMap::new()),
+            registry: with_build(r),
         }
     }
 
@@ -353,6 +269,54 @@ impl Metrics {
         let mut totals = self.kernel_totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         totals.entry(key.to_string()).or_default().update(now)
     }
+}
+
+/// Each family's help text, by name: what a scrape's HELP line says.
+const HELP: &[(&str, &str)] = &[
+    ("findings", "New findings reported, by rule and severity (hazard, recursion, deadlock); repeats are not counted"),
+    ("findings_active", "Findings seen within the active window (a deadlock: while it lasts), by rule, severity and servicer"),
+    ("topology_errors", "Topology discoveries that failed; the view before them stayed in force"),
+    ("topology_age", "Time since the topology in force was discovered"),
+    ("event_loop_lag", "The event loop's worst lag over the last summary interval"),
+    ("reclaim_events", "Reclaim entries seen, by kind (direct, memcg, ...), including those the ring buffer dropped"),
+    ("dropped_events", "Events lost because the BPF ring buffer was full"),
+    ("task_state_full", "Reclaim entries whose task state the kernel could not record because its TASKS map was full"),
+    ("stacks_lost", "Events sent without their kernel stack (the kernel could not walk it, or had no free stack element)"),
+    ("stale_reclaim", "Reclaim starts whose end was never seen (a missed return probe); the next start replaced them"),
+    ("decode_errors", "Ring-buffer events the agent could not decode"),
+    ("filter_map_full", "Servicer processes and backing files left out of the kernel's filter maps because they were full, counted at every topology sync that left them out; their reclaim is not followed"),
+    ("servicers", "Storage servicer threads watched, by their reclaim protection"),
+    ("probe_attached", "1 when the hook is attached with this implementation, 0 when it is not"),
+    ("uptime", "Time since the agent started"),
+];
+
+/// The help text of family `name` (every registered name has a row).
+fn help(name: &str) -> &'static str {
+    HELP.iter().find(|(n, _)| *n == name).map_or("", |(_, h)| h)
+}
+
+/// A family (or single metric) registered with its help text.
+fn counted<M: Metric + Clone + Default>(r: &mut Registry, name: &str) -> M {
+    let m = M::default();
+    r.register(name, help(name), m.clone());
+    m
+}
+
+/// A gauge of seconds, registered with its unit and help text.
+fn seconds(r: &mut Registry, name: &str) -> Gauge<f64, AtomicU64> {
+    let g = Gauge::<f64, AtomicU64>::default();
+    r.register_with_unit(name, help(name), Unit::Seconds, g.clone());
+    g
+}
+
+/// `r` with the constant build info, registered last.
+fn with_build(mut r: Registry) -> Registry {
+    r.register(
+        "build",
+        "The agent's version, as a constant 1 labelled with it",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    r
 }
 
 fn finding_labels(rule: &str, severity: &str) -> FindingLabels {

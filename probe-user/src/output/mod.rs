@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod perfetto;
 pub mod probes;
 pub mod record;
+pub mod remedy;
 pub mod report;
 pub mod sink;
 pub mod stdout;

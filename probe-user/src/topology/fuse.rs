@@ -8,10 +8,10 @@
 //! daemon to its mount. Without it, a lone holder of /dev/fuse is the daemon
 //! of every mount; several holders leave the match ambiguous.
 
-use super::dev::Dev;
-use super::mountinfo::Mount;
+use super::model::Dev;
+use super::model::Mount;
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::procs::{self, Holders};
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,8 +7,7 @@
 //! vfs_getattr() on that file, so callers must not use this for files on
 //! FUSE or network filesystems (a wedged daemon would block the caller).
 
-use super::dev::Dev;
-use super::source::FileId;
+use super::model::{Dev, FileId};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;

@@ -8,32 +8,33 @@
 //! BPF, mostly without root, and never blocks on a wedged FUSE daemon.
 
 mod block;
-mod dev;
 #[cfg(test)]
 mod fakeproc;
 mod fuse;
 mod incremental;
-mod known;
 mod loopdev;
+mod model;
 mod mountinfo;
 mod named;
 mod nbd;
+mod process;
 mod procindex;
 mod procs;
-mod servicer;
+mod serving;
 mod snapshot;
 mod source;
 mod stack;
 mod tcmu;
+mod transport;
 mod ublk;
 
-pub use block::{BackingFile, BlockDevice, DeviceKind};
-pub use dev::Dev;
 pub use fuse::connection_of;
 pub use incremental::{Discoverer, Done};
-pub use mountinfo::Mount;
+pub use model::{
+    protection_of, BackingFile, BlockDevice, Confidence, DataFile, Dev, DeviceKind, KnownServicer, Mount, Note,
+    Protection, Remedy, Servicer, ServicerKind, ServicerThread, Topology,
+};
 pub use procindex::{Pass, Scanned};
-pub use servicer::{protection_of, Confidence, DataFile, Protection, Servicer, ServicerKind, ServicerThread};
 pub use snapshot::capture;
 pub use source::ANSWERS_FILE;
 pub use stack::StackPath;
@@ -41,7 +42,6 @@ pub use stack::StackPath;
 use anyhow::{bail, Context, Result};
 use mountinfo::{mount_of_path, path_may_block};
 use procindex::ProcIndex;
-use serde::Serialize;
 use source::Source;
 use std::path::{Path, PathBuf};
 
@@ -54,21 +54,7 @@ pub struct Extra {
     pub backing_files: Vec<(PathBuf, Dev)>,
 }
 
-#[derive(Serialize, Clone, Debug)]
-pub struct Topology {
-    pub mounts: Vec<Mount>,
-    pub devices: Vec<BlockDevice>,
-    pub servicers: Vec<Servicer>,
-    /// What discovery could not see, and why.
-    pub warnings: Vec<String>,
-}
-
 impl Topology {
-    /// Nothing known yet: what the agent works with until its first discovery ends.
-    pub fn empty() -> Topology {
-        Topology { mounts: Vec::new(), devices: Vec::new(), servicers: Vec::new(), warnings: Vec::new() }
-    }
-
     /// From this machine's /proc/self/mountinfo, /proc/partitions, /sys and /proc/*.
     pub fn discover(extra: &Extra) -> Result<Topology> {
         Self::discover_with(&Source::live(), extra)
@@ -109,7 +95,7 @@ impl Topology {
         if holders.unreadable > 0 {
             warnings.push(unreadable_warning(holders.unreadable));
         }
-        let mut servicers = servicer::discover_block(src, &mounts, &devices, &holders, &mut warnings);
+        let mut servicers = transport::discover_block(src, &mounts, &devices, &holders, &mut warnings);
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
         fuse::settle_named(&mut servicers, &extra.servicers);
         for &pid in &extra.servicers {
@@ -121,44 +107,6 @@ impl Topology {
         let mut topo = Topology { mounts, devices, servicers, warnings };
         topo.link_servicers();
         Ok((topo, scanned))
-    }
-
-    pub fn device(&self, dev: Dev) -> Option<&BlockDevice> {
-        self.devices.iter().find(|d| d.dev == dev)
-    }
-
-    /// Every file that backs a stacked block device.
-    pub fn backing_files(&self) -> Vec<BackingFile> {
-        self.devices.iter().filter_map(|d| d.backing_file.clone()).collect()
-    }
-
-    /// The filesystem types holding backing files: the write-frame hooks
-    /// attach only for those (attach/gates.rs).
-    pub fn backing_file_fs_types(&self) -> std::collections::BTreeSet<String> {
-        self.backing_files()
-            .iter()
-            .filter_map(|b| self.mounts.iter().find(|m| m.dev == b.file_dev))
-            .map(|m| m.fs_type.clone())
-            .collect()
-    }
-
-    /// Userspace servicer processes and the element each completes I/O for
-    /// (a block device, or a FUSE filesystem's 0:N; [`Dev::NONE`] for a
-    /// named servicer whose device is unknown). One pair per (tgid, element).
-    pub fn servicer_processes(&self) -> Vec<(u32, Dev)> {
-        let mut out: Vec<(u32, Dev)> = self.servicers.iter().filter_map(|s| Some((s.tgid?, s.serves))).collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    pub fn servicer_by_tgid(&self, tgid: u32) -> Option<&Servicer> {
-        self.servicers.iter().find(|s| s.tgid == Some(tgid))
-    }
-
-    /// Unprotected servicers under a mounted filesystem (what audit's exit code reflects).
-    pub fn unprotected(&self) -> Vec<&Servicer> {
-        self.servicers.iter().filter(|s| !s.protection.is_protected() && !s.under_mounts.is_empty()).collect()
     }
 }
 

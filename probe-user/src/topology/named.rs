@@ -1,11 +1,11 @@
 //! Servicers named with --servicer PID: processes discovery cannot see as
 //! servicers on its own (an NBD server behind a socket, a custom daemon).
 
-use super::block::BlockDevice;
-use super::dev::Dev;
-use super::mountinfo::Mount;
+use super::model::BlockDevice;
+use super::model::Dev;
+use super::model::Mount;
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::procs;
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use anyhow::{bail, Result};
 use std::path::Path;

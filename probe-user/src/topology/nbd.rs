@@ -9,10 +9,10 @@
 //! does), or that the configuring process holds; and a qemu-nbd that
 //! connected the device itself (`-c`) is the device's own pid.
 
-use super::block::{BlockDevice, DeviceKind};
-use super::mountinfo::Mount;
+use super::model::Mount;
+use super::model::{BlockDevice, DeviceKind};
+use super::model::{Confidence, Servicer, ServicerKind};
 use super::procs::{self, Holders};
-use super::servicer::{Confidence, Servicer, ServicerKind};
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,72 +69,104 @@ pub(crate) fn discover(
     let owner: BTreeMap<u64, u32> =
         holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
     let all = connections(src);
-    let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
-    // The data a process stores: the regular files it holds read-write.
-    let data = |pid: u32| -> BTreeSet<(u32, u64)> {
-        procs::open_files(src, pid).into_iter().filter(|f| f.read_write).map(|f| (f.mnt_id, f.ino)).collect()
-    };
-    // Its family holding the same data: qemu-nbd -c forks, and the
-    // process the kernel names only runs the ioctl while the other serves
-    // the export over a socket pair.
-    let family = |pid: u32, files: &BTreeSet<(u32, u64)>| -> Vec<u32> {
-        let mut out = vec![pid];
-        let kin = procs::parent(src, pid)
-            .into_iter()
-            .chain(procs::pids(src).into_iter().filter(|&p| procs::parent(src, p) == Some(pid)));
-        out.extend(kin.filter(|&p| p > 1 && !data(p).is_disjoint(files)));
-        out
-    };
-
     let mut out = Vec::new();
     let mut orphans = Vec::new();
-    for d in &nbds {
-        let recorded = d.nbd_pid.expect("filtered above");
-        // The kernel records the thread that ran NBD_DO_IT.
-        let pid = procs::tgid_of(src, recorded).unwrap_or(recorded);
-        let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
-        let servers = peers_of(&own, &all, &owner);
-        if !servers.is_empty() {
-            // The configuring process still holds the socket (ioctl mode).
-            for s in servers {
-                let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
-                out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why));
-            }
-        } else if let Some(files) = Some(data(pid)).filter(|f| own.is_empty() && !f.is_empty()) {
-            // No TCP socket of its own, but the data: it serves the device
-            // itself (qemu-nbd -c), with the kin that share that data.
-            for p in family(pid, &files) {
-                let why = Confidence::Certain {
-                    why: format!(
-                        "/sys/block/{}/pid {pid}, or its kin, holding the data and no socket to a server",
-                        d.name
-                    ),
-                };
-                out.extend(Servicer::process(src, mounts, ServicerKind::Nbd, p, d.dev, d.label(), why));
-            }
-        } else {
-            // Gone (nbd-client hands its socket to the kernel over netlink
-            // and exits), or a client with nothing of its own.
-            orphans.push(*d);
+    for d in nbds {
+        match of_device(src, mounts, d, &all, &owner) {
+            Some(found) => out.extend(found),
+            None => orphans.push(d),
         }
     }
+    out.extend(orphan_servers(src, mounts, &orphans, &all, &owner, warnings));
+    out
+}
+
+/// The servicers of `d` found through the process the kernel recorded for
+/// it; `None` when that process is gone or has nothing of its own.
+fn of_device(
+    src: &Source,
+    mounts: &[Mount],
+    d: &BlockDevice,
+    all: &[Conn],
+    owner: &BTreeMap<u64, u32>,
+) -> Option<Vec<Servicer>> {
+    let recorded = d.nbd_pid?;
+    // The kernel records the thread that ran NBD_DO_IT.
+    let pid = procs::tgid_of(src, recorded).unwrap_or(recorded);
+    let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
+    let servers = peers_of(&own, all, owner);
+    if !servers.is_empty() {
+        // The configuring process still holds the socket (ioctl mode).
+        let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
+        let kind = ServicerKind::NbdServer;
+        return Some(
+            servers
+                .into_iter()
+                .filter_map(|s| Servicer::process(src, mounts, kind, s, d.dev, d.label(), why.clone()))
+                .collect(),
+        );
+    }
+    // No TCP socket of its own, but the data: it serves the device itself
+    // (qemu-nbd -c), with the kin that share that data.
+    let files = Some(data(src, pid)).filter(|f| own.is_empty() && !f.is_empty())?;
+    let why = Confidence::Certain {
+        why: format!("/sys/block/{}/pid {pid}, or its kin, holding the data and no socket to a server", d.name),
+    };
+    Some(
+        family(src, pid, &files)
+            .into_iter()
+            .filter_map(|p| Servicer::process(src, mounts, ServicerKind::Nbd, p, d.dev, d.label(), why.clone()))
+            .collect(),
+    )
+}
+
+/// The data a process stores: the regular files it holds read-write.
+fn data(src: &Source, pid: u32) -> BTreeSet<(u32, u64)> {
+    procs::open_files(src, pid).into_iter().filter(|f| f.read_write).map(|f| (f.mnt_id, f.ino)).collect()
+}
+
+/// `pid` and its family holding the same data: qemu-nbd -c forks, and the
+/// process the kernel names only runs the ioctl while the other serves the
+/// export over a socket pair.
+fn family(src: &Source, pid: u32, files: &BTreeSet<(u32, u64)>) -> Vec<u32> {
+    let mut out = vec![pid];
+    let kin = procs::parent(src, pid)
+        .into_iter()
+        .chain(procs::pids(src).into_iter().filter(|&p| procs::parent(src, p) == Some(pid)));
+    out.extend(kin.filter(|&p| p > 1 && !data(src, p).is_disjoint(files)));
+    out
+}
+
+/// The servers of devices whose configuring process is gone (nbd-client
+/// hands its socket to the kernel over netlink and exits), or a client
+/// with nothing of its own.
+fn orphan_servers(
+    src: &Source,
+    mounts: &[Mount],
+    orphans: &[&BlockDevice],
+    all: &[Conn],
+    owner: &BTreeMap<u64, u32>,
+    warnings: &mut Vec<String>,
+) -> Vec<Servicer> {
     if orphans.is_empty() {
-        return out;
+        return Vec::new();
     }
     // The kernel holds the sockets of devices configured over netlink; it
     // does not say which socket is whose, so with several such devices the
     // match is ambiguous.
-    let servers = peers_of(&kernel_held, &all, &owner);
+    let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
+    let servers = peers_of(&kernel_held, all, owner);
     if servers.is_empty() {
-        for d in &orphans {
+        for d in orphans {
             warnings.push(format!(
                 "{}: no process serves its connection on this host (remote NBD server, or a unix socket): name it with --servicer",
                 d.label()
             ));
         }
-        return out;
+        return Vec::new();
     }
-    for d in &orphans {
+    let mut out = Vec::new();
+    for d in orphans {
         let why = if orphans.len() == 1 {
             Confidence::Certain {
                 why: format!("the peer of the only kernel-held TCP connection of an nbd device ({})", d.name),

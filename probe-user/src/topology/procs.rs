@@ -7,9 +7,9 @@
 //! is avoided: it takes the target's mmap lock, which a task stuck in
 //! reclaim may hold.
 
-use super::servicer::{protection_of, ServicerThread};
+use super::model::{protection_of, ServicerThread};
 use super::source::Source;
-use procfs::FromRead;
+use crate::kernel::proc_task::{self, TaskStat};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -56,15 +56,18 @@ pub(crate) fn tgid_of(src: &Source, tid: u32) -> Option<u32> {
 
 /// A process's parent (field 4 of /proc/PID/stat).
 pub(crate) fn parent(src: &Source, pid: u32) -> Option<u32> {
-    let raw = src.read_bytes(&format!("/proc/{pid}/stat")).ok()?;
-    procfs::process::Stat::from_read(raw.as_slice()).ok().map(|s| s.ppid as u32)
+    stat(src, &format!("/proc/{pid}/stat")).map(|s| s.ppid)
 }
 
 /// When a process started (field 22 of /proc/PID/stat, clock ticks since
 /// boot): with the pid, it names one process for good.
 pub(crate) fn start_time(src: &Source, pid: u32) -> Option<u64> {
-    let raw = src.read_bytes(&format!("/proc/{pid}/stat")).ok()?;
-    procfs::process::Stat::from_read(raw.as_slice()).ok().map(|s| s.starttime)
+    stat(src, &format!("/proc/{pid}/stat")).map(|s| s.start_time)
+}
+
+/// A stat file read through `src`, parsed by the one /proc stat parser.
+fn stat(src: &Source, path: &str) -> Option<TaskStat> {
+    proc_task::parse_stat(&src.read_bytes(path).ok()?)
 }
 
 /// Every thread with its task flags (field 9 of /proc/PID/task/TID/stat).
@@ -73,22 +76,20 @@ pub(crate) fn threads(src: &Source, pid: u32) -> Vec<ServicerThread> {
     for tid in
         src.read_dir(&format!("/proc/{pid}/task")).unwrap_or_default().iter().filter_map(|t| t.parse::<u32>().ok())
     {
-        let Ok(raw) = src.read_bytes(&format!("/proc/{pid}/task/{tid}/stat")) else {
+        let Some(task) = stat(src, &format!("/proc/{pid}/task/{tid}/stat")) else {
             continue;
         };
-        let Ok(stat) = procfs::process::Stat::from_read(raw.as_slice()) else {
-            continue;
-        };
-        threads.push(ServicerThread { tid, comm: stat.comm, flags: stat.flags, protection: protection_of(stat.flags) });
+        threads.push(ServicerThread { tid, comm: task.comm, flags: task.flags, protection: protection_of(task.flags) });
     }
     threads.sort_by_key(|t| t.tid);
     threads
 }
 
-/// A thread's kernel stack, one function per line (/proc/PID/task/TID/stack:
-/// root only, and printed by the kernel without touching the task's memory).
-pub(crate) fn kernel_stack(src: &Source, pid: u32, tid: u32) -> Option<String> {
-    src.read(&format!("/proc/{pid}/task/{tid}/stack")).ok()
+/// A thread's kernel call stack, innermost frame first
+/// (/proc/PID/task/TID/stack: root only, and printed by the kernel without
+/// touching the task's memory). `None` when it cannot be read.
+pub(crate) fn call_stack(src: &Source, pid: u32, tid: u32) -> Option<Vec<String>> {
+    src.read(&format!("/proc/{pid}/task/{tid}/stack")).ok().map(|t| proc_task::parse_stack(&t))
 }
 
 /// A regular file a process holds open.

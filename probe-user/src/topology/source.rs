@@ -8,8 +8,8 @@
 //! the same topology as the live discovery that recorded it, which is how
 //! the test fixtures are captured and how a user can send in their stack.
 
-use super::dev::Dev;
 use super::loopdev;
+use super::model::{Dev, FileId};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -21,13 +21,6 @@ use std::path::{Path, PathBuf};
 
 /// Name of the file holding a snapshot's non-file answers.
 pub const ANSWERS_FILE: &str = "reclaimscope-snapshot.json";
-
-/// Identity of a file: the st_dev of its filesystem and its inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileId {
-    pub dev: Dev,
-    pub ino: u64,
-}
 
 /// What a snapshot cannot hold as files.
 #[derive(Default, Debug, Serialize, Deserialize)]

@@ -7,9 +7,10 @@
 //! files are where it stores the data). Following those edges from a
 //! mounted element down to a plain disk gives the storage stack.
 
-use super::dev::Dev;
-use super::mountinfo::{mount_of_path, Mount};
-use super::servicer::Servicer;
+use super::model::Dev;
+use super::model::Mount;
+use super::model::Servicer;
+use super::mountinfo::mount_of_path;
 use super::{connection_of, Topology};
 use serde::Serialize;
 use std::collections::BTreeSet;

@@ -8,11 +8,12 @@
 //!   0x80, for fabrics whose disk sysfs shows that page (not every kernel
 //!   reads it for tcm_loop disks: Debian's 6.1 does not).
 
-use super::block::BlockDevice;
-use super::dev::Dev;
-use super::mountinfo::Mount;
+use super::model::BlockDevice;
+use super::model::Dev;
+use super::model::Mount;
+use super::model::{Servicer, ServicerKind};
+use super::process::holder_servicers;
 use super::procs::Holders;
-use super::servicer::{holder_servicers, Servicer, ServicerKind};
 use super::source::Source;
 
 const CONFIGFS: &str = "/sys/kernel/config/target";

@@ -73,6 +73,13 @@ impl fmt::Display for Dev {
     }
 }
 
+/// Identity of a file: the st_dev of its filesystem and its inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: Dev,
+    pub ino: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

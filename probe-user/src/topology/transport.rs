@@ -1,0 +1,54 @@
+//! Block-device servicers by transport: each transport's discovery
+//! takes the block devices and the processes holding device nodes, and
+//! returns the servicers it finds (FUSE, which serves a filesystem and not
+//! a block device, is fuse.rs's). A new transport is one more line here.
+
+use super::model::Mount;
+use super::model::{BlockDevice, DeviceKind};
+use super::model::{Confidence, Note, Protection, Remedy, Servicer, ServicerKind};
+use super::procs::Holders;
+use super::source::Source;
+use super::{nbd, tcmu, ublk};
+
+/// Kernel loop workers, nbd clients, ublk servers and tcmu handlers.
+pub(crate) fn discover_block(
+    src: &Source,
+    mounts: &[Mount],
+    devices: &[BlockDevice],
+    holders: &Holders,
+    warnings: &mut Vec<String>,
+) -> Vec<Servicer> {
+    let mut out = Vec::new();
+    for d in devices {
+        match d.kind {
+            DeviceKind::Loop if d.backing_file.is_some() => out.push(kernel_loop(d)),
+            DeviceKind::Ublk => out.extend(ublk::servers(src, mounts, holders, d, warnings)),
+            _ => {}
+        }
+    }
+    out.extend(nbd::discover(src, mounts, devices, holders, warnings));
+    out.extend(tcmu::discover(src, mounts, devices, holders, warnings));
+    out
+}
+
+/// The kernel loop worker of `d`, protected by the driver itself.
+fn kernel_loop(d: &BlockDevice) -> Servicer {
+    Servicer {
+        kind: ServicerKind::KernelLoop,
+        tgid: None,
+        comm: format!("kworker (workqueue {})", d.name),
+        program: None,
+        serves: d.dev,
+        serves_name: d.label(),
+        threads: Vec::new(),
+        serving_tids: Vec::new(),
+        protection: Protection::NoIo,
+        kernel: true,
+        confidence: Confidence::Certain { why: "the loop driver completes this device's I/O in its workqueue".into() },
+        data_files: Vec::new(),
+        under_mounts: Vec::new(),
+        supports: Vec::new(),
+        remedy: Remedy::LoopDriverScopes,
+        note: Some(Note::LoopWorkItems),
+    }
+}
