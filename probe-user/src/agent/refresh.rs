@@ -187,6 +187,49 @@ async fn blocks_changed(watch: &mut Option<BlockEvents>) {
     }
 }
 
+/// Publishes one discovery's outcome: a new topology (and generation), or
+/// the error, with the previous view kept in force; a failure is warned
+/// about at most once every [`WARN_EVERY`] while it lasts.
+fn publish(
+    tx: &watch::Sender<Published>,
+    result: anyhow::Result<Topology>,
+    took_ms: f64,
+    last_warned: &mut Option<Instant>,
+) {
+    tx.send_modify(|p| {
+        p.stats.last_ms = took_ms;
+        p.stats.max_ms = p.stats.max_ms.max(took_ms);
+        match result {
+            Ok(topo) => {
+                if p.stats.failing > 0 {
+                    log::warn!("topology discovery works again after {} failures", p.stats.failing);
+                }
+                p.stats.refreshes += 1;
+                p.stats.failing = 0;
+                p.topology = Some(Arc::new(topo));
+                p.generation += 1;
+                p.discovered_at = Some(Instant::now());
+                *last_warned = None;
+            }
+            Err(e) => {
+                p.stats.errors += 1;
+                p.stats.failing += 1;
+                let e = format!("{e:#}");
+                if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    let age = p.discovered_at.map(|t| format!("{:.0} s old", t.elapsed().as_secs_f64()));
+                    log::warn!(
+                        "topology discovery failed ({} in a row): {e}; keeping the previous view ({})",
+                        p.stats.failing,
+                        age.as_deref().unwrap_or("none yet")
+                    );
+                    *last_warned = Some(Instant::now());
+                }
+                p.stats.last_error = Some(e);
+            }
+        }
+    });
+}
+
 async fn refresh_loop(extra: Extra, every: Every, tx: watch::Sender<Published>, poke: Arc<Notify>) {
     let mut mounts = mount_watch();
     let mut blocks = block_watch();
@@ -211,38 +254,7 @@ async fn refresh_loop(extra: Extra, every: Every, tx: watch::Sender<Published>, 
                 full_due = Instant::now() + every.full_scan;
             }
         }
-        tx.send_modify(|p| {
-            p.stats.last_ms = took_ms;
-            p.stats.max_ms = p.stats.max_ms.max(took_ms);
-            match result {
-                Ok((topo, _)) => {
-                    if p.stats.failing > 0 {
-                        log::warn!("topology discovery works again after {} failures", p.stats.failing);
-                    }
-                    p.stats.refreshes += 1;
-                    p.stats.failing = 0;
-                    p.topology = Some(Arc::new(topo));
-                    p.generation += 1;
-                    p.discovered_at = Some(Instant::now());
-                    last_warned = None;
-                }
-                Err(e) => {
-                    p.stats.errors += 1;
-                    p.stats.failing += 1;
-                    let e = format!("{e:#}");
-                    if last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                        let age = p.discovered_at.map(|t| format!("{:.0} s old", t.elapsed().as_secs_f64()));
-                        log::warn!(
-                            "topology discovery failed ({} in a row): {e}; keeping the previous view ({})",
-                            p.stats.failing,
-                            age.as_deref().unwrap_or("none yet")
-                        );
-                        last_warned = Some(Instant::now());
-                    }
-                    p.stats.last_error = Some(e);
-                }
-            }
-        });
+        publish(&tx, result.map(|(topo, _)| topo), took_ms, &mut last_warned);
         // Whatever asked for a discovery while this one ran is served by
         // the next one; the intervals count from the end of this one. A
         // full pass that failed is retried at the next wake-up, not at once.
