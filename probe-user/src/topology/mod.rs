@@ -20,6 +20,7 @@ mod nbd;
 mod process;
 mod procindex;
 mod procs;
+mod seen;
 mod serving;
 mod snapshot;
 mod source;
@@ -95,7 +96,10 @@ impl Topology {
         if holders.unreadable > 0 {
             warnings.push(unreadable_warning(holders.unreadable));
         }
-        let mut servicers = transport::discover_block(src, &mounts, &devices, &holders, &mut warnings);
+        let mut servicers = transport::discover_block(
+            seen::Seen { src, mounts: &mounts, devices: &devices, holders: &holders },
+            &mut warnings,
+        );
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));
         fuse::settle_named(&mut servicers, &extra.servicers);
         for &pid in &extra.servicers {

@@ -12,7 +12,8 @@
 use super::model::Mount;
 use super::model::{BlockDevice, DeviceKind};
 use super::model::{Confidence, Servicer, ServicerKind};
-use super::procs::{self, Holders};
+use super::procs;
+use super::seen::Seen;
 use super::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,13 +56,8 @@ fn peers_of(conns: &[&Conn], all: &[Conn], owner: &BTreeMap<u64, u32>) -> BTreeS
 }
 
 /// Servicers of the connected nbd devices.
-pub(crate) fn discover(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &[BlockDevice],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+pub(crate) fn discover(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
+    let Seen { src, mounts, devices, holders } = seen;
     let nbds: Vec<&BlockDevice> = devices.iter().filter(|d| d.kind == DeviceKind::Nbd && d.nbd_pid.is_some()).collect();
     if nbds.is_empty() {
         return Vec::new();

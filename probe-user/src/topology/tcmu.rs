@@ -8,12 +8,10 @@
 //!   0x80, for fabrics whose disk sysfs shows that page (not every kernel
 //!   reads it for tcm_loop disks: Debian's 6.1 does not).
 
-use super::model::BlockDevice;
 use super::model::Dev;
-use super::model::Mount;
 use super::model::{Servicer, ServicerKind};
 use super::process::holder_servicers;
-use super::procs::Holders;
+use super::seen::Seen;
 use super::source::Source;
 
 const CONFIGFS: &str = "/sys/kernel/config/target";
@@ -45,13 +43,8 @@ fn loopback_disk(src: &Source, hba: &str, backstore: &str) -> Option<String> {
     None
 }
 
-pub(crate) fn discover(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &[BlockDevice],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+pub(crate) fn discover(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
+    let Seen { src, mounts, devices, holders } = seen;
     let mut out = Vec::new();
     for uio in src.read_dir("/sys/class/uio").unwrap_or_default() {
         let Some(name) = src.read_line(&format!("/sys/class/uio/{uio}/name")) else {

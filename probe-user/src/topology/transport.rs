@@ -3,31 +3,23 @@
 //! returns the servicers it finds (FUSE, which serves a filesystem and not
 //! a block device, is fuse.rs's). A new transport is one more line here.
 
-use super::model::Mount;
 use super::model::{BlockDevice, DeviceKind};
 use super::model::{Confidence, Note, Protection, Remedy, Servicer, ServicerKind};
-use super::procs::Holders;
-use super::source::Source;
+use super::seen::Seen;
 use super::{nbd, tcmu, ublk};
 
 /// Kernel loop workers, nbd clients, ublk servers and tcmu handlers.
-pub(crate) fn discover_block(
-    src: &Source,
-    mounts: &[Mount],
-    devices: &[BlockDevice],
-    holders: &Holders,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+pub(crate) fn discover_block(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
     let mut out = Vec::new();
-    for d in devices {
+    for d in seen.devices {
         match d.kind {
             DeviceKind::Loop if d.backing_file.is_some() => out.push(kernel_loop(d)),
-            DeviceKind::Ublk => out.extend(ublk::servers(src, mounts, holders, d, warnings)),
+            DeviceKind::Ublk => out.extend(ublk::servers(seen, d, warnings)),
             _ => {}
         }
     }
-    out.extend(nbd::discover(src, mounts, devices, holders, warnings));
-    out.extend(tcmu::discover(src, mounts, devices, holders, warnings));
+    out.extend(nbd::discover(seen, warnings));
+    out.extend(tcmu::discover(seen, warnings));
     out
 }
 

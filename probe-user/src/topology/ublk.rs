@@ -2,20 +2,13 @@
 //! through the character device /dev/ublkcN, which the server holds open.
 
 use super::model::BlockDevice;
-use super::model::Mount;
 use super::model::{Servicer, ServicerKind};
 use super::process::holder_servicers;
-use super::procs::Holders;
-use super::source::Source;
+use super::seen::Seen;
 
 /// The servers of ublk device `d`: the processes holding its control node.
-pub(super) fn servers(
-    src: &Source,
-    mounts: &[Mount],
-    holders: &Holders,
-    d: &BlockDevice,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+pub(super) fn servers(seen: Seen, d: &BlockDevice, warnings: &mut Vec<String>) -> Vec<Servicer> {
+    let Seen { src, mounts, holders, .. } = seen;
     let node = format!("/dev/ublkc{}", d.name.trim_start_matches("ublkb"));
     let found = holder_servicers(src, mounts, holders, &node, ServicerKind::Ublk, d.dev, d.label());
     if found.is_empty() {
