@@ -228,14 +228,7 @@ fn alerts_fire_in_a_real_prometheus_exactly_when_the_findings_call_for_them() {
 
     // The hazard scenario: the hazard alert, and every dashboard query
     // returns data.
-    let spec = testbed::StorageStackSpec {
-        servicer: testbed::Servicer::QsdFuse,
-        levels: 1,
-        image_mb: 1024,
-        memcg_limit_mb: Some(256),
-        dm: None,
-    };
-    let mut hazard = testbed::StorageStack::build("alerts-hazard", &spec).expect("build hazard stack");
+    let mut hazard = testbed::StorageStack::build("alerts-hazard", &common::hazard_spec()).expect("build hazard stack");
     common::write_through(&mut hazard, 384);
     agent.wait_for(Duration::from_secs(20), |v| v["type"] == "finding");
     let want = called_for(&agent);

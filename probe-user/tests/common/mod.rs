@@ -194,14 +194,18 @@ pub fn final_findings(lines: &[Value]) -> Vec<&Value> {
 /// finds only its own lower-file page cache and nothing hangs.
 pub fn hazard_stack(name: &str) -> (testbed::TestbedLock, testbed::StorageStack) {
     let lock = testbed::lock().expect("testbed lock");
-    let spec = testbed::StorageStackSpec {
+    (lock, testbed::StorageStack::build(name, &hazard_spec()).expect("build hazard stack"))
+}
+
+/// The hazard scenario's stack, for a test that holds the lock already.
+pub fn hazard_spec() -> testbed::StorageStackSpec {
+    testbed::StorageStackSpec {
         servicer: testbed::Servicer::QsdFuse,
         levels: 1,
         image_mb: 1024,
         memcg_limit_mb: Some(256),
         dm: None,
-    };
-    (lock, testbed::StorageStack::build(name, &spec).expect("build hazard stack"))
+    }
 }
 
 /// Writes through the upper XFS from outside the memcg and waits for the
