@@ -87,6 +87,15 @@ pub enum ServicerKind {
     Ublk,
     /// A tcmu handler such as tcmu-runner (holds /dev/uioN of a tcm-user device).
     Tcmu,
+    /// What serves an iSCSI session's connection on this host: a userspace
+    /// target (tgtd) or LIO's kernel threads.
+    IscsiTarget,
+    /// What serves an NVMe/TCP controller's connection on this host: a
+    /// userspace target (SPDK) or the kernel's nvmet.
+    NvmeTarget,
+    /// What serves an NFS mount from this host: knfsd's threads or a
+    /// userspace server (nfs-ganesha).
+    NfsServer,
     /// Named with --servicer.
     Named,
 }
@@ -100,6 +109,9 @@ impl fmt::Display for ServicerKind {
             ServicerKind::NbdServer => "NBD server",
             ServicerKind::Ublk => "ublk server",
             ServicerKind::Tcmu => "tcmu handler",
+            ServicerKind::IscsiTarget => "iSCSI target",
+            ServicerKind::NvmeTarget => "NVMe/TCP target",
+            ServicerKind::NfsServer => "NFS server",
             ServicerKind::Named => "named servicer",
         })
     }
