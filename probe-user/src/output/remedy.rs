@@ -11,7 +11,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     detect::finding::ServicerDesc,
-    topology::{KnownServicer, Note, Remedy},
+    topology::{KernelTarget, KnownServicer, Note, Remedy},
 };
 
 /// What a finding's servicer must change (the rules see one thread, not
@@ -50,6 +50,25 @@ fn does(k: KnownServicer) -> &'static str {
         KnownServicer::Qemu => "QEMU sets no reclaim scope for its I/O threads",
         KnownServicer::FuseDaemon => {
             "libfuse has no option to set PR_SET_IO_FLUSHER (libfuse issue #700 is open), and this daemon does not set it"
+        }
+    }
+}
+
+/// What an in-kernel server's code does about reclaim (Linux 5.10 to 6.12).
+fn kernel_target_does(k: KernelTarget) -> &'static str {
+    match k {
+        KernelTarget::Lio => {
+            "LIO receives each connection's writes in its iscsi_trx thread, and the fileio and iblock backstores \
+             submit them there under no memalloc scope"
+        }
+        KernelTarget::Nvmet => {
+            "nvmet-tcp runs each queue's I/O in work items of shared kworkers (nvmet_tcp_wq, nvmet-buffered-io-wq \
+             for a buffered file namespace) under no memalloc scope; an idle kworker's flags cannot show it, so the \
+             verdict comes from the code"
+        }
+        KernelTarget::Knfsd => {
+            "nfsd sets PF_LOCAL_THROTTLE while it writes for a client on this host (dirty-page throttling, not a \
+             reclaim scope); its allocations keep __GFP_FS|__GFP_IO"
         }
     }
 }
@@ -108,6 +127,7 @@ impl fmt::Display for Note {
             Note::LoopWorkItems => {
                 return f.write_str("PF_MEMALLOC_NOIO is set per work item, so idle kworkers do not show it")
             }
+            Note::KernelTarget(k) => return f.write_str(kernel_target_does(*k)),
             Note::Process { known, protected, judged_by } => (known, *protected, judged_by),
         };
         if let Some(k) = known {

@@ -6,6 +6,7 @@
 
 use super::model::{BlockDevice, Dev, DeviceKind};
 use super::source::Source;
+use super::{iscsi, nvme};
 use std::path::Path;
 
 /// Every block device with a capacity.
@@ -37,6 +38,7 @@ pub(crate) fn scan(src: &Source) -> Vec<BlockDevice> {
             slaves: names_to_devs("slaves"),
             holders: names_to_devs("holders"),
             backing_file: None,
+            links: Vec::new(),
             nbd_pid: None,
             detail: None,
             unit_serial: None,
@@ -57,28 +59,20 @@ fn driver_details(src: &Source, sysdir: &str, class_link: &Path, d: &mut BlockDe
             d.detail = src.read_line(&format!("{sysdir}/backend")).map(|b| format!("backend {b}"));
         }
         DeviceKind::Dm => d.detail = src.read_line(&format!("{sysdir}/dm/name")).map(|n| format!("dm {n}")),
+        DeviceKind::Nvme => d.links = nvme::links(src, sysdir),
         DeviceKind::Md => d.detail = src.read_line(&format!("{sysdir}/md/level")),
         DeviceKind::Scsi => {
             let attr = |a: &str| src.read_line(&format!("{sysdir}/device/{a}"));
             let mut detail: Vec<String> = [attr("vendor"), attr("model")].into_iter().flatten().collect();
-            if let Some(target) = iscsi_target(src, class_link) {
+            if let Some(target) = iscsi::target_name(src, class_link) {
                 detail.push(format!("iSCSI target {target}"));
             }
+            d.links = iscsi::links(src, class_link);
             d.detail = (!detail.is_empty()).then(|| detail.join(" "));
             d.unit_serial = src.read_bytes(&format!("{sysdir}/device/vpd_pg80")).ok().and_then(|p| vpd_unit_serial(&p));
         }
         _ => {}
     }
-}
-
-/// An iSCSI LUN's sysfs path runs through its session:
-/// .../host3/session1/target3:0:0/3:0:0:0/block/sdc.
-fn iscsi_target(src: &Source, class_link: &Path) -> Option<String> {
-    let session = class_link
-        .iter()
-        .map(|c| c.to_string_lossy())
-        .find(|c| c.strip_prefix("session").is_some_and(|n| n.parse::<u32>().is_ok()))?;
-    src.read_line(&format!("/sys/class/iscsi_session/{session}/targetname"))
 }
 
 /// VPD page 0x80 (SPC-4 7.8.15): 4-byte header, then the ASCII serial.
@@ -120,6 +114,10 @@ mod tests {
         assert_eq!(DeviceKind::of_disk("md127"), DeviceKind::Md);
         assert_eq!(DeviceKind::of_disk("sdab"), DeviceKind::Scsi);
         assert_eq!(DeviceKind::of_disk("vda"), DeviceKind::Other);
+        assert_eq!(DeviceKind::of_disk("nvme0n1"), DeviceKind::Nvme);
+        assert_eq!(DeviceKind::of_disk("nvme0c1n2"), DeviceKind::Nvme);
+        assert_eq!(DeviceKind::of_disk("nvme0"), DeviceKind::Other);
+        assert_eq!(DeviceKind::of_disk("nvme-fabrics"), DeviceKind::Other);
     }
 
     #[test]

@@ -53,6 +53,13 @@ impl FakeProc {
         }
     }
 
+    /// A file at `rel` (under the fake root) holding `text`.
+    pub fn file(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
     pub fn open(&self, pid: u32, fd: u32, target: &str) {
         symlink(target, self.path(&format!("proc/{pid}/fd/{fd}"))).unwrap();
     }

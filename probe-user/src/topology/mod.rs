@@ -8,21 +8,27 @@
 //! BPF, mostly without root, and never blocks on a wedged FUSE daemon.
 
 mod block;
+mod connection;
 #[cfg(test)]
 mod fakeproc;
 mod fuse;
 mod incremental;
+mod iscsi;
+mod kernel_target;
 mod loopdev;
 mod model;
 mod mountinfo;
 mod named;
 mod nbd;
+mod nfs;
+mod nvme;
 mod process;
 mod procindex;
 mod procs;
 mod seen;
 mod serving;
 mod snapshot;
+mod sockets;
 mod source;
 mod stack;
 mod tcmu;
@@ -32,8 +38,8 @@ mod ublk;
 pub use fuse::connection_of;
 pub use incremental::{Discoverer, Done};
 pub use model::{
-    protection_of, BackingFile, BlockDevice, Confidence, DataFile, Dev, DeviceKind, KnownServicer, Mount, Note,
-    Protection, Remedy, Servicer, ServicerKind, ServicerThread, Topology,
+    protection_of, BackingFile, BlockDevice, Confidence, DataFile, Dev, DeviceKind, KernelTarget, KnownServicer, Link,
+    Mount, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread, Topology, Transport,
 };
 pub use procindex::{Pass, Scanned};
 pub use snapshot::capture;
@@ -43,6 +49,7 @@ pub use stack::StackPath;
 use anyhow::{bail, Context, Result};
 use mountinfo::{mount_of_path, path_may_block};
 use procindex::ProcIndex;
+use sockets::Sockets;
 use source::Source;
 use std::path::{Path, PathBuf};
 
@@ -90,14 +97,18 @@ impl Topology {
             name_backing_file(src, &mounts, &mut devices, path, *dev)?;
         }
 
-        let nbd = devices.iter().any(|d| d.nbd_pid.is_some());
-        let scanned = index.update(src, pass, nbd);
+        // Sockets are indexed only while some device or mount travels over
+        // a connection: then its server is found by who holds the far end.
+        let connected = devices.iter().any(|d| d.nbd_pid.is_some() || !d.links.is_empty())
+            || mounts.iter().any(|m| nfs::link(m).is_some());
+        let scanned = index.update(src, pass, connected);
         let holders = index.holders();
+        let sockets = if connected { Sockets::read(src, &holders) } else { Sockets::default() };
         if holders.unreadable > 0 {
             warnings.push(unreadable_warning(holders.unreadable));
         }
         let mut servicers = transport::discover_block(
-            seen::Seen { src, mounts: &mounts, devices: &devices, holders: &holders },
+            seen::Seen { src, mounts: &mounts, devices: &devices, holders: &holders, sockets: &sockets },
             &mut warnings,
         );
         servicers.extend(fuse::discover(src, &mounts, &holders, &mut warnings));

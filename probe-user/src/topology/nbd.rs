@@ -1,110 +1,64 @@
 //! nbd devices and the userspace servers that complete their I/O.
 //!
-//! The kernel nbd client sends each request over a TCP socket. The process
+//! The kernel nbd client sends each request over a socket. The process
 //! that configured the device (its pid is in /sys/block/nbdN/pid) is often
 //! gone: nbd-client hands the socket to the kernel over netlink and exits.
-//! What completes the I/O is the process at the other end of that socket:
-//! nbd-server's per-connection child, say. So the server is found as the
-//! holder of the peer of a connection that no process holds (the kernel
-//! does), or that the configuring process holds; and a qemu-nbd that
-//! connected the device itself (`-c`) is the device's own pid.
+//! What completes the I/O is whatever holds the other end of that socket
+//! (nbd-server's per-connection child, nbdkit, qemu-nbd...), found the way
+//! every connection-borne device's server is (connection.rs): from the
+//! configuring process's own connection, or from a connection that no
+//! process holds (the kernel does) and no other device claims. A qemu-nbd
+//! that connected the device itself (`-c`) is the device's own pid.
 
-use super::model::Mount;
-use super::model::{BlockDevice, DeviceKind};
+use super::connection::{self, Served};
+use super::model::{BlockDevice, DeviceKind, Link, Transport};
 use super::model::{Confidence, Servicer, ServicerKind};
+use super::nfs;
 use super::procs;
 use super::seen::Seen;
+use super::sockets::Sock;
 use super::source::Source;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 
-/// One established TCP connection from /proc/net/tcp{,6}.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Conn {
-    local: String,
-    remote: String,
-    inode: u64,
-}
-
-/// Established connections (state 01), with their addresses as printed.
-fn connections(src: &Source) -> Vec<Conn> {
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in src.read(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "01" {
-                if let Ok(inode) = f[9].parse() {
-                    out.push(Conn { local: f[1].to_owned(), remote: f[2].to_owned(), inode });
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The socket inode of an fd link target ("socket:[1234]").
-pub(crate) fn socket_inode(target: &str) -> Option<u64> {
-    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// The processes at the other end of `conns`.
-fn peers_of(conns: &[&Conn], all: &[Conn], owner: &BTreeMap<u64, u32>) -> BTreeSet<u32> {
-    conns
-        .iter()
-        .filter_map(|c| all.iter().find(|p| p.local == c.remote && p.remote == c.local))
-        .filter_map(|p| owner.get(&p.inode).copied())
-        .collect()
+/// The link of the client end `c` of an nbd connection.
+fn link_of(c: &Sock) -> Link {
+    Link { transport: Transport::Nbd, remote: c.remote, local_port: Some(c.local.port()) }
 }
 
 /// Servicers of the connected nbd devices.
 pub(crate) fn discover(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
-    let Seen { src, mounts, devices, holders } = seen;
-    let nbds: Vec<&BlockDevice> = devices.iter().filter(|d| d.kind == DeviceKind::Nbd && d.nbd_pid.is_some()).collect();
-    if nbds.is_empty() {
-        return Vec::new();
-    }
-    let owner: BTreeMap<u64, u32> =
-        holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
-    let all = connections(src);
+    let nbds: Vec<&BlockDevice> =
+        seen.devices.iter().filter(|d| d.kind == DeviceKind::Nbd && d.nbd_pid.is_some()).collect();
     let mut out = Vec::new();
     let mut orphans = Vec::new();
     for d in nbds {
-        match of_device(src, mounts, d, &all, &owner) {
+        match of_device(seen, d, warnings) {
             Some(found) => out.extend(found),
             None => orphans.push(d),
         }
     }
-    out.extend(orphan_servers(src, mounts, &orphans, &all, &owner, warnings));
+    out.extend(orphan_servers(seen, &orphans, warnings));
     out
 }
 
 /// The servicers of `d` found through the process the kernel recorded for
 /// it; `None` when that process is gone or has nothing of its own.
-fn of_device(
-    src: &Source,
-    mounts: &[Mount],
-    d: &BlockDevice,
-    all: &[Conn],
-    owner: &BTreeMap<u64, u32>,
-) -> Option<Vec<Servicer>> {
+fn of_device(seen: Seen, d: &BlockDevice, warnings: &mut Vec<String>) -> Option<Vec<Servicer>> {
+    let Seen { src, mounts, sockets, .. } = seen;
     let recorded = d.nbd_pid?;
     // The kernel records the thread that ran NBD_DO_IT.
     let pid = procs::tgid_of(src, recorded).unwrap_or(recorded);
-    let own: Vec<&Conn> = all.iter().filter(|c| owner.get(&c.inode) == Some(&pid)).collect();
-    let servers = peers_of(&own, all, owner);
-    if !servers.is_empty() {
+    let own: Vec<Link> = sockets.held_by(pid).map(link_of).collect();
+    if !own.is_empty() {
         // The configuring process still holds the socket (ioctl mode).
-        let why = Confidence::Certain { why: format!("the peer of {}'s socket (pid {pid})", d.name) };
-        let kind = ServicerKind::NbdServer;
-        return Some(
-            servers
-                .into_iter()
-                .filter_map(|s| Servicer::process(src, mounts, kind, s, d.dev, d.label(), why.clone()))
-                .collect(),
-        );
+        let served = Served { dev: d.dev, label: d.label(), mounts };
+        let found = connection::servicers(src, sockets, &served, &own, warnings);
+        return (!found.is_empty()).then_some(found);
     }
     // No TCP socket of its own, but the data: it serves the device itself
     // (qemu-nbd -c), with the kin that share that data.
-    let files = Some(data(src, pid)).filter(|f| own.is_empty() && !f.is_empty())?;
+    let files = Some(data(src, pid)).filter(|f| !f.is_empty())?;
     let why = Confidence::Certain {
         why: format!("/sys/block/{}/pid {pid}, or its kin, holding the data and no socket to a server", d.name),
     };
@@ -135,44 +89,37 @@ fn family(src: &Source, pid: u32, files: &BTreeSet<(u32, u64)>) -> Vec<u32> {
 
 /// The servers of devices whose configuring process is gone (nbd-client
 /// hands its socket to the kernel over netlink and exits), or a client
-/// with nothing of its own.
-fn orphan_servers(
-    src: &Source,
-    mounts: &[Mount],
-    orphans: &[&BlockDevice],
-    all: &[Conn],
-    owner: &BTreeMap<u64, u32>,
-    warnings: &mut Vec<String>,
-) -> Vec<Servicer> {
+/// with nothing of its own: the far ends of the kernel-held connections
+/// that no other device's driver records as its own (iSCSI, NVMe/TCP and
+/// NFS clients hold theirs in the kernel too).
+fn orphan_servers(seen: Seen, orphans: &[&BlockDevice], warnings: &mut Vec<String>) -> Vec<Servicer> {
     if orphans.is_empty() {
         return Vec::new();
     }
-    // The kernel holds the sockets of devices configured over netlink; it
-    // does not say which socket is whose, so with several such devices the
-    // match is ambiguous.
-    let kernel_held: Vec<&Conn> = all.iter().filter(|c| !owner.contains_key(&c.inode)).collect();
-    let servers = peers_of(&kernel_held, all, owner);
-    if servers.is_empty() {
-        for d in orphans {
+    let claimed: BTreeSet<SocketAddr> = seen
+        .devices
+        .iter()
+        .flat_map(|d| d.links.iter().map(|l| l.remote))
+        .chain(seen.mounts.iter().filter_map(nfs::link).map(|l| l.remote))
+        .collect();
+    let links: Vec<Link> = seen.sockets.kernel_held().filter(|c| !claimed.contains(&c.remote)).map(link_of).collect();
+    let mut out = Vec::new();
+    for d in orphans {
+        let served = Served { dev: d.dev, label: d.label(), mounts: seen.mounts };
+        let mut found = connection::servicers(seen.src, seen.sockets, &served, &links, &mut Vec::new());
+        if found.is_empty() {
             warnings.push(format!(
                 "{}: no process serves its connection on this host (remote NBD server, or a unix socket): name it with --servicer",
                 d.label()
             ));
         }
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for d in orphans {
-        let why = if orphans.len() == 1 {
-            Confidence::Certain {
-                why: format!("the peer of the only kernel-held TCP connection of an nbd device ({})", d.name),
-            }
-        } else {
-            Confidence::Ambiguous { candidates: servers.len() }
-        };
-        for &s in &servers {
-            out.extend(Servicer::process(src, mounts, ServicerKind::NbdServer, s, d.dev, d.label(), why.clone()));
+        // The kernel does not say which socket is whose, so with several
+        // such devices the match is ambiguous.
+        if orphans.len() > 1 {
+            let candidates = found.len();
+            found.iter_mut().for_each(|s| s.confidence = Confidence::Ambiguous { candidates });
         }
+        out.extend(found);
     }
     out
 }
@@ -180,20 +127,52 @@ fn orphan_servers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::fakeproc::FakeProc;
+    use crate::topology::model::Dev;
+    use crate::topology::procs::Holders;
+    use crate::topology::sockets::Sockets;
 
+    /// The issue's way: `nbd-server -C CONF -d` (no fork, listening on
+    /// [::]) and `nbd-client localhost /dev/nbd0 -N e0` over netlink (its
+    /// process gone, the IPv4 socket held by the kernel), as a 6.1 guest
+    /// printed the tables.
     #[test]
-    fn socket_links_name_their_inode() {
-        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
-        assert_eq!(socket_inode("pipe:[4242]"), None);
-        assert_eq!(socket_inode("/dev/nbd0"), None);
-    }
-
-    #[test]
-    fn peers_are_the_reversed_connection() {
-        let c = |l: &str, r: &str, inode| Conn { local: l.into(), remote: r.into(), inode };
-        let all = vec![c("0100007F:C350", "0100007F:2A29", 10), c("0100007F:2A29", "0100007F:C350", 11)];
-        let owner = BTreeMap::from([(11, 900)]);
-        assert_eq!(peers_of(&[&all[0]], &all, &owner), BTreeSet::from([900]));
-        assert!(peers_of(&[&all[1]], &all, &owner).is_empty(), "its peer 10 has no owner");
+    fn a_foreground_server_on_a_dual_stack_listener_serves_a_netlink_client() {
+        let f = FakeProc::new();
+        f.file(
+            "proc/net/tcp",
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   3: 0100007F:939A 0100007F:2A39 01 00000000:00000000 00:00000000 00000000     0        0 23845 1 0 20 4 1 10 -1\n",
+        );
+        f.file("proc/net/tcp6", "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   1: 00000000000000000000000000000000:2A39 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 21443 1 0 100 0 0 10 0\n\
+   3: 0000000000000000FFFF00000100007F:2A39 0000000000000000FFFF00000100007F:939A 01 00000000:00000000 02:000AFAE0 00000000     0        0 21447 2 0 20 4 1 10 -1\n");
+        f.spawn(574, 100, &[(6, "socket:[21443]"), (8, "socket:[21447]")]);
+        let src = f.source();
+        let mut holders = Holders::default();
+        holders.by_node.insert("socket:[21443]".into(), vec![(574, 6)]);
+        holders.by_node.insert("socket:[21447]".into(), vec![(574, 8)]);
+        let sockets = Sockets::read(&src, &holders);
+        let nbd0 = BlockDevice {
+            name: "nbd0".into(),
+            dev: Dev::new(43, 0),
+            kind: DeviceKind::Nbd,
+            partition_of: None,
+            slaves: Vec::new(),
+            holders: Vec::new(),
+            backing_file: None,
+            links: Vec::new(),
+            nbd_pid: Some(576),
+            detail: None,
+            unit_serial: None,
+            loop_file: None,
+        };
+        let devices = [nbd0];
+        let seen = Seen { src: &src, mounts: &[], devices: &devices, holders: &holders, sockets: &sockets };
+        let mut warnings = Vec::new();
+        let found = discover(seen, &mut warnings);
+        assert_eq!(found.iter().map(|s| s.tgid).collect::<Vec<_>>(), [Some(574)], "{warnings:?}");
+        assert_eq!(found[0].kind, ServicerKind::NbdServer);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

@@ -18,8 +18,8 @@
 //! process shows a new inode in the readdir, at no cost.
 
 use super::fuse::DEV_FUSE;
-use super::nbd::socket_inode;
 use super::procs::{self, Holders};
+use super::sockets::socket_inode;
 use super::source::Source;
 use std::collections::BTreeMap;
 use std::io;

@@ -44,7 +44,7 @@ fn loopback_disk(src: &Source, hba: &str, backstore: &str) -> Option<String> {
 }
 
 pub(crate) fn discover(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
-    let Seen { src, mounts, devices, holders } = seen;
+    let Seen { src, mounts, devices, holders, .. } = seen;
     let mut out = Vec::new();
     for uio in src.read_dir("/sys/class/uio").unwrap_or_default() {
         let Some(name) = src.read_line(&format!("/sys/class/uio/{uio}/name")) else {

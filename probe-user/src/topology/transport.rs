@@ -3,12 +3,14 @@
 //! returns the servicers it finds (FUSE, which serves a filesystem and not
 //! a block device, is fuse.rs's). A new transport is one more line here.
 
+use super::connection::{self, Served};
 use super::model::{BlockDevice, DeviceKind};
 use super::model::{Confidence, Note, Protection, Remedy, Servicer, ServicerKind};
 use super::seen::Seen;
-use super::{nbd, tcmu, ublk};
+use super::{nbd, nfs, tcmu, ublk};
 
-/// Kernel loop workers, nbd clients, ublk servers and tcmu handlers.
+/// Kernel loop workers, ublk servers, tcmu handlers, and the servers at
+/// the other end of every device's connection (iSCSI, NVMe/TCP, nbd, NFS).
 pub(crate) fn discover_block(seen: Seen, warnings: &mut Vec<String>) -> Vec<Servicer> {
     let mut out = Vec::new();
     for d in seen.devices {
@@ -17,8 +19,13 @@ pub(crate) fn discover_block(seen: Seen, warnings: &mut Vec<String>) -> Vec<Serv
             DeviceKind::Ublk => out.extend(ublk::servers(seen, d, warnings)),
             _ => {}
         }
+        if !d.links.is_empty() {
+            let served = Served { dev: d.dev, label: d.label(), mounts: seen.mounts };
+            out.extend(connection::servicers(seen.src, seen.sockets, &served, &d.links, warnings));
+        }
     }
     out.extend(nbd::discover(seen, warnings));
+    out.extend(nfs::discover(seen, warnings));
     out.extend(tcmu::discover(seen, warnings));
     out
 }

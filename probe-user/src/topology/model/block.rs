@@ -2,6 +2,7 @@
 //! what sysfs says sits under them (topology/block.rs reads them).
 
 use super::dev::Dev;
+use super::link::Link;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -16,6 +17,9 @@ pub enum DeviceKind {
     Md,
     /// sdX: a local disk, or a LIO/tcmu or iSCSI LUN.
     Scsi,
+    /// nvmeXnY: a local NVMe namespace, or one reached over a fabric
+    /// (NVMe/TCP).
+    Nvme,
     Partition,
     Other,
 }
@@ -34,6 +38,8 @@ impl DeviceKind {
             DeviceKind::Ublk
         } else if numbered("dm-") {
             DeviceKind::Dm
+        } else if nvme_namespace(name) {
+            DeviceKind::Nvme
         } else if name.starts_with("md") {
             DeviceKind::Md
         } else if name.strip_prefix("sd").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase())) {
@@ -42,6 +48,14 @@ impl DeviceKind {
             DeviceKind::Other
         }
     }
+}
+
+/// "nvme0n1", and the per-path "nvme0c1n1" that native multipath hides.
+fn nvme_namespace(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("nvme").and_then(|r| r.split_once('n')).is_some_and(|(ctrl, ns)| {
+        digits(ns) && (digits(ctrl) || ctrl.split_once('c').is_some_and(|(a, b)| digits(a) && digits(b)))
+    })
 }
 
 /// A file whose contents are a block device's contents.
@@ -75,6 +89,9 @@ pub struct BlockDevice {
     pub backing_file: Option<BackingFile>,
     /// nbd: the task that connected the device (/sys/block/nbdN/pid).
     pub nbd_pid: Option<u32>,
+    /// The connections its I/O travels over (iSCSI, NVMe/TCP), as the
+    /// driver records them.
+    pub links: Vec<Link>,
     /// What the driver says about it: dm name, nbd backend, SCSI vendor and model, iSCSI target.
     pub detail: Option<String>,
     /// SCSI unit serial number (VPD page 0x80), matched against tcmu backstores.

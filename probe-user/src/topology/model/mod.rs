@@ -5,6 +5,7 @@
 mod block;
 mod dev;
 mod known;
+mod link;
 mod mount;
 mod servicer;
 mod topology;
@@ -12,6 +13,7 @@ mod topology;
 pub use block::{BackingFile, BlockDevice, DeviceKind};
 pub use dev::{Dev, FileId};
 pub use known::KnownServicer;
+pub use link::{KernelTarget, Link, Transport};
 pub use mount::Mount;
 pub use servicer::{
     protection_of, Confidence, DataFile, Note, Protection, Remedy, Servicer, ServicerKind, ServicerThread,

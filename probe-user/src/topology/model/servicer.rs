@@ -10,6 +10,7 @@
 
 use super::dev::Dev;
 use super::known::KnownServicer;
+use super::link::KernelTarget;
 use probe_common::flags::{PF_LOCAL_THROTTLE, PF_MEMALLOC_NOFS, PF_MEMALLOC_NOIO};
 use serde::Serialize;
 use std::fmt;
@@ -218,6 +219,8 @@ pub enum Remedy {
 pub enum Note {
     /// Loop workers carry PF_MEMALLOC_NOIO only while they run a work item.
     LoopWorkItems,
+    /// An in-kernel server: what its code does about reclaim.
+    KernelTarget(KernelTarget),
     /// A recognised program (its verdict is `protected`), and the threads
     /// the verdict was judged by when only some serve I/O.
     Process { known: Option<KnownServicer>, protected: bool, judged_by: Vec<u32> },
