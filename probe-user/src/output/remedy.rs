@@ -51,6 +51,15 @@ fn does(k: KnownServicer) -> &'static str {
         KnownServicer::FuseDaemon => {
             "libfuse has no option to set PR_SET_IO_FLUSHER (libfuse issue #700 is open), and this daemon does not set it"
         }
+        KnownServicer::Tgt => "tgtd sets no reclaim scope: tgt never calls prctl(PR_SET_IO_FLUSHER)",
+        KnownServicer::Nbdkit => "nbdkit sets no reclaim scope: it never calls prctl(PR_SET_IO_FLUSHER)",
+        KnownServicer::RbdNbd => {
+            "rbd-nbd sets no reclaim scope (its source calls no prctl()); it serves the device over a socket pair \
+             and talks to the OSDs, which may run on this node too"
+        }
+        KnownServicer::Spdk => "SPDK sets no reclaim scope: its reactors never call prctl(PR_SET_IO_FLUSHER)",
+        KnownServicer::MayastorIoEngine => "Mayastor's io-engine sets PR_SET_IO_FLUSHER since openebs/mayastor PR #1911",
+        KnownServicer::JuiceFs => "JuiceFS sets PR_SET_IO_FLUSHER since 1.3.0",
     }
 }
 
@@ -94,6 +103,15 @@ fn known_fix(k: KnownServicer) -> &'static str {
             "patch the daemon to call prctl(PR_SET_IO_FLUSHER, 1) in every thread that serves requests \
              (libfuse's worker threads inherit it when it is set before fuse_session_loop_mt)"
         }
+        KnownServicer::Tgt | KnownServicer::Nbdkit | KnownServicer::RbdNbd | KnownServicer::Spdk => {
+            "start it through `reclaimscope exec --io-flusher -- CMD...` (the flag is inherited by every thread and \
+             survives execve; needs CAP_SYS_RESOURCE), or patch it to call prctl(PR_SET_IO_FLUSHER, 1) before it \
+             starts its threads"
+        }
+        KnownServicer::MayastorIoEngine => {
+            "upgrade the io-engine to a release with PR #1911, and give it CAP_SYS_RESOURCE"
+        }
+        KnownServicer::JuiceFs => "upgrade JuiceFS to 1.3.0 or later, and give it CAP_SYS_RESOURCE",
     }
 }
 

@@ -18,6 +18,18 @@ pub enum KnownServicer {
     Qemu,
     /// FUSE daemons built on libfuse.
     FuseDaemon,
+    /// tgt's userspace iSCSI target (tgtd).
+    Tgt,
+    /// nbdkit, an NBD server.
+    Nbdkit,
+    /// Ceph's rbd-nbd, which serves an RBD image over a socket pair.
+    RbdNbd,
+    /// SPDK's targets (NVMe-oF, iSCSI, vhost).
+    Spdk,
+    /// Mayastor's io-engine (OpenEBS), SPDK-based.
+    MayastorIoEngine,
+    /// The JuiceFS client (a FUSE daemon).
+    JuiceFs,
 }
 
 /// Executable names (/proc/PID/exe's file name) of each program.
@@ -28,6 +40,12 @@ const EXES: &[(KnownServicer, &[&str])] = &[
     (KnownServicer::Ublk, &["rublk", "ublk"]),
     (KnownServicer::Qemu, &["qemu-storage-daemon", "qemu-nbd", "qemu-system-x86_64"]),
     (KnownServicer::FuseDaemon, &["bindfs", "sshfs", "fuse-overlayfs", "fuse2fs", "s3fs"]),
+    (KnownServicer::Tgt, &["tgtd"]),
+    (KnownServicer::Nbdkit, &["nbdkit"]),
+    (KnownServicer::RbdNbd, &["rbd-nbd"]),
+    (KnownServicer::Spdk, &["spdk_tgt", "nvmf_tgt", "iscsi_tgt"]),
+    (KnownServicer::MayastorIoEngine, &["io-engine"]),
+    (KnownServicer::JuiceFs, &["juicefs"]),
 ];
 
 impl KnownServicer {
@@ -37,9 +55,13 @@ impl KnownServicer {
     }
 
     /// A correct, current build sets PR_SET_IO_FLUSHER itself (iscsid
-    /// since open-iscsi 2.1.5, libublk 0.4.7+, ublksrv 1.8+).
+    /// since open-iscsi 2.1.5, libublk 0.4.7+, ublksrv 1.8+, JuiceFS
+    /// 1.3.0+, Mayastor's io-engine since its PR #1911).
     pub fn sets_io_flusher(self) -> bool {
-        matches!(self, KnownServicer::Iscsid | KnownServicer::Ublk)
+        matches!(
+            self,
+            KnownServicer::Iscsid | KnownServicer::Ublk | KnownServicer::JuiceFs | KnownServicer::MayastorIoEngine
+        )
     }
 }
 
