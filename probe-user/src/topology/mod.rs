@@ -31,6 +31,7 @@ mod snapshot;
 mod sockets;
 mod source;
 mod stack;
+mod target_files;
 mod tcmu;
 mod transport;
 mod ublk;
@@ -91,7 +92,7 @@ impl Topology {
         let mut devices = block::scan(src);
         let mut warnings = Vec::new();
         for d in &mut devices {
-            d.backing_file = loop_backing_file(src, &mounts, d);
+            d.backing_file = loop_backing_file(src, &mounts, d).or_else(|| target_backing_file(src, &mounts, d));
         }
         for (path, dev) in &extra.backing_files {
             name_backing_file(src, &mounts, &mut devices, path, *dev)?;
@@ -162,6 +163,18 @@ fn loop_backing_file(src: &Source, mounts: &[Mount], d: &BlockDevice) -> Option<
     let file_dev = id.map(|i| i.dev).or(holder.map(|m| m.dev))?;
     let ino = id.map(|i| i.ino).unwrap_or_else(|| unprobed_ino(holder, &path));
     Some(BackingFile { file_dev, ino, path, backs: d.dev, deleted, named: false })
+}
+
+/// The file a kernel target on this host keeps `d`'s data in
+/// (target_files.rs), identified as a loop device's would be.
+fn target_backing_file(src: &Source, mounts: &[Mount], d: &BlockDevice) -> Option<BackingFile> {
+    let path = target_files::data_file(src, d)?;
+    let holder = mount_of_path(mounts, &path, None);
+    let (file_dev, ino) = match holder {
+        Some(m) if path_may_block(mounts, &path) => (m.dev, unprobed_ino(holder, &path)),
+        _ => src.stat(&path).map(|id| (id.dev, id.ino))?,
+    };
+    Some(BackingFile { file_dev, ino, path, backs: d.dev, deleted: false, named: false })
 }
 
 /// The inode of a file that must not be stat()ed: known only when the file
