@@ -537,7 +537,8 @@ fn sweep_undoes_network_stacks_of_a_killed_owner() {
             .spawn()
             .unwrap();
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let ready = stdout.lines().map_while(Result::ok).find_map(|l| l.strip_prefix("READY ").map(str::to_owned));
+        let ready =
+            stdout.lines().map_while(Result::ok).find_map(|l| l.split_once("READY ").map(|(_, r)| r.to_owned()));
         let workdir = PathBuf::from(ready.unwrap_or_else(|| panic!("{which}: the child did not build its stack")));
         std::thread::sleep(Duration::from_secs(1));
         assert!(!mounts_under(&workdir).is_empty(), "{which}: nothing mounted");
