@@ -100,6 +100,7 @@ impl Item {
             Item::NvmetSubsystem(nqn) => format!("nvmet-subsystem {nqn}"),
             Item::NvmetPort { id, nqn } => format!("nvmet-port {id} {nqn}"),
             Item::NvmeConnection(nqn) => format!("nvme-connection {nqn}"),
+            // Every line has a field after its kind.
             Item::Nfsd => "nfsd -".to_owned(),
             Item::NfsExport(dir) => format!("nfs-export {}", dir.display()),
         }
