@@ -1,10 +1,13 @@
 //! Every kind of servicer, on real kernel modules: XFS on dm-zoned on
 //! tcmu-runner's ZBC handler (the stack of the 2019 report), XFS on the
 //! kernel nbd client served by nbd-server or qemu-nbd, XFS on ublk served by
-//! two rublk releases, XFS on dm over a served device, and a second FUSE
-//! daemon (bindfs). For each: the audit names the servicer thread by thread
-//! with the kernel's verdict on its protection, and `watch` flags it under
-//! memory-cgroup pressure through the filesystem above.
+//! two rublk releases, XFS on dm over a served device, a second FUSE
+//! daemon (bindfs), XFS on iSCSI served by tgtd. For each: the audit names
+//! the servicer thread by thread with the kernel's verdict on its
+//! protection, and `watch` flags it under memory-cgroup pressure through
+//! the filesystem above. Kernel targets (LIO over iSCSI, nvmet over
+//! NVMe/TCP, knfsd under a loop device) have no daemon: the audit must
+//! still name what serves the device, and its verdict.
 //!
 //! A kernel without the servicer's module (the project's own VM kernel has
 //! no nbd, tcmu or ublk) must refuse the stack with a clear error: that is
@@ -35,6 +38,12 @@ fn missing_module(servicer: Servicer, dm: Option<Dm>) -> Option<&'static str> {
         Servicer::NbdServer | Servicer::QemuNbd if !module("nbd") => Some("nbd"),
         Servicer::TcmuZbc if !(module("target_core_user") && module("tcm_loop") && module("dm_zoned")) => Some("tcmu"),
         Servicer::Ublk { .. } if !module("ublk_drv") => Some("ublk"),
+        Servicer::IscsiTgt if !module("iscsi_tcp") => Some("iscsi_tcp"),
+        Servicer::IscsiLio if !(module("iscsi_tcp") && module("target_core_file") && module("iscsi_target_mod")) => {
+            Some("LIO iSCSI")
+        }
+        Servicer::Nvmet if !(module("nvmet_tcp") && module("nvme_tcp")) => Some("nvmet"),
+        Servicer::NfsLoopback if !(module("nfsd") && module("nfsv4")) => Some("nfsd"),
         _ => None,
     }
 }
@@ -169,6 +178,70 @@ fn qemu_nbd_connecting_its_own_device_under_dm_linear() {
 fn qsd_fuse_under_dm_crypt() {
     let expect = Expect { kind: ServicerKind::Fuse, comm: "qemu-storage", protected: false };
     scenario("qsd_dm_crypt", Servicer::QsdFuse, Some(Dm::Crypt), expect);
+}
+
+#[test]
+fn tgtd_behind_an_iscsi_session() {
+    let expect = Expect { kind: ServicerKind::IscsiTarget, comm: "tgtd", protected: false };
+    scenario("iscsi_tgtd", Servicer::IscsiTgt, None, expect);
+}
+
+/// What the audit must say about a servicer made of kernel threads.
+struct KernelExpect {
+    kind: ServicerKind,
+    /// Whether discovery reports it as kernel threads (PF_KTHREAD).
+    kernel: bool,
+    protected: bool,
+}
+
+/// A stack served by kernel threads, which have no daemon pid to look the
+/// servicer up by: the audit must name a servicer of the expected kind for
+/// the served device, with the filesystem above it and its verdict.
+fn kernel_scenario(name: &str, servicer: Servicer, expect: KernelExpect) {
+    testbed::require_root(name);
+    let _lock = testbed::lock().unwrap();
+    let spec = StorageStackSpec { servicer, levels: 1, image_mb: 1024, memcg_limit_mb: None, dm: None };
+    if let Some(m) = missing_module(servicer, None) {
+        let err = format!("{:#}", StorageStack::build(name, &spec).unwrap_err());
+        println!("{name}: this kernel has no {m}: {err}");
+        assert!(err.contains("this kernel"), "unclear error: {err}");
+        common::record_result(name, json!({ "result": format!("not built: the kernel has no {m}") }));
+        return;
+    }
+    let stack = StorageStack::build(name, &spec).expect("building the stack");
+    assert!(stack.daemon_pid.is_none(), "{name}: a kernel target has no daemon");
+    let top = stack.top().clone();
+    let t = Topology::discover(&Extra::default()).expect("discover");
+    let serves = served(&stack, &t);
+    let s = t.servicers.iter().find(|s| s.serves == serves && s.kind == expect.kind).unwrap_or_else(|| {
+        panic!("{name}: the audit names no {:?} serving {serves:?}: {:#?}", expect.kind, t.servicers)
+    });
+    assert_eq!(s.kernel, expect.kernel, "{name}: kernel threads? {s:#?}");
+    assert!(s.under_mounts.contains(&top.mountpoint), "{name}: under {:?}", s.under_mounts);
+    assert_eq!(s.protection.is_protected(), expect.protected, "{name}: {:?} {:#?}", s.protection, s.threads);
+    let out = audit(&t);
+    assert!(out.text.contains(&s.comm), "{name}: the printed audit does not name {}:\n{}", s.comm, out.text);
+    let (comm, protection) = (s.comm.clone(), s.protection);
+    stack.teardown().expect("teardown");
+    common::record_result(name, json!({ "result": format!("audit: {comm} ({}) {protection}", expect.kind) }));
+}
+
+#[test]
+fn lio_kernel_threads_behind_an_iscsi_session() {
+    let expect = KernelExpect { kind: ServicerKind::IscsiTarget, kernel: true, protected: false };
+    kernel_scenario("iscsi_lio", Servicer::IscsiLio, expect);
+}
+
+#[test]
+fn nvmet_behind_an_nvme_tcp_controller() {
+    let expect = KernelExpect { kind: ServicerKind::NvmeTarget, kernel: true, protected: false };
+    kernel_scenario("nvmet_tcp", Servicer::Nvmet, expect);
+}
+
+#[test]
+fn knfsd_behind_a_loop_device_on_nfs() {
+    let expect = KernelExpect { kind: ServicerKind::NfsServer, kernel: true, protected: false };
+    kernel_scenario("nfs_loopback", Servicer::NfsLoopback, expect);
 }
 
 /// CAP_SYS_RESOURCE in this process's effective set (bit 24).

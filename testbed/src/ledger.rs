@@ -52,6 +52,33 @@ pub enum Item {
         id: u32,
         rublk: PathBuf,
     },
+    /// An open-iscsi node record (and its session, once logged in).
+    IscsiNode {
+        target: String,
+        portal: String,
+    },
+    /// A tgtd target, by the daemon's control port and the target id.
+    TgtTarget {
+        control_port: u16,
+        tid: u32,
+    },
+    /// A LIO backstore, `<hba>/<name>` below target/core (its HBA is ours too).
+    LioBackstore(String),
+    /// A LIO iSCSI target (its TPG, LUN and network portal), by IQN.
+    LioTarget(String),
+    /// An nvmet subsystem and its namespaces, by NQN.
+    NvmetSubsystem(String),
+    /// An nvmet port and its link to the subsystem.
+    NvmetPort {
+        id: u32,
+        nqn: String,
+    },
+    /// An NVMe/TCP host connection to a subsystem, by NQN.
+    NvmeConnection(String),
+    /// knfsd threads we started.
+    Nfsd,
+    /// A directory exported to 127.0.0.1.
+    NfsExport(PathBuf),
 }
 
 impl Item {
@@ -66,6 +93,16 @@ impl Item {
                 format!("tcmu {backstore} {}", loopback_wwn.as_deref().unwrap_or("-"))
             }
             Item::Ublk { id, rublk } => format!("ublk {id} {}", rublk.display()),
+            Item::IscsiNode { target, portal } => format!("iscsi-node {target} {portal}"),
+            Item::TgtTarget { control_port, tid } => format!("tgt-target {control_port} {tid}"),
+            Item::LioBackstore(b) => format!("lio-backstore {b}"),
+            Item::LioTarget(iqn) => format!("lio-target {iqn}"),
+            Item::NvmetSubsystem(nqn) => format!("nvmet-subsystem {nqn}"),
+            Item::NvmetPort { id, nqn } => format!("nvmet-port {id} {nqn}"),
+            Item::NvmeConnection(nqn) => format!("nvme-connection {nqn}"),
+            // Every line has a field after its kind.
+            Item::Nfsd => "nfsd -".to_owned(),
+            Item::NfsExport(dir) => format!("nfs-export {}", dir.display()),
         }
     }
 
@@ -93,6 +130,24 @@ impl Item {
                 let (id, rublk) = rest.split_once(' ')?;
                 Item::Ublk { id: id.parse().ok()?, rublk: rublk.into() }
             }
+            "iscsi-node" => {
+                let (target, portal) = rest.split_once(' ')?;
+                Item::IscsiNode { target: target.to_owned(), portal: portal.to_owned() }
+            }
+            "tgt-target" => {
+                let (port, tid) = rest.split_once(' ')?;
+                Item::TgtTarget { control_port: port.parse().ok()?, tid: tid.parse().ok()? }
+            }
+            "lio-backstore" => Item::LioBackstore(rest.to_owned()),
+            "lio-target" => Item::LioTarget(rest.to_owned()),
+            "nvmet-subsystem" => Item::NvmetSubsystem(rest.to_owned()),
+            "nvmet-port" => {
+                let (id, nqn) = rest.split_once(' ')?;
+                Item::NvmetPort { id: id.parse().ok()?, nqn: nqn.to_owned() }
+            }
+            "nvme-connection" => Item::NvmeConnection(rest.to_owned()),
+            "nfsd" => Item::Nfsd,
+            "nfs-export" => Item::NfsExport(rest.into()),
             _ => return None,
         })
     }
@@ -187,9 +242,11 @@ fn is_dead_process(item: &Item) -> bool {
 
 /// Makes the I/O waiting on a servicer fail now: a tcmu backstore's ring is
 /// reset with a hard error for every command in it, an nbd device is
+/// disconnected, an iSCSI session logged out, an NVMe/TCP controller
 /// disconnected. Other items have nothing pending of their own.
 fn fail_pending_io(item: &Item) -> Result<()> {
     match item {
+        Item::IscsiNode { .. } | Item::NvmeConnection(_) => undo(item),
         Item::Tcmu { backstore, loopback_wwn: None } => crate::servicers::tcmu::fail_pending(backstore),
         Item::Nbd(dev) => {
             let name = dev.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -253,6 +310,15 @@ fn undo(item: &Item) -> Result<()> {
             }
             Ok(())
         }
+        Item::IscsiNode { target, portal } => crate::servicers::iscsi::remove_node(target, portal),
+        Item::TgtTarget { control_port, tid } => crate::servicers::tgt::remove_target(*control_port, *tid),
+        Item::LioBackstore(b) => crate::servicers::lio::remove_backstore(b),
+        Item::LioTarget(iqn) => crate::servicers::lio::remove_target(iqn),
+        Item::NvmetSubsystem(nqn) => crate::servicers::nvmet::remove_subsystem(nqn),
+        Item::NvmetPort { id, nqn } => crate::servicers::nvmet::remove_port(*id, nqn),
+        Item::NvmeConnection(nqn) => crate::servicers::nvmet::disconnect(nqn),
+        Item::Nfsd => crate::servicers::nfs::stop_nfsd(),
+        Item::NfsExport(dir) => crate::servicers::nfs::unexport(dir),
     }
 }
 
@@ -293,6 +359,15 @@ mod tests {
             Item::Tcmu { backstore: "user_1/zbc0".into(), loopback_wwn: Some("naa.5001".into()) },
             Item::Tcmu { backstore: "user_1/zbc0".into(), loopback_wwn: None },
             Item::Ublk { id: 0, rublk: "/x/bin/rublk".into() },
+            Item::IscsiNode { target: "iqn.2003-01.org.reclaimscope:a-1".into(), portal: "127.0.0.1:40000".into() },
+            Item::TgtTarget { control_port: 40000, tid: 1 },
+            Item::LioBackstore("fileio_3/rs-a-1".into()),
+            Item::LioTarget("iqn.2003-01.org.reclaimscope:a-1".into()),
+            Item::NvmetSubsystem("nqn.2014-08.org.reclaimscope:a-1".into()),
+            Item::NvmetPort { id: 7, nqn: "nqn.2014-08.org.reclaimscope:a-1".into() },
+            Item::NvmeConnection("nqn.2014-08.org.reclaimscope:a-1".into()),
+            Item::Nfsd,
+            Item::NfsExport("/tmp/w/export dir".into()),
         ];
         for i in items {
             assert_eq!(Item::decode(&i.encode()), Some(i.clone()), "{}", i.encode());

@@ -1,12 +1,14 @@
 //! Real storage stacks for reclaimscope's integration tests, `cargo xtask
 //! demo` and `cargo xtask bench`: XFS over a device whose I/O a servicer
-//! completes (a loop device over a plain or FUSE file, nbd, tcmu, ublk,
-//! optionally under dm), optionally with the servicer in a small memory
-//! cgroup, which is enough to reproduce a reclaim-recursion deadlock.
+//! completes (a loop device over a plain, FUSE or NFS file, nbd, tcmu,
+//! iSCSI to tgtd or LIO, NVMe/TCP to nvmet, ublk, optionally under dm),
+//! optionally with the servicer in a small memory cgroup, which is enough
+//! to reproduce a reclaim-recursion deadlock.
 //!
 //! Everything built here is torn down again, even after a deadlock: FUSE
 //! connections are aborted through fusectl, filesystems are unmounted
-//! lazily, devices disconnected, and every external command runs with a
+//! lazily, devices disconnected, sessions logged out, kernel targets
+//! removed from configfs, and every external command runs with a
 //! timeout. What a stack makes is written in its ledger first, so a killed
 //! run's leftovers are undone by the next one. Users serialize through
 //! [`lock`], which also sweeps leftovers of crashed runs.

@@ -1,7 +1,8 @@
 //! Building and tearing down stacked storage: XFS over a device that a
-//! servicer completes the I/O of (a loop device over a plain file or a FUSE
-//! file, an nbd, SCSI-via-tcmu or ublk device, optionally under dm), with
-//! more XFS-on-loop levels on top, on the ext4 lower filesystem.
+//! servicer completes the I/O of (a loop device over a plain, FUSE or NFS
+//! file, an nbd, SCSI-via-tcmu, iSCSI, NVMe/TCP or ublk device, optionally
+//! under dm), with more XFS-on-loop levels on top, on the ext4 lower
+//! filesystem.
 
 use crate::cmd::{run, wait_timeout};
 use crate::inspect::{abort_fuse_under, mounts_under};
@@ -46,6 +47,19 @@ pub enum Servicer {
     /// rublk whose libublk sets PR_SET_IO_FLUSHER (0.2.15) or clears it
     /// (0.2.14).
     Ublk { io_flusher: bool },
+    /// A SCSI disk over iSCSI on 127.0.0.1, served by tgtd (a userspace
+    /// target) from a file; open-iscsi is the initiator.
+    IscsiTgt,
+    /// A SCSI disk over iSCSI on 127.0.0.1, served by LIO's fileio
+    /// backstore: kernel threads are the servicer.
+    IscsiLio,
+    /// An NVMe/TCP namespace on 127.0.0.1, served by the kernel's nvmet
+    /// from a file: kernel threads are the servicer.
+    Nvmet,
+    /// A loop device over a file on an NFSv4 mount of this host's own
+    /// knfsd export: the loop worker writes through the NFS client to nfsd
+    /// threads, which write the file on ext4.
+    NfsLoopback,
 }
 
 /// A device-mapper layer between the served device and the first XFS.
@@ -116,7 +130,8 @@ pub struct StorageStack {
     /// The FUSE mount under the bottom loop device (QsdFuse, BindFs).
     pub fuse_mount: Option<PathBuf>,
     /// The device the servicer completes I/O for, when it is not a loop
-    /// device (nbd, SCSI disk, ublk), before any dm layer.
+    /// device (nbd, SCSI disk, NVMe namespace, ublk) or is the loop device
+    /// over an NFS file, before any dm layer.
     pub served_device: Option<PathBuf>,
     /// The file the servicer stores the data in.
     pub data_file: PathBuf,
@@ -193,6 +208,10 @@ impl StorageStack {
             Servicer::QemuNbd => servicers::nbd::start_qemu_nbd(self, mb)?,
             Servicer::TcmuZbc => servicers::tcmu::start(self, mb)?,
             Servicer::Ublk { io_flusher } => servicers::ublk::start(self, mb, io_flusher)?,
+            Servicer::IscsiTgt => servicers::tgt::start(self, mb)?,
+            Servicer::IscsiLio => servicers::lio::start(self, mb)?,
+            Servicer::Nvmet => servicers::nvmet::start(self, mb)?,
+            Servicer::NfsLoopback => servicers::nfs::start(self, mb)?,
         };
         let bottom = match (bottom, spec.dm) {
             (Bottom::Device(dev), Some(dm)) => Bottom::Device(servicers::dm::create(self, &dev, dm)?),
@@ -222,11 +241,18 @@ impl StorageStack {
     /// Spawns a daemon of the stack (in its memcg when it has one), writing
     /// it in the ledger; its output goes to `<workdir>/<log>.log`.
     pub(crate) fn spawn_daemon(&mut self, what: &str, cmd: &mut Command) -> Result<u32> {
-        let log = File::create(self.workdir.join(format!("{what}.log"))).context("creating a daemon log")?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         if let Some(memcg) = &self.memcg {
             memcg.enter_on_spawn(cmd)?;
         }
+        self.spawn_outside_memcg(what, cmd)
+    }
+
+    /// Like [`spawn_daemon`](Self::spawn_daemon), for a helper that only
+    /// sets the servicer up (iscsid, rpc.mountd) and so stays out of the
+    /// memcg.
+    pub(crate) fn spawn_outside_memcg(&mut self, what: &str, cmd: &mut Command) -> Result<u32> {
+        let log = File::create(self.workdir.join(format!("{what}.log"))).context("creating a daemon log")?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
         let pid = child.id();
         self.children.push(child);
@@ -255,7 +281,7 @@ impl StorageStack {
         Ok(())
     }
 
-    fn attach_loop(&mut self, backing: &Path) -> Result<PathBuf> {
+    pub(crate) fn attach_loop(&mut self, backing: &Path) -> Result<PathBuf> {
         let out = run(Command::new("losetup").args(["-f", "--show"]).arg(backing), CMD_TIMEOUT)?;
         let dev = PathBuf::from(out.trim());
         // Written down before anything can fail: teardown then detaches it.

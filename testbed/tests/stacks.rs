@@ -67,6 +67,11 @@ fn check_built(stack: &StorageStack, spec: &StorageStackSpec) -> Footprint {
         );
         loops.sort();
     }
+    // The NFS stack's loop device is its served device, under the first XFS.
+    if spec.servicer == Servicer::NfsLoopback {
+        loops.extend(stack.served_device.iter().cloned());
+        loops.sort();
+    }
     assert_eq!(loops_backed_under(&stack.workdir), loops, "loop devices backed by the workdir");
     match spec.servicer {
         Servicer::QsdFuse | Servicer::BindFs => {
@@ -74,6 +79,11 @@ fn check_built(stack: &StorageStack, spec: &StorageStackSpec) -> Footprint {
             assert!(mounts.iter().any(|m| &m.mountpoint == fuse && m.fstype.starts_with("fuse")));
         }
         Servicer::KernelLoop => assert!(stack.daemon_pid.is_none() && stack.fuse_mount.is_none()),
+        // Kernel threads serve these: no daemon.
+        Servicer::IscsiLio | Servicer::Nvmet | Servicer::NfsLoopback => {
+            assert!(stack.daemon_pid.is_none(), "a kernel target has no daemon");
+            assert!(stack.served_device.as_ref().is_some_and(|d| d.exists()), "no served device");
+        }
         _ => assert!(stack.served_device.as_ref().is_some_and(|d| d.exists()), "no served device"),
     }
     if let Some(pid) = stack.daemon_pid {
@@ -102,9 +112,14 @@ fn assert_gone(fp: &Footprint) {
     }
     for dev in &fp.devices {
         let name = name_of(dev);
-        // An nbd device stays, disconnected; the others go.
-        let connected =
-            if name.starts_with("nbd") { Path::new(&format!("/sys/block/{name}/pid")).exists() } else { dev.exists() };
+        // An nbd device stays, disconnected, and a loop device unbound; the others go.
+        let connected = if name.starts_with("nbd") {
+            Path::new(&format!("/sys/block/{name}/pid")).exists()
+        } else if name.starts_with("loop") {
+            Path::new(&format!("/sys/block/{name}/loop/backing_file")).exists()
+        } else {
+            dev.exists()
+        };
         assert!(!connected, "{} is still there", dev.display());
     }
     if let Some(memcg) = &fp.memcg {
@@ -126,6 +141,12 @@ fn kernel_has(servicer: Servicer, dm: Option<Dm>) -> Result<(), &'static str> {
         Servicer::NbdServer | Servicer::QemuNbd if !module("nbd") => Err("nbd"),
         Servicer::TcmuZbc if !module("target_core_user") || !module("tcm_loop") || !module("dm_zoned") => Err("tcmu"),
         Servicer::Ublk { .. } if !module("ublk_drv") => Err("ublk"),
+        Servicer::IscsiTgt if !module("iscsi_tcp") => Err("iscsi_tcp"),
+        Servicer::IscsiLio if !module("iscsi_tcp") || !module("target_core_file") || !module("iscsi_target_mod") => {
+            Err("LIO iSCSI")
+        }
+        Servicer::Nvmet if !module("nvmet_tcp") || !module("nvme_tcp") => Err("nvmet"),
+        Servicer::NfsLoopback if !module("nfsd") || !module("nfsv4") => Err("nfsd"),
         _ => Ok(()),
     }
 }
@@ -144,6 +165,7 @@ fn round_trip(name: &str, spec: StorageStackSpec, write_mb: u64) {
         assert!(!workdir.exists(), "{} left after a failed build", workdir.display());
         return;
     }
+    let shared = Shared::now();
     let mut stack = StorageStack::build(name, &spec).unwrap();
     let fp = check_built(&stack, &spec);
     let started = Instant::now();
@@ -155,8 +177,87 @@ fn round_trip(name: &str, spec: StorageStackSpec, write_mb: u64) {
     assert_eq!(size, write_mb << 20);
     let pressure = stack.memcg.as_ref().map(|m| m.pressure());
     println!("{name}: wrote {write_mb} MiB in {:?}, memcg pressure {pressure:?}", started.elapsed());
+    let t = Instant::now();
     stack.teardown().unwrap();
+    println!("{name}: teardown took {:?}", t.elapsed());
     assert_gone(&fp);
+    assert_eq!(Shared::now(), shared, "state outside the workdir changed");
+}
+
+/// State outside a stack's workdir that stacks change and must restore:
+/// the mounts over system directories, the knfsd threads, the kernel
+/// targets and sessions named after this project, our child processes.
+#[derive(Debug, PartialEq, Eq)]
+struct Shared {
+    mounts: Vec<PathBuf>,
+    nfsd_threads: String,
+    named: Vec<String>,
+    children: Vec<String>,
+}
+
+impl Shared {
+    fn now() -> Shared {
+        let mounts = ["/etc/iscsi", "/var/lib/nfs", "/proc/fs/nfsd"]
+            .iter()
+            .flat_map(|p| mounts_under(Path::new(p)))
+            .map(|m| m.mountpoint)
+            .collect();
+        let nfsd_threads = fs::read_to_string("/proc/fs/nfsd/threads").unwrap_or_default().trim().to_owned();
+        Shared { mounts, nfsd_threads, named: named_kernel_objects(), children: live_children() }
+    }
+}
+
+/// Names in `dir` (none when it is missing).
+fn names(dir: &str) -> Vec<String> {
+    let entries = fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// iSCSI and NVMe objects whose names carry the testbed's IQN or NQN
+/// prefix: LIO targets, nvmet subsystems and port links, logged-in sessions,
+/// connected controllers, and LIO fileio backstores named the testbed's way.
+fn named_kernel_objects() -> Vec<String> {
+    const IQN: &str = "iqn.2003-01.org.reclaimscope";
+    const NQN: &str = "nqn.2014-08.org.reclaimscope";
+    let read = |p: String| fs::read_to_string(p).unwrap_or_default().trim().to_owned();
+    let mut found: Vec<String> =
+        names("/sys/kernel/config/target/iscsi").into_iter().filter(|n| n.starts_with(IQN)).collect();
+    found.extend(names("/sys/kernel/config/nvmet/subsystems").into_iter().filter(|n| n.starts_with(NQN)));
+    for port in names("/sys/kernel/config/nvmet/ports") {
+        let links = names(&format!("/sys/kernel/config/nvmet/ports/{port}/subsystems"));
+        found.extend(links.into_iter().filter(|n| n.starts_with(NQN)).map(|n| format!("port {port} -> {n}")));
+    }
+    for s in names("/sys/class/iscsi_session") {
+        found.extend(Some(read(format!("/sys/class/iscsi_session/{s}/targetname"))).filter(|t| t.starts_with(IQN)));
+    }
+    for c in names("/sys/class/nvme") {
+        found.extend(Some(read(format!("/sys/class/nvme/{c}/subsysnqn"))).filter(|n| n.starts_with(NQN)));
+    }
+    // The testbed names its backstores rs<owner pid>.
+    let testbed_named =
+        |n: &str| n.strip_prefix("rs").is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    for hba in names("/sys/kernel/config/target/core").into_iter().filter(|h| h.starts_with("fileio_")) {
+        let backstores = names(&format!("/sys/kernel/config/target/core/{hba}"));
+        found.extend(backstores.into_iter().filter(|b| testbed_named(b)).map(|b| format!("{hba}/{b}")));
+    }
+    found.sort();
+    found
+}
+
+/// Our child processes still running (a daemon or helper a stack started).
+fn live_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for pid in names("/proc").into_iter().filter(|p| p.parse::<u32>().is_ok()) {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((comm, rest)) = stat.split_once(") ") else { continue };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next().unwrap_or_default(), f.next().unwrap_or_default());
+        if ppid == me && state != "Z" {
+            found.push(format!("{pid} {}", comm.split_once('(').map_or(comm, |(_, c)| c)));
+        }
+    }
+    found
 }
 
 fn spec(servicer: Servicer) -> StorageStackSpec {
@@ -214,6 +315,26 @@ fn ublk_both_rublks() {
     for io_flusher in [false, true] {
         round_trip("ublk_rublk", spec(Servicer::Ublk { io_flusher }), 32);
     }
+}
+
+#[test]
+fn iscsi_tgt_in_memcg() {
+    round_trip("iscsi_tgt_in_memcg", StorageStackSpec { memcg_limit_mb: Some(256), ..spec(Servicer::IscsiTgt) }, 64);
+}
+
+#[test]
+fn iscsi_lio_fileio() {
+    round_trip("iscsi_lio_fileio", spec(Servicer::IscsiLio), 32);
+}
+
+#[test]
+fn nvmet_tcp_file() {
+    round_trip("nvmet_tcp_file", spec(Servicer::Nvmet), 32);
+}
+
+#[test]
+fn nfs_loopback() {
+    round_trip("nfs_loopback", spec(Servicer::NfsLoopback), 32);
 }
 
 /// mkfs.xfs refuses filesystems under 300 MB, so this build fails after qsd,
@@ -365,4 +486,71 @@ fn sweep_detaches_loops_of_a_vanished_workdir() {
     assert_eq!(loops_backed_under(&dir), vec![dev.clone()], "the loop outlives its directory");
     testbed::sweep_stale().unwrap();
     assert!(loops_backed_under(&dir).is_empty(), "{} still bound", dev.display());
+}
+
+/// The stacks whose servicer sits behind a network protocol on 127.0.0.1,
+/// by the name `stale_network_child` takes.
+const NETWORK_STACKS: [(&str, Servicer); 4] = [
+    ("tgt", Servicer::IscsiTgt),
+    ("lio", Servicer::IscsiLio),
+    ("nvmet", Servicer::Nvmet),
+    ("nfs", Servicer::NfsLoopback),
+];
+
+/// Env var that turns `stale_network_child` into a victim of
+/// `sweep_undoes_network_stacks_of_a_killed_owner`: which stack to build.
+const NETWORK_CHILD_ENV: &str = "TESTBED_STALE_NETWORK_CHILD";
+
+/// Helper process (a no-op unless that test starts it): builds the named
+/// stack, starts a writer through it, reports it, waits to be killed.
+#[test]
+fn stale_network_child() {
+    let Some(which) = std::env::var(NETWORK_CHILD_ENV).ok() else {
+        return;
+    };
+    let servicer = NETWORK_STACKS.iter().find(|(n, _)| *n == which).expect("a network stack's name").1;
+    let mut stack = StorageStack::build("stale_network", &spec(servicer)).unwrap();
+    stack.spawn_writer_outside_memcg("big", 256).unwrap();
+    println!("READY {}", stack.workdir.display());
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+/// An owner killed with SIGKILL while writing through a network stack: the
+/// next `sweep_stale` must log out, disconnect, unexport, remove the
+/// configfs objects and stop the daemons, from its ledger alone.
+#[test]
+fn sweep_undoes_network_stacks_of_a_killed_owner() {
+    use std::io::BufRead;
+    testbed::require_root("sweep_undoes_network_stacks_of_a_killed_owner");
+    let _lock = testbed::lock().unwrap();
+    for (which, servicer) in NETWORK_STACKS {
+        if let Err(module) = kernel_has(servicer, None) {
+            // round_trip asserts how such a build fails.
+            println!("{which}: this kernel has no {module}; nothing to sweep");
+            continue;
+        }
+        let shared = Shared::now();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "stale_network_child", "--nocapture", "--test-threads=1"])
+            .env(NETWORK_CHILD_ENV, which)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let ready =
+            stdout.lines().map_while(Result::ok).find_map(|l| l.split_once("READY ").map(|(_, r)| r.to_owned()));
+        let workdir = PathBuf::from(ready.unwrap_or_else(|| panic!("{which}: the child did not build its stack")));
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!mounts_under(&workdir).is_empty(), "{which}: nothing mounted");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let t = Instant::now();
+        testbed::sweep_stale().unwrap();
+        println!("{which}: sweep of a killed owner's stack took {:?}", t.elapsed());
+        assert!(mounts_under(&workdir).is_empty(), "{which}: mounts left: {:?}", mounts_under(&workdir));
+        assert!(loops_backed_under(&workdir).is_empty(), "{which}: loops left");
+        assert!(!workdir.exists(), "{which}: {} left", workdir.display());
+        assert_eq!(Shared::now(), shared, "{which}: state outside the workdir changed");
+    }
 }

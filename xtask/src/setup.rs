@@ -43,6 +43,11 @@ const APT: &[&str] = &[
     "targetcli-fb",
     "dbus",
     "dmsetup",
+    // iSCSI (tgtd, open-iscsi), NVMe/TCP (nvme-cli) and knfsd stacks.
+    "tgt",
+    "open-iscsi",
+    "nvme-cli",
+    "nfs-kernel-server",
     // bindgen (libublk-rs-sys, built for rublk) needs libclang.
     "libclang-dev",
 ];

@@ -20,7 +20,8 @@ log "$(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s"
 # virtme-ng mounts a tmpfs on /lib/modules; the kernel's own modules go there.
 mkdir -p "/lib/modules/$release" && mount --bind "$mods" "/lib/modules/$release" || log "cannot bind $mods"
 # What a distro server loads on demand; missing ones are reported, not fatal.
-for m in virtio_blk sd_mod ext4 xfs loop fuse nbd dm_mod dm_zoned dm_crypt target_core_mod target_core_user tcm_loop ublk_drv; do
+for m in virtio_blk sd_mod ext4 xfs loop fuse nbd dm_mod dm_zoned dm_crypt target_core_mod target_core_user tcm_loop ublk_drv \
+    iscsi_tcp target_core_file iscsi_target_mod nvmet nvmet_tcp nvme_tcp nfsd nfs nfsv4; do
     modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || log "module $m not available on $release"
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing

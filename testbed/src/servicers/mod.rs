@@ -4,13 +4,24 @@
 
 pub(crate) mod bindfs;
 pub(crate) mod dm;
+pub(crate) mod iscsi;
+pub(crate) mod lio;
 pub(crate) mod nbd;
+pub(crate) mod nfs;
+pub(crate) mod nvmet;
 pub(crate) mod qsd;
 pub(crate) mod tcmu;
+pub(crate) mod tgt;
 pub(crate) mod ublk;
 
-use anyhow::{bail, Result};
-use std::path::PathBuf;
+use crate::cmd::run;
+use crate::ledger::Item;
+use crate::stack::{StorageStack, CMD_TIMEOUT};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A tool `cargo xtask setup` builds or extracts from Debian's packages
@@ -44,4 +55,38 @@ pub(crate) fn wait_until(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks
+/// it), so a test never meets a host's own server on the well-known port.
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether a kernel module is loaded (or built in).
+pub(crate) fn module_loaded(name: &str) -> bool {
+    Path::new("/sys/module").join(name).exists()
+}
+
+/// Bind-mounts `<workdir>/<scratch>` over `target`: the daemons want to
+/// write state there (/etc/iscsi, /var/lib/nfs), and a guest's root is
+/// read-only. `seed` files are copied in first when `target` has them.
+pub(crate) fn bind_scratch(stack: &mut StorageStack, scratch: &str, target: &Path, seed: &[&str]) -> Result<PathBuf> {
+    let dir = stack.workdir.join(scratch);
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for f in seed {
+        if target.join(f).exists() {
+            fs::copy(target.join(f), dir.join(f)).with_context(|| format!("copying {}", target.join(f).display()))?;
+        }
+    }
+    stack.ledger.add(Item::Mount(target.to_path_buf()))?;
+    run(Command::new("mount").arg("--bind").arg(&dir).arg(target), CMD_TIMEOUT)?;
+    Ok(dir)
+}
+
+/// The name a kernel object of the stack gets after `prefix` (an IQN or an
+/// NQN): the stack's name and our pid, lower case, `_` turned into `-`, as
+/// iSCSI names allow.
+pub(crate) fn unique_name(prefix: &str, stack: &StorageStack) -> String {
+    format!("{prefix}:{}-{}", stack.name.to_ascii_lowercase().replace('_', "-"), std::process::id())
 }

@@ -8,7 +8,7 @@ use crate::ledger::Item;
 use crate::stack::{sparse_file, Bottom, StorageStack, CMD_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -53,7 +53,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 pub(crate) fn start_nbd_server(stack: &mut StorageStack, mb: u64) -> Result<Bottom> {
     let lower = stack.data_file.clone();
     sparse_file(&lower, mb << 20)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = super::free_port()?;
     let config = stack.workdir.join("nbd-server.conf");
     fs::write(
         &config,

@@ -123,14 +123,28 @@ fn zoned(stack: &mut StorageStack, disk: &Path) -> Result<PathBuf> {
     if zoned.trim() != "host-aware" && zoned.trim() != "host-managed" {
         bail!("{} is not zoned ({})", disk.display(), zoned.trim());
     }
-    let name = format!("dmz-{short}");
     let dmzadm = super::tool("dm-zoned-tools/usr/sbin/dmzadm")?;
     // dmzadm wants the device right after the operation, options after it.
     // Few sequential zones are kept for reclaim: the disks here are small.
     run(Command::new(&dmzadm).arg("--format").arg(disk).args(["--force", "--seq=2"]), Duration::from_secs(120))?;
-    stack.ledger.add(Item::Dm(name.clone()))?;
+    // dmzadm names the device dmz-<serial> when udev already knows the
+    // disk's serial, dmz-<disk> otherwise (a race with udev): the name it
+    // chose is read back from the disk's holders.
+    let named = format!("dmz-{short}");
+    stack.ledger.add(Item::Dm(named.clone()))?;
     run(Command::new(&dmzadm).arg("--start").arg(disk), Duration::from_secs(60))?;
+    let name = holder_name(short).context("dmzadm --start made no dm device over the disk")?;
+    if name != named {
+        stack.ledger.add(Item::Dm(name.clone()))?;
+    }
     super::dm::mknodes(&name)
+}
+
+/// The dm name of the device holding a disk (`holders/dm-N` in sysfs).
+fn holder_name(disk: &str) -> Option<String> {
+    let holder = fs::read_dir(format!("/sys/block/{disk}/holders")).ok()?.flatten().next()?;
+    let name = fs::read_to_string(holder.path().join("dm/name")).ok()?;
+    Some(name.trim().to_owned())
 }
 
 /// Fails every command waiting in the backstore's ring (level 2: a hard
