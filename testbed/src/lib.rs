@@ -14,6 +14,7 @@
 //! [`lock`], which also sweeps leftovers of crashed runs.
 
 mod cmd;
+mod hog;
 mod inspect;
 mod ledger;
 mod memcg;
@@ -22,6 +23,7 @@ mod stack;
 mod sweep;
 
 pub use cmd::run;
+pub use hog::Hog;
 pub use inspect::{
     blocked_threads, loops_backed_under, mounts_under, pid_alive, pid_running, where_blocked, MountEntry,
 };

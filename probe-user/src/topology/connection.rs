@@ -154,3 +154,68 @@ fn kernel(src: &Source, served: &Served, link: &Link, k: KernelTarget, record: &
         note: Some(Note::KernelTarget(k)),
     }]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::fakeproc::FakeProc;
+    use crate::topology::procs::Holders;
+
+    const HEADER: &str =
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    /// An iSCSI initiator (iscsid's socket, 22493) logged in from port
+    /// 50852 to 127.0.0.1:3260, whose accepted end (20963) is `owner`'s,
+    /// or the kernel's when `owner` is `None`.
+    fn system(owner: Option<u32>) -> (FakeProc, Holders) {
+        let f = FakeProc::new();
+        f.file(
+            "proc/net/tcp",
+            &format!(
+                "{HEADER}\
+   0: 00000000:0CBC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 20797 1 0 100 0 0 10 0\n\
+   1: 0100007F:0CBC 0100007F:C6A4 01 00000000:00000000 02:0002BDAC 00000000     0        0 20963 2 0 20 4 1 10 -1\n\
+   2: 0100007F:C6A4 0100007F:0CBC 01 00000000:00000000 00:00000000 00000000     0        0 22493 1 0 20 4 1 10 -1\n"
+            ),
+        );
+        let mut h = Holders::default();
+        h.by_node.insert("socket:[22493]".into(), vec![(419, 10)]);
+        if let Some(pid) = owner {
+            h.by_node.insert("socket:[20963]".into(), vec![(pid, 13)]);
+        }
+        (f, h)
+    }
+
+    fn link(remote: &str, local_port: Option<u16>) -> Link {
+        Link { transport: Transport::Iscsi, remote: remote.parse().unwrap(), local_port }
+    }
+
+    #[test]
+    fn a_process_holding_the_accepted_end_serves_it() {
+        let (f, h) = system(Some(386));
+        let src = f.source();
+        let s = Sockets::read(&src, &h);
+        assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::Processes(BTreeSet::from([386])));
+        // Without the local port, every accepted connection to the address counts.
+        assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", None)), Peer::Processes(BTreeSet::from([386])));
+    }
+
+    #[test]
+    fn a_kernel_held_accepted_end_is_the_kernel_service_that_claims_the_address() {
+        let (f, h) = system(None);
+        let src = f.source();
+        let s = Sockets::read(&src, &h);
+        assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::UnknownKernel);
+        f.file("sys/kernel/config/target/iscsi/iqn.2026-12.rs:lio/tpgt_1/np/127.0.0.1:3260/enable", "1\n");
+        assert!(matches!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::Kernel(KernelTarget::Lio, _)));
+    }
+
+    #[test]
+    fn no_accepted_end_here_is_a_remote_server() {
+        let (f, h) = system(Some(386));
+        let src = f.source();
+        let s = Sockets::read(&src, &h);
+        assert_eq!(peer(&src, &s, &link("10.0.0.7:3260", Some(50852))), Peer::Away);
+        assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(40000))), Peer::Away, "another connection's port");
+    }
+}
