@@ -10,7 +10,9 @@
 //! device node afterwards, as a FUSE daemon does between its start and its
 //! mount. That shows as a gap: a FUSE mount, ublk or nbd device that no
 //! process serves. A [`Pass::Changes`] that finds a gap the last full pass
-//! did not have runs a full pass at once; gaps that were there at the last
+//! did not have runs a full pass at once, at most one every
+//! [`GAP_PASS_EVERY`] (a host where connections or mounts churn could
+//! otherwise pay a full pass per change); gaps that were there at the last
 //! full pass (a daemon in another PID namespace) are left to the periodic one.
 
 use super::procindex::{Pass, ProcIndex, Scanned};
@@ -18,6 +20,10 @@ use super::source::Source;
 use super::{unreadable_warning, Extra, Topology};
 use anyhow::Result;
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// The least time between two full passes made by gaps.
+const GAP_PASS_EVERY: Duration = Duration::from_secs(10);
 
 /// A topology discovery that remembers the processes it has read.
 #[derive(Debug)]
@@ -26,6 +32,8 @@ pub struct Discoverer {
     index: ProcIndex,
     /// The gaps (warnings) of the last full pass.
     known_gaps: Option<BTreeSet<String>>,
+    /// When a gap last made a full pass.
+    last_gap_pass: Option<Instant>,
 }
 
 /// What a discovery read.
@@ -38,7 +46,7 @@ pub struct Done {
 
 impl Discoverer {
     pub fn new(extra: Extra) -> Discoverer {
-        Discoverer { extra, index: ProcIndex::default(), known_gaps: None }
+        Discoverer { extra, index: ProcIndex::default(), known_gaps: None, last_gap_pass: None }
     }
 
     /// One discovery of this machine. The first one is always full.
@@ -55,12 +63,15 @@ impl Discoverer {
         }
         let (topo, scanned) = Topology::discover_indexed(src, &self.extra, &mut self.index, Pass::Changes)?;
         let gaps = gaps(&topo, &self.index);
+        let due = self.last_gap_pass.is_none_or(|t| t.elapsed() >= GAP_PASS_EVERY);
         match gaps.difference(known).next() {
-            None => Ok((topo, Done { pass, scanned })),
-            Some(gap) => {
+            Some(gap) if due => {
                 log::debug!("topology: a process seen before may serve what is new ({gap}): reading every process");
+                self.last_gap_pass = Some(Instant::now());
                 self.full(src)
             }
+            // Not due: the gap stays new, so a later discovery makes the pass.
+            _ => Ok((topo, Done { pass, scanned })),
         }
     }
 
@@ -125,6 +136,23 @@ mod tests {
         let (topo, pass) = discover(&f, &mut d, Pass::Changes);
         assert_eq!(pass, Pass::Changes);
         assert_eq!(topo.warnings.len(), 1);
+    }
+
+    #[test]
+    fn gaps_make_at_most_one_full_pass_per_interval() {
+        let f = FakeProc::new();
+        f.spawn(63, 100, &[(0, "/dev/null")]);
+        let mut d = Discoverer::new(Extra::default());
+        discover(&f, &mut d, Pass::Full);
+        f.mounts(FUSE_MOUNT);
+        assert_eq!(discover(&f, &mut d, Pass::Changes).1, Pass::Full, "the first gap reads everything");
+        // Another mount nobody serves, at once: it waits for the interval.
+        f.mounts(&format!("{FUSE_MOUNT}45 1 0:40 / /mnt/fuse2 rw - fuse /dev/fuse rw,user_id=0\n"));
+        let (topo, pass) = discover(&f, &mut d, Pass::Changes);
+        assert_eq!(pass, Pass::Changes);
+        assert_eq!(topo.warnings.len(), 2, "both still unserved: {:?}", topo.warnings);
+        d.last_gap_pass = Some(Instant::now() - GAP_PASS_EVERY);
+        assert_eq!(discover(&f, &mut d, Pass::Changes).1, Pass::Full, "due again");
     }
 
     #[test]
