@@ -48,6 +48,10 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
     assert!(h["remedy"].as_str().unwrap().contains("PR_SET_IO_FLUSHER"));
     assert!(!h["stack"].as_array().unwrap().is_empty(), "no kernel stack");
     assert_eq!(h["servicer"]["name"], "qemu-storage-daemon", "the full program name, not the 15-byte comm");
+    // A kernel whose legacy-memcg reclaim skips FUSE writeback waits
+    // (6.16+, under cgroup v1) says so on the daemon's hazard; others do not.
+    let closed = kernel_skips_fuse_writeback_waits();
+    assert_eq!(h["kernel_note"].is_string(), closed, "kernel note {}", h["kernel_note"]);
     // One finding per (rule, process, upper fs): every qsd thread is in it,
     // counted live.
     let live: Vec<&Value> = common::final_findings(&lines)
@@ -70,6 +74,21 @@ fn hazard_is_flagged_for_qemu_storage_daemon() {
             "through": { "reclaim": hooks["reclaim"], "alloc_slowpath": hooks["alloc_slowpath"] },
         }),
     );
+}
+
+/// What this kernel says: BTF names AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM
+/// (its string table holds every enumerator's name) and the memory
+/// controller is mounted as cgroup v1's.
+fn kernel_skips_fuse_writeback_waits() -> bool {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+    let name = b"AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM\0";
+    let has_flag = btf.windows(name.len()).any(|w| w == name);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&"cgroup") && f.get(3).is_some_and(|o| o.split(',').any(|o| o == "memory"))
+    });
+    has_flag && v1
 }
 
 /// What an operator meets on a hung host: the deadlock formed before the

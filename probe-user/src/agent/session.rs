@@ -17,6 +17,7 @@ use crate::{
         loader::{self, AttachReport},
         table::Family,
     },
+    detect::behaviour::ReclaimBehaviour,
     events::stream::EventStream,
     kernel::{btf::KernelBtf, kallsyms::Kallsyms, preflight, tracefs::Tracefs},
     topology::Topology,
@@ -86,6 +87,8 @@ pub struct Session {
     pub maps: MapsSync,
     pub stacks: Stacks,
     pub counters: Counters,
+    /// What this kernel's reclaim does that findings depend on.
+    pub behaviour: ReclaimBehaviour,
     tp_offsets: Array<MapData, TracepointOffsets>,
     paths: KernelPaths,
     /// The loaded modules when the hooks were last attached.
@@ -106,6 +109,16 @@ pub fn load_object(built: &Built) -> Result<Ebpf> {
         .override_global("CONFIG", &built.config, true)
         .load(BPF_OBJECT)
         .context("cannot load the eBPF object")
+}
+
+/// Whether the memory controller is mounted as cgroup v1's (a `cgroup`
+/// mount with the `memory` option), rather than in the unified hierarchy.
+fn legacy_memcg() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&"cgroup") && f.get(3).is_some_and(|o| o.split(',').any(|o| o == "memory"))
+    })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -146,6 +159,10 @@ impl Session {
         );
         let stacks = Stacks::new(take::<StackTraceMap<_>>(&mut ebpf, names::STACKS)?);
         let counters = Counters { map: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)? };
+        let behaviour = ReclaimBehaviour {
+            legacy_memcg: legacy_memcg(),
+            skips_flagged_writeback: kv.btf.skips_flagged_writeback(),
+        };
         let KernelView { kallsyms, tracefs, .. } = kv;
         trim_heap();
         Ok(Session {
@@ -160,6 +177,7 @@ impl Session {
             maps,
             stacks,
             counters,
+            behaviour,
             tp_offsets,
             paths: opts.paths.clone(),
             modules,

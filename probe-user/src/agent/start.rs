@@ -39,7 +39,8 @@ pub async fn run(
     deadlock_after: Duration,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let engine = Engine::new(StorageIndex::default(), deadlock_after);
+    let mut engine = Engine::new(StorageIndex::default(), deadlock_after);
+    engine.set_behaviour(session.behaviour);
     let mut l = EventLoop::new(session, engine, sink, refresher);
     l.run(opts).await?;
     Ok(l.summary.clone())

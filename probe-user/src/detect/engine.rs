@@ -15,6 +15,7 @@ use probe_common::{
 };
 
 use super::{
+    behaviour::ReclaimBehaviour,
     finding::{Detail, Finding, LockHolder, ServicerDesc, StackSeen, ThreadSeen, MAX_STACKS, MAX_THREADS},
     index::{MountRef, StorageIndex},
     rules::{self, Rule},
@@ -131,6 +132,7 @@ type Key = (&'static str, u32, Dev);
 
 pub struct Engine {
     index: StorageIndex,
+    behaviour: ReclaimBehaviour,
     deadlock_after: Duration,
     findings: Vec<Finding>,
     seen: HashMap<Key, usize>,
@@ -154,6 +156,7 @@ impl Engine {
     pub fn new(index: StorageIndex, deadlock_after: Duration) -> Engine {
         Engine {
             index,
+            behaviour: ReclaimBehaviour::default(),
             deadlock_after,
             findings: Vec::new(),
             seen: HashMap::new(),
@@ -161,6 +164,12 @@ impl Engine {
             pending: HashMap::new(),
             untracked: 0,
         }
+    }
+
+    /// What the running kernel's reclaim does (unknown, the default, for a
+    /// replayed trace).
+    pub fn set_behaviour(&mut self, behaviour: ReclaimBehaviour) {
+        self.behaviour = behaviour;
     }
 
     /// The topology changed (new loop device, mount, servicer).
@@ -473,7 +482,9 @@ impl Engine {
         // daemon serves a FUSE file (0:N) that backs the loop device.
         let device = upper.as_ref().map(|m| m.dev).unwrap_or(serving);
         let backing = self.index.backing_of(device);
+        let serves_fuse = self.index.mount_on(serving).is_some_and(|m| m.fs_type.starts_with("fuse"));
         let mut f = Finding {
+            kernel_note: self.behaviour.note(s.rule.id, serves_fuse),
             rule: s.rule.id.to_owned(),
             severity: s.rule.severity,
             servicer: ServicerDesc { name, comm, tgid: ctx.tgid, tid: ctx.tid, task_flags: ctx.task_flags },

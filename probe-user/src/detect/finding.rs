@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{holds::Held, index::MountRef};
+use super::{behaviour::KernelNote, holds::Held, index::MountRef};
 use crate::topology::{protection_of, Dev, Protection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,6 +156,10 @@ pub struct Finding {
     pub first_ns: u64,
     pub last_ns: u64,
     pub count: u64,
+    /// How the running kernel changes what it foretells (absent in traces
+    /// recorded before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_note: Option<KernelNote>,
 }
 
 /// Bounds on what one finding keeps: a daemon's thread churn (qemu and
@@ -196,6 +200,7 @@ impl Finding {
             first_ns: 0,
             last_ns: 0,
             count: 1,
+            kernel_note: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! I/O, so that live runs, recorded traces and synthetic streams all go
 //! through the same code.
 
+pub mod behaviour;
 pub mod engine;
 pub mod finding;
 pub mod holds;

@@ -167,6 +167,13 @@ impl KernelBtf {
         })
     }
 
+    /// Whether the kernel has `AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM` (Linux
+    /// 6.16): legacy-memcg reclaim then skips waiting on the writeback of
+    /// mappings that carry it (FUSE with writeback_cache).
+    pub fn skips_flagged_writeback(&self) -> bool {
+        self.has_enum_value("mapping_flags", "AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM")
+    }
+
     /// Whether the kernel has a BTF-enabled tracepoint by this name (its
     /// `btf_trace_<name>` typedef).
     pub fn has_btf_tracepoint(&self, name: &str) -> bool {

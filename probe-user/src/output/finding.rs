@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     detect::{
+        behaviour::KernelNote,
         finding::{Detail, Finding, LockHolder, Severity, StackSeen, ThreadSeen},
         index::MountRef,
     },
@@ -67,6 +68,9 @@ pub struct FindingView {
     pub lock_holders: Vec<LockHolder>,
     pub chain: Vec<String>,
     pub remedy: String,
+    /// How the running kernel changes what the finding foretells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_note: Option<String>,
     pub first_ns: u64,
     pub last_ns: u64,
     pub count: u64,
@@ -106,6 +110,7 @@ impl FindingView {
             lock_holders: f.lock_holders.clone(),
             chain: f.chain.clone(),
             remedy: remedy::for_finding(s),
+            kernel_note: f.kernel_note.map(|n| kernel_note(n).to_owned()),
             first_ns: f.first_ns,
             last_ns: f.last_ns,
             count: f.count,
@@ -115,6 +120,18 @@ impl FindingView {
     /// Every finding of `all`, in words.
     pub fn all(all: &[Finding], gfp: &GfpNames) -> Vec<FindingView> {
         all.iter().map(|f| FindingView::new(f, gfp)).collect()
+    }
+}
+
+/// A kernel note in words.
+fn kernel_note(n: KernelNote) -> &'static str {
+    match n {
+        KernelNote::FuseWritebackNotAwaited => {
+            "this kernel has AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM (Linux 6.16): its legacy-memcg reclaim does not \
+             wait on the writeback of a FUSE mount that uses writeback_cache, so if this daemon's does, the \
+             writeback-wait path to a deadlock is closed; its reclaim can still run the upper filesystem's \
+             shrinkers (RS101) and be dirty-throttled (RS002)"
+        }
     }
 }
 

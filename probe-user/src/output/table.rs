@@ -77,6 +77,9 @@ pub fn finding_block(f: &FindingView) -> String {
         t.add_row(row!["waiting", f.chain.join("\n")]);
     }
     t.add_row(row!["remedy", &f.remedy]);
+    if let Some(note) = &f.kernel_note {
+        t.add_row(row!["kernel", note]);
+    }
     format!("[{}] {} {}: {}\n{}", f.severity.name().to_uppercase(), f.rule, s.name, f.title, t)
 }
 

@@ -100,6 +100,7 @@ impl FindingV1 {
             first_ns: self.first_ns,
             last_ns: self.last_ns,
             count: self.count,
+            kernel_note: None,
         })
     }
 }
