@@ -23,8 +23,9 @@ pub struct ReclaimBehaviour {
 #[serde(rename_all = "snake_case")]
 pub enum KernelNote {
     /// A FUSE daemon's legacy-memcg reclaim skips its own mount's
-    /// writeback (when the mount uses writeback_cache): the writeback-wait
-    /// path to the deadlock is closed; shrinkers and dirty throttling are not.
+    /// writeback (when the mount uses writeback_cache): the wait on the
+    /// FUSE file under the device is closed; the wait on the filesystem
+    /// stacked above it, shrinkers and dirty throttling are not.
     FuseWritebackNotAwaited,
 }
 

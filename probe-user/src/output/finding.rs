@@ -127,10 +127,10 @@ impl FindingView {
 fn kernel_note(n: KernelNote) -> &'static str {
     match n {
         KernelNote::FuseWritebackNotAwaited => {
-            "this kernel has AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM (Linux 6.16): its legacy-memcg reclaim does not \
-             wait on the writeback of a FUSE mount that uses writeback_cache, so if this daemon's does, the \
-             writeback-wait path to a deadlock is closed; its reclaim can still run the upper filesystem's \
-             shrinkers (RS101) and be dirty-throttled (RS002)"
+            "this kernel has AS_WRITEBACK_MAY_DEADLOCK_ON_RECLAIM (Linux 6.16): its legacy-memcg reclaim no longer \
+             waits on the writeback of the FUSE mount's own pages when the mount uses writeback_cache. That closes \
+             the wait on the FUSE file under the device, not the wait on the filesystem stacked above it, whose \
+             writeback still needs this daemon; shrinkers (RS101) and dirty throttling (RS002) are untouched too"
         }
     }
 }
