@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// An iSCSI LUN's sysfs path runs through its session:
 /// .../host3/session1/target3:0:0/3:0:0:0/block/sdc.
-fn session(class_link: &Path) -> Option<String> {
+pub(crate) fn session(class_link: &Path) -> Option<String> {
     class_link
         .iter()
         .map(|c| c.to_string_lossy().into_owned())

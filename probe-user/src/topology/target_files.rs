@@ -6,6 +6,7 @@
 //! them: that is how a target's hand-off to shared kernel threads is
 //! attributed to the device whose requests it carries.
 
+use super::iscsi;
 use super::model::{BlockDevice, DeviceKind, Transport};
 use super::source::Source;
 use std::path::PathBuf;
@@ -29,10 +30,7 @@ pub(crate) fn data_file(src: &Source, d: &BlockDevice) -> Option<PathBuf> {
 /// its `info` names ("... File: /srv/lun0.img  Size: ...").
 fn lio_file(src: &Source, disk: &str) -> Option<String> {
     let class_link = src.read_link(&format!("/sys/class/block/{disk}")).ok()?;
-    let session = class_link
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .find(|c| c.strip_prefix("session").is_some_and(|n| n.parse::<u32>().is_ok()))?;
+    let session = iscsi::session(&class_link)?;
     let sess = |a: &str| src.read_line(&format!("/sys/class/iscsi_session/{session}/{a}"));
     let (iqn, tpgt) = (sess("targetname")?, sess("tpgt")?);
     let address = src.read_link(&format!("/sys/block/{disk}/device")).ok()?;
