@@ -194,7 +194,7 @@ mod tests {
     fn a_process_holding_the_accepted_end_serves_it() {
         let (f, h) = system(Some(386));
         let src = f.source();
-        let s = Sockets::read(&src, &h);
+        let s = Sockets::read(&src).with_owners(&h);
         assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::Processes(BTreeSet::from([386])));
         // Without the local port, every accepted connection to the address counts.
         assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", None)), Peer::Processes(BTreeSet::from([386])));
@@ -204,7 +204,7 @@ mod tests {
     fn a_kernel_held_accepted_end_is_the_kernel_service_that_claims_the_address() {
         let (f, h) = system(None);
         let src = f.source();
-        let s = Sockets::read(&src, &h);
+        let s = Sockets::read(&src).with_owners(&h);
         assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::UnknownKernel);
         f.file("sys/kernel/config/target/iscsi/iqn.2026-12.rs:lio/tpgt_1/np/127.0.0.1:3260/enable", "1\n");
         assert!(matches!(peer(&src, &s, &link("127.0.0.1:3260", Some(50852))), Peer::Kernel(KernelTarget::Lio, _)));
@@ -214,7 +214,7 @@ mod tests {
     fn no_accepted_end_here_is_a_remote_server() {
         let (f, h) = system(Some(386));
         let src = f.source();
-        let s = Sockets::read(&src, &h);
+        let s = Sockets::read(&src).with_owners(&h);
         assert_eq!(peer(&src, &s, &link("10.0.0.7:3260", Some(50852))), Peer::Away);
         assert_eq!(peer(&src, &s, &link("127.0.0.1:3260", Some(40000))), Peer::Away, "another connection's port");
     }

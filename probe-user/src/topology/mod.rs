@@ -98,13 +98,18 @@ impl Topology {
             name_backing_file(src, &mounts, &mut devices, path, *dev)?;
         }
 
-        // Sockets are indexed only while some device or mount travels over
-        // a connection: then its server is found by who holds the far end.
-        let connected = devices.iter().any(|d| d.nbd_pid.is_some() || !d.links.is_empty())
-            || mounts.iter().any(|m| nfs::link(m).is_some());
-        let scanned = index.update(src, pass, connected);
+        // Socket owners are indexed (every process's descriptors read for
+        // them) only while a connection ends on this host: a node whose NFS
+        // or iSCSI server is remote pays nothing for it. nbd always: its
+        // client's record names no server to check.
+        let links: Vec<Link> =
+            devices.iter().flat_map(|d| d.links.iter().cloned()).chain(mounts.iter().filter_map(nfs::link)).collect();
+        let nbd = devices.iter().any(|d| d.nbd_pid.is_some());
+        let tables = if nbd || !links.is_empty() { Sockets::read(src) } else { Sockets::default() };
+        let local = nbd || links.iter().any(|l| tables.accepted_here(l.remote));
+        let scanned = index.update(src, pass, local);
         let holders = index.holders();
-        let sockets = if connected { Sockets::read(src, &holders) } else { Sockets::default() };
+        let sockets = tables.with_owners(&holders);
         if holders.unreadable > 0 {
             warnings.push(unreadable_warning(holders.unreadable));
         }
@@ -205,4 +210,45 @@ fn name_backing_file(src: &Source, mounts: &[Mount], devices: &mut [BlockDevice]
     d.backing_file =
         Some(BackingFile { file_dev, ino, path: path.to_path_buf(), backs: dev, deleted: false, named: true });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fakeproc::FakeProc;
+    use super::*;
+
+    const TCP_HEADER: &str =
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    /// Whether a discovery of `f` indexed the sockets of process 70.
+    fn indexed_sockets(f: &FakeProc) -> bool {
+        let mut index = ProcIndex::default();
+        Topology::discover_indexed(&f.source(), &Extra::default(), &mut index, Pass::Full).unwrap();
+        !index.holders().of("socket:[900]").is_empty()
+    }
+
+    #[test]
+    fn sockets_are_indexed_only_for_a_connection_that_ends_here() {
+        let f = FakeProc::new();
+        f.spawn(70, 100, &[(3, "socket:[900]")]);
+        // An NFS mount of a remote server: the client's connection, no accepted end.
+        f.mounts("50 1 0:60 / /mnt/nfs rw - nfs4 10.0.0.9:/ rw,vers=4.2,clientaddr=10.0.0.5,addr=10.0.0.9\n");
+        f.file(
+            "proc/net/tcp",
+            &format!(
+                "{TCP_HEADER}   0: 0500000A:03F0 0900000A:0801 01 00000000:00000000 00:00000000 00000000 0 0 0 1 0\n"
+            ),
+        );
+        assert!(!indexed_sockets(&f), "a remote server costs no descriptor walk");
+        // The same from this host's own server: the accepted end is here.
+        f.mounts("50 1 0:60 / /mnt/nfs rw - nfs4 127.0.0.1:/ rw,vers=4.2,clientaddr=127.0.0.1,addr=127.0.0.1\n");
+        f.file(
+            "proc/net/tcp",
+            &format!(
+                "{TCP_HEADER}   0: 0100007F:03F0 0100007F:0801 01 00000000:00000000 00:00000000 00000000 0 0 0 1 0\n\
+                 1: 0100007F:0801 0100007F:03F0 01 00000000:00000000 00:00000000 00000000 0 0 0 1 0\n"
+            ),
+        );
+        assert!(indexed_sockets(&f));
+    }
 }

@@ -152,7 +152,7 @@ mod tests {
         let mut holders = Holders::default();
         holders.by_node.insert("socket:[21443]".into(), vec![(574, 6)]);
         holders.by_node.insert("socket:[21447]".into(), vec![(574, 8)]);
-        let sockets = Sockets::read(&src, &holders);
+        let sockets = Sockets::read(&src).with_owners(&holders);
         let nbd0 = BlockDevice {
             name: "nbd0".into(),
             dev: Dev::new(43, 0),

@@ -36,15 +36,27 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
-    /// Reads the tables; `holders` must hold sockets (see procindex.rs).
-    pub fn read(src: &Source, holders: &Holders) -> Sockets {
+    /// Reads the tables, with no owners yet.
+    pub fn read(src: &Source) -> Sockets {
         let mut socks = Vec::new();
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             socks.extend(src.read(table).unwrap_or_default().lines().skip(1).filter_map(parse_line));
         }
-        let owner =
+        Sockets { socks, owner: BTreeMap::new() }
+    }
+
+    /// Who holds each socket, from `holders` (which must hold sockets:
+    /// see procindex.rs).
+    pub fn with_owners(mut self, holders: &Holders) -> Sockets {
+        self.owner =
             holders.by_node.iter().filter_map(|(node, fds)| Some((socket_inode(node)?, fds.first()?.0))).collect();
-        Sockets { socks, owner }
+        self
+    }
+
+    /// Whether a connection to `server` was accepted on this host: only
+    /// then is its server worth looking for among the processes.
+    pub fn accepted_here(&self, server: SocketAddr) -> bool {
+        self.socks.iter().any(|s| !s.listening && s.local == server)
     }
 
     /// The process holding a socket; `None` when only the kernel does.
