@@ -50,6 +50,9 @@ const APT: &[&str] = &[
     "nfs-kernel-server",
     // bindgen (libublk-rs-sys, built for rublk) needs libclang.
     "libclang-dev",
+    // virtiofsd, built when a guest kernel has no 9p (tools::virtiofsd).
+    "libseccomp-dev",
+    "libcap-ng-dev",
 ];
 
 /// Pinned: newer releases may need a newer rustc than the machine has.

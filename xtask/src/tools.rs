@@ -4,7 +4,8 @@
 //!   fetched through the private apt of `vm::kernels` and extracted (its
 //!   libraries are bookworm's too);
 //! - rublk from crates.io, twice: 0.2.15, whose libublk sets
-//!   PR_SET_IO_FLUSHER, and 0.2.14, whose libublk clears it.
+//!   PR_SET_IO_FLUSHER, and 0.2.14, whose libublk clears it;
+//! - virtiofsd (the Rust daemon) from crates.io, on first use only.
 
 use std::{path::PathBuf, process::Command};
 
@@ -56,6 +57,27 @@ fn rublk(version: &str) -> Result<()> {
             .arg(&prefix)
             .env("PATH", path_env()),
     )
+}
+
+/// Pinned, as rublk: newer releases may need a newer rustc.
+const VIRTIOFSD_VERSION: &str = "1.14.0";
+
+/// The directory holding virtiofsd, built on first use (about a minute):
+/// virtme-ng shares the host's root over virtio-fs with it for a kernel
+/// without 9p (Debian's cloud flavor), and it refuses bookworm's C daemon
+/// (/usr/lib/qemu/virtiofsd), which cannot run unprivileged.
+pub fn virtiofsd() -> Result<PathBuf> {
+    let prefix = dir().join(format!("virtiofsd-{VIRTIOFSD_VERSION}"));
+    if !prefix.join("bin/virtiofsd").exists() {
+        eprintln!("xtask: building virtiofsd {VIRTIOFSD_VERSION} from crates.io");
+        exec(
+            Command::new("cargo")
+                .args(["install", "virtiofsd", "--locked", "--version", VIRTIOFSD_VERSION, "--root"])
+                .arg(&prefix)
+                .env("PATH", path_env()),
+        )?;
+    }
+    Ok(prefix.join("bin"))
 }
 
 pub fn install() -> Result<()> {

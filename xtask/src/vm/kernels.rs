@@ -47,6 +47,9 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     /// The directory that becomes `/lib/modules/<release>` in the guest.
     pub modules: PathBuf,
+    /// Whether the kernel can mount a 9p share over virtio (its config
+    /// says). Debian's cloud flavor cannot: its guest's root is virtio-fs.
+    pub has_9p: bool,
 }
 
 pub fn spec(name: &str) -> Result<&'static KernelSpec> {
@@ -168,15 +171,36 @@ fn locate(name: &str, release: &str, tree: &Path) -> Result<Kernel> {
     ];
     for (vmlinuz, modules) in candidates {
         if vmlinuz.is_file() && modules.is_dir() {
-            return Ok(Kernel { name: name.to_owned(), release: release.to_owned(), vmlinuz, modules });
+            let config = [tree.join(format!("boot/config-{release}")), modules.join("config")]
+                .iter()
+                .find_map(|p| fs::read_to_string(p).ok())
+                .with_context(|| format!("no config-{release} in {}", tree.display()))?;
+            let has_9p = has_9p(&config);
+            return Ok(Kernel { name: name.to_owned(), release: release.to_owned(), vmlinuz, modules, has_9p });
         }
     }
     bail!("no vmlinuz-{release} and modules in {}", tree.display())
 }
 
+/// A 9p root needs the filesystem and its virtio transport, built in or
+/// as modules (virtme-ng loads them).
+fn has_9p(config: &str) -> bool {
+    let set = |opt: &str| config.lines().any(|l| l == format!("{opt}=y") || l == format!("{opt}=m"));
+    set("CONFIG_9P_FS") && set("CONFIG_NET_9P_VIRTIO")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nine_p_is_read_from_the_config() {
+        assert!(has_9p("CONFIG_NET_9P=m\nCONFIG_NET_9P_VIRTIO=m\nCONFIG_9P_FS=m\n"));
+        assert!(has_9p("CONFIG_NET_9P_VIRTIO=y\nCONFIG_9P_FS=y\n"));
+        // Debian's cloud flavor.
+        assert!(!has_9p("# CONFIG_NET_9P is not set\nCONFIG_VIRTIO_FS=y\n"));
+        assert!(!has_9p("CONFIG_9P_FS=m\n# CONFIG_NET_9P_VIRTIO is not set\n"));
+    }
 
     #[test]
     fn depends_lists_package_names() {

@@ -106,11 +106,15 @@ fn launch(kernel: &kernels::Kernel, out: &Path, memory: &str, cpus: u32, kvm: bo
     // An entropy source: without one an emulated guest can block in
     // getrandom() at boot for minutes (seen: a guest idle before its init).
     c.arg("--qemu-opts=-device virtio-rng-pci");
-    c.args(["--force-9p", "--cpus", &cpus.to_string(), "--memory", memory])
-        .arg("--rwdir")
-        .arg(out)
-        .arg("--cwd")
-        .arg(root());
+    // 9p where the kernel has it (what every scenario was measured on);
+    // virtio-fs otherwise, which virtme-ng picks when virtiofsd is on PATH.
+    let mut path = format!("{}:{}", venv().join("bin").display(), path_env());
+    if kernel.has_9p {
+        c.arg("--force-9p");
+    } else {
+        path = format!("{}:{path}", crate::tools::virtiofsd()?.display());
+    }
+    c.args(["--cpus", &cpus.to_string(), "--memory", memory]).arg("--rwdir").arg(out).arg("--cwd").arg(root());
     let disk = out.join("disk.img");
     if disk.exists() {
         c.arg("--disk").arg(&disk);
@@ -120,7 +124,6 @@ fn launch(kernel: &kernels::Kernel, out: &Path, memory: &str, cpus: u32, kvm: bo
     // The console is kept for when the guest fails before running the command.
     let console = File::create(out.join("console"))?;
     // vng runs its sibling virtme-run through PATH.
-    let path = format!("{}:{}", venv().join("bin").display(), path_env());
     c.current_dir(root()).env("PATH", path).stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
     c.spawn().context("cannot start virtme-ng")
 }
