@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{
     build::{ebpf_object, run_build},
     setup::run_setup,
-    test::{report_dir, vm_suite, SuiteOptions},
+    test::{report_dir, vm_suite, Breadth, SuiteOptions},
     util::{cargo, exec, root},
 };
 
@@ -56,6 +56,9 @@ struct Column {
     probes: Option<Value>,
     costs: Option<Value>,
     results: Vec<Value>,
+    /// Modules a distro server loads that the guest could not (guest.sh);
+    /// None when unknown (this machine, or a report from before).
+    missing_modules: Option<Vec<String>>,
 }
 
 fn column(name: &str) -> Column {
@@ -68,6 +71,9 @@ fn column(name: &str) -> Column {
         probes: read_json(&dir.join("probes.json")),
         costs: read_json(&dir.join("costs.json")),
         results,
+        missing_modules: (name != HOST && dir.join("probes.json").exists()).then(|| {
+            fs::read_to_string(dir.join("missing-modules")).unwrap_or_default().lines().map(str::to_owned).collect()
+        }),
     }
 }
 
@@ -214,6 +220,22 @@ fn render(cols: &[Column]) -> String {
         md.push('\n');
     }
 
+    md.push_str(
+        "## Modules the kernel lacks\n\nOf what a distro server loads on demand (xtask/vm/guest.sh: block, \
+         filesystems, FUSE, nbd, dm, SCSI and NVMe targets, ublk, knfsd). A scenario whose module is missing is \
+         listed below as not built, and `audit` finds no servicer of that kind.\n\n",
+    );
+    for c in cols {
+        let Some(missing) = &c.missing_modules else { continue };
+        let list = if missing.is_empty() {
+            "none".to_owned()
+        } else {
+            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(md, "- {} ({}): {list}", c.name, c.release);
+    }
+    md.push('\n');
+
     md.push_str("## Cost per call\n\n");
     md.push_str(
         "Kernel time per call of every implementation, all attached at once under the same workload \
@@ -288,7 +310,7 @@ fn render(cols: &[Column]) -> String {
     md
 }
 
-pub fn run(kernels: &[&str], measure_host: bool) -> Result<()> {
+pub fn run(kernels: &[&str], measure_host: bool, breadth: Breadth) -> Result<()> {
     run_setup()?;
     run_build(true)?;
     let obj = ebpf_object();
@@ -300,7 +322,7 @@ pub fn run(kernels: &[&str], measure_host: bool) -> Result<()> {
         Ok(())
     } else {
         let _lock = testbed::lock()?;
-        vm_suite(kernels, &obj, &SuiteOptions { measure: true, full: true })
+        vm_suite(kernels, &obj, &SuiteOptions { measure: true, breadth })
     };
     let mut cols = vec![column(HOST)];
     cols.extend(crate::test::ALL_KERNELS.iter().map(|k| column(k)));

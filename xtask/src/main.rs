@@ -104,6 +104,10 @@ enum Cmd {
         /// Skip this machine's measurement and tests.
         #[arg(long)]
         no_host: bool,
+        /// Every hook and cost, but only the scenarios `cargo xtask test`
+        /// runs on each kernel (minutes per kernel instead of tens).
+        #[arg(long)]
+        quick: bool,
     },
     /// The load `probes --measure` runs (stacked XFS writes under memcg
     /// pressure, then plain ext4 ones).
@@ -173,9 +177,10 @@ fn main() -> Result<()> {
         }
         Cmd::Scale { processes, idle } => scale::run(&processes, idle),
         Cmd::Soak { minutes, interval } => soak::run(minutes, interval),
-        Cmd::Kernels { kernels, no_host } => {
+        Cmd::Kernels { kernels, no_host, quick } => {
             let list = kernel_list(&kernels)?;
-            kernels::run(&list, !no_host)
+            let breadth = if quick { test::Breadth::Scoped } else { test::Breadth::Whole };
+            kernels::run(&list, !no_host, breadth)
         }
         Cmd::Workload { mb } => workload::run(mb),
     }

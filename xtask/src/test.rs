@@ -125,7 +125,9 @@ pub fn report_dir(kernel: &str) -> std::path::PathBuf {
 fn save_report(kernel: &str, out: &std::path::Path) -> Result<()> {
     let dir = report_dir(kernel);
     std::fs::create_dir_all(&dir)?;
-    for f in ["probes.json", "costs.json", "results.jsonl"] {
+    for f in ["probes.json", "costs.json", "results.jsonl", "missing-modules"] {
+        // A file this run did not write must not outlive an older run's.
+        let _ = std::fs::remove_file(dir.join(f));
         if out.join(f).exists() {
             std::fs::copy(out.join(f), dir.join(f)).with_context(|| format!("keeping {f}"))?;
         }
@@ -136,8 +138,19 @@ fn save_report(kernel: &str, out: &std::path::Path) -> Result<()> {
 pub struct SuiteOptions {
     /// Also measure every hook implementation's cost (`probes --measure`).
     pub measure: bool,
-    /// Every kernel test on every kernel (`cargo xtask kernels`).
-    pub full: bool,
+    pub breadth: Breadth,
+}
+
+/// How many of the kernel tests each kernel runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Breadth {
+    /// Every test on the first kernel, the scoped ones on the others
+    /// (`cargo xtask test`).
+    FirstWhole,
+    /// Every test on every kernel (`cargo xtask kernels`).
+    Whole,
+    /// The scoped ones on every kernel (`cargo xtask kernels --quick`).
+    Scoped,
 }
 
 /// Runs the kernel-dependent tests inside a VM of each kernel, one after
@@ -161,7 +174,12 @@ pub fn vm_suite(kernels: &[&str], obj: &std::path::Path, opts: &SuiteOptions) ->
             .iter()
             .filter_map(|(name, exe)| {
                 let scope = KERNEL_TESTS.iter().find(|(t, _)| t == name).map(|(_, s)| *s).unwrap_or(Scope::Every);
-                let filter = match (scope, first || opts.full) {
+                let whole = match opts.breadth {
+                    Breadth::FirstWhole => first,
+                    Breadth::Whole => true,
+                    Breadth::Scoped => false,
+                };
+                let filter = match (scope, whole) {
                     (_, true) | (Scope::Every, false) => "",
                     (Scope::First, false) => return None,
                     (Scope::ElsewhereOnly(f), false) => f,
@@ -250,7 +268,7 @@ pub fn run_tests(parts: &Parts) -> Result<()> {
         // The guests have their own locks; this one keeps host stacks (and
         // their CPU use) away while the emulated guests run.
         let _lock = testbed::lock()?;
-        vm_suite(kernels, &obj, &SuiteOptions { measure: false, full: false })?;
+        vm_suite(kernels, &obj, &SuiteOptions { measure: false, breadth: Breadth::FirstWhole })?;
     }
     eprintln!("xtask: all tests passed");
     Ok(())

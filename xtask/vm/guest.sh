@@ -22,7 +22,10 @@ mkdir -p "/lib/modules/$release" && mount --bind "$mods" "/lib/modules/$release"
 # What a distro server loads on demand; missing ones are reported, not fatal.
 for m in virtio_blk sd_mod ext4 xfs loop fuse nbd dm_mod dm_zoned dm_crypt target_core_mod target_core_user tcm_loop ublk_drv \
     iscsi_tcp target_core_file iscsi_target_mod nvmet nvmet_tcp nvme_tcp nfsd nfs nfsv4; do
-    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || log "module $m not available on $release"
+    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || {
+        log "module $m not available on $release"
+        echo "$m" >> "$out/missing-modules"
+    }
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
