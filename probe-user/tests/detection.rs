@@ -140,8 +140,9 @@ fn a_deadlock_formed_before_the_agent_started_is_found_with_its_holder() {
         // The writer may be blocked under its write (holding the IOLOCK),
         // or in reclaim on a page fault of its own code, holding nothing:
         // the kernel decides. Only the first shape has a holder to find.
+        // Before 5.12 the write is xfs_file_buffered_aio_write.
         let under_write = std::fs::read_to_string(format!("/proc/{writer}/stack"))
-            .is_ok_and(|s| s.contains("xfs_file_buffered_write"));
+            .is_ok_and(|s| ["xfs_file_buffered_write+", "xfs_file_buffered_aio_write+"].iter().any(|f| s.contains(f)));
         let oom = oom_kills();
         if since.is_none() || oom > 0 || !under_write {
             stack.abort_fuse().unwrap();
