@@ -171,11 +171,12 @@ fn locate(name: &str, release: &str, tree: &Path) -> Result<Kernel> {
     ];
     for (vmlinuz, modules) in candidates {
         if vmlinuz.is_file() && modules.is_dir() {
-            let config = [tree.join(format!("boot/config-{release}")), modules.join("config")]
+            // sid's split packaging (linux-binary, linux-modules) ships no
+            // config: such a kernel is taken to have 9p, as sid's has.
+            let has_9p = [tree.join(format!("boot/config-{release}")), modules.join("config")]
                 .iter()
                 .find_map(|p| fs::read_to_string(p).ok())
-                .with_context(|| format!("no config-{release} in {}", tree.display()))?;
-            let has_9p = has_9p(&config);
+                .is_none_or(|c| has_9p(&c));
             return Ok(Kernel { name: name.to_owned(), release: release.to_owned(), vmlinuz, modules, has_9p });
         }
     }
