@@ -57,7 +57,7 @@ struct Column {
     costs: Option<Value>,
     results: Vec<Value>,
     /// Modules a distro server loads that the guest could not (guest.sh);
-    /// None when unknown (this machine, or a report from before).
+    /// None for this machine, whose modules no guest script tried.
     missing_modules: Option<Vec<String>>,
 }
 

@@ -170,15 +170,15 @@ pub fn vm_suite(kernels: &[&str], obj: &std::path::Path, opts: &SuiteOptions) ->
         );
     }
     let script = |first: bool| {
+        let whole = match opts.breadth {
+            Breadth::FirstWhole => first,
+            Breadth::Whole => true,
+            Breadth::Scoped => false,
+        };
         let runs: Vec<String> = bins
             .iter()
             .filter_map(|(name, exe)| {
                 let scope = KERNEL_TESTS.iter().find(|(t, _)| t == name).map(|(_, s)| *s).unwrap_or(Scope::Every);
-                let whole = match opts.breadth {
-                    Breadth::FirstWhole => first,
-                    Breadth::Whole => true,
-                    Breadth::Scoped => false,
-                };
                 let filter = match (scope, whole) {
                     (_, true) | (Scope::Every, false) => "",
                     (Scope::First, false) => return None,

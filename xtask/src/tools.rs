@@ -51,10 +51,17 @@ fn rublk(version: &str) -> Result<()> {
     }
     eprintln!("setup: building rublk {version} from crates.io");
     // Without the default `vram` target, which needs OpenCL.
+    cargo_install("rublk", version, &["--no-default-features"], &prefix)
+}
+
+/// `cargo install` of a pinned crate into its own prefix under dir().
+fn cargo_install(krate: &str, version: &str, extra: &[&str], prefix: &std::path::Path) -> Result<()> {
     exec(
         Command::new("cargo")
-            .args(["install", "rublk", "--locked", "--no-default-features", "--version", version, "--root"])
-            .arg(&prefix)
+            .args(["install", krate, "--locked", "--version", version])
+            .args(extra)
+            .arg("--root")
+            .arg(prefix)
             .env("PATH", path_env()),
     )
 }
@@ -70,12 +77,7 @@ pub fn virtiofsd() -> Result<PathBuf> {
     let prefix = dir().join(format!("virtiofsd-{VIRTIOFSD_VERSION}"));
     if !prefix.join("bin/virtiofsd").exists() {
         eprintln!("xtask: building virtiofsd {VIRTIOFSD_VERSION} from crates.io");
-        exec(
-            Command::new("cargo")
-                .args(["install", "virtiofsd", "--locked", "--version", VIRTIOFSD_VERSION, "--root"])
-                .arg(&prefix)
-                .env("PATH", path_env()),
-        )?;
+        cargo_install("virtiofsd", VIRTIOFSD_VERSION, &[], &prefix)?;
     }
     Ok(prefix.join("bin"))
 }
